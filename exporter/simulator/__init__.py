@@ -1,0 +1,1 @@
+"""A WhiteBIT simulator that speaks the documented protocol: REST, WebSocket and webhooks."""

@@ -1,0 +1,1 @@
+"""WhiteBIT protocol pieces shared by the exporter and the simulator."""

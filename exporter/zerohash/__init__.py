@@ -1,0 +1,1 @@
+"""Zero Hash protocol pieces shared by the exporter and the simulator."""
