@@ -1,0 +1,868 @@
+"""Configuration: the YAML file parsed once into frozen dataclasses.
+
+The dataclasses below are the whole configuration the rest of the exporter sees; nothing reads
+YAML, environment variables or secret files after :func:`load_config` has
+returned. Durations are float seconds. Secret fields are excluded from ``repr`` so a config
+object can be logged without leaking them.
+
+:func:`load_config` checks the whole file and raises one :class:`ConfigError` listing every
+problem with its location (``whitebit[0].poll.history: invalid duration "5x" ...``), so the
+exporter never starts half-configured. The shipped ``config.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ipaddress
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9945"
+DEFAULT_WEBHOOKS_ADDRESS = "0.0.0.0:9946"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A ``HOST:PORT`` to bind; port 0 asks the OS for a free port (tests, demo)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The metrics listener: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``."""
+
+    listen_address: ListenAddress
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """The internet-facing webhook listener."""
+
+    listen_address: ListenAddress
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where the durable SQLite state lives."""
+
+    path: str = "whitebit-exporter.db"
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    """REST polling intervals in seconds."""
+
+    main_balance: float = 30.0
+    collateral: float = 30.0
+    history: float = 60.0
+
+
+@dataclass(frozen=True)
+class WhitebitWebhookConfig:
+    """The webhook key pair of one WhiteBIT account; several secrets allow rotation."""
+
+    public_key: str
+    secrets: tuple[str, ...] = field(repr=False)
+    nonce_policy: str = "count"  # "count" | "strict"
+
+
+@dataclass(frozen=True)
+class WhitebitAccountConfig:
+    """One WhiteBIT account (API key); ``name`` is the ``account`` label value."""
+
+    name: str
+    rest_url: str = "https://whitebit.com"
+    ws_url: str = "wss://api.whitebit.com/ws"
+    api_key: str | None = field(default=None, repr=False)
+    api_secret: str | None = field(default=None, repr=False)
+    markets: tuple[str, ...] = ()
+    poll: PollConfig = PollConfig()
+    reconcile_grace: float = 900.0
+    webhook: WhitebitWebhookConfig | None = None
+
+    @property
+    def has_api(self) -> bool:
+        """False for an account run on webhooks alone (no REST, no WebSocket)."""
+        return self.api_key is not None
+
+
+@dataclass(frozen=True)
+class ZerohashWebhookConfig:
+    """Zero Hash webhook verification and aggregation settings."""
+
+    hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
+    rsa_public_keys_file: str | None = None
+    timestamp_tolerance: float = 300.0
+    participants: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ZerohashConfig:
+    """The optional Zero Hash section."""
+
+    webhook: ZerohashWebhookConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    web: WebConfig
+    webhooks: WebhooksConfig
+    state: StateConfig
+    whitebit: tuple[WhitebitAccountConfig, ...]
+    zerohash: ZerohashConfig | None = None
+
+    def account(self, name: str) -> WhitebitAccountConfig:
+        """The account called ``name`` (names are unique; the loader checks)."""
+        for account in self.whitebit:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------------
+#
+# The loader walks the parsed YAML section by section and records every problem it finds, with its
+# location, instead of stopping at the first: a user fixing a config wants the whole list at once.
+# A field helper returns ``None`` for an absent key and also for an invalid one (having recorded the
+# problem), so later cross-checks skip values that are already reported instead of piling on.
+
+_TOP_KEYS = ("web", "webhooks", "state", "whitebit", "zerohash")
+_WEB_KEYS = ("listen_address",)
+_WEBHOOKS_KEYS = ("listen_address", "max_body_bytes")
+_STATE_KEYS = ("path",)
+_ACCOUNT_KEYS = (
+    "name",
+    "rest_url",
+    "ws_url",
+    "api_key",
+    "api_key_file",
+    "api_secret",
+    "api_secret_file",
+    "markets",
+    "poll",
+    "reconcile_grace",
+    "webhook",
+)
+_POLL_KEYS = ("main_balance", "collateral", "history")
+_WHITEBIT_WEBHOOK_KEYS = ("public_key", "public_key_file", "secrets", "secrets_file", "nonce_policy")
+_ZEROHASH_KEYS = ("webhook",)
+_ZEROHASH_WEBHOOK_KEYS = (
+    "hmac_secrets",
+    "hmac_secrets_file",
+    "rsa_public_keys_file",
+    "timestamp_tolerance",
+    "participants",
+)
+
+NONCE_POLICIES = ("count", "strict")
+# "unknown" is the account label of a delivery whose key matches no configured account (spec).
+RESERVED_ACCOUNT_NAME = "unknown"
+
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_MARKET = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)+")
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# "$${" is an escaped literal "${"; "${NAME}" a reference; "${" without "}" is unterminated.
+_ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+# Largest first: parse_duration requires the units of "1h30m" in this order, each at most once.
+_DURATION_UNITS = {
+    "d": Decimal(86400),
+    "h": Decimal(3600),
+    "m": Decimal(60),
+    "s": Decimal(1),
+    "ms": Decimal("0.001"),
+}
+_DURATION_ORDER = tuple(_DURATION_UNITS)
+_DURATION_HINT = "use forms like 30s, 10m, 1h"
+_BYTE_SIZE = re.compile(r"(\d+)(B|KiB|MiB)?")
+_BYTE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+_WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config file: where (``whitebit[0].poll.history``) and what."""
+
+    location: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; ``problems`` lists everything wrong with it, section by section."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems: list[ConfigProblem] = list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Parse ``HOST:PORT``, ``:PORT`` (all IPv4 interfaces) or ``[IPV6]:PORT``; ValueError if invalid."""
+    usage = f'invalid listen address "{text}" (use HOST:PORT, :PORT or [IPV6]:PORT)'
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(usage)
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(usage) from None
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError(usage)
+        host = host or "0.0.0.0"
+        if not _HOST.fullmatch(host):
+            # Also catches an IPv6 address without brackets: its colons make the port ambiguous.
+            raise ValueError(usage)
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(usage)
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f'invalid listen address "{text}": the port must be 0-65535')
+    return ListenAddress(host=host, port=port)
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``500ms``, ``30s``, ``10m``, ``1h``, ``1h30m``, ``2d`` or a bare number of seconds.
+
+    Units go from largest to smallest, each at most once. Raises ValueError for anything else,
+    including negative durations and booleans (YAML's ``yes`` is not a duration).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r} ({_DURATION_HINT})")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid duration {value} ({_DURATION_HINT})")
+        if value < 0:
+            raise ValueError(f"negative duration {value}")
+        return float(value)
+    text = value[1:] if value.startswith("-") else value
+    total = Decimal(0)
+    position = 0
+    previous = -1
+    while position < len(text):
+        match = _DURATION_PART.match(text, position)
+        rank = _DURATION_ORDER.index(match.group(2)) if match else -1
+        if match is None or rank <= previous:
+            raise ValueError(f'invalid duration "{value}" ({_DURATION_HINT})')
+        total += Decimal(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        previous = rank
+        position = match.end()
+    if not text:
+        raise ValueError(f'invalid duration "{value}" ({_DURATION_HINT})')
+    if value.startswith("-"):
+        raise ValueError(f'negative duration "{value}"')
+    return float(total)
+
+
+def parse_byte_size(value: str | int) -> int:
+    """Bytes from an integer or a string like ``65536``, ``64KiB``, ``1MiB``; raise ValueError if invalid."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r} (use a number of bytes or forms like 64KiB, 1MiB)")
+    if isinstance(value, int):
+        return value
+    match = _BYTE_SIZE.fullmatch(value)
+    if match is None:
+        raise ValueError(f'invalid size "{value}" (use a number of bytes or forms like 64KiB, 1MiB)')
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2)]
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and return the config at ``path``, or raise :class:`ConfigError` listing every problem.
+
+    ``${NAME}`` in any string value is replaced from ``env`` (default ``os.environ``); ``$${`` is a
+    literal ``${``. Relative ``*_file`` paths resolve against the config file's directory; a relative
+    ``state.path`` resolves against the current directory when the state store opens it.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as handle:
+            raw = handle.read()
+    except OSError as error:
+        raise ConfigError([ConfigProblem(source, f"cannot read the config file: {error.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError([ConfigProblem(source, f"not UTF-8 text (line {line})")]) from None
+    document = _parse_yaml(text, source)
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        problem = ConfigProblem(source, f"expected a mapping at the top level, got {_kind(document)}")
+        raise ConfigError([problem])
+    loader = _Loader(source, os.path.dirname(os.path.abspath(source)), os.environ if env is None else env)
+    config = loader.config(document)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return config
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that notes duplicate mapping keys (plain PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[yaml.Mark, Any]] = []
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                # A "<<" merge may be overridden by an explicit key; only compare plain scalar keys.
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    self.duplicates.append((key_node.start_mark, key))
+                seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """The single YAML document in ``text``; raises ConfigError for bad YAML or duplicate keys."""
+    loader = _YamlLoader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        raise ConfigError([_yaml_problem(source, error)]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([ConfigProblem(source, f"invalid YAML: {error}")]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError(
+            ConfigProblem(f"{source}:{mark.line + 1}:{mark.column + 1}", f'duplicate key "{key}"')
+            for mark, key in loader.duplicates
+        )
+    return document
+
+
+def _yaml_problem(source: str, error: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark = error.problem_mark or error.context_mark
+    location = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    message = f"invalid YAML: {error.problem or error.context}"
+    if error.problem and error.context and error.context_mark is not None:
+        message += f" ({error.context} at line {error.context_mark.line + 1})"
+    return ConfigProblem(location, message)
+
+
+def _kind(value: object) -> str:
+    """How a YAML value reads to a user: "a string", "a list", …"""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return "a date"
+    return f"a {type(value).__name__}"
+
+
+def _at(location: str, key: str | int) -> str:
+    return f"{location}[{key}]" if isinstance(key, int) else f"{location}.{key}" if location else key
+
+
+def _present(mapping: Mapping[str, Any], key: str) -> bool:
+    """A key counts as given when it is there and not null (``null`` means "use the default")."""
+    return mapping.get(key) is not None
+
+
+class _Loader:
+    """Turns the parsed YAML into :class:`Config`, collecting problems in ``problems``."""
+
+    def __init__(self, source: str, base_dir: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.env = env
+        self.problems: list[ConfigProblem] = []
+
+    def problem(self, location: str, message: str) -> None:
+        self.problems.append(ConfigProblem(location, message))
+
+    # --- sections --------------------------------------------------------------------------------
+
+    def config(self, document: dict[Any, Any]) -> Config:
+        top = self.mapping(document, "", _TOP_KEYS) or {}
+        web = self.mapping(top.get("web"), "web", _WEB_KEYS) or {}
+        web_address = self.listen_address(web, "web", DEFAULT_METRICS_ADDRESS)
+        webhooks = self.mapping(top.get("webhooks"), "webhooks", _WEBHOOKS_KEYS) or {}
+        webhooks_address = self.listen_address(webhooks, "webhooks", DEFAULT_WEBHOOKS_ADDRESS)
+        if web_address is not None and webhooks_address is not None:
+            self.check_listeners_apart(web_address, webhooks_address)
+        max_body = self.byte_size(webhooks, "max_body_bytes", "webhooks")
+        state = self.mapping(top.get("state"), "state", _STATE_KEYS) or {}
+        state_path = self.string_field(state, "path", "state")
+        accounts = self.accounts(top.get("whitebit"))
+        zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
+        if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
+            self.problem(
+                self.source, "nothing to monitor (configure a whitebit account or the zerohash section)"
+            )
+        return Config(
+            web=WebConfig(listen_address=web_address or parse_listen_address(DEFAULT_METRICS_ADDRESS)),
+            webhooks=WebhooksConfig(
+                listen_address=webhooks_address or parse_listen_address(DEFAULT_WEBHOOKS_ADDRESS),
+                max_body_bytes=max_body or WebhooksConfig.max_body_bytes,
+            ),
+            state=StateConfig(path=state_path or StateConfig.path),
+            whitebit=accounts,
+            zerohash=zerohash,
+        )
+
+    def check_listeners_apart(self, web: ListenAddress, webhooks: ListenAddress) -> None:
+        overlap = web.host == webhooks.host or web.host in _WILDCARD_HOSTS or webhooks.host in _WILDCARD_HOSTS
+        if web.port != 0 and web.port == webhooks.port and overlap:
+            self.problem(
+                "webhooks.listen_address",
+                f'"{webhooks}" collides with web.listen_address "{web}"'
+                " (the two listeners need different ports)",
+            )
+
+    def accounts(self, node: Any) -> tuple[WhitebitAccountConfig, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, list):
+            self.problem("whitebit", f"expected a list of accounts, got {_kind(node)}")
+            return ()
+        accounts = tuple(self.account(item, _at("whitebit", index)) for index, item in enumerate(node))
+        first_by_name: dict[str, int] = {}
+        first_by_key: dict[str, int] = {}
+        for index, account in enumerate(accounts):
+            # Fields that failed validation came back empty and were reported already: skip them.
+            if account.name in first_by_name:
+                self.problem(
+                    f"whitebit[{index}].name",
+                    f'duplicate account name "{account.name}" (also whitebit[{first_by_name[account.name]}])',
+                )
+            elif account.name:
+                first_by_name[account.name] = index
+            key = account.webhook.public_key if account.webhook is not None else ""
+            if key in first_by_key:
+                self.problem(
+                    f"whitebit[{index}].webhook.public_key",
+                    f"same public key as whitebit[{first_by_key[key]}]"
+                    " (the receiver finds the account by its key)",
+                )
+            elif key:
+                first_by_key[key] = index
+        return accounts
+
+    def account(self, node: Any, location: str) -> WhitebitAccountConfig:
+        """One account; fields that fail validation come back empty (their problem is recorded)."""
+        if not isinstance(node, dict):
+            self.problem(location, f"expected a mapping, got {_kind(node)}")
+            return WhitebitAccountConfig(name="")
+        fields = self.mapping(node, location, _ACCOUNT_KEYS) or {}
+        name = self.account_name(fields, location)
+        rest_url = self.url(fields, "rest_url", location, ("http", "https"))
+        ws_url = self.url(fields, "ws_url", location, ("ws", "wss"))
+        api_key = self.secret(fields, "api_key", location)
+        api_secret = self.secret(fields, "api_secret", location)
+        has_key = _present(fields, "api_key") or _present(fields, "api_key_file")
+        has_secret = _present(fields, "api_secret") or _present(fields, "api_secret_file")
+        if has_key != has_secret:
+            given, missing = ("api_key", "api_secret") if has_key else ("api_secret", "api_key")
+            self.problem(
+                location, f"{given} is set without {missing} (set both, or neither for a webhook-only account)"
+            )
+        markets = self.markets(fields, location)
+        poll_location = _at(location, "poll")
+        poll_fields = self.mapping(fields.get("poll"), poll_location, _POLL_KEYS) or {}
+        intervals = {key: self.duration(poll_fields, key, poll_location) for key in _POLL_KEYS}
+        grace = self.duration(fields, "reconcile_grace", location)
+        webhook = None
+        if _present(fields, "webhook"):
+            webhook = self.whitebit_webhook(fields["webhook"], _at(location, "webhook"))
+        elif not has_key and not has_secret:
+            self.problem(location, "nothing to monitor (give api_key and api_secret, or webhook, or both)")
+        return WhitebitAccountConfig(
+            name=name or "",
+            rest_url=rest_url or WhitebitAccountConfig.rest_url,
+            ws_url=ws_url or WhitebitAccountConfig.ws_url,
+            api_key=api_key,
+            api_secret=api_secret,
+            markets=markets,
+            poll=PollConfig(**{key: value for key, value in intervals.items() if value is not None}),
+            reconcile_grace=WhitebitAccountConfig.reconcile_grace if grace is None else grace,
+            webhook=webhook,
+        )
+
+    def account_name(self, fields: Mapping[str, Any], location: str) -> str | None:
+        name = self.string_field(fields, "name", location, required=True)
+        where = _at(location, "name")
+        if name is None:
+            return None
+        if not _ACCOUNT_NAME.fullmatch(name):
+            self.problem(where, f'invalid account name "{name}" (use letters, digits, "_", "." and "-")')
+            return None
+        if name == RESERVED_ACCOUNT_NAME:
+            self.problem(where, f'"{name}" is reserved (it labels deliveries for no configured account)')
+            return None
+        return name
+
+    def markets(self, fields: Mapping[str, Any], location: str) -> tuple[str, ...]:
+        markets = self.string_list(fields, "markets", location) or ()
+        seen: set[str] = set()
+        for index, market in enumerate(markets):
+            where = f"{location}.markets[{index}]"
+            if not _MARKET.fullmatch(market):
+                self.problem(where, f'invalid market "{market}" (use the form BTC_USDT)')
+            elif market in seen:
+                self.problem(where, f'duplicate market "{market}"')
+            seen.add(market)
+        return markets
+
+    def whitebit_webhook(self, node: Any, location: str) -> WhitebitWebhookConfig | None:
+        fields = self.mapping(node, location, _WHITEBIT_WEBHOOK_KEYS)
+        if fields is None:
+            return None
+        public_key = self.secret(fields, "public_key", location, required=True)
+        secrets = self.secret_list(fields, "secrets", location, required=True)
+        if secrets == ():
+            self.problem(_at(location, "secrets"), "must list at least one secret")
+        policy = self.string_field(fields, "nonce_policy", location)
+        if policy is not None and policy not in NONCE_POLICIES:
+            self.problem(_at(location, "nonce_policy"), f'invalid value "{policy}" (use count or strict)')
+            policy = None
+        return WhitebitWebhookConfig(
+            public_key=public_key or "",
+            secrets=secrets or (),
+            nonce_policy=policy or WhitebitWebhookConfig.nonce_policy,
+        )
+
+    def zerohash(self, node: Any) -> ZerohashConfig | None:
+        location = "zerohash.webhook"
+        fields = self.mapping(node, "zerohash", _ZEROHASH_KEYS)
+        if fields is None:
+            return None
+        webhook = self.mapping(fields.get("webhook"), location, _ZEROHASH_WEBHOOK_KEYS)
+        if webhook is None:
+            return None
+        hmac_secrets = self.secret_list(webhook, "hmac_secrets", location)
+        rsa_file = self.rsa_public_keys_file(webhook, location)
+        tolerance = self.duration(webhook, "timestamp_tolerance", location)
+        participants = self.string_list(webhook, "participants", location) or ()
+        seen: set[str] = set()
+        for index, participant in enumerate(participants):
+            where = f"{location}.participants[{index}]"
+            if participant == "":
+                self.problem(where, "must not be empty")
+            elif participant in seen:
+                self.problem(where, f'duplicate participant "{participant}"')
+            seen.add(participant)
+        # A given but invalid source was reported already; don't also call it missing.
+        hmac_named = _present(webhook, "hmac_secrets") or _present(webhook, "hmac_secrets_file")
+        hmac_given = bool(hmac_secrets) or (hmac_secrets is None and hmac_named)
+        if not hmac_given and not _present(webhook, "rsa_public_keys_file"):
+            self.problem(
+                location,
+                "no way to verify deliveries (give hmac_secrets, hmac_secrets_file or rsa_public_keys_file)",
+            )
+        return ZerohashConfig(
+            webhook=ZerohashWebhookConfig(
+                hmac_secrets=hmac_secrets or (),
+                rsa_public_keys_file=rsa_file,
+                timestamp_tolerance=(
+                    ZerohashWebhookConfig.timestamp_tolerance if tolerance is None else tolerance
+                ),
+                participants=participants,
+            )
+        )
+
+    # --- field helpers ---------------------------------------------------------------------------
+
+    def mapping(self, node: Any, location: str, allowed: tuple[str, ...]) -> dict[str, Any] | None:
+        """The section's known keys, unknown ones reported: {} when absent (all defaults), None if invalid."""
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            self.problem(location, f"expected a mapping, got {_kind(node)}")
+            return None
+        for key in node:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                self.problem(_at(location, str(key)), f"unknown key{hint}")
+        return {key: value for key, value in node.items() if key in allowed}
+
+    def string(self, value: Any, location: str) -> str | None:
+        """A string value with ``${NAME}`` references replaced, or None (problem recorded)."""
+        if not isinstance(value, str):
+            self.problem(location, f"expected a string, got {_kind(value)}")
+            return None
+        failed = False
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal failed
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group(1)
+            if not match.group(2):
+                self.problem(location, 'unterminated "${" (write "$${" for a literal "${")')
+            elif not _ENV_NAME.fullmatch(name):
+                self.problem(location, f'invalid environment variable name "{name}"')
+            elif name not in self.env:
+                self.problem(location, f"environment variable {name} is not set")
+            else:
+                return self.env[name]
+            failed = True
+            return ""
+
+        result = _ENV_REFERENCE.sub(replace, value)
+        return None if failed else result
+
+    def string_field(
+        self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False
+    ) -> str | None:
+        where = _at(location, key)
+        if not _present(fields, key):
+            if required:
+                self.problem(where, "missing")
+            return None
+        value = self.string(fields[key], where)
+        if value == "":
+            self.problem(where, "must not be empty")
+            return None
+        return value
+
+    def string_list(self, fields: Mapping[str, Any], key: str, location: str) -> tuple[str, ...] | None:
+        """A list of strings; None if absent or if anything in it is invalid."""
+        if not _present(fields, key):
+            return None
+        where = _at(location, key)
+        node = fields[key]
+        if not isinstance(node, list):
+            self.problem(where, f"expected a list of strings, got {_kind(node)}")
+            return None
+        items = [self.string(item, _at(where, index)) for index, item in enumerate(node)]
+        strings = [item for item in items if item is not None]
+        return tuple(strings) if len(strings) == len(items) else None
+
+    def url(self, fields: Mapping[str, Any], key: str, location: str, schemes: tuple[str, ...]) -> str | None:
+        text = self.string_field(fields, key, location)
+        if text is None:
+            return None
+        try:
+            parts = urllib.parse.urlsplit(text)
+            valid = parts.scheme in schemes and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid:
+            wanted = " or ".join(f"{scheme}://HOST" for scheme in schemes)
+            self.problem(_at(location, key), f'invalid URL "{text}" (want {wanted})')
+            return None
+        if parts.query or parts.fragment:
+            self.problem(_at(location, key), f'URL "{text}" must not have a query or fragment')
+            return None
+        # Callers append API paths, so a trailing slash would double up.
+        return text.rstrip("/")
+
+    def listen_address(self, fields: Mapping[str, Any], location: str, default: str) -> ListenAddress | None:
+        text = self.string_field(fields, "listen_address", location)
+        if text is None:
+            return None if _present(fields, "listen_address") else parse_listen_address(default)
+        try:
+            return parse_listen_address(text)
+        except ValueError as error:
+            self.problem(_at(location, "listen_address"), str(error))
+            return None
+
+    def duration(self, fields: Mapping[str, Any], key: str, location: str) -> float | None:
+        """A duration that must be above zero (every duration in the config is an interval or a window)."""
+        if not _present(fields, key):
+            return None
+        where = _at(location, key)
+        value = fields[key]
+        if isinstance(value, str):
+            value = self.string(value, where)
+            if value is None:
+                return None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.problem(where, f"expected a duration like 30s, got {_kind(value)}")
+            return None
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            self.problem(where, str(error))
+            return None
+        if seconds <= 0:
+            shown = f'"{value}"' if isinstance(value, str) else str(value)
+            self.problem(where, f"must be greater than zero, got {shown}")
+            return None
+        return seconds
+
+    def byte_size(self, fields: Mapping[str, Any], key: str, location: str) -> int | None:
+        if not _present(fields, key):
+            return None
+        where = _at(location, key)
+        value = fields[key]
+        if isinstance(value, str):
+            value = self.string(value, where)
+            if value is None:
+                return None
+        elif isinstance(value, bool) or not isinstance(value, int):
+            self.problem(where, f"expected a number of bytes, got {_kind(value)}")
+            return None
+        try:
+            size = parse_byte_size(value)
+        except ValueError as error:
+            self.problem(where, str(error))
+            return None
+        if size <= 0:
+            self.problem(where, f"must be greater than zero, got {value}")
+            return None
+        return size
+
+    # --- secrets and files -----------------------------------------------------------------------
+
+    def secret(
+        self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False
+    ) -> str | None:
+        """``key`` given inline or as ``key_file``; never both."""
+        file_key = f"{key}_file"
+        if _present(fields, key) and _present(fields, file_key):
+            self.problem(location, f"{key} and {file_key} are both set (use one)")
+            return None
+        if _present(fields, file_key):
+            where = _at(location, file_key)
+            path = self.string_field(fields, file_key, location)
+            return None if path is None else self.read_secret_file(path, where)
+        if required and not _present(fields, key):
+            self.problem(_at(location, key), f"missing (give {key} or {file_key})")
+            return None
+        return self.string_field(fields, key, location)
+
+    def secret_list(
+        self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False
+    ) -> tuple[str, ...] | None:
+        """A list of secrets inline, or ``key_file``: one path or a list of paths, one secret per file."""
+        file_key = f"{key}_file"
+        if _present(fields, key) and _present(fields, file_key):
+            self.problem(location, f"{key} and {file_key} are both set (use one)")
+            return None
+        if _present(fields, file_key):
+            return self.secret_files(fields[file_key], _at(location, file_key))
+        if not _present(fields, key):
+            if required:
+                self.problem(_at(location, key), f"missing (give {key} or {file_key})")
+            return None
+        secrets = self.string_list(fields, key, location)
+        if secrets is None:
+            return None
+        empty = [index for index, secret in enumerate(secrets) if secret == ""]
+        for index in empty:
+            self.problem(f"{location}.{key}[{index}]", "must not be empty")
+        return None if empty else secrets
+
+    def secret_files(self, node: Any, location: str) -> tuple[str, ...] | None:
+        """The secrets in the file ``node`` names, or in each file of the list ``node``."""
+        if isinstance(node, list):
+            if not node:
+                self.problem(location, "must list at least one file")
+                return None
+            spots = [(item, f"{location}[{index}]") for index, item in enumerate(node)]
+        elif isinstance(node, str):
+            spots = [(node, location)]
+        else:
+            self.problem(location, f"expected a file path or a list of them, got {_kind(node)}")
+            return None
+        secrets = []
+        for item, where in spots:
+            path = self.string(item, where)
+            secrets.append(None if path is None else self.read_secret_file(path, where))
+        return tuple(secret for secret in secrets if secret is not None) if None not in secrets else None
+
+    def resolve(self, path: str) -> str:
+        return os.path.join(self.base_dir, os.path.expanduser(path))
+
+    def read_secret_file(self, path: str, location: str) -> str | None:
+        """The one secret in the file at ``path``, surrounding whitespace removed."""
+        if path == "":
+            self.problem(location, "must not be empty")
+            return None
+        try:
+            with open(self.resolve(path), "rb") as handle:
+                content = handle.read()
+        except OSError as error:
+            self.problem(location, f'cannot read "{path}": {error.strerror}')
+            return None
+        try:
+            secret = content.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            self.problem(location, f'"{path}" is not UTF-8 text')
+            return None
+        if not secret:
+            self.problem(location, f'"{path}" is empty')
+            return None
+        if "\n" in secret or "\r" in secret:
+            self.problem(location, f'"{path}" holds more than one line (put one secret in each file)')
+            return None
+        return secret
+
+    def rsa_public_keys_file(self, fields: Mapping[str, Any], location: str) -> str | None:
+        """The resolved path of a PEM file whose every block is an RSA public key."""
+        path = self.string_field(fields, "rsa_public_keys_file", location)
+        if path is None:
+            return None
+        where = _at(location, "rsa_public_keys_file")
+        resolved = self.resolve(path)
+        try:
+            with open(resolved, "rb") as handle:
+                content = handle.read()
+        except OSError as error:
+            self.problem(where, f'cannot read "{path}": {error.strerror}')
+            return None
+        blocks = list(_PEM_BLOCK.finditer(content))
+        if not blocks:
+            wanted = "want BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY"
+            self.problem(where, f'"{path}" holds no PEM block ({wanted})')
+            return None
+        valid = True
+        for number, block in enumerate(blocks, start=1):
+            try:
+                key = serialization.load_pem_public_key(block.group(0))
+            except (ValueError, UnsupportedAlgorithm):
+                key = None
+            if not isinstance(key, rsa.RSAPublicKey):
+                label = block.group(1).decode("ascii")
+                self.problem(where, f'"{path}": PEM block {number} ({label}) is not an RSA public key')
+                valid = False
+        return resolved if valid else None
