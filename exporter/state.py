@@ -1,0 +1,593 @@
+"""Durable state: everything a restart must not lose, in one SQLite file.
+
+The spec's "Nothing lost" list lives here: webhook delivery ids seen (with an expiry), the highest
+webhook nonce per account, deposits and withdrawals with their lifecycle status, history
+reconciliation cursors and Zero Hash balances per participant. Prometheus counters are *not*
+stored; they restart at 0 as Prometheus expects.
+
+Why synchronous calls on the event loop: the store uses one connection from the asyncio
+event-loop thread, and every call is a short indexed read or write. In WAL mode with
+``synchronous=NORMAL`` a commit is a ``write()`` into the WAL file without an ``fsync``, so it
+takes microseconds (an automatic checkpoint every ~1000 pages syncs once) and, once it has
+returned, survives a crash or SIGKILL of the process (the data is in the OS page cache). That is
+exactly the guarantee a webhook receiver needs to commit before it answers 200. Surviving a
+power loss or kernel crash needs an ``fsync`` per commit, which is ``durability="power"``
+(``synchronous=FULL``). A thread pool would only add ordering problems between concurrent
+writers for no gain at these sizes.
+
+Amounts are stored as TEXT decimal strings and returned as :class:`decimal.Decimal`, so nothing
+is rounded on the way through; times are float unix seconds. Never put a secret in here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+#: A migration is either an SQL script or a function given the connection. The runner wraps
+#: each one in its own transaction and bumps ``PRAGMA user_version``. A function must not call
+#: ``executescript()`` (it commits implicitly and would break that transaction).
+Migration = str | Callable[[sqlite3.Connection], None]
+
+TransferKind = Literal["deposit", "withdraw"]
+Durability = Literal["process", "power"]
+
+#: Marks the file as ours (``PRAGMA application_id``, "WBEX"), so another program's SQLite
+#: database given by mistake is refused instead of having tables added to it.
+APPLICATION_ID = 0x57424558
+
+#: Webhook ids must be remembered across restarts for at least 48 h (spec, "Webhook behaviour").
+MIN_DELIVERY_TTL = 48 * 3600.0
+DEFAULT_DELIVERY_TTL = 7 * 86400.0
+
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA_V1 = """
+CREATE TABLE webhook_deliveries (
+    provider    TEXT NOT NULL,
+    account     TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    first_seen  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    PRIMARY KEY (provider, account, delivery_id)
+) WITHOUT ROWID;
+CREATE INDEX webhook_deliveries_by_expiry ON webhook_deliveries (expires_at);
+
+CREATE TABLE nonces (
+    account    TEXT PRIMARY KEY,
+    highest    INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+
+CREATE TABLE transfers (
+    account                TEXT NOT NULL,
+    kind                   TEXT NOT NULL CHECK (kind IN ('deposit', 'withdraw')),
+    key                    TEXT NOT NULL,
+    status                 INTEGER NOT NULL,
+    status_name            TEXT NOT NULL,
+    ticker                 TEXT NOT NULL,
+    amount                 TEXT NOT NULL,
+    created_at             REAL NOT NULL,
+    updated_at             REAL NOT NULL,
+    final                  INTEGER NOT NULL CHECK (final IN (0, 1)),
+    outcome                TEXT,
+    webhook_seen           INTEGER NOT NULL CHECK (webhook_seen IN (0, 1)),
+    history_seen           INTEGER NOT NULL CHECK (history_seen IN (0, 1)),
+    missed_counted         INTEGER NOT NULL CHECK (missed_counted IN (0, 1)),
+    confirmations_actual   INTEGER,
+    confirmations_required INTEGER,
+    details                TEXT NOT NULL,
+    PRIMARY KEY (account, kind, key)
+);
+CREATE INDEX transfers_by_final ON transfers (final, updated_at);
+
+CREATE TABLE cursors (
+    account    TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (account, name)
+);
+
+CREATE TABLE zerohash_balances (
+    participant_code TEXT NOT NULL,
+    account_group    TEXT NOT NULL,
+    account_label    TEXT NOT NULL,
+    account_type     TEXT NOT NULL,
+    asset            TEXT NOT NULL,
+    balance          TEXT NOT NULL,
+    timestamp        REAL NOT NULL,
+    run_id           TEXT,
+    PRIMARY KEY (participant_code, account_group, account_label, account_type, asset)
+);
+"""
+
+#: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
+#: migration that has shipped, since files in the field were built by it.
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+
+
+class StateError(Exception):
+    """The state file cannot be used: not a database, too new, unwritable, or a failed write."""
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """One deposit or withdrawal as the lifecycle state machine last left it."""
+
+    account: str
+    kind: TransferKind
+    key: str
+    status: int
+    status_name: str
+    ticker: str
+    amount: Decimal
+    created_at: float
+    updated_at: float
+    final: bool = False
+    outcome: str | None = None
+    webhook_seen: bool = False
+    history_seen: bool = False
+    missed_counted: bool = False
+    confirmations_actual: int | None = None
+    confirmations_required: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ZerohashBalance:
+    """The absolute balance of one Zero Hash account at its payload event time."""
+
+    participant_code: str
+    account_group: str
+    account_label: str
+    account_type: str
+    asset: str
+    balance: Decimal
+    timestamp: float
+    run_id: str | None = None
+
+
+class StateStore:
+    """Typed facade over the SQLite state file; create it with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
+        self._db: sqlite3.Connection | None = conn
+        self._path = path
+        self._clock = clock
+        self._depth = 0
+        self._owner: object = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        durability: Durability = "process",
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> StateStore:
+        """Open (creating if needed) and migrate the state file at ``path``.
+
+        ``durability="process"`` (``synchronous=NORMAL``) makes every commit survive a crash or
+        SIGKILL of this process; ``"power"`` (``synchronous=FULL``) also survives power loss at
+        the cost of an fsync per commit.
+        """
+        if durability not in ("process", "power"):
+            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: transactions are issued explicitly by transaction().
+            conn = sqlite3.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot open state file {path}: {exc}") from exc
+        try:
+            _prepare(conn, path, durability, migrations)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, clock)
+
+    def close(self) -> None:
+        """Close the file; an open transaction is rolled back. Closing twice is harmless."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self._path
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (``PRAGMA user_version``)."""
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    # -- transactions ------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several calls into one atomic commit; an exception rolls all of it back.
+
+        Calls inside do not commit by themselves. Nested blocks are savepoints: an exception
+        caught inside the outer block undoes only the nested block. Never ``await`` inside:
+        another task's call would otherwise silently join this transaction, so such a call
+        raises :class:`StateError` instead.
+        """
+        conn = self._conn()
+        owner = self._check_owner()
+        outer = self._depth == 0
+        savepoint = f"sp{self._depth}"
+        try:
+            conn.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot begin a transaction on {self._path}: {exc}") from exc
+        if outer:
+            self._owner = owner
+        self._depth += 1
+        try:
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            conn.execute("COMMIT" if outer else f"RELEASE {savepoint}")
+        except BaseException as exc:
+            _undo(conn, None if outer else savepoint)
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(f"state write to {self._path} failed: {exc}") from exc
+            raise
+        finally:
+            if outer:
+                self._owner = None
+
+    def _check_owner(self) -> object:
+        try:
+            task: object = asyncio.current_task()
+        except RuntimeError:  # no running event loop: plain synchronous use
+            task = None
+        if self._depth and task is not self._owner:
+            raise StateError(
+                "a StateStore transaction is open in another asyncio task; never await inside transaction()"
+            )
+        return task
+
+    # -- webhook deliveries ------------------------------------------------------------------
+
+    def remember_delivery(
+        self, provider: str, account: str, delivery_id: str, *, ttl: float = DEFAULT_DELIVERY_TTL
+    ) -> bool:
+        """Record a delivery id; True if it is new (or its old record expired), False if seen."""
+        if not (math.isfinite(ttl) and ttl >= MIN_DELIVERY_TTL):
+            raise ValueError(f"delivery ttl must be at least {MIN_DELIVERY_TTL:.0f} s, not {ttl!r}")
+        now = self._now()
+        with self.transaction():
+            # One statement decides and writes, so "seen?" and "remember" cannot be split; an
+            # expired row is refreshed as if it were new.
+            cur = self._conn().execute(
+                "INSERT INTO webhook_deliveries (provider, account, delivery_id, first_seen, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (provider, account, delivery_id) DO UPDATE"
+                " SET first_seen = excluded.first_seen, expires_at = excluded.expires_at"
+                " WHERE webhook_deliveries.expires_at <= ?",
+                (provider, account, delivery_id, now, now + ttl, now),
+            )
+            return cur.rowcount == 1
+
+    def delivery_seen(self, provider: str, account: str, delivery_id: str) -> bool:
+        """True if the delivery id is remembered and not expired."""
+        rows = self._query(
+            "SELECT 1 FROM webhook_deliveries WHERE provider = ? AND account = ? AND delivery_id = ?"
+            " AND expires_at > ?",
+            (provider, account, delivery_id, self._now()),
+        )
+        return bool(rows)
+
+    def purge_expired_deliveries(self) -> int:
+        """Delete expired delivery ids; returns how many."""
+        with self.transaction():
+            cur = self._conn().execute("DELETE FROM webhook_deliveries WHERE expires_at <= ?", (self._now(),))
+            return cur.rowcount
+
+    # -- nonces ------------------------------------------------------------------------------
+
+    def highest_nonce(self, account: str) -> int | None:
+        """The highest webhook nonce recorded for ``account``, or None."""
+        rows = self._query("SELECT highest FROM nonces WHERE account = ?", (account,))
+        return int(rows[0][0]) if rows else None
+
+    def raise_nonce(self, account: str, nonce: int) -> int | None:
+        """Record ``nonce`` if it is above the highest; returns the previous highest (or None)."""
+        _int(nonce, "nonce")
+        with self.transaction():
+            previous = self.highest_nonce(account)
+            if previous is None or nonce > previous:
+                self._conn().execute(
+                    "INSERT INTO nonces (account, highest, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (account) DO UPDATE SET highest = excluded.highest, updated_at = excluded.updated_at",
+                    (account, nonce, self._now()),
+                )
+            return previous
+
+    # -- transfers ---------------------------------------------------------------------------
+
+    def put_transfer(self, record: TransferRecord) -> None:
+        """Insert or replace the transfer with the same (account, kind, key)."""
+        if record.kind not in ("deposit", "withdraw"):
+            raise ValueError(f"transfer kind must be 'deposit' or 'withdraw', not {record.kind!r}")
+        if not isinstance(record.details, dict):
+            raise ValueError(f"transfer details must be a dict, not {type(record.details).__name__}")
+        try:
+            details = json.dumps(record.details, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"transfer details are not plain JSON: {exc}") from exc
+        row = (
+            record.account,
+            record.kind,
+            record.key,
+            _int(record.status, "status"),
+            record.status_name,
+            record.ticker,
+            _decimal_text(record.amount, "amount"),
+            _finite(record.created_at, "created_at"),
+            _finite(record.updated_at, "updated_at"),
+            int(record.final),
+            record.outcome,
+            int(record.webhook_seen),
+            int(record.history_seen),
+            int(record.missed_counted),
+            _optional_int(record.confirmations_actual, "confirmations_actual"),
+            _optional_int(record.confirmations_required, "confirmations_required"),
+            details,
+        )
+        with self.transaction():
+            self._conn().execute(
+                f"INSERT OR REPLACE INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row
+            )
+
+    def get_transfer(self, account: str, kind: str, key: str) -> TransferRecord | None:
+        """The transfer with this (account, kind, key), or None."""
+        rows = self._query(
+            f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE account = ? AND kind = ? AND key = ?",
+            (account, kind, key),
+        )
+        return _transfer(rows[0]) if rows else None
+
+    def transfers(self, account: str | None = None, *, open_only: bool = False) -> list[TransferRecord]:
+        """Transfers, optionally of one account and/or only those not final, oldest first."""
+        sql = f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE (? IS NULL OR account = ?)"
+        if open_only:
+            sql += " AND final = 0"
+        sql += " ORDER BY account, created_at, kind, key"
+        return [_transfer(row) for row in self._query(sql, (account, account))]
+
+    def purge_final_transfers(self, older_than: float) -> int:
+        """Delete final transfers last updated before ``older_than`` (unix s); returns how many.
+
+        Final records are kept for a while so that late webhook deliveries and history rows are
+        recognized as known instead of counted again.
+        """
+        with self.transaction():
+            cur = self._conn().execute(
+                "DELETE FROM transfers WHERE final = 1 AND updated_at < ?", (_finite(older_than, "older_than"),)
+            )
+            return cur.rowcount
+
+    # -- cursors -----------------------------------------------------------------------------
+
+    def get_cursor(self, account: str, name: str) -> str | None:
+        """The stored cursor ``name`` of ``account`` (e.g. the history reconciliation position)."""
+        rows = self._query("SELECT value FROM cursors WHERE account = ? AND name = ?", (account, name))
+        return str(rows[0][0]) if rows else None
+
+    def set_cursor(self, account: str, name: str, value: str) -> None:
+        """Store cursor ``name`` of ``account``."""
+        with self.transaction():
+            self._conn().execute(
+                "INSERT INTO cursors (account, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (account, name, value, self._now()),
+            )
+
+    # -- Zero Hash balances ------------------------------------------------------------------
+
+    def apply_zerohash_balance(self, b: ZerohashBalance) -> bool:
+        """Store ``b`` unless a newer event for the same account is stored; True if applied.
+
+        Zero Hash does not guarantee delivery order, so the payload timestamp decides; an equal
+        timestamp applies (a redelivery of the same event changes nothing).
+        """
+        row = (
+            b.participant_code,
+            b.account_group,
+            b.account_label,
+            b.account_type,
+            b.asset,
+            _decimal_text(b.balance, "balance"),
+            _finite(b.timestamp, "timestamp"),
+            b.run_id,
+        )
+        with self.transaction():
+            cur = self._conn().execute(
+                f"INSERT INTO zerohash_balances ({_ZEROHASH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (participant_code, account_group, account_label, account_type, asset) DO UPDATE"
+                " SET balance = excluded.balance, timestamp = excluded.timestamp, run_id = excluded.run_id"
+                " WHERE excluded.timestamp >= zerohash_balances.timestamp",
+                row,
+            )
+            return cur.rowcount == 1
+
+    def zerohash_balances(self) -> list[ZerohashBalance]:
+        """Every stored Zero Hash balance, ordered by account key."""
+        rows = self._query(
+            f"SELECT {_ZEROHASH_COLUMNS} FROM zerohash_balances"
+            " ORDER BY participant_code, account_group, account_label, account_type, asset"
+        )
+        return [
+            ZerohashBalance(
+                participant_code=r[0],
+                account_group=r[1],
+                account_label=r[2],
+                account_type=r[3],
+                asset=r[4],
+                balance=Decimal(r[5]),
+                timestamp=float(r[6]),
+                run_id=r[7],
+            )
+            for r in rows
+        ]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StateError(f"state store {self._path} is closed")
+        return self._db
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Any]:
+        conn = self._conn()
+        self._check_owner()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StateError(f"state read from {self._path} failed: {exc}") from exc
+
+
+_TRANSFER_COLUMNS = (
+    "account, kind, key, status, status_name, ticker, amount, created_at, updated_at, final, outcome,"
+    " webhook_seen, history_seen, missed_counted, confirmations_actual, confirmations_required, details"
+)
+_ZEROHASH_COLUMNS = "participant_code, account_group, account_label, account_type, asset, balance, timestamp, run_id"
+
+
+def _transfer(r: Sequence[Any]) -> TransferRecord:
+    return TransferRecord(
+        account=r[0],
+        kind=r[1],
+        key=r[2],
+        status=int(r[3]),
+        status_name=r[4],
+        ticker=r[5],
+        amount=Decimal(r[6]),
+        created_at=float(r[7]),
+        updated_at=float(r[8]),
+        final=bool(r[9]),
+        outcome=r[10],
+        webhook_seen=bool(r[11]),
+        history_seen=bool(r[12]),
+        missed_counted=bool(r[13]),
+        confirmations_actual=r[14],
+        confirmations_required=r[15],
+        details=json.loads(r[16]),
+    )
+
+
+def _decimal_text(value: Decimal, name: str) -> str:
+    # A float would already have lost digits; NaN/Infinity are not amounts.
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise ValueError(f"{name} must be a finite Decimal, not {value!r}")
+    return format(value, "f")
+
+
+def _int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name} must be a 64-bit integer, not {value!r}")
+    return value
+
+
+def _optional_int(value: int | None, name: str) -> int | None:
+    return None if value is None else _int(value, name)
+
+
+def _finite(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number of seconds, not {value!r}")
+    return float(value)
+
+
+def _undo(conn: sqlite3.Connection, savepoint: str | None) -> None:
+    """Roll back the whole transaction (``savepoint`` None) or back to ``savepoint``."""
+    try:
+        if savepoint is not None:
+            conn.execute(f"ROLLBACK TO {savepoint}")
+            conn.execute(f"RELEASE {savepoint}")
+        elif conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        # The error that got us here is the one worth reporting; a failed rollback leaves the
+        # transaction open and the next BEGIN reports that as a StateError.
+        pass
+
+
+def _prepare(conn: sqlite3.Connection, path: Path, durability: Durability, migrations: Sequence[Migration]) -> None:
+    """Check that ``conn`` is a state file this code understands, configure it and migrate it."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # The first read of the header: a file that is not SQLite fails here.
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        has_objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    except sqlite3.Error as exc:
+        raise StateError(f"{path} is not a usable SQLite state file: {exc}") from exc
+    if app_id not in (0, APPLICATION_ID) or (version == 0 and has_objects):
+        raise StateError(f"{path} is an SQLite database of another program, not a whitebit-exporter state file")
+    if version > len(migrations):
+        raise StateError(
+            f"{path} was written by a newer whitebit-exporter (schema version {version};"
+            f" this version knows up to {len(migrations)})"
+        )
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute(f"PRAGMA synchronous = {'NORMAL' if durability == 'process' else 'FULL'}")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StateError(f"cannot configure state file {path}: {exc}") from exc
+    if str(mode).lower() != "wal":
+        # Durability of commits is argued for WAL; don't run silently on something else.
+        raise StateError(f"{path}: SQLite refused WAL journal mode (got {mode!r}); use a local filesystem")
+    for index in range(version, len(migrations)):
+        _migrate(conn, path, index + 1, migrations[index])
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, target: int, migration: Migration) -> None:
+    """Apply one migration and set ``user_version = target`` in a single transaction."""
+    stamps = [f"PRAGMA user_version = {target}"]
+    if target == 1:
+        stamps.append(f"PRAGMA application_id = {APPLICATION_ID}")
+    try:
+        if isinstance(migration, str):
+            # executescript() commits any open transaction first, so BEGIN/COMMIT go inside it.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{migration}\n;{'; '.join(stamps)};\nCOMMIT;")
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            migration(conn)
+            for stamp in stamps:
+                conn.execute(stamp)
+            conn.execute("COMMIT")
+    except Exception as exc:
+        _undo(conn, None)
+        raise StateError(f"migrating {path} to schema version {target} failed: {exc}") from exc
