@@ -1,0 +1,187 @@
+"""The ``whitebit-exporter`` command line (also ``python -m exporter``).
+
+``whitebit-exporter [flags]`` runs the exporter until SIGTERM/SIGINT; ``--config.check``
+validates the config without touching the network; ``--demo`` runs against the built-in
+simulator; ``whitebit-exporter simulate …`` runs the simulator alone. Exit status: 0 on a clean
+stop or a valid config, 1 on an invalid config or a failed start, 2 on a bad flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__
+from exporter.config import (
+    Config,
+    ConfigError,
+    ConfigProblem,
+    ListenAddress,
+    load_config,
+    parse_listen_address,
+)
+from exporter.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+
+log = logging.getLogger(__name__)
+
+PROG = "whitebit-exporter"
+
+
+def _listen_address(text: str) -> ListenAddress:
+    try:
+        return parse_listen_address(text)
+    except ValueError as exc:
+        # ArgumentTypeError keeps argparse from replacing the reason with a generic message.
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of spec.md "Command line"."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Prometheus exporter for WhiteBIT accounts and Zero Hash balance webhooks. "
+        f"`{PROG} simulate --help` describes the built-in WhiteBIT simulator.",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config.file", dest="config_file", default="config.yaml", metavar="PATH",
+        help="YAML config file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--config.check", dest="config_check", action="store_true",
+        help="validate the config, print every problem, exit 0 or 1; no network",
+    )
+    parser.add_argument(
+        "--web.listen-address", dest="web_listen_address", type=_listen_address, metavar="HOST:PORT",
+        help="metrics listener address; overrides web.listen_address",
+    )
+    parser.add_argument(
+        "--webhooks.listen-address", dest="webhooks_listen_address", type=_listen_address,
+        metavar="HOST:PORT", help="webhook listener address; overrides webhooks.listen_address",
+    )
+    parser.add_argument(
+        "--log.level", dest="log_level", choices=LOG_LEVELS, default="info",
+        help="minimum level logged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", choices=LOG_FORMATS, default="logfmt",
+        help="log line format on stderr (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--demo", action="store_true",
+        help="run against the built-in WhiteBIT simulator: no credentials, live metrics within seconds",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    return parser
+
+
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    """The config with the listen addresses given on the command line, if any."""
+    if args.web_listen_address is not None:
+        config = dataclasses.replace(
+            config, web=dataclasses.replace(config.web, listen_address=args.web_listen_address)
+        )
+    if args.webhooks_listen_address is not None:
+        config = dataclasses.replace(
+            config,
+            webhooks=dataclasses.replace(config.webhooks, listen_address=args.webhooks_listen_address),
+        )
+    return config
+
+
+def summary(config: Config) -> str:
+    """One line describing a valid config, without secrets."""
+    names = ", ".join(a.name for a in config.whitebit)
+    accounts = f"{len(config.whitebit)} WhiteBIT account{'s' if len(config.whitebit) != 1 else ''}"
+    if names:
+        accounts += f" ({names})"
+    zerohash = "on" if config.zerohash is not None else "off"
+    return (
+        f"{accounts}; Zero Hash webhooks {zerohash}; metrics on {config.web.listen_address}; "
+        f"webhooks on {config.webhooks.listen_address}; state in {config.state.path}"
+    )
+
+
+def format_problem(path: str, problem: ConfigProblem) -> str:
+    """``PATH: location: message``; a problem with the whole file is just ``PATH: message``."""
+    if problem.location == path:
+        return f"{path}: {problem.message}"
+    return f"{path}: {problem}"
+
+
+def _check(path: str, args: argparse.Namespace) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(format_problem(path, problem), file=sys.stderr)
+        return 1
+    print(f"{path}: OK: {summary(apply_overrides(config, args))}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so --version, --config.check and `simulate` need no aiohttp server stack.
+    from exporter.app import Exporter, StartupError, run_until_signal
+
+    setup_logging(args.log_level, args.log_format)
+    path = args.config_file
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("invalid config", extra={"problem": format_problem(path, problem)})
+        log.error(
+            "exiting: the config is invalid; nothing was started",
+            extra={"file": path, "problems": len(exc.problems)},
+        )
+        return 1
+    log.info("config loaded", extra={"file": path})
+    exporter = Exporter(apply_overrides(config, args))
+    try:
+        return asyncio.run(run_until_signal(exporter))
+    except StartupError as exc:
+        log.error(f"exiting: cannot start: {exc}")
+        return 1
+    except Exception:
+        log.exception("exiting: unexpected error")
+        return 1
+
+
+def _exit_status(exc: SystemExit) -> int:
+    """The status ``sys.exit(code)`` would give: None is 0, a message is 1."""
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "simulate":
+        from exporter.simulator.cli import main as simulate_main
+
+        try:
+            return simulate_main(args_list[1:])
+        except SystemExit as exc:  # its argparse: --help or a bad flag
+            return _exit_status(exc)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:  # --help (0) or a bad flag (2, message already printed)
+        return _exit_status(exc)
+    if args.version:
+        print(f"{PROG} {__version__}")
+        return 0
+    if args.config_check:
+        return _check(args.config_file, args)
+    if args.demo:
+        from exporter.demo import run_demo
+
+        setup_logging(args.log_level, args.log_format)
+        return run_demo(args)
+    return _run(args)

@@ -1,0 +1,555 @@
+"""The Exporter over loopback: both listeners, their endpoints, startup failures, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import scrape, scrape_text, wait_for
+
+from exporter import __version__
+from exporter.app import STOP_TIMEOUT, Exporter, StartupError, run_until_signal
+from exporter.config import (
+    Config,
+    ListenAddress,
+    StateConfig,
+    WhitebitAccountConfig,
+    WhitebitWebhookConfig,
+    ZerohashConfig,
+    ZerohashWebhookConfig,
+)
+from exporter.logs import LogfmtFormatter
+from exporter.metrics import (
+    EXPORTER_BUILD_INFO,
+    EXPORTER_TASK_RESTARTS,
+    METRIC_TYPES,
+    WHITEBIT_ORDER_EVENTS,
+    WHITEBIT_REST_REQUEST_DURATION_SECONDS,
+    WHITEBIT_UP,
+    exposed_name,
+)
+from exporter.supervisor import Supervisor
+from exporter.webhook_listener import create_webhook_app
+
+API_KEY = "apikey-0123456789-SECRET-abcdef"
+API_SECRET = "apisecret-0123456789-SECRET-abcdef"
+HOOK_SECRET = "hooksecret-0123456789-SECRET"
+ZH_SECRET = "zerohash-hmac-0123456789-SECRET"
+
+ACCOUNTS = (
+    WhitebitAccountConfig(
+        name="main",
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        markets=("BTC_USDT",),
+        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-MAIN", secrets=(HOOK_SECRET,)),
+    ),
+    WhitebitAccountConfig(name="trading", api_key=API_KEY + "2", api_secret=API_SECRET + "2"),
+    WhitebitAccountConfig(
+        name="payments",
+        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-PAYMENTS", secrets=(HOOK_SECRET + "2",)),
+    ),
+)
+ZEROHASH = ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,)))
+
+StartExporter = Callable[..., Awaitable[Exporter]]
+
+
+@pytest.fixture
+async def start_exporter(make_config: Callable[..., Config]) -> AsyncIterator[StartExporter]:
+    """Start Exporters on loopback port 0; every one is stopped after the test."""
+    started: list[Exporter] = []
+
+    async def start(config: Config | None = None, **kwargs: Any) -> Exporter:
+        exporter = Exporter(config or make_config(ACCOUNTS, zerohash=ZEROHASH), **kwargs)
+        started.append(exporter)
+        await exporter.start()
+        return exporter
+
+    yield start
+    for exporter in started:
+        await exporter.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def occupied_port() -> Iterator[int]:
+    """A loopback port something else is already listening on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+# -- /metrics -----------------------------------------------------------------------------
+
+
+async def test_metrics_expose_build_info_with_version_and_python(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    result = await scrape(exporter.metrics_url)
+    assert result.samples(EXPORTER_BUILD_INFO) == [
+        ({"version": __version__, "python": platform.python_version()}, 1.0)
+    ]
+
+
+def test_counter_families_are_exposed_with_total_suffix() -> None:
+    assert exposed_name(WHITEBIT_ORDER_EVENTS) == "whitebit_order_events_total"
+    assert exposed_name(EXPORTER_TASK_RESTARTS) == "whitebit_exporter_task_restarts_total"
+    assert exposed_name(WHITEBIT_UP) == "whitebit_up"
+    assert exposed_name(WHITEBIT_REST_REQUEST_DURATION_SECONDS) == "whitebit_rest_request_duration_seconds"
+    assert all(not name.endswith("_total") for name in METRIC_TYPES)
+
+
+async def test_metrics_have_no_created_series(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    result = await scrape(exporter.metrics_url)
+    assert result  # the scrape parsed into families
+    assert not [name for name in result.sample_names() if name.endswith("_created")]
+
+
+async def test_metrics_show_up_for_every_configured_account(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    exporter.health.register("websocket", "trading").failing("disconnected (refused)")
+    result = await scrape(exporter.metrics_url)
+    assert result.samples(WHITEBIT_UP) == [
+        ({"account": "main"}, 1.0),
+        ({"account": "trading"}, 0.0),
+        ({"account": "payments"}, 1.0),
+    ]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process metrics need /proc")
+async def test_metrics_include_standard_process_metrics(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    result = await scrape(exporter.metrics_url)
+    assert result.value("process_start_time_seconds") is not None
+    [(labels, value)] = result.samples("python_info")
+    assert labels["version"] == platform.python_version()
+    assert value == 1.0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (CI installs it)")
+async def test_metrics_pass_promtool_check_metrics(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    exporter.supervisor.start("idle", asyncio.Event().wait)
+    text = await scrape_text(exporter.metrics_url)
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+
+
+async def test_metrics_show_supervised_tasks(start_exporter: StartExporter) -> None:
+    exporter = await start_exporter()
+    exporter.supervisor.start("idle", asyncio.Event().wait)
+    await wait_for(lambda: exporter.supervisor.status()[0].running)
+    result = await scrape(exporter.metrics_url)
+    assert result.value("whitebit_exporter_task_restarts_total", task="idle") == 0.0
+    assert result.value("whitebit_exporter_task_running", task="idle") == 1.0
+
+
+# -- landing page and health ----------------------------------------------------------------
+
+
+async def test_landing_page_links_to_endpoints_and_shows_version(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    async with http.get(exporter.metrics_url + "/") as response:
+        assert response.status == 200
+        assert response.content_type == "text/html"
+        body = await response.text()
+    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"'):
+        assert link in body
+    assert __version__ in body
+    # The relative links resolve to working endpoints.
+    for path in ("/metrics", "/-/healthy", "/-/ready"):
+        async with http.get(exporter.metrics_url + path) as response:
+            assert response.status == 200, path
+
+
+async def test_healthy_answers_ok_even_when_not_ready(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    exporter.health.register("websocket", "main")
+    async with http.get(exporter.metrics_url + "/-/healthy") as response:
+        assert response.status == 200
+        assert (await response.text()).strip() == "OK"
+
+
+async def test_ready_is_503_with_a_line_per_failing_source_then_200(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    websocket = exporter.health.register("websocket", "main")
+    rest = exporter.health.register("rest", "trading")
+    websocket.failing("disconnected (connection refused)")
+    async with http.get(exporter.metrics_url + "/-/ready") as response:
+        assert response.status == 503
+        lines = (await response.text()).splitlines()
+    assert lines == ["websocket main: disconnected (connection refused)", "rest trading: starting"]
+
+    websocket.ok()
+    rest.ok()
+    async with http.get(exporter.metrics_url + "/-/ready") as response:
+        assert response.status == 200
+        assert (await response.text()).strip() == "ready"
+
+
+@pytest.mark.parametrize("path", ["/-/healthy", "/-/ready", "/metrics", "/"])
+async def test_other_methods_on_metrics_listener_paths_get_405(
+    start_exporter: StartExporter, http: aiohttp.ClientSession, path: str
+) -> None:
+    exporter = await start_exporter()
+    async with http.post(exporter.metrics_url + path) as response:
+        assert response.status == 405
+    async with http.head(exporter.metrics_url + path) as response:
+        assert response.status == 200
+
+
+async def test_metrics_listener_does_not_serve_webhook_paths(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    async with http.get(exporter.metrics_url + "/whiteBIT-verification") as response:
+        assert response.status == 404
+
+
+# -- webhook listener -------------------------------------------------------------------------
+
+
+async def test_verification_lists_every_configured_webhook_public_key(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
+        assert response.status == 200
+        assert response.content_type == "application/json"
+        assert json.loads(await response.text()) == ["PUBLIC-KEY-MAIN", "PUBLIC-KEY-PAYMENTS"]
+
+
+async def test_verification_answers_head_with_200_and_no_body(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    async with http.head(exporter.webhooks_url + "/whiteBIT-verification") as response:
+        assert response.status == 200
+        assert await response.read() == b""
+
+
+async def test_verification_is_an_empty_array_without_webhook_accounts(
+    start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter(make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY)]))
+    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
+        assert json.loads(await response.text()) == []
+
+
+async def test_verification_lists_a_shared_public_key_once(
+    start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    hook = WhitebitWebhookConfig(public_key="SHARED", secrets=(HOOK_SECRET,))
+    config = make_config(
+        [WhitebitAccountConfig(name="a", webhook=hook), WhitebitAccountConfig(name="b", webhook=hook)]
+    )
+    exporter = await start_exporter(config)
+    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
+        assert json.loads(await response.text()) == ["SHARED"]
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/", "/-/healthy", "/-/ready"])
+async def test_webhook_listener_serves_nothing_else(
+    start_exporter: StartExporter, http: aiohttp.ClientSession, path: str
+) -> None:
+    exporter = await start_exporter()
+    async with http.get(exporter.webhooks_url + path) as response:
+        assert response.status == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/whiteBIT-verification"), ("GET", "/nope"), ("PUT", "/whiteBIT-verification")],
+)
+async def test_webhook_listener_does_not_reveal_software_versions(
+    start_exporter: StartExporter, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    exporter = await start_exporter()
+    async with http.request(method, exporter.webhooks_url + path) as response:
+        assert response.headers["Server"] == "whitebit-exporter"
+
+
+async def test_post_to_verification_is_405(start_exporter: StartExporter, http: aiohttp.ClientSession) -> None:
+    exporter = await start_exporter()
+    async with http.post(exporter.webhooks_url + "/whiteBIT-verification", data=b"{}") as response:
+        assert response.status == 405
+
+
+class EchoReceiver:
+    """A receiver used only to test how the listener routes receivers and caps bodies."""
+
+    path = "/webhooks/echo"
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.bodies.append(body)
+        return web.Response(text=str(len(body)))
+
+
+async def test_receivers_get_post_and_a_head_probe_and_bodies_are_capped(
+    aiohttp_client: Any, make_config: Callable[..., Config]
+) -> None:
+    receiver = EchoReceiver()
+    client = await aiohttp_client(create_webhook_app(make_config(ACCOUNTS, max_body_bytes=1024), [receiver]))
+
+    response = await client.post(receiver.path, data=b"x" * 1024)
+    assert response.status == 200 and await response.text() == "1024"
+    response = await client.post(receiver.path, data=b"x" * 1025)
+    assert response.status == 413
+    assert receiver.bodies == [b"x" * 1024]
+
+    response = await client.head(receiver.path)
+    assert response.status == 200
+    response = await client.get(receiver.path)
+    assert response.status == 405
+
+
+# -- startup, shutdown ----------------------------------------------------------------------------
+
+
+async def test_listen_addresses_come_from_config_and_bound_urls_are_reported(
+    start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
+) -> None:
+    exporter = await start_exporter()
+    assert exporter.metrics_url.startswith("http://127.0.0.1:")
+    assert exporter.webhooks_url.startswith("http://127.0.0.1:")
+    assert not exporter.metrics_url.endswith(":0")
+    assert exporter.metrics_url != exporter.webhooks_url
+
+
+async def test_urls_before_start_raise(make_config: Callable[..., Config]) -> None:
+    exporter = Exporter(make_config(ACCOUNTS))
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = exporter.metrics_url
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = exporter.state
+
+
+async def test_a_port_in_use_fails_start_with_a_clear_message_and_releases_everything(
+    make_config: Callable[..., Config], occupied_port: int, http: aiohttp.ClientSession
+) -> None:
+    config = make_config(ACCOUNTS, webhooks=ListenAddress("127.0.0.1", occupied_port))
+    exporter = Exporter(config)
+    message = rf"cannot listen on 127\.0\.0\.1:{occupied_port} for the webhooks listener: Address already in use"
+    with pytest.raises(StartupError, match=message):
+        await exporter.start()
+    with pytest.raises(RuntimeError):
+        _ = exporter.state  # closed again
+    with pytest.raises(RuntimeError):
+        _ = exporter.metrics_url  # the metrics listener that had bound was stopped
+    await exporter.stop()  # harmless after a failed start
+
+
+async def test_an_unusable_state_path_fails_start_before_binding(
+    make_config: Callable[..., Config], tmp_path: Any
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    config = dataclasses.replace(make_config(ACCOUNTS), state=StateConfig(path=str(blocker / "state.db")))
+    exporter = Exporter(config)
+    with pytest.raises(StartupError, match="state"):
+        await exporter.start()
+    with pytest.raises(RuntimeError):
+        _ = exporter.metrics_url
+
+
+async def test_start_opens_the_state_file_and_stop_closes_it(
+    make_config: Callable[..., Config], tmp_path: Any
+) -> None:
+    exporter = Exporter(make_config(ACCOUNTS))
+    await exporter.start()
+    assert (tmp_path / "state.db").exists()
+    assert exporter.state.path == tmp_path / "state.db"
+    await exporter.stop()
+    with pytest.raises(RuntimeError):
+        _ = exporter.state
+
+
+async def test_stop_closes_both_listeners(start_exporter: StartExporter, http: aiohttp.ClientSession) -> None:
+    exporter = await start_exporter()
+    urls = [exporter.metrics_url + "/-/healthy", exporter.webhooks_url + "/whiteBIT-verification"]
+    await exporter.stop()
+    for url in urls:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            async with http.get(url):
+                pass
+
+
+async def test_stop_is_bounded_even_with_a_task_ignoring_cancellation(
+    make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    exporter = Exporter(make_config(ACCOUNTS), supervisor=Supervisor(initial_backoff=0.001, max_backoff=0.001))
+    await exporter.start()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    exporter.supervisor.start("stubborn", stubborn)
+    await wait_for(lambda: exporter.supervisor.status()[0].running)
+    await asyncio.wait_for(exporter.stop(), timeout=STOP_TIMEOUT)
+    assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
+    release.set()
+    await wait_for(lambda: exporter.supervisor.status()[0].finished)
+
+
+async def test_startup_log_lists_accounts_and_listeners_without_secrets(
+    start_exporter: StartExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    exporter = await start_exporter()
+    formatter = LogfmtFormatter()
+    lines = [formatter.format(r) for r in caplog.records]
+    text = "\n".join(lines)
+    for secret in (API_KEY, API_SECRET, HOOK_SECRET, ZH_SECRET, API_SECRET[:8], HOOK_SECRET[:8]):
+        assert secret not in text
+    accounts = {r.account: r for r in caplog.records if r.getMessage() == "whitebit account"}  # type: ignore[attr-defined]
+    assert set(accounts) == {"main", "trading", "payments"}
+    assert accounts["main"].mode == "api+webhooks"  # type: ignore[attr-defined]
+    assert accounts["main"].api_key == API_KEY[:4] + "…"  # type: ignore[attr-defined]
+    assert accounts["trading"].mode == "api"  # type: ignore[attr-defined]
+    assert accounts["payments"].mode == "webhooks-only"  # type: ignore[attr-defined]
+    [listening] = [r for r in caplog.records if r.getMessage() == "listening"]
+    assert listening.metrics == exporter.metrics_url  # type: ignore[attr-defined]
+    assert listening.webhooks == exporter.webhooks_url  # type: ignore[attr-defined]
+
+
+# -- run_until_signal -------------------------------------------------------------------------
+
+
+class RecordingCompanion:
+    """A companion that records the order of lifecycle events into a shared list."""
+
+    def __init__(self, name: str, events: list[str], exporter: Exporter | None = None) -> None:
+        self.name = name
+        self.events = events
+        self.exporter = exporter
+        self.stop_entered = asyncio.Event()
+        self.release_stop: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        self.events.append(f"start {self.name}")
+
+    async def stop(self) -> None:
+        self.stop_entered.set()
+        if self.release_stop is not None:
+            await self.release_stop.wait()
+        self.events.append(f"stop {self.name}")
+
+
+class RecordingExporter(Exporter):
+    """An Exporter that also records start/stop into the shared event list."""
+
+    def __init__(self, config: Config, events: list[str]) -> None:
+        super().__init__(config)
+        self.events = events
+        self.running = asyncio.Event()
+
+    async def start(self) -> None:
+        await super().start()
+        self.events.append("start exporter")
+        self.running.set()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self.events.append("stop exporter")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_run_until_signal_starts_companions_first_and_stops_them_last(
+    make_config: Callable[..., Config], sig: signal.Signals
+) -> None:
+    events: list[str] = []
+    exporter = RecordingExporter(make_config(ACCOUNTS), events)
+    companions = [RecordingCompanion("simulator", events), RecordingCompanion("other", events)]
+    run = asyncio.create_task(run_until_signal(exporter, companions=companions))
+    await wait_for(exporter.running.is_set)
+    os.kill(os.getpid(), sig)
+    assert await asyncio.wait_for(run, timeout=10) == 0
+    assert events == [
+        "start simulator",
+        "start other",
+        "start exporter",
+        "stop exporter",
+        "stop other",
+        "stop simulator",
+    ]
+    # The handlers were removed again: nothing is left installed for these signals.
+    assert not asyncio.get_running_loop().remove_signal_handler(sig)
+
+
+async def test_second_signal_during_shutdown_forces_exit(make_config: Callable[..., Config]) -> None:
+    events: list[str] = []
+    exporter = RecordingExporter(make_config(ACCOUNTS), events)
+    slow = RecordingCompanion("simulator", events)
+    slow.release_stop = asyncio.Event()
+    forced: list[int] = []
+
+    def force_exit(status: int) -> None:
+        forced.append(status)
+        assert slow.release_stop is not None
+        slow.release_stop.set()  # in production os._exit never returns
+
+    run = asyncio.create_task(run_until_signal(exporter, companions=[slow], force_exit=force_exit))
+    await wait_for(exporter.running.is_set)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await wait_for(slow.stop_entered.is_set)
+    assert forced == []
+    os.kill(os.getpid(), signal.SIGINT)
+    await wait_for(lambda: forced == [1])
+    assert await asyncio.wait_for(run, timeout=10) == 0
+
+
+async def test_run_until_signal_propagates_a_failed_start_after_stopping_companions(
+    make_config: Callable[..., Config], occupied_port: int
+) -> None:
+    events: list[str] = []
+    config = make_config(ACCOUNTS, web=ListenAddress("127.0.0.1", occupied_port))
+    exporter = RecordingExporter(config, events)
+    companion = RecordingCompanion("simulator", events)
+    with pytest.raises(StartupError, match="metrics listener"):
+        await run_until_signal(exporter, companions=[companion])
+    # Exporter.stop() ran (it is idempotent; both the failed start and the runner call it)
+    # before the companion was stopped.
+    assert events[0] == "start simulator"
+    assert "start exporter" not in events
+    assert events[-2:] == ["stop exporter", "stop simulator"]
+    assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)

@@ -1,0 +1,291 @@
+"""The command line: --version, --config.check, overrides, and the real process under signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import parse_logfmt, scrape
+
+from exporter import __version__
+from exporter.cli import apply_overrides, main
+from exporter.config import ListenAddress, load_config
+
+HOOK_SECRET = "hook-secret-value-0123456789"
+ZH_SECRET = "zh-secret-value-0123456789"
+PUBLIC_KEY = "PUBKEY-main-0123456789"
+
+GOOD_CONFIG = f"""
+web:
+  listen_address: "127.0.0.1:0"
+webhooks:
+  listen_address: "127.0.0.1:0"
+  max_body_bytes: 65536
+state:
+  path: "{{state}}"
+whitebit:
+  - name: main
+    webhook:
+      public_key: "{PUBLIC_KEY}"
+      secrets: ["${{TEST_HOOK_SECRET}}"]
+zerohash:
+  webhook:
+    hmac_secrets: ["${{TEST_ZH_SECRET}}"]
+"""
+
+SECRET_ENV = {"TEST_HOOK_SECRET": HOOK_SECRET, "TEST_ZH_SECRET": ZH_SECRET}
+
+
+@pytest.fixture
+def secret_env() -> Iterator[None]:
+    """The secrets GOOD_CONFIG references, in the environment for in-process loads."""
+    saved = {key: os.environ.get(key) for key in SECRET_ENV}
+    os.environ.update(SECRET_ENV)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def good_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(GOOD_CONFIG.replace("{state}", str(tmp_path / "state.db")))
+    return path
+
+
+@pytest.fixture
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        """
+web:
+  listen_address: "not-an-address"
+bogus_section: 1
+whitebit:
+  - name: main
+"""
+    )
+    return path
+
+
+# -- in-process --------------------------------------------------------------------------------
+
+
+def test_version_prints_program_name_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"whitebit-exporter {__version__}\n"
+
+
+def test_help_lists_the_spec_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--config.file", "--config.check", "--web.listen-address", "--webhooks.listen-address",
+        "--log.level", "--log.format", "--demo", "--version",
+    ):
+        assert flag in out
+
+
+def test_config_check_on_a_good_file_prints_a_summary_and_exits_0(
+    good_config: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config.file", str(good_config), "--config.check"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    [line] = captured.out.splitlines()
+    assert line.startswith(f"{good_config}: OK: ")
+    assert "1 WhiteBIT account (main)" in line
+    assert "Zero Hash webhooks on" in line
+    assert HOOK_SECRET not in line and ZH_SECRET not in line
+
+
+def test_config_check_on_a_bad_file_prints_every_problem_and_exits_1(
+    bad_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config.file", str(bad_config), "--config.check"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) >= 2
+    assert all(line.startswith(f"{bad_config}: ") for line in lines)
+    assert any("listen_address" in line for line in lines)
+    assert any("bogus_section" in line for line in lines)
+
+
+def test_config_check_on_a_missing_file_exits_1_naming_it_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert main(["--config.file", str(missing), "--config.check"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{missing}: ")
+    assert line.count(str(missing)) == 1
+
+
+def test_config_check_shows_listen_address_overrides(
+    good_config: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "--config.file", str(good_config), "--config.check",
+        "--web.listen-address", "127.0.0.1:19945", "--webhooks.listen-address", "[::1]:19946",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "metrics on 127.0.0.1:19945" in out
+    assert "webhooks on [::1]:19946" in out
+
+
+def test_apply_overrides_replaces_only_the_given_addresses(good_config: Path, secret_env: None) -> None:
+    config = load_config(good_config)
+    both = argparse.Namespace(
+        web_listen_address=ListenAddress("0.0.0.0", 1), webhooks_listen_address=ListenAddress("::1", 2)
+    )
+    overridden = apply_overrides(config, both)
+    assert overridden.web.listen_address == ListenAddress("0.0.0.0", 1)
+    assert overridden.webhooks.listen_address == ListenAddress("::1", 2)
+    assert overridden.webhooks.max_body_bytes == config.webhooks.max_body_bytes
+    neither = argparse.Namespace(web_listen_address=None, webhooks_listen_address=None)
+    assert apply_overrides(config, neither) == config
+
+
+def test_a_bad_listen_address_flag_exits_2_with_the_reason(
+    good_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config.file", str(good_config), "--web.listen-address", "localhost"]) == 2
+    err = capsys.readouterr().err
+    assert "--web.listen-address" in err
+    assert "localhost" in err
+
+
+def test_simulate_subcommand_hands_the_rest_to_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: whitebit-exporter simulate")
+    assert "--listen-address" in out
+
+
+def test_simulate_subcommand_bad_flags_return_a_status_instead_of_raising(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["simulate", "--no-such-flag"]) == 2
+    assert "whitebit-exporter simulate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--log.level", "verbose"], ["--log.format", "xml"], ["--no-such-flag"]])
+def test_bad_flags_exit_2(flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(flag) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+# -- the real process -------------------------------------------------------------------------
+
+STARTUP_TIMEOUT = 30.0  # a slow shared machine may take seconds to import everything
+
+
+async def spawn(*args: str, cwd: Path) -> asyncio.subprocess.Process:
+    env = {**os.environ, **SECRET_ENV, "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "exporter", *args,
+        cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def read_until(
+    proc: asyncio.subprocess.Process, msg: str, *, json_lines: bool = False
+) -> tuple[dict[str, str], list[str]]:
+    """Read stderr lines until one whose msg is ``msg``; return its fields and all lines so far."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STARTUP_TIMEOUT
+    while True:
+        raw = await asyncio.wait_for(proc.stderr.readline(), timeout=max(0.1, deadline - loop.time()))
+        if not raw:
+            raise AssertionError("process ended before logging " + msg + ":\n" + "\n".join(lines))
+        line = raw.decode().rstrip("\n")
+        lines.append(line)
+        fields = json.loads(line) if json_lines else parse_logfmt(line)
+        if fields.get("msg") == msg:
+            return fields, lines
+
+
+@pytest.mark.parametrize(
+    ("sig", "log_format"), [(signal.SIGTERM, "logfmt"), (signal.SIGINT, "json")]
+)
+async def test_process_serves_then_exits_0_on_signal(
+    good_config: Path, tmp_path: Path, sig: signal.Signals, log_format: str
+) -> None:
+    proc = await spawn("--config.file", str(good_config), "--log.format", log_format, cwd=tmp_path)
+    try:
+        listening, lines = await read_until(proc, "listening", json_lines=log_format == "json")
+        metrics_url, webhooks_url = listening["metrics"], listening["webhooks"]
+        result = await scrape(metrics_url)
+        assert result.value("whitebit_up", account="main") == 1.0
+        async with aiohttp.ClientSession() as session:
+            async with session.get(webhooks_url + "/whiteBIT-verification") as response:
+                assert json.loads(await response.text()) == [PUBLIC_KEY]
+            async with session.get(metrics_url + "/-/ready") as response:
+                assert response.status == 200
+        proc.send_signal(sig)
+        status = await asyncio.wait_for(proc.wait(), timeout=5)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert status == 0
+    assert proc.stderr is not None
+    everything = "\n".join(lines) + (await proc.stderr.read()).decode()
+    assert HOOK_SECRET not in everything and ZH_SECRET not in everything
+    assert "received signal" in everything
+    assert sig.name in everything
+    assert (tmp_path / "state.db").exists()
+
+
+async def test_process_with_a_bad_config_exits_1_listing_problems_and_starts_nothing(
+    bad_config: Path, tmp_path: Path
+) -> None:
+    proc = await spawn("--config.file", str(bad_config), cwd=tmp_path)
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 1
+    records = [parse_logfmt(line) for line in stderr.decode().splitlines()]
+    problems = [r["problem"] for r in records if r.get("msg") == "invalid config"]
+    assert len(problems) >= 2
+    assert all(p.startswith(f"{bad_config}: ") for p in problems)
+    assert any("bogus_section" in p for p in problems)
+    assert not any(r.get("msg") == "listening" for r in records)
+    assert "nothing was started" in records[-1]["msg"]
+    assert not list(tmp_path.glob("*.db")) and not (tmp_path / "whitebit-exporter.db").exists()
+
+
+@pytest.fixture
+def occupied_port() -> Iterator[int]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+async def test_process_exits_1_when_a_listener_cannot_bind(
+    good_config: Path, tmp_path: Path, occupied_port: int
+) -> None:
+    proc = await spawn(
+        "--config.file", str(good_config), "--webhooks.listen-address", f"127.0.0.1:{occupied_port}", cwd=tmp_path
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 1
+    last = parse_logfmt(stderr.decode().splitlines()[-1])
+    assert last["level"] == "error"
+    assert f"cannot listen on 127.0.0.1:{occupied_port} for the webhooks listener" in last["msg"]
