@@ -1,0 +1,206 @@
+"""``whitebit-exporter --demo``: the exporter and the simulator in one process, on loopback.
+
+Generates throwaway credentials, starts the simulator (REST, WebSocket, webhook senders) on a free
+loopback port, points an exporter at it with a config built in code, and only then lets the scenario
+make activity, with its webhooks aimed at the exporter's bound webhook port. Nothing touches the
+network beyond loopback and nothing is written outside a temporary directory. The webhook retry delay
+and the reconciliation grace are shortened so that a dropped webhook shows within minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.app import Exporter, StartupError, run_until_signal
+from exporter.config import (
+    DEFAULT_METRICS_ADDRESS,
+    Config,
+    ListenAddress,
+    PollConfig,
+    StateConfig,
+    WebConfig,
+    WebhooksConfig,
+    WhitebitAccountConfig,
+    WhitebitWebhookConfig,
+    ZerohashConfig,
+    ZerohashWebhookConfig,
+    parse_listen_address,
+)
+from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulator, SimulatorSettings
+
+log = logging.getLogger(__name__)
+
+DEMO_ACCOUNT = "demo"
+#: Paths of the exporter's receivers (spec "HTTP endpoints").
+WHITEBIT_WEBHOOK_PATH = "/webhooks/whitebit"
+ZEROHASH_WEBHOOK_PATH = "/webhooks/zerohash"
+#: Zero Hash participants that get their own series in the demo (the simulator uses PART01…PART05).
+DEMO_PARTICIPANTS = ("PART01",)
+
+
+@dataclass(frozen=True)
+class DemoCredentials:
+    """Random credentials shared by the simulator and the exporter for one demo run."""
+
+    api_key: str
+    api_secret: str = field(repr=False)
+    webhook_key: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    zerohash_secret: str = field(default="", repr=False)
+
+    @classmethod
+    def generate(cls) -> DemoCredentials:
+        return cls(
+            api_key=f"demo-{secrets.token_hex(12)}",
+            api_secret=secrets.token_hex(32),
+            webhook_key=f"demo-webhook-{secrets.token_hex(12)}",
+            webhook_secret=secrets.token_hex(32),
+            zerohash_secret=secrets.token_hex(32),
+        )
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What the demo runs with; the defaults make a lively but readable dashboard."""
+
+    metrics_address: ListenAddress = field(default_factory=lambda: parse_listen_address(DEFAULT_METRICS_ADDRESS))
+    webhooks_address: ListenAddress = field(default_factory=lambda: ListenAddress("127.0.0.1", 0))
+    markets: tuple[str, ...] = DEFAULT_MARKETS
+    scenario_rate: float = 3.0
+    forge_every: int | None = 60
+    webhook_retry_delay: float = 20.0
+    reconcile_grace: float = 120.0
+    seed: int | None = None
+
+
+def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> SimulatorSettings:
+    """The simulator side of the demo; webhooks are connected once the exporter listens."""
+    return SimulatorSettings(
+        accounts=(
+            SimulatedAccount(
+                name=DEMO_ACCOUNT,
+                api_key=credentials.api_key,
+                api_secret=credentials.api_secret,
+                webhook_key=credentials.webhook_key,
+                webhook_secret=credentials.webhook_secret,
+            ),
+        ),
+        host="127.0.0.1",
+        port=0,
+        markets=options.markets,
+        webhook_retry_delays=(options.webhook_retry_delay,) * 5,
+        zerohash_secret=credentials.zerohash_secret,
+        scenario_rate=options.scenario_rate,
+        scenario_autostart=False,
+        scenario_forge_every=options.forge_every,
+        seed=options.seed,
+    )
+
+
+def exporter_config(
+    credentials: DemoCredentials, options: DemoOptions, simulator: Simulator, state_dir: Path
+) -> Config:
+    """An exporter config that watches the simulated account, built in code (no YAML, no env vars)."""
+    return Config(
+        web=WebConfig(listen_address=options.metrics_address),
+        webhooks=WebhooksConfig(listen_address=options.webhooks_address),
+        state=StateConfig(path=str(state_dir / "whitebit-exporter-demo.db")),
+        whitebit=(
+            WhitebitAccountConfig(
+                name=DEMO_ACCOUNT,
+                rest_url=simulator.url,
+                ws_url=simulator.ws_url,
+                api_key=credentials.api_key,
+                api_secret=credentials.api_secret,
+                markets=options.markets,
+                poll=PollConfig(main_balance=5.0, collateral=5.0, history=10.0),
+                reconcile_grace=options.reconcile_grace,
+                webhook=WhitebitWebhookConfig(
+                    public_key=credentials.webhook_key, secrets=(credentials.webhook_secret,), nonce_policy="count"
+                ),
+            ),
+        ),
+        zerohash=ZerohashConfig(
+            webhook=ZerohashWebhookConfig(
+                hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS
+            )
+        ),
+    )
+
+
+class Demo:
+    """The simulator and the exporter wired together; ``run()`` lasts until SIGTERM or SIGINT."""
+
+    def __init__(self, options: DemoOptions, state_dir: Path, credentials: DemoCredentials | None = None) -> None:
+        self.options = options
+        self.credentials = credentials or DemoCredentials.generate()
+        self.simulator = Simulator(simulator_settings(self.credentials, options))
+        self.state_dir = state_dir
+        self.exporter: Exporter | None = None
+
+    async def start_simulator(self) -> None:
+        await self.simulator.start()
+        self.exporter = Exporter(exporter_config(self.credentials, self.options, self.simulator, self.state_dir))
+
+    async def on_started(self) -> None:
+        """Aim the simulator's webhooks at the exporter and let the scenario begin."""
+        assert self.exporter is not None
+        base = self.exporter.webhooks_url
+        await self.simulator.connect_webhooks(base + WHITEBIT_WEBHOOK_PATH, base + ZEROHASH_WEBHOOK_PATH)
+        self.simulator.start_scenario()
+        log.info(
+            "demo running: open the metrics URL; stop with Ctrl-C",
+            extra={
+                "metrics": f"{self.exporter.metrics_url}/metrics",
+                "simulator": self.simulator.url,
+                "webhooks": base,
+            },
+        )
+
+    async def run(self) -> int:
+        await self.start_simulator()
+        assert self.exporter is not None
+        # The simulator is already listening; as a companion it is stopped after the exporter.
+        return await run_until_signal(self.exporter, companions=(_Started(self.simulator),), on_started=self.on_started)
+
+
+class _Started:
+    """A companion that is already started: only its ``stop`` is left to run_until_signal."""
+
+    def __init__(self, simulator: Simulator) -> None:
+        self._simulator = simulator
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self._simulator.stop()
+
+
+def options_from_args(args: argparse.Namespace) -> DemoOptions:
+    """Demo options with the command line's listen addresses, when given."""
+    options = DemoOptions()
+    if getattr(args, "web_listen_address", None) is not None:
+        options = dataclasses.replace(options, metrics_address=args.web_listen_address)
+    if getattr(args, "webhooks_listen_address", None) is not None:
+        options = dataclasses.replace(options, webhooks_address=args.webhooks_listen_address)
+    return options
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point for ``--demo`` (logging is already set up); returns the exit status."""
+    options = options_from_args(args)
+    with tempfile.TemporaryDirectory(prefix="whitebit-exporter-demo-") as state_dir:
+        demo = Demo(options, Path(state_dir))
+        try:
+            return asyncio.run(demo.run())
+        except StartupError as exc:
+            log.error(f"exiting: cannot start the demo: {exc}")
+            return 1
