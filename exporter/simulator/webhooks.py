@@ -43,6 +43,7 @@ from typing import Any
 
 import aiohttp
 
+from exporter.simulator.delivery import post_once
 from exporter.simulator.model import Account, Event, Exchange, WebhookEvent
 from exporter.whitebit.signing import compact_json, sign_body
 
@@ -387,19 +388,9 @@ class WebhookSender:
         if self._session is None:
             raise RuntimeError("webhook sender is not started")
         try:
-            async with self._session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,
-                trace_request_ctx=on_wire,
-            ) as response:
-                await response.read()
-                return response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-            log.debug("webhook attempt got no answer url=%s error=%s", self.url, type(error).__name__)
-            return None
+            return await post_once(
+                self._session, self.url, body, headers, timeout=self.timeout, trace_request_ctx=on_wire
+            )
         finally:
             if on_wire is not None:
                 on_wire.set()

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from exporter.simulator.delivery import post_once
 from exporter.simulator.model import fmt
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
@@ -743,19 +744,7 @@ class ZerohashSender:
     async def _attempt(self, body: bytes, headers: dict[str, str]) -> int | None:
         if self._session is None:
             raise RuntimeError("zerohash sender is not started")
-        try:
-            async with self._session.post(
-                self.url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,
-            ) as response:
-                await response.read()
-                return response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
-            log.debug("zerohash attempt got no answer url=%s error=%s", self.url, type(error).__name__)
-            return None
+        return await post_once(self._session, self.url, body, headers, timeout=self.timeout)
 
     def _decoy(self) -> dict[str, Any]:
         """What a forger would send: a recent real balance payload, inflated, or a made-up one."""
