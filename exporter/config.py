@@ -29,6 +29,13 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from exporter.whitebit.ratelimit import DOCUMENTED_LIMITS, FAMILIES, RateLimit
+from exporter.whitebit.rest import (
+    DEFAULT_DURATION_BUCKETS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
+
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9945"
 DEFAULT_WEBHOOKS_ADDRESS = "0.0.0.0:9946"
 
@@ -74,6 +81,8 @@ class PollConfig:
     main_balance: float = 30.0
     collateral: float = 30.0
     history: float = 60.0
+    # Only polled while the account's WebSocket cannot supply the spot wallet.
+    trade_balance: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,11 +107,25 @@ class WhitebitAccountConfig:
     poll: PollConfig = PollConfig()
     reconcile_grace: float = 900.0
     webhook: WhitebitWebhookConfig | None = None
+    # Sign REST calls with "nonceWindow": true (concurrent calls allowed; needs a clock within 5 s of
+    # WhiteBIT's); false: strictly increasing nonces, one call of the key in flight at a time.
+    nonce_window: bool = True
 
     @property
     def has_api(self) -> bool:
         """False for an account run on webhooks alone (no REST, no WebSocket)."""
         return self.api_key is not None
+
+
+@dataclass(frozen=True)
+class RestConfig:
+    """The REST client settings shared by every account (rate limits belong to the IP)."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    request_duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
+    # Overrides of WhiteBIT's documented limits, by endpoint family (the rest keep theirs).
+    rate_limits: tuple[tuple[str, RateLimit], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,7 @@ class Config:
     state: StateConfig
     whitebit: tuple[WhitebitAccountConfig, ...]
     zerohash: ZerohashConfig | None = None
+    rest: RestConfig = RestConfig()
 
     def account(self, name: str) -> WhitebitAccountConfig:
         """The account called ``name`` (names are unique; the loader checks)."""
@@ -149,7 +173,7 @@ class Config:
 # A field helper returns ``None`` for an absent key and also for an invalid one (having recorded the
 # problem), so later cross-checks skip values that are already reported instead of piling on.
 
-_TOP_KEYS = ("web", "webhooks", "state", "whitebit", "zerohash")
+_TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash")
 _WEB_KEYS = ("listen_address",)
 _WEBHOOKS_KEYS = ("listen_address", "max_body_bytes")
 _STATE_KEYS = ("path",)
@@ -165,8 +189,12 @@ _ACCOUNT_KEYS = (
     "poll",
     "reconcile_grace",
     "webhook",
+    "nonce_window",
 )
-_POLL_KEYS = ("main_balance", "collateral", "history")
+_POLL_KEYS = ("main_balance", "collateral", "history", "trade_balance")
+_REST_KEYS = ("timeout", "max_retries", "request_duration_buckets", "rate_limits")
+_RATE_LIMIT_KEYS = ("limit", "window")
+MAX_RETRIES_LIMIT = 20
 _WHITEBIT_WEBHOOK_KEYS = ("public_key", "public_key_file", "secrets", "secrets_file", "nonce_policy")
 _ZEROHASH_KEYS = ("webhook",)
 _ZEROHASH_WEBHOOK_KEYS = (
@@ -251,7 +279,7 @@ def parse_listen_address(text: str) -> ListenAddress:
     return ListenAddress(host=host, port=port)
 
 
-def parse_duration(value: str | int | float) -> float:
+def parse_duration(value: str | float) -> float:
     """Seconds from ``500ms``, ``30s``, ``10m``, ``1h``, ``1h30m``, ``2d`` or a bare number of seconds.
 
     Units go from largest to smallest, each at most once. Raises ValueError for anything else,
@@ -265,7 +293,7 @@ def parse_duration(value: str | int | float) -> float:
         if value < 0:
             raise ValueError(f"negative duration {value}")
         return float(value)
-    text = value[1:] if value.startswith("-") else value
+    text = value.removeprefix("-")
     total = Decimal(0)
     position = 0
     previous = -1
@@ -430,6 +458,7 @@ class _Loader:
         max_body = self.byte_size(webhooks, "max_body_bytes", "webhooks")
         state = self.mapping(top.get("state"), "state", _STATE_KEYS) or {}
         state_path = self.string_field(state, "path", "state")
+        rest = self.rest(top.get("rest"))
         accounts = self.accounts(top.get("whitebit"))
         zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
         if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
@@ -445,7 +474,45 @@ class _Loader:
             state=StateConfig(path=state_path or StateConfig.path),
             whitebit=accounts,
             zerohash=zerohash,
+            rest=rest,
         )
+
+    def rest(self, node: Any) -> RestConfig:
+        fields = self.mapping(node, "rest", _REST_KEYS) or {}
+        timeout = self.duration(fields, "timeout", "rest")
+        retries = self.integer(fields, "max_retries", "rest", minimum=0, maximum=MAX_RETRIES_LIMIT)
+        buckets = self.buckets(fields, "request_duration_buckets", "rest")
+        limits = self.rate_limits(fields.get("rate_limits"), "rest.rate_limits")
+        return RestConfig(
+            timeout=RestConfig.timeout if timeout is None else timeout,
+            max_retries=RestConfig.max_retries if retries is None else retries,
+            request_duration_buckets=RestConfig.request_duration_buckets if buckets is None else buckets,
+            rate_limits=limits,
+        )
+
+    def rate_limits(self, node: Any, location: str) -> tuple[tuple[str, RateLimit], ...]:
+        families = self.mapping(node, location, FAMILIES) or {}
+        overrides: list[tuple[str, RateLimit]] = []
+        for family, node_of_family in families.items():
+            where = _at(location, family)
+            entry = self.mapping(node_of_family, where, _RATE_LIMIT_KEYS)
+            if entry is None:
+                continue
+            documented = DOCUMENTED_LIMITS[family]
+            limit = self.integer(entry, "limit", where, minimum=1, maximum=1_000_000)
+            window = self.duration(entry, "window", where)
+            if (limit is None and _present(entry, "limit")) or (window is None and _present(entry, "window")):
+                continue
+            overrides.append(
+                (
+                    family,
+                    RateLimit(
+                        documented.limit if limit is None else limit,
+                        documented.window if window is None else window,
+                    ),
+                )
+            )
+        return tuple(overrides)
 
     def check_listeners_apart(self, web: ListenAddress, webhooks: ListenAddress) -> None:
         overlap = web.host == webhooks.host or web.host in _WILDCARD_HOSTS or webhooks.host in _WILDCARD_HOSTS
@@ -508,6 +575,7 @@ class _Loader:
         poll_fields = self.mapping(fields.get("poll"), poll_location, _POLL_KEYS) or {}
         intervals = {key: self.duration(poll_fields, key, poll_location) for key in _POLL_KEYS}
         grace = self.duration(fields, "reconcile_grace", location)
+        nonce_window = self.boolean(fields, "nonce_window", location)
         webhook = None
         if _present(fields, "webhook"):
             webhook = self.whitebit_webhook(fields["webhook"], _at(location, "webhook"))
@@ -523,6 +591,7 @@ class _Loader:
             poll=PollConfig(**{key: value for key, value in intervals.items() if value is not None}),
             reconcile_grace=WhitebitAccountConfig.reconcile_grace if grace is None else grace,
             webhook=webhook,
+            nonce_window=WhitebitAccountConfig.nonce_window if nonce_window is None else nonce_window,
         )
 
     def account_name(self, fields: Mapping[str, Any], location: str) -> str | None:
@@ -728,6 +797,50 @@ class _Loader:
             self.problem(where, f"must be greater than zero, got {shown}")
             return None
         return seconds
+
+    def boolean(self, fields: Mapping[str, Any], key: str, location: str) -> bool | None:
+        if not _present(fields, key):
+            return None
+        value = fields[key]
+        if not isinstance(value, bool):
+            self.problem(_at(location, key), f"expected true or false, got {_kind(value)}")
+            return None
+        return value
+
+    def integer(
+        self, fields: Mapping[str, Any], key: str, location: str, *, minimum: int, maximum: int
+    ) -> int | None:
+        if not _present(fields, key):
+            return None
+        where = _at(location, key)
+        value = fields[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(where, f"expected a whole number, got {_kind(value)}")
+            return None
+        if not minimum <= value <= maximum:
+            self.problem(where, f"must be from {minimum} to {maximum}, got {value}")
+            return None
+        return value
+
+    def buckets(self, fields: Mapping[str, Any], key: str, location: str) -> tuple[float, ...] | None:
+        """Histogram bucket bounds in seconds: a non-empty list of increasing positive numbers."""
+        if not _present(fields, key):
+            return None
+        where = _at(location, key)
+        node = fields[key]
+        if not isinstance(node, list) or not node:
+            self.problem(where, f"expected a non-empty list of seconds, got {_kind(node)}")
+            return None
+        bounds: list[float] = []
+        for index, item in enumerate(node):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or item <= 0:
+                self.problem(_at(where, index), f"expected a number of seconds above zero, got {item!r}")
+                return None
+            if bounds and item <= bounds[-1]:
+                self.problem(_at(where, index), f"bucket bounds must increase ({item} after {bounds[-1]})")
+                return None
+            bounds.append(float(item))
+        return tuple(bounds)
 
     def byte_size(self, fields: Mapping[str, Any], key: str, location: str) -> int | None:
         if not _present(fields, key):

@@ -17,6 +17,7 @@ from exporter.config import (
     ConfigProblem,
     ListenAddress,
     PollConfig,
+    RestConfig,
     StateConfig,
     WebConfig,
     WebhooksConfig,
@@ -29,6 +30,7 @@ from exporter.config import (
     parse_duration,
     parse_listen_address,
 )
+from exporter.whitebit.ratelimit import RateLimit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.yaml"
 EXAMPLE_ENV = {
@@ -388,7 +390,7 @@ def test_config_error_lists_every_problem_one_per_line() -> None:
         (0, 0.0),
     ],
 )
-def test_parse_duration_accepts(value: str | int | float, seconds: float) -> None:
+def test_parse_duration_accepts(value: str | float, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
@@ -411,7 +413,7 @@ def test_parse_duration_accepts(value: str | int | float, seconds: float) -> Non
         (True, "invalid duration True (use forms like 30s, 10m, 1h)"),
     ],
 )
-def test_parse_duration_rejects(value: str | int | float, message: str) -> None:
+def test_parse_duration_rejects(value: str | float, message: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_duration(value)
     assert str(caught.value) == message
@@ -466,3 +468,42 @@ def test_parse_byte_size_accepts(value: str | int, size: int) -> None:
 def test_parse_byte_size_rejects(value: str | bool) -> None:
     with pytest.raises(ValueError):
         parse_byte_size(value)
+
+
+# --- the REST client's settings ------------------------------------------------------------------
+
+
+def test_rest_settings_and_rest_account_keys_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "rest:\n  timeout: 5s\n  max_retries: 0\n  request_duration_buckets: [0.1, 1]\n"
+        "  rate_limits:\n    main-account/history: {limit: 100}\n    profile/websocket_token: {window: 2m}\n"
+        + ACCOUNT
+        + "    nonce_window: false\n    poll: {trade_balance: 10s}\n",
+    )
+
+    config = load_config(path, {})
+
+    assert config.rest == RestConfig(
+        timeout=5.0,
+        max_retries=0,
+        request_duration_buckets=(0.1, 1.0),
+        rate_limits=(
+            ("main-account/history", RateLimit(100, 10.0)),
+            ("profile/websocket_token", RateLimit(10, 120.0)),
+        ),
+    )
+    account = config.account("main")
+    assert account.nonce_window is False
+    assert account.poll == PollConfig(main_balance=30.0, collateral=30.0, history=60.0, trade_balance=10.0)
+
+
+def test_rest_settings_default_to_the_documented_limits_and_nonce_window_on(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ACCOUNT), {})
+
+    assert config.rest == RestConfig(timeout=10.0, max_retries=5, rate_limits=())
+    assert config.rest.request_duration_buckets == (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+    assert config.account("main").nonce_window is True
+    assert config.account("main").poll.trade_balance == 30.0
+    # The shipped example spells out the same defaults.
+    assert load_config(EXAMPLE, EXAMPLE_ENV).rest == config.rest

@@ -106,6 +106,17 @@ EXPECTED: dict[str, list[str]] = {
         'whitebit[0].api_key: unterminated "${" (write "$${" for a literal "${")',
         'whitebit[0].api_secret: invalid environment variable name "1SECRET"',
     ],
+    "rest-settings": [
+        'rest.timeout: must be greater than zero, got "0s"',
+        "rest.max_retries: must be from 0 to 20, got 50",
+        "rest.request_duration_buckets[2]: bucket bounds must increase (0.5 after 1.0)",
+        'rest.rate_limits.main-acount: unknown key (did you mean "main-account"?)',
+        "rest.rate_limits.main-account/history.limit: must be from 1 to 1000000, got 0",
+        "rest.rate_limits.profile/websocket_token.per: unknown key",
+        "rest.rate_limits.trade-account: expected a mapping, got a number",
+        'whitebit[0].poll.trade_balance: invalid duration "soon" (use forms like 30s, 10m, 1h)',
+        "whitebit[0].nonce_window: expected true or false, got a string",
+    ],
     "several-problems": [
         'web.listen_address: invalid listen address "127.0.0.1" (use HOST:PORT, :PORT or [IPV6]:PORT)',
         "state.journal: unknown key",

@@ -1,0 +1,573 @@
+"""The signed WhiteBIT REST client: one :class:`RestClient` per account over one shared transport.
+
+Every private call is a POST whose body carries ``request`` and a millisecond ``nonce`` and is
+signed once and sent byte for byte as signed (:func:`exporter.whitebit.signing.sign_request`).
+
+Nonces. With ``nonceWindow`` (the default) WhiteBIT accepts any unused millisecond timestamp within
+5 s of its clock, so concurrent calls of one key are safe as long as each gets its own value:
+:class:`~exporter.whitebit.signing.NonceSource` hands out strictly increasing ones, taken only after
+the rate limiter has admitted the request, so a wait never ages a nonce. Without ``nonceWindow``
+WhiteBIT wants every nonce above the last one it *received*, and two requests in flight on two
+connections can arrive in either order; the client then holds a per-key lock from taking the nonce
+until the answer, so one key has one request in flight. Every retry is signed again with a new nonce.
+
+Errors. WhiteBIT's error bodies are mapped to :class:`RestError` subclasses by HTTP status and
+message, treating the body's ``code`` as a hint only because codes are reused across endpoints
+(reference 3.2): :class:`AuthError`, :class:`PermissionDeniedError`, :class:`ValidationError`,
+:class:`NonceError`, :class:`RateLimitedError`, :class:`UnavailableError` and
+:class:`ResponseError` (a success answer that is not what the endpoint documents). Only 429, 5xx and
+network failures are retried, with exponential backoff and jitter from ``initial_backoff`` (1 s)
+doubling to ``max_backoff`` (30 s), at most ``max_retries`` times; then the last error is raised.
+A 429 also pauses the whole endpoint family in the shared limiter for the backoff, since the limit
+it signals belongs to the IP, not to the caller.
+
+Metrics (one :class:`RestMetrics` collector per exporter, every account): each attempt is counted in
+``whitebit_rest_requests_total{account,endpoint,code}`` (``code`` is the HTTP status, or ``error``
+when no answer came) and timed in ``whitebit_rest_request_duration_seconds`` (the HTTP exchange only,
+not the wait for a rate-limit slot or a backoff); 429s are also counted in
+``whitebit_rest_rate_limited_total``; ``whitebit_rest_rate_limit_usage_ratio`` is this account's
+requests to the endpoint in the family's current window divided by the family's limit, so summing
+over accounts and over the endpoints of a family gives the IP's usage of that limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from exporter.logs import redact
+from exporter.metrics import (
+    WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
+    WHITEBIT_REST_RATE_LIMITED,
+    WHITEBIT_REST_REQUEST_DURATION_SECONDS,
+    WHITEBIT_REST_REQUESTS,
+)
+from exporter.whitebit.ratelimit import RateLimiter
+from exporter.whitebit.signing import NonceSource, sign_request
+
+log = logging.getLogger(__name__)
+
+# The documented private endpoints the exporter calls (history: by the reconciliation poller); the
+# `endpoint` label takes these values only.
+MAIN_BALANCE = "/api/v4/main-account/balance"
+MAIN_HISTORY = "/api/v4/main-account/history"
+TRADE_BALANCE = "/api/v4/trade-account/balance"
+COLLATERAL_BALANCE_SUMMARY = "/api/v4/collateral-account/balance-summary"
+COLLATERAL_SUMMARY = "/api/v4/collateral-account/summary"
+WEBSOCKET_TOKEN = "/api/v4/profile/websocket_token"
+ENDPOINTS: tuple[str, ...] = (
+    MAIN_BALANCE,
+    MAIN_HISTORY,
+    TRADE_BALANCE,
+    COLLATERAL_BALANCE_SUMMARY,
+    COLLATERAL_SUMMARY,
+    WEBSOCKET_TOKEN,
+)
+#: The `endpoint` label of a path outside :data:`ENDPOINTS`, so a caller cannot mint series.
+OTHER_ENDPOINT = "other"
+#: The `code` label of an attempt that got no HTTP answer (refused, reset, timed out).
+NO_ANSWER = "error"
+
+#: Request duration buckets (seconds): WhiteBIT answers in tens to hundreds of milliseconds when
+#: healthy; the upper buckets separate a slow exchange from one that times out (default 10 s).
+DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_INITIAL_BACKOFF = 1.0
+DEFAULT_MAX_BACKOFF = 30.0
+#: Each backoff is shortened by up to this fraction at random, so callers that failed together
+#: do not retry together; the nominal delay (1 s, 2 s, … 30 s) is never exceeded.
+DEFAULT_JITTER = 0.2
+
+_MESSAGE_LIMIT = 300  # characters of WhiteBIT's message kept in an error (and on /-/ready)
+
+
+def endpoint_label(path: str) -> str:
+    """The bounded ``endpoint`` label of a request path."""
+    return path if path in ENDPOINTS else OTHER_ENDPOINT
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class RestError(Exception):
+    """A private REST call failed; ``str()`` is a one-line operator-readable reason without secrets."""
+
+    kind: ClassVar[str] = "unexpected"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        endpoint: str,
+        message: str,
+        *,
+        status: int | None = None,
+        code: Any = None,
+        errors: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.message = message
+        self.status = status
+        self.code = code
+        self.errors = dict(errors or {})
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = [] if self.status is None else [f"HTTP {self.status}"]
+        if self.code is not None:
+            where.append(f"code {self.code}")
+        detail = f" ({', '.join(where)})" if where else ""
+        text = f"{self.endpoint}: {self.kind} error{detail}: {self.message}"
+        if self.errors:
+            fields = "; ".join(f"{name}: {_field_text(value)}" for name, value in self.errors.items())
+            text += f" [{fields}]"
+        return text[: _MESSAGE_LIMIT * 2]
+
+
+class AuthError(RestError):
+    """The key, signature or payload was refused (wrong secret, disabled key, IP not allowed)."""
+
+    kind = "auth"
+
+
+class PermissionDeniedError(RestError):
+    """The key is valid but may not call this endpoint (its access list in the API settings)."""
+
+    kind = "permission"
+
+
+class ValidationError(RestError):
+    """WhiteBIT refused the parameters (HTTP 400/422 with field errors)."""
+
+    kind = "validation"
+
+
+class NonceError(RestError):
+    """The nonce was refused as too old, too new or missing: usually clock skew beyond 5 s."""
+
+    kind = "nonce"
+
+
+class RateLimitedError(RestError):
+    """HTTP 429 ``Too many requests.``: a rate limit, or a nonce WhiteBIT had already seen."""
+
+    kind = "rate limit"
+    retryable = True
+
+
+class UnavailableError(RestError):
+    """5xx (maintenance, outage) or no answer at all (refused, reset, timed out)."""
+
+    kind = "unavailable"
+    retryable = True
+
+
+class ResponseError(RestError):
+    """A success status whose body is not the JSON the endpoint documents."""
+
+    kind = "response"
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
+def _envelope(document: Any) -> tuple[str, Any, dict[str, Any]]:
+    """``(message, code, errors)`` from any of WhiteBIT's error shapes (private, public, legacy 503)."""
+    if not isinstance(document, dict):
+        return "", None, {}
+    message = document.get("message", document.get("msg", ""))
+    errors = document.get("errors")
+    if not isinstance(message, str):
+        message = ""
+    if not isinstance(errors, dict):
+        errors = {}
+    code = document.get("code")
+    if isinstance(code, (dict, list)):
+        code = None
+    return message[:_MESSAGE_LIMIT], code, errors
+
+
+_AUTH_MESSAGES = (
+    "unauthorized request",
+    "this action is unauthorized",
+    "invalid payload",
+    "payload not provided",
+    "request not provided",
+    "invalid request",
+)
+_PERMISSION_MESSAGES = ("permission", "not authorized to perform")
+
+
+def classify(endpoint: str, status: int, document: Any, reason: str = "") -> RestError:
+    """The :class:`RestError` for a non-2xx answer with (parsed) body ``document``."""
+    message, code, errors = _envelope(document)
+    lowered = message.lower().rstrip(".")
+    text = message or reason or "no message"
+    if status == 429:
+        return RateLimitedError(endpoint, text, status=status, code=code, errors=errors)
+    if status >= 500:
+        return UnavailableError(
+            endpoint,
+            message or reason or "service unavailable",
+            status=status,
+            code=code,
+        )
+    if "nonce" in lowered:
+        return NonceError(endpoint, text, status=status, code=code, errors=errors)
+    if status == 403 or any(part in lowered for part in _PERMISSION_MESSAGES):
+        return PermissionDeniedError(endpoint, text, status=status, code=code, errors=errors)
+    if status == 401 or any(lowered.startswith(part) for part in _AUTH_MESSAGES):
+        return AuthError(endpoint, text, status=status, code=code, errors=errors)
+    if status in (400, 422):
+        return ValidationError(endpoint, text, status=status, code=code, errors=errors)
+    return RestError(endpoint, text, status=status, code=code, errors=errors)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+class RestMetrics(Collector):
+    """The REST client's own metrics for every account, rendered from counts kept here.
+
+    ::
+
+        whitebit_rest_requests_total{account="main",code="200",endpoint="/api/v4/main-account/balance"} 42.0
+        whitebit_rest_rate_limited_total{account="main",endpoint="/api/v4/main-account/history"} 0.0
+        whitebit_rest_rate_limit_usage_ratio{account="main",endpoint="/api/v4/main-account/history"} 0.015
+    """
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        buckets: Sequence[float] = DEFAULT_DURATION_BUCKETS,
+        accounts: Iterable[str] = (),
+    ) -> None:
+        bounds = sorted(float(b) for b in buckets)
+        if not bounds or any(b <= 0 for b in bounds) or len(set(bounds)) != len(bounds):
+            raise ValueError("histogram buckets must be distinct positive numbers")
+        self._limiter = limiter
+        self.buckets: tuple[float, ...] = tuple(bounds)
+        self._accounts: list[str] = []
+        self._requests: dict[tuple[str, str, str], int] = {}
+        self._rate_limited: dict[tuple[str, str], int] = {}
+        # Per (account, endpoint): count per bucket (non-cumulative, last is +Inf) and the sum.
+        self._durations: dict[tuple[str, str], list[int]] = {}
+        self._duration_sums: dict[tuple[str, str], float] = {}
+        for account in accounts:
+            self.add_account(account)
+
+    def add_account(self, account: str) -> None:
+        """Start every series of ``account`` at zero (the endpoints it may call, code 200)."""
+        if account in self._accounts:
+            return
+        self._accounts.append(account)
+        for endpoint in ENDPOINTS:
+            self._requests.setdefault((account, endpoint, "200"), 0)
+            self._rate_limited.setdefault((account, endpoint), 0)
+            self._durations.setdefault((account, endpoint), [0] * (len(self.buckets) + 1))
+            self._duration_sums.setdefault((account, endpoint), 0.0)
+
+    def observe(self, account: str, endpoint: str, code: str, seconds: float) -> None:
+        """One attempt answered with ``code`` (HTTP status or ``error``) after ``seconds``."""
+        key = (account, endpoint, code)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        pair = (account, endpoint)
+        counts = self._durations.setdefault(pair, [0] * (len(self.buckets) + 1))
+        index = next(
+            (i for i, bound in enumerate(self.buckets) if seconds <= bound),
+            len(self.buckets),
+        )
+        counts[index] += 1
+        self._duration_sums[pair] = self._duration_sums.get(pair, 0.0) + seconds
+        if code == "429":
+            self._rate_limited[pair] = self._rate_limited.get(pair, 0) + 1
+
+    def requests(self, account: str, endpoint: str, code: str) -> int:
+        """Attempts counted so far (for tests and logs)."""
+        return self._requests.get((account, endpoint, code), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        duration = HistogramMetricFamily(
+            WHITEBIT_REST_REQUEST_DURATION_SECONDS,
+            "Duration of each private REST attempt (the HTTP exchange, not the wait for a rate-limit slot).",
+            labels=["account", "endpoint"],
+        )
+        for (account, endpoint), counts in sorted(self._durations.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append(
+                    (
+                        "+Inf" if bound == float("inf") else repr(bound),
+                        float(cumulative),
+                    )
+                )
+            duration.add_metric([account, endpoint], buckets, self._duration_sums[(account, endpoint)])
+        yield duration
+        requests = CounterMetricFamily(
+            WHITEBIT_REST_REQUESTS,
+            'Private REST attempts by HTTP status code (code="error": no answer), retries included.',
+            labels=["account", "endpoint", "code"],
+        )
+        for (account, endpoint, code), value in sorted(self._requests.items()):
+            requests.add_metric([account, endpoint, code], float(value))
+        yield requests
+        limited = CounterMetricFamily(
+            WHITEBIT_REST_RATE_LIMITED,
+            "Private REST attempts answered 429 Too many requests (a rate limit or a reused nonce).",
+            labels=["account", "endpoint"],
+        )
+        for (account, endpoint), value in sorted(self._rate_limited.items()):
+            limited.add_metric([account, endpoint], float(value))
+        yield limited
+        usage = GaugeMetricFamily(
+            WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
+            "This account's requests to the endpoint in its rate-limit window divided by the limit of the"
+            " endpoint's family; sum over accounts and a family's endpoints for the whole IP's usage.",
+            labels=["account", "endpoint"],
+        )
+        by_key: dict[Any, int] = {}
+        for family in self._limiter.families():
+            for key, count in family.usage_by_key().items():
+                by_key[key] = by_key.get(key, 0) + count
+        pairs = set(self._durations) | {k for k in by_key if isinstance(k, tuple)}
+        for account, endpoint in sorted(pairs):
+            # "other" is no /api/v4 path, so it gets the default family's limit.
+            limit = self._limiter.limit_for(endpoint).limit
+            usage.add_metric([account, endpoint], by_key.get((account, endpoint), 0) / limit)
+        yield usage
+
+
+# --- transport --------------------------------------------------------------------------------
+
+
+class RestTransport:
+    """What every account's client shares: one HTTP session, the rate limiter and the metrics.
+
+    The session is opened on first use (inside the running loop) and closed by :meth:`close`.
+    Under the exporter's supervisor the transport also runs as the source ``rest:session`` whose only
+    job is to close the session when the exporter stops.
+    """
+
+    name = "rest:session"
+
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        metrics: RestMetrics,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        user_agent: str = "whitebit-exporter",
+    ) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+        self.timeout = timeout
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared HTTP session (opened on first use; an error once closed)."""
+        if self._closed:
+            raise RuntimeError("the REST transport is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": self._user_agent},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the HTTP session; the transport cannot be used afterwards."""
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def run(self) -> None:
+        """Hold the session until cancelled (the exporter stopping), then close it."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+
+# --- client -----------------------------------------------------------------------------------
+
+
+class RestClient:
+    """Signed, rate-limited, retried private REST calls for one account (API key)."""
+
+    def __init__(
+        self,
+        *,
+        account: str,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        transport: RestTransport,
+        nonce_window: bool = True,
+        nonces: NonceSource | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        initial_backoff: float = DEFAULT_INITIAL_BACKOFF,
+        max_backoff: float = DEFAULT_MAX_BACKOFF,
+        jitter: float = DEFAULT_JITTER,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_retries < 0 or initial_backoff < 0 or max_backoff < initial_backoff or not 0 <= jitter < 1:
+            raise ValueError("need max_retries >= 0, 0 <= initial_backoff <= max_backoff and 0 <= jitter < 1")
+        self.account = account
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self.transport = transport
+        self.nonce_window = nonce_window
+        # Share one NonceSource between clients of the same key: WhiteBIT tracks nonces per key.
+        self._nonces = nonces if nonces is not None else NonceSource()
+        self._sequential = None if nonce_window else asyncio.Lock()
+        self.max_retries = max_retries
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._jitter = jitter
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep
+        self._clock = clock
+        transport.metrics.add_account(account)
+
+    def __repr__(self) -> str:
+        return f"RestClient(account={self.account!r}, base_url={self.base_url!r}, api_key={redact(self._api_key)!r})"
+
+    def backoff(self, retry: int) -> float:
+        """The wait before retry number ``retry`` (0-based): nominal 1, 2, 4 … 30 s, minus jitter."""
+        nominal = min(self._max_backoff, self._initial_backoff * 2 ** min(retry, 32))
+        return nominal * (1.0 - self._jitter * self._rng.random())
+
+    async def post(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Call the private endpoint ``path`` with ``params``; the decoded JSON answer.
+
+        Raises a :class:`RestError` subclass; 429, 5xx and network failures only after
+        ``max_retries`` retries.
+        """
+        endpoint = endpoint_label(path)
+        retry = 0
+        while True:
+            try:
+                return await self._attempt(path, endpoint, params or {})
+            except RestError as error:
+                if not error.retryable or retry >= self.max_retries:
+                    raise
+                delay = self.backoff(retry)
+                retry += 1
+                if isinstance(error, RateLimitedError):
+                    self.transport.limiter.family(path).pause(delay)
+                log.warning(
+                    "REST call failed; retrying",
+                    extra={
+                        "account": self.account,
+                        "endpoint": endpoint,
+                        "reason": str(error),
+                        "retry": retry,
+                        "retry_in_seconds": round(delay, 3),
+                    },
+                )
+                await self._sleep(delay)
+
+    async def websocket_token(self) -> str:
+        """A fresh private WebSocket token (``POST /api/v4/profile/websocket_token``)."""
+        document = await self.post(WEBSOCKET_TOKEN)
+        token = document.get("websocket_token") if isinstance(document, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ResponseError(WEBSOCKET_TOKEN, "the answer has no websocket_token string")
+        return token
+
+    async def _attempt(self, path: str, endpoint: str, params: Mapping[str, Any]) -> Any:
+        family = self.transport.limiter.family(path)
+        slot = await family.acquire((self.account, endpoint))
+        try:
+            async with self._sequential if self._sequential is not None else contextlib.nullcontext():
+                status, raw, reason = await self._exchange(path, endpoint, params)
+        finally:
+            family.release(slot)
+        document = _decode(raw)
+        if 200 <= status < 300:
+            if document is _UNDECODABLE:
+                raise ResponseError(endpoint, "the answer is not JSON", status=status)
+            return document
+        if 300 <= status < 400:
+            raise RestError(
+                endpoint,
+                f"unexpected redirect ({reason or 'no reason'}); check rest_url",
+                status=status,
+            )
+        raise classify(endpoint, status, None if document is _UNDECODABLE else document, reason)
+
+    async def _exchange(self, path: str, endpoint: str, params: Mapping[str, Any]) -> tuple[int, bytes, str]:
+        """Sign with a fresh nonce, send, read; ``(status, body, reason)``. Records the attempt."""
+        signed = sign_request(
+            path,
+            params,
+            api_key=self._api_key,
+            api_secret=self._api_secret,
+            nonce=self._nonces.next(),
+            nonce_window=self.nonce_window,
+        )
+        started = self._clock()
+        try:
+            async with self.transport.session.post(
+                self.base_url + path,
+                data=signed.body,
+                headers=signed.headers,
+                allow_redirects=False,
+            ) as response:
+                raw = await response.read()
+                status, reason = response.status, response.reason or ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.transport.metrics.observe(self.account, endpoint, NO_ANSWER, self._clock() - started)
+            what = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
+            raise UnavailableError(endpoint, f"no answer: {what}"[:_MESSAGE_LIMIT]) from exc
+        self.transport.metrics.observe(self.account, endpoint, str(status), self._clock() - started)
+        return status, raw, reason
+
+
+_UNDECODABLE: Any = object()
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return _UNDECODABLE
