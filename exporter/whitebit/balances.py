@@ -1,0 +1,189 @@
+"""Balances of WhiteBIT accounts: a pure per-account store and one collector for all of them.
+
+:class:`AccountBalances` holds three wallets per account, each with the time it was last updated:
+
+- ``main``: totals per asset, replaced whole by a REST poll (no WebSocket channel exists);
+- ``spot``: ``available`` and ``freeze`` per asset, from ``balanceSpot`` (a snapshot, then updates
+  carrying only the assets that changed, with absolute values) or a trade-balance poll;
+- ``collateral``: balance ``B`` and borrowed ``b`` per asset, from ``balanceMargin`` or a poll.
+
+Writers pass the time their data is from. A write older than the wallet's last update is refused
+(returns False): the WebSocket and a REST poller may both feed one wallet, and a poll answered late
+must not overwrite a newer push. Amounts are exact :class:`~decimal.Decimal` and rendered as float.
+
+:class:`BalancesCollector` renders, for every account it holds::
+
+    whitebit_balance{account="main",asset="USDT",wallet="spot"} 250000.0
+    whitebit_balance_frozen{account="main",asset="USDT"} 14.5
+    whitebit_collateral_borrowed{account="main",asset="USDT"} 0.0
+    whitebit_balance_last_update_timestamp_seconds{account="main",wallet="spot"} 1.7e+09
+
+``whitebit_balance{wallet="spot"}`` is available + freeze. While a source is disconnected its values
+stay, with their timestamps, so staleness is visible instead of a silent gap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from decimal import Decimal
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.metrics import (
+    WHITEBIT_BALANCE,
+    WHITEBIT_BALANCE_FROZEN,
+    WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS,
+    WHITEBIT_COLLATERAL_BORROWED,
+)
+
+WALLET_MAIN = "main"
+WALLET_SPOT = "spot"
+WALLET_COLLATERAL = "collateral"
+
+ZERO = Decimal(0)
+
+
+class AccountBalances:
+    """The main, spot and collateral balances of one account, with last-update timestamps."""
+
+    def __init__(self, account: str) -> None:
+        self.account = account
+        self._main: dict[str, Decimal] = {}
+        self._spot: dict[str, tuple[Decimal, Decimal]] = {}  # asset -> (available, freeze)
+        self._collateral: dict[str, tuple[Decimal, Decimal]] = {}  # asset -> (B, b)
+        self._updated: dict[str, float] = {}
+
+    # --- reads ---
+
+    def updated_at(self, wallet: str) -> float | None:
+        """When ``wallet`` was last written, or None if never."""
+        return self._updated.get(wallet)
+
+    def main(self) -> dict[str, Decimal]:
+        """Main-balance totals per asset."""
+        return dict(self._main)
+
+    def spot(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """Spot ``(available, freeze)`` per asset."""
+        return dict(self._spot)
+
+    def collateral(self) -> dict[str, tuple[Decimal, Decimal]]:
+        """Collateral ``(balance B, borrowed b)`` per asset."""
+        return dict(self._collateral)
+
+    # --- writes ---
+
+    def _fresh(self, wallet: str, timestamp: float) -> bool:
+        last = self._updated.get(wallet)
+        if last is not None and timestamp < last:
+            return False
+        self._updated[wallet] = timestamp
+        return True
+
+    def replace_wallet(self, wallet: str, totals: Mapping[str, Decimal], timestamp: float) -> bool:
+        """Replace a whole wallet with totals per asset (assets not given are gone).
+
+        For ``main``; for ``collateral`` (a REST poll knows only the totals) the borrowed amount of
+        an asset still present is kept. ``spot`` needs ``available`` and ``freeze``: use
+        :meth:`replace_spot`.
+        """
+        if wallet == WALLET_MAIN:
+            if not self._fresh(wallet, timestamp):
+                return False
+            self._main = {asset: Decimal(total) for asset, total in totals.items()}
+            return True
+        if wallet == WALLET_COLLATERAL:
+            if not self._fresh(wallet, timestamp):
+                return False
+            previous = self._collateral
+            self._collateral = {
+                asset: (Decimal(total), previous.get(asset, (ZERO, ZERO))[1]) for asset, total in totals.items()
+            }
+            return True
+        if wallet == WALLET_SPOT:
+            raise ValueError("the spot wallet needs available and freeze: use replace_spot()")
+        raise ValueError(f"unknown wallet {wallet!r}")
+
+    def replace_spot(self, balances: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool:
+        """Replace the spot wallet: ``(available, freeze)`` per asset (a snapshot or a poll)."""
+        if not self._fresh(WALLET_SPOT, timestamp):
+            return False
+        self._spot = {asset: (Decimal(a), Decimal(f)) for asset, (a, f) in balances.items()}
+        return True
+
+    def update_spot(self, changes: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool:
+        """Overwrite the assets in ``changes`` (absolute ``(available, freeze)``); others stay."""
+        if not self._fresh(WALLET_SPOT, timestamp):
+            return False
+        for asset, (available, freeze) in changes.items():
+            self._spot[asset] = (Decimal(available), Decimal(freeze))
+        return True
+
+    def replace_collateral(self, balances: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool:
+        """Replace the collateral wallet: ``(balance B, borrowed b)`` per asset."""
+        if not self._fresh(WALLET_COLLATERAL, timestamp):
+            return False
+        self._collateral = {asset: (Decimal(b), Decimal(borrowed)) for asset, (b, borrowed) in balances.items()}
+        return True
+
+    def update_collateral(self, changes: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool:
+        """Overwrite the assets in ``changes`` (absolute ``(B, b)``); others stay."""
+        if not self._fresh(WALLET_COLLATERAL, timestamp):
+            return False
+        for asset, (balance, borrowed) in changes.items():
+            self._collateral[asset] = (Decimal(balance), Decimal(borrowed))
+        return True
+
+
+class BalancesCollector(Collector):
+    """The four balance families for every :class:`AccountBalances` added (one collector, so
+    each family is exposed once whatever the number of accounts)."""
+
+    def __init__(self, accounts: Iterable[AccountBalances] = ()) -> None:
+        self._accounts: list[AccountBalances] = list(accounts)
+
+    def add(self, balances: AccountBalances) -> None:
+        """Render ``balances`` too (each account once)."""
+        if any(existing.account == balances.account for existing in self._accounts):
+            raise ValueError(f"balances of account {balances.account!r} are already collected")
+        self._accounts.append(balances)
+
+    def collect(self) -> Iterator[Metric]:
+        balance = GaugeMetricFamily(
+            WHITEBIT_BALANCE,
+            "Balance per wallet and asset in whole units: main from REST, spot available + freeze, "
+            "collateral B from balanceMargin.",
+            labels=["account", "wallet", "asset"],
+        )
+        frozen = GaugeMetricFamily(
+            WHITEBIT_BALANCE_FROZEN,
+            "Spot balance held by open orders (freeze), in whole units.",
+            labels=["account", "asset"],
+        )
+        borrowed = GaugeMetricFamily(
+            WHITEBIT_COLLATERAL_BORROWED,
+            "Borrowed amount of a collateral asset (balanceMargin b), in whole units.",
+            labels=["account", "asset"],
+        )
+        updated = GaugeMetricFamily(
+            WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS,
+            "Unix time of the last update of the wallet's balances (kept while disconnected).",
+            labels=["account", "wallet"],
+        )
+        for account in self._accounts:
+            name = account.account
+            for asset, total in account._main.items():
+                balance.add_metric([name, WALLET_MAIN, asset], float(total))
+            for asset, (available, freeze) in account._spot.items():
+                balance.add_metric([name, WALLET_SPOT, asset], float(available + freeze))
+                frozen.add_metric([name, asset], float(freeze))
+            for asset, (total, debt) in account._collateral.items():
+                balance.add_metric([name, WALLET_COLLATERAL, asset], float(total))
+                borrowed.add_metric([name, asset], float(debt))
+            for wallet, timestamp in account._updated.items():
+                updated.add_metric([name, wallet], timestamp)
+        yield balance
+        yield frozen
+        yield borrowed
+        yield updated
