@@ -34,8 +34,19 @@ from exporter.logs import redact
 from exporter.metrics import BuildInfoCollector
 from exporter.state import StateError, StateStore
 from exporter.supervisor import Supervisor, SupervisorCollector
+from exporter.transfers import TransferBook, TransferCollector
 from exporter.web import create_metrics_app
 from exporter.webhook_listener import WebhookReceiver, create_webhook_app
+from exporter.webhooks.common import GroupCommitter
+from exporter.webhooks.whitebit import WhitebitReceiver
+from exporter.webhooks.zerohash import ZerohashReceiver
+from exporter.whitebit.balances import AccountBalances, BalancesCollector
+from exporter.whitebit.pollers import CollateralSummaries, build_pollers
+from exporter.whitebit.ratelimit import RateLimiter
+from exporter.whitebit.rest import RestClient, RestMetrics, RestTransport
+from exporter.whitebit.signing import NonceSource
+from exporter.whitebit.websocket import WebSocketCollector, WebSocketSource
+from exporter.zerohash.balances import ZerohashBalanceCollector, ZerohashBalances
 
 log = logging.getLogger(__name__)
 
@@ -146,15 +157,94 @@ class Exporter:
         ``self.health`` and its collector on ``self.registry``; the exporter then runs its
         ``run()`` under the supervisor. Accounts run on webhooks alone need no source.
         """
-        return []
+        sources: list[Source] = []
+        api_accounts = [a for a in self.config.whitebit if a.api_key is not None and a.api_secret is not None]
+        if not api_accounts:
+            return sources
+        balances = {account.name: AccountBalances(account.name) for account in api_accounts}
+        self.registry.register(BalancesCollector(balances.values()))
+
+        # REST: one limiter (WhiteBIT limits per IP), one HTTP session and one metrics collector for
+        # every account; the transport runs as a source only to close the session on stop.
+        rest_config = self.config.rest
+        limiter = RateLimiter(dict(rest_config.rate_limits))
+        rest_metrics = RestMetrics(limiter, buckets=rest_config.request_duration_buckets)
+        self.registry.register(rest_metrics)
+        transport = RestTransport(limiter, rest_metrics, timeout=rest_config.timeout)
+        sources.append(transport)
+        summaries = CollateralSummaries()
+        self.registry.register(summaries)
+        # The private WebSocket of every account: one collector renders all of them.
+        websocket_collector = WebSocketCollector()
+        self.registry.register(websocket_collector)
+        nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
+        rest_clients: dict[str, RestClient] = {}
+        for account in api_accounts:
+            if account.api_key is None or account.api_secret is None:
+                continue  # filtered above; this narrows the types
+            client = RestClient(
+                account=account.name,
+                base_url=account.rest_url,
+                api_key=account.api_key,
+                api_secret=account.api_secret,
+                transport=transport,
+                nonce_window=account.nonce_window,
+                nonces=nonces.setdefault(account.api_key, NonceSource()),
+                max_retries=rest_config.max_retries,
+            )
+            rest_clients[account.name] = client
+            websocket = WebSocketSource(
+                account.name,
+                account.ws_url,
+                account.markets,
+                client.websocket_token,
+                balances[account.name],
+                self.health,
+                clock=self.clock,
+            )
+            websocket_collector.add(websocket)
+            sources.append(websocket)
+            sources.extend(
+                build_pollers(
+                    client,
+                    balances[account.name],
+                    health=self.health,
+                    summaries=summaries,
+                    main_balance_interval=account.poll.main_balance,
+                    collateral_interval=account.poll.collateral,
+                    trade_balance_interval=account.poll.trade_balance,
+                )
+            )
+        return sources
 
     def _build_receivers(self) -> list[WebhookReceiver]:
         """Every webhook receiver the config asks for, routed by the webhook listener.
 
         Called once from :meth:`start`, after the state store is open; each receiver answers
-        ``POST`` on its own path (see :mod:`exporter.webhook_listener`).
+        ``POST`` on its own path (see :mod:`exporter.webhook_listener`). Also builds
+        ``self.transfers``, the :class:`~exporter.transfers.TransferBook` every account's deposits
+        and withdrawals go through (webhooks now; history reconciliation feeds it too), before
+        :meth:`_build_sources` runs.
         """
-        return []
+        receivers: list[WebhookReceiver] = []
+        # One committer for both receivers: deliveries arriving together share one commit.
+        committer = GroupCommitter(self.state)
+        self.transfers = TransferBook(self.state, (a.name for a in self.config.whitebit), clock=self.clock)
+        self.registry.register(TransferCollector(self.transfers))
+        if any(account.webhook is not None for account in self.config.whitebit):
+            whitebit = WhitebitReceiver(
+                self.config, self.state, self.transfers, clock=self.clock, committer=committer
+            )
+            self.registry.register(whitebit.collector)
+            receivers.append(whitebit)
+        if self.config.zerohash is not None:
+            settings = self.config.zerohash.webhook
+            balances = ZerohashBalances(settings.participants, self.state.zerohash_balances())
+            self.registry.register(ZerohashBalanceCollector(balances))
+            zerohash = ZerohashReceiver(settings, self.state, balances, clock=self.clock, committer=committer)
+            self.registry.register(zerohash.collector)
+            receivers.append(zerohash)
+        return receivers
 
     # -- lifecycle --------------------------------------------------------------------------
 

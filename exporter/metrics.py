@@ -45,6 +45,13 @@ WHITEBIT_REST_REQUESTS = "whitebit_rest_requests"  # counter
 WHITEBIT_REST_RATE_LIMITED = "whitebit_rest_rate_limited"  # counter
 WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO = "whitebit_rest_rate_limit_usage_ratio"
 
+# --- WhiteBIT collateral account summary (REST /collateral-account/summary; not in the spec table) --
+WHITEBIT_COLLATERAL_EQUITY = "whitebit_collateral_equity"
+WHITEBIT_COLLATERAL_MARGIN = "whitebit_collateral_margin"
+WHITEBIT_COLLATERAL_FREE_MARGIN = "whitebit_collateral_free_margin"
+WHITEBIT_COLLATERAL_MARGIN_FRACTION = "whitebit_collateral_margin_fraction"
+WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS = "whitebit_collateral_account_last_update_timestamp_seconds"
+
 # --- Zero Hash ----------------------------------------------------------------------------
 ZEROHASH_BALANCE = "zerohash_balance"
 ZEROHASH_PARTICIPANT_BALANCE = "zerohash_participant_balance"
@@ -90,6 +97,11 @@ METRIC_TYPES: dict[str, str] = {
     WHITEBIT_REST_REQUESTS: COUNTER,
     WHITEBIT_REST_RATE_LIMITED: COUNTER,
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO: GAUGE,
+    WHITEBIT_COLLATERAL_EQUITY: GAUGE,
+    WHITEBIT_COLLATERAL_MARGIN: GAUGE,
+    WHITEBIT_COLLATERAL_FREE_MARGIN: GAUGE,
+    WHITEBIT_COLLATERAL_MARGIN_FRACTION: GAUGE,
+    WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS: GAUGE,
     ZEROHASH_BALANCE: GAUGE,
     ZEROHASH_PARTICIPANT_BALANCE: GAUGE,
     ZEROHASH_ACCOUNTS: GAUGE,
@@ -149,3 +161,88 @@ class BuildInfoCollector(Collector):
         )
         family.add_metric([self._version, self._python], 1.0)
         yield family
+
+
+# --- Webhook intake and transfers (issue 4) ---------------------------------------------------
+# Families beyond the spec's table, added by the webhook receivers and the transfer lifecycle.
+WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS = "whitebit_transfers_oldest_in_flight_timestamp_seconds"
+WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS = "whitebit_deposits_awaiting_confirmations"
+METRIC_TYPES.update(
+    {
+        WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS: GAUGE,
+        WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS: GAUGE,
+    }
+)
+
+#: Every documented WhiteBIT webhook method (reference 5.4); ``deposit.update`` is counted as
+#: ``deposit.updated`` and anything else as ``other``.
+WHITEBIT_WEBHOOK_METHODS = (
+    "deposit.accepted",
+    "deposit.updated",
+    "deposit.processed",
+    "deposit.canceled",
+    "withdraw.unconfirmed",
+    "withdraw.pending",
+    "withdraw.canceled",
+    "withdraw.successful",
+    "withdraw.partial_successful",
+    "code.apply",
+    "refund.successful",
+    "refund.failed",
+)
+#: Every documented Zero Hash ``x-zh-hook-payload-type`` (reference zerohash.md section 5, both
+#: spellings where Zero Hash's pages disagree); anything else is ``other``.
+ZEROHASH_PAYLOAD_TYPES = (
+    "account_balance.changed",
+    "trade.status_changed",
+    "trade_status_changed",
+    "deposit.status_changed",
+    "participant_status_changed",
+    "participant_updated",
+    "payment_status_changed",
+    "external_account_status_changed",
+    "deposit_fund_complete",
+    "asset_mover_update",
+    "asset_mover_updated",
+    "trade_strategy.operation.status_changed",
+    "trade_strategy.execution.status_changed",
+    "trade_strategy.trader.created",
+    "token_signature_request",
+    "token_status_update",
+    "unspecified",
+)
+#: Zero Hash movement types (reference zerohash.md section 8, the REST enum); anything else is ``other``.
+ZEROHASH_MOVEMENT_TYPES = (
+    "deposit",
+    "withdrawal_pending",
+    "withdrawal_confirmed",
+    "withdrawal",
+    "transfer",
+    "final_settlement",
+    "final_settlement_outstanding",
+    "final_settlement_default",
+    "final_settlement_default_fallback",
+    "final_settlement_default_partial",
+    "otc_final_settlement",
+    "execution_fee",
+    "network_fee",
+    "transaction_fee",
+    "bank_fee",
+    "commission",
+    "initial_margin",
+    "variation_margin",
+    "variation_margin_call",
+    "interest_payment",
+    "principal_swap",
+    "repayment",
+    "collateralize_loan",
+    "loan_collateral_return",
+)
+#: Zero Hash account types (REST); the webhook covers ``available`` and ``collateral``.
+ZEROHASH_ACCOUNT_TYPES = ("available", "collateral", "payable", "receivable", "collateral_deficiency", "staked")
+
+# --- WhiteBIT private WebSocket: the exporter's own view of the connection (issue 3) --------
+WHITEBIT_WEBSOCKET_MESSAGES_INVALID = "whitebit_websocket_messages_invalid"  # counter {account, reason}
+WHITEBIT_WEBSOCKET_ERRORS = "whitebit_websocket_errors"  # counter {account, method}
+METRIC_TYPES[WHITEBIT_WEBSOCKET_MESSAGES_INVALID] = COUNTER
+METRIC_TYPES[WHITEBIT_WEBSOCKET_ERRORS] = COUNTER

@@ -394,6 +394,11 @@ class StateStore:
             )
             return cur.rowcount
 
+    def transfer_assets(self) -> list[tuple[str, str, str]]:
+        """Every distinct (account, kind, ticker) among stored transfers, final ones included."""
+        rows = self._query("SELECT DISTINCT account, kind, ticker FROM transfers ORDER BY account, kind, ticker")
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     # -- cursors -----------------------------------------------------------------------------
 
     def get_cursor(self, account: str, name: str) -> str | None:

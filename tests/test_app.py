@@ -49,19 +49,36 @@ API_SECRET = "apisecret-0123456789-SECRET-abcdef"
 HOOK_SECRET = "hooksecret-0123456789-SECRET"
 ZH_SECRET = "zerohash-hmac-0123456789-SECRET"
 
+# Webhook-only accounts: these tests are about the runtime's listeners and health plumbing, so nothing may
+# dial out (API accounts would connect to WhiteBIT; their sources are tested against the simulator elsewhere).
 ACCOUNTS = (
+    WhitebitAccountConfig(
+        name="main",
+        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-MAIN", secrets=(HOOK_SECRET,)),
+    ),
+    WhitebitAccountConfig(
+        name="trading",
+        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-TRADING", secrets=(HOOK_SECRET + "1",)),
+    ),
+    WhitebitAccountConfig(
+        name="payments",
+        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-PAYMENTS", secrets=(HOOK_SECRET + "2",)),
+    ),
+)
+# API accounts for the few tests that need one: pointed at a closed loopback port, so their sources fail
+# fast instead of dialing WhiteBIT.
+CLOSED_PORT_URLS = {"rest_url": "http://127.0.0.1:9", "ws_url": "ws://127.0.0.1:9/ws"}
+API_ACCOUNTS = (
     WhitebitAccountConfig(
         name="main",
         api_key=API_KEY,
         api_secret=API_SECRET,
         markets=("BTC_USDT",),
         webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-MAIN", secrets=(HOOK_SECRET,)),
+        **CLOSED_PORT_URLS,
     ),
-    WhitebitAccountConfig(name="trading", api_key=API_KEY + "2", api_secret=API_SECRET + "2"),
-    WhitebitAccountConfig(
-        name="payments",
-        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-PAYMENTS", secrets=(HOOK_SECRET + "2",)),
-    ),
+    WhitebitAccountConfig(name="trading", api_key=API_KEY + "2", api_secret=API_SECRET + "2", **CLOSED_PORT_URLS),
+    ACCOUNTS[2],
 )
 ZEROHASH = ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,)))
 
@@ -247,7 +264,7 @@ async def test_verification_lists_every_configured_webhook_public_key(
     async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
         assert response.status == 200
         assert response.content_type == "application/json"
-        assert json.loads(await response.text()) == ["PUBLIC-KEY-MAIN", "PUBLIC-KEY-PAYMENTS"]
+        assert json.loads(await response.text()) == ["PUBLIC-KEY-MAIN", "PUBLIC-KEY-TRADING", "PUBLIC-KEY-PAYMENTS"]
 
 
 async def test_verification_answers_head_with_200_and_no_body(
@@ -262,7 +279,7 @@ async def test_verification_answers_head_with_200_and_no_body(
 async def test_verification_is_an_empty_array_without_webhook_accounts(
     start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
 ) -> None:
-    exporter = await start_exporter(make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY)]))
+    exporter = await start_exporter(make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY, api_secret=API_SECRET, **CLOSED_PORT_URLS)]))
     async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
         assert json.loads(await response.text()) == []
 
@@ -432,10 +449,10 @@ async def test_stop_is_bounded_even_with_a_task_ignoring_cancellation(
 
 
 async def test_startup_log_lists_accounts_and_listeners_without_secrets(
-    start_exporter: StartExporter, caplog: pytest.LogCaptureFixture
+    start_exporter: StartExporter, make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    exporter = await start_exporter()
+    exporter = await start_exporter(make_config(API_ACCOUNTS, zerohash=ZEROHASH))
     formatter = LogfmtFormatter()
     lines = [formatter.format(r) for r in caplog.records]
     text = "\n".join(lines)

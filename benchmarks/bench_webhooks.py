@@ -1,0 +1,257 @@
+"""Webhook intake throughput relative to a bare aiohttp handler, measured in one run.
+
+    python benchmarks/bench_webhooks.py [--seconds 3] [--rounds 3] [--connections 32]
+
+Three servers are measured in turn, each several rounds, under the same load:
+
+* ``bare``: an aiohttp handler that only reads the body and answers 200 (the baseline);
+* ``verified``: a real :class:`~exporter.app.Exporter` receiving correctly signed WhiteBIT
+  ``deposit.processed`` deliveries, each with a new id: verification, dedupe, transfer update and the
+  SQLite commit before the 200 (durability included);
+* ``forged``: the same Exporter receiving deliveries signed with a wrong secret (401 ``bad_signature``,
+  one warning log line each, written to /dev/null through the exporter's logfmt formatter);
+* ``zerohash``: correctly signed Zero Hash ``account_balance.changed`` deliveries (informational).
+
+The load comes from a second process: ``--connections`` keep-alive HTTP/1.1 connections over
+loopback, each sending its next request as soon as the previous answer arrived, written with raw
+asyncio streams so the load generator is cheaper per request than the servers it measures. The
+script prints rates (median of the rounds) and the ratios against ``bare``; it asserts nothing.
+Goals: verified >= 0.5, forged >= 0.7.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from aiohttp import web
+
+from exporter.app import Exporter
+from exporter.config import (
+    Config,
+    ListenAddress,
+    StateConfig,
+    WebConfig,
+    WebhooksConfig,
+    WhitebitAccountConfig,
+    WhitebitWebhookConfig,
+    ZerohashConfig,
+    ZerohashWebhookConfig,
+)
+from exporter.logs import setup_logging
+from exporter.whitebit.signing import compact_json, encode_payload, sign_payload
+
+KEY = "bench-webhook-key"
+SECRET = "bench-webhook-secret-0123456789abcdef"
+ZH_SECRET = "bench-zerohash-secret-0123456789"
+LOOPBACK = ListenAddress("127.0.0.1", 0)
+
+
+# --- the load generator (runs in a second process) ------------------------------------------------
+
+
+def _whitebit_request(path: str, index: int, prefix: str, secret: str) -> bytes:
+    params = {
+        "address": f"addr-{prefix}-{index}", "amount": "25.000000000000000000", "createdAt": 1_700_000_000,
+        "currency": "Tether US", "description": "", "fee": "0.000000000000000000", "memo": "", "method": 1,
+        "network": "TRC20", "status": 3, "ticker": "USDT", "transactionHash": f"0x{index:064x}", "uniqueId": None,
+        "confirmations": {"actual": 3, "required": 3},
+    }
+    body = compact_json({"method": "deposit.processed", "params": params, "id": f"{prefix}-{index}"})
+    payload = encode_payload(body)
+    headers = {"X-TXC-APIKEY": KEY, "X-TXC-PAYLOAD": payload, "X-TXC-SIGNATURE": sign_payload(payload, secret)}
+    return _http(path, body, headers)
+
+
+def _zerohash_request(path: str, index: int, prefix: str, secret: str) -> bytes:
+    body = json.dumps({
+        "participant_code": f"P{index % 500}", "account_group": "PLAT", "account_label": "general",
+        "account_type": "available", "asset": "USD", "balance": str(index), "run_id": f"{prefix}-{index}",
+        "run_type": "deposit", "timestamp": 1_760_000_000_000 + index,
+        "movements": [{"movement_type": "deposit", "change": "1", "movement_id": f"{prefix}-{index}"}],
+    }, separators=(",", ":")).encode()
+    headers = {
+        "x-zh-hook-notification-id": f"{prefix}-{index}",
+        "x-zh-hook-payload-type": "account_balance.changed",
+        "x-zh-hook-signature-256": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    return _http(path, body, headers)
+
+
+def _http(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _worker(port: int, make: object, start: int, step: int, deadline: float, statuses: Counter[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    index = start
+    try:
+        while time.monotonic() < deadline:
+            writer.write(make(index))  # type: ignore[operator]
+            index += step
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            if length:
+                await reader.readexactly(length)
+            statuses[status] += 1
+    finally:
+        writer.close()
+
+
+async def _load(port: int, kind: str, path: str, prefix: str, seconds: float, connections: int) -> dict[int, int]:
+    if kind == "zerohash":
+        def make(i: int) -> bytes:
+            return _zerohash_request(path, i, prefix, ZH_SECRET)
+    else:
+        secret = "wrong-secret" if kind == "forged" else SECRET
+
+        def make(i: int) -> bytes:
+            return _whitebit_request(path, i, prefix, secret)
+    statuses: Counter[int] = Counter()
+    deadline = time.monotonic() + seconds
+    await asyncio.gather(*(_worker(port, make, n, connections, deadline, statuses) for n in range(connections)))
+    return dict(statuses)
+
+
+def _load_process(conn: Connection, *args: object) -> None:
+    conn.send(asyncio.run(_load(*args)))  # type: ignore[arg-type]
+    conn.close()
+
+
+async def measure(
+    port: int, kind: str, path: str, prefix: str, seconds: float, connections: int
+) -> tuple[float, dict[int, int], float]:
+    """Requests/s the server at ``port`` answered during ``seconds`` of load from a second process,
+    the statuses, and the server process's CPU microseconds per request."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_load_process, args=(child, port, kind, path, prefix, seconds, connections))
+    process.start()
+    child.close()
+    loop = asyncio.get_running_loop()
+    cpu = time.process_time()
+    statuses: dict[int, int] = await loop.run_in_executor(None, parent.recv)
+    cpu = time.process_time() - cpu
+    await loop.run_in_executor(None, process.join)
+    count = sum(statuses.values())
+    return count / seconds, statuses, cpu * 1e6 / max(count, 1)
+
+
+# --- the servers ------------------------------------------------------------------------------------
+
+
+async def bare_server() -> tuple[web.AppRunner, int]:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response()
+
+    app = web.Application(client_max_size=65536)
+    app.router.add_post("/bare", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(runner.addresses[0][1])
+
+
+def exporter_config(state_dir: Path) -> Config:
+    return Config(
+        web=WebConfig(listen_address=LOOPBACK),
+        webhooks=WebhooksConfig(listen_address=LOOPBACK),
+        state=StateConfig(path=str(state_dir / "bench.db")),
+        whitebit=(WhitebitAccountConfig(name="bench", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,))),),
+        zerohash=ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,))),
+    )
+
+
+async def main(seconds: float, rounds: int, connections: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as state_dir:
+        runner, bare_port = await bare_server()
+        exporter = Exporter(exporter_config(Path(state_dir)))
+        await exporter.start()
+        exporter_port = int(exporter.webhooks_url.rsplit(":", 1)[1])
+        targets = {
+            "bare": (bare_port, "bare", "/bare"),
+            "verified": (exporter_port, "verified", "/webhooks/whitebit"),
+            "forged": (exporter_port, "forged", "/webhooks/whitebit"),
+            "zerohash": (exporter_port, "zerohash", "/webhooks/zerohash"),
+        }
+        rates: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
+        statuses: dict[str, Counter[int]] = {name: Counter() for name in targets}
+        try:
+            for round_number in range(rounds):
+                for name, (port, kind, path) in targets.items():
+                    rate, got, micros = await measure(port, kind, path, f"r{round_number}", seconds, connections)
+                    rates[name].append(rate)
+                    cpu[name].append(micros)
+                    statuses[name].update(got)
+            result = await _scrape_counts(exporter)
+        finally:
+            await exporter.stop()
+            await runner.cleanup()
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"webhook intake benchmark: {rounds} rounds x {seconds:g}s, {connections} connections, "
+          f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    for name in targets:
+        codes = ", ".join(f"{code}: {count}" for code, count in sorted(statuses[name].items()))
+        runs = " ".join(f"{r:.0f}" for r in rates[name])
+        print(
+            f"  {name:9s} {median[name]:8.0f} req/s (median; rounds {runs}) "
+            f"server cpu {statistics.median(cpu[name]):5.0f} us/req, statuses {{{codes}}}"
+        )
+    print(f"  verified / bare = {median['verified'] / median['bare']:.2f}   (goal >= 0.5, durable commit included)")
+    print(f"  forged   / bare = {median['forged'] / median['bare']:.2f}   (goal >= 0.7)")
+    print(f"  zerohash / bare = {median['zerohash'] / median['bare']:.2f}   (informational)")
+    print(f"  exporter counted: {result}")
+
+
+async def _scrape_counts(exporter: Exporter) -> str:
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http, http.get(exporter.metrics_url + "/metrics") as response:
+        text = await response.text()
+    wanted = {
+        "whitebit_webhooks_verified_total": {"account": "bench", "method": "deposit.processed"},
+        "whitebit_webhooks_rejected_total": {"account": "bench", "reason": "bad_signature"},
+        "whitebit_transfers_total": {"account": "bench", "kind": "deposit", "outcome": "successful", "asset": "USDT"},
+        "zerohash_webhooks_verified_total": {"payload_type": "account_balance.changed"},
+    }
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = wanted.get(sample.name)
+            if labels is not None and sample.labels == labels:
+                found[sample.name.removesuffix("_total")] = int(sample.value)
+    return ", ".join(f"{k}={v}" for k, v in found.items())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    options = parser.parse_args()
+    with open(os.devnull, "w") as devnull:
+        # Real log formatting, discarded: the cost of a rejection's log line is part of the measure.
+        setup_logging("info", "logfmt", stream=devnull)
+        asyncio.run(main(options.seconds, options.rounds, options.connections))

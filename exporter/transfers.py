@@ -1,0 +1,602 @@
+"""The deposit and withdrawal lifecycle: a pure state machine over persisted transfer records.
+
+Webhook deliveries (``deposit.*``, ``withdraw.*``) and, later, REST history records are first
+normalized into a :class:`TransferObservation` with its ``source`` (``"webhook"`` or
+``"history"``); :func:`advance` then decides, without any I/O, what the stored
+:class:`~exporter.state.TransferRecord` becomes. :class:`TransferBook` does the I/O around it
+(lookup and write in the state file, in the caller's transaction) and keeps the in-memory view the
+metrics are rendered from.
+
+**The key.** Each transfer is stored under the most stable identity its payload allows, tried in
+this order:
+
+1. ``txid:<transactionId>``: unique across WhiteBIT and never reused (history records always have it;
+   webhook payloads are not documented to carry it, but one that does is keyed by it);
+2. ``uid:<uniqueId>``: the client's id of a withdrawal (or the platform-assigned id of a deposit);
+   documented as the dedup key, but ``null`` in every webhook example;
+3. ``fp:<sha256 prefix>``: a fingerprint of the fields that do not change over a transfer's life:
+   kind, ticker, amount (normalized, so ``"0.0105"`` equals ``"0.010500000000000000"``), address,
+   memo, ``createdAt`` and, for deposits only, the transaction hash. A transaction hash alone is
+   not unique (one on-chain transaction can pay several addresses: several records, one hash); a
+   withdrawal's hash is empty until it is broadcast, so it is left out there; ``network`` is left
+   out because ``deposit.canceled`` may carry it as ``null``.
+
+A later observation finds its record under *any* of its candidate keys (so a history record with a
+``transactionId`` finds the record a webhook created under its fingerprint), unless the stored
+record names a different ``transactionId`` or ``uniqueId`` (then it is another transfer). The record
+keeps the key it was created under.
+
+**Statuses.** Status codes mean different things per method (reference 2.4), so names come from two
+tables; webhook status values are placeholders in WhiteBIT's docs (all 15), so a webhook's *method*
+decides whether it is final (``deposit.processed`` is successful whatever status it carries) and
+the payload status is used only where it agrees with the method. A final record never changes
+status again; a non-final one never moves back to an earlier stage (a late retry of
+``withdraw.unconfirmed`` after ``withdraw.pending`` changes nothing); confirmations only grow. Each
+record's final outcome is counted once, when it becomes final, however many deliveries report it;
+the ``final`` flag is in the state file, so a restart does not count it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.metrics import (
+    TRANSFER_KINDS,
+    WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
+    WHITEBIT_TRANSFERS,
+    WHITEBIT_TRANSFERS_IN_FLIGHT,
+    WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
+)
+from exporter.state import StateStore, TransferKind, TransferRecord
+
+log = logging.getLogger(__name__)
+
+TransferSource = Literal["webhook", "history"]
+SOURCES: tuple[TransferSource, ...] = ("webhook", "history")
+
+DEPOSIT: TransferKind = "deposit"
+WITHDRAW: TransferKind = "withdraw"
+
+# Final outcomes (the `outcome` label of whitebit_transfers_total).
+SUCCESSFUL = "successful"
+CANCELED = "canceled"
+PARTIALLY_SUCCESSFUL = "partially_successful"
+OUTCOMES: dict[TransferKind, tuple[str, ...]] = {
+    DEPOSIT: (SUCCESSFUL, CANCELED),
+    WITHDRAW: (SUCCESSFUL, CANCELED, PARTIALLY_SUCCESSFUL),
+}
+
+OTHER_STATUS = "other"
+
+# Reference 2.4, deposit status codes: code -> meaning name (the `status` label while in flight).
+DEPOSIT_STATUS_NAMES: dict[int, str] = {
+    3: SUCCESSFUL,
+    7: SUCCESSFUL,
+    4: CANCELED,
+    9: CANCELED,
+    5: "unconfirmed_by_user",
+    15: "pending",
+    21: "frozen",
+    22: "uncredited",
+    27: "travel_rule_frozen",
+    28: "travel_rule_processing",
+}
+# Reference 2.4, withdrawal status codes.
+WITHDRAW_PENDING_CODES = (1, 2, 6, 10, 11, 12, 13, 14, 15, 16, 17)
+WITHDRAW_STATUS_NAMES: dict[int, str] = {
+    **dict.fromkeys(WITHDRAW_PENDING_CODES, "pending"),
+    3: SUCCESSFUL,
+    7: SUCCESSFUL,
+    4: CANCELED,
+    5: "unconfirmed",
+    18: PARTIALLY_SUCCESSFUL,
+    21: "frozen",
+}
+STATUS_NAMES: dict[TransferKind, dict[int, str]] = {DEPOSIT: DEPOSIT_STATUS_NAMES, WITHDRAW: WITHDRAW_STATUS_NAMES}
+FINAL_OUTCOMES: dict[TransferKind, dict[int, str]] = {
+    DEPOSIT: {3: SUCCESSFUL, 7: SUCCESSFUL, 4: CANCELED, 9: CANCELED},
+    WITHDRAW: {3: SUCCESSFUL, 7: SUCCESSFUL, 4: CANCELED, 18: PARTIALLY_SUCCESSFUL},
+}
+#: Every ``status`` label value ``whitebit_transfers_in_flight`` can carry, per kind (all start at 0).
+IN_FLIGHT_STATUSES: dict[TransferKind, tuple[str, ...]] = {
+    kind: (
+        *dict.fromkeys(name for code, name in STATUS_NAMES[kind].items() if code not in FINAL_OUTCOMES[kind]),
+        OTHER_STATUS,
+    )
+    for kind in TRANSFER_KINDS  # type: ignore[misc]
+}
+
+#: Webhook methods that move a transfer: method -> (kind, the status code the method implies).
+WEBHOOK_TRANSFER_EVENTS: dict[str, tuple[TransferKind, int]] = {
+    "deposit.accepted": (DEPOSIT, 15),
+    "deposit.updated": (DEPOSIT, 15),
+    "deposit.processed": (DEPOSIT, 3),
+    "deposit.canceled": (DEPOSIT, 4),
+    "withdraw.unconfirmed": (WITHDRAW, 5),
+    "withdraw.pending": (WITHDRAW, 1),
+    "withdraw.successful": (WITHDRAW, 3),
+    "withdraw.canceled": (WITHDRAW, 4),
+    "withdraw.partial_successful": (WITHDRAW, 18),
+}
+
+
+class ObservationError(ValueError):
+    """A payload that cannot describe a transfer (no amount, no asset): it is not what it should be."""
+
+
+def status_name(kind: TransferKind, status: int) -> str:
+    """The bounded meaning name of ``status`` for ``kind`` (``other`` for an undocumented code)."""
+    return STATUS_NAMES[kind].get(status, OTHER_STATUS)
+
+
+def final_outcome(kind: TransferKind, status: int) -> str | None:
+    """The final outcome ``status`` means for ``kind``, or None while the transfer is in flight."""
+    return FINAL_OUTCOMES[kind].get(status)
+
+
+@dataclass(frozen=True)
+class TransferObservation:
+    """One normalized sighting of a deposit or withdrawal, from a webhook or a history record.
+
+    ``status`` is already the effective code (for webhooks, reconciled with the method by
+    :func:`observation_from_webhook`). Optional fields are None when the payload lacks them.
+    """
+
+    account: str
+    kind: TransferKind
+    source: TransferSource
+    status: int
+    ticker: str
+    amount: Decimal
+    observed_at: float
+    created_at: float | None = None
+    transaction_id: str | None = None
+    unique_id: str | None = None
+    transaction_hash: str | None = None
+    address: str | None = None
+    memo: str | None = None
+    network: str | None = None
+    confirmations_actual: int | None = None
+    confirmations_required: int | None = None
+    event: str | None = None  # the webhook method, e.g. "deposit.updated"
+
+    def __post_init__(self) -> None:
+        if self.kind not in TRANSFER_KINDS:
+            raise ValueError(f"transfer kind must be deposit or withdraw, not {self.kind!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"observation source must be webhook or history, not {self.source!r}")
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def fingerprint(obs: TransferObservation) -> str:
+    """The ``fp:`` key: a hash of the fields that stay the same over the transfer's life."""
+    parts = [
+        obs.kind,
+        obs.ticker.upper(),
+        _amount_text(obs.amount),
+        obs.address or "",
+        obs.memo or "",
+        "" if obs.created_at is None else str(int(obs.created_at)),
+        # A withdrawal's hash appears only once it is broadcast, so only deposits use it.
+        (obs.transaction_hash or "") if obs.kind == DEPOSIT else "",
+    ]
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return f"fp:{digest[:32]}"
+
+
+def candidate_keys(obs: TransferObservation) -> list[str]:
+    """Every key ``obs`` may be stored under, strongest first; the first is the one a new record gets."""
+    keys: list[str] = []
+    if obs.transaction_id:
+        keys.append(f"txid:{obs.transaction_id}")
+    if obs.unique_id:
+        keys.append(f"uid:{obs.unique_id}")
+    keys.append(fingerprint(obs))
+    return keys
+
+
+def compatible(record: TransferRecord, obs: TransferObservation) -> bool:
+    """False when ``record`` names a different transactionId or uniqueId than ``obs``: another transfer."""
+    for name, value in (("transaction_id", obs.transaction_id), ("unique_id", obs.unique_id)):
+        stored = record.details.get(name)
+        if stored and value and stored != value:
+            return False
+    return True
+
+
+# --- the pure state machine -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one observation does to a record: the record to store and the outcome to count, if any."""
+
+    previous: TransferRecord | None
+    record: TransferRecord
+    counted_outcome: str | None = None  # set exactly once per record: when it becomes final
+    conflict: bool = False  # a final record was reported final with another outcome (kept as it was)
+
+    @property
+    def changed(self) -> bool:
+        return self.record != self.previous
+
+
+def _stage(kind: TransferKind, status: int) -> int:
+    """Lifecycle order: 0 the first stage, 1 in progress, 2 final. A record never moves to a lower stage."""
+    if final_outcome(kind, status) is not None:
+        return 2
+    if (kind == WITHDRAW and status == 5) or (kind == DEPOSIT and status == 27):
+        return 0
+    return 1
+
+
+def advance(record: TransferRecord | None, obs: TransferObservation, key: str, now: float) -> Transition:
+    """The record after ``obs`` (``record`` None: first sighting, stored under ``key``). Pure."""
+    outcome = final_outcome(obs.kind, obs.status)
+    identity = _identity(obs)
+    if record is None:
+        created = TransferRecord(
+            account=obs.account,
+            kind=obs.kind,
+            key=key,
+            status=obs.status,
+            status_name=status_name(obs.kind, obs.status),
+            ticker=obs.ticker,
+            amount=obs.amount,
+            created_at=obs.created_at if obs.created_at is not None else obs.observed_at,
+            updated_at=now,
+            final=outcome is not None,
+            outcome=outcome,
+            webhook_seen=obs.source == "webhook",
+            history_seen=obs.source == "history",
+            confirmations_actual=obs.confirmations_actual,
+            confirmations_required=obs.confirmations_required,
+            details=identity,
+        )
+        return Transition(None, created, counted_outcome=outcome)
+
+    status, final, new_outcome, counted, conflict = record.status, record.final, record.outcome, None, False
+    if record.final:
+        conflict = outcome is not None and outcome != record.outcome
+    elif outcome is not None:
+        status, final, new_outcome, counted = obs.status, True, outcome, outcome
+    elif _stage(obs.kind, obs.status) >= _stage(record.kind, record.status):
+        status = obs.status
+    actual = _max_optional(record.confirmations_actual, obs.confirmations_actual)
+    required = obs.confirmations_required if obs.confirmations_required is not None else record.confirmations_required
+    details = {**record.details, **{k: v for k, v in identity.items() if v is not None}}
+    updated = replace(
+        record,
+        status=status,
+        status_name=status_name(record.kind, status),
+        final=final,
+        outcome=new_outcome,
+        webhook_seen=record.webhook_seen or obs.source == "webhook",
+        history_seen=record.history_seen or obs.source == "history",
+        confirmations_actual=actual,
+        confirmations_required=required,
+        details=details,
+    )
+    if updated != record:
+        updated = replace(updated, updated_at=now)
+    return Transition(record, updated, counted_outcome=counted, conflict=conflict)
+
+
+def _identity(obs: TransferObservation) -> dict[str, Any]:
+    return {
+        "transaction_id": obs.transaction_id,
+        "unique_id": obs.unique_id,
+        "transaction_hash": obs.transaction_hash or None,
+        "network": obs.network,
+        "last_event": obs.event if obs.event is not None else f"{obs.source}:{obs.status}",
+    }
+
+
+def _max_optional(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+# --- normalizing payloads ---------------------------------------------------------------------------
+
+
+def observation_from_webhook(
+    account: str, method: str, params: Mapping[str, Any], observed_at: float
+) -> TransferObservation:
+    """Normalize the ``params`` of a ``deposit.*``/``withdraw.*`` delivery (``method`` already canonical).
+
+    Raises :class:`ObservationError` when the payload has no usable amount or asset; fields the
+    documents disagree on (``uniqueId``, ``network``, ``confirmations``, ``method``) may be absent.
+    """
+    kind, implied = WEBHOOK_TRANSFER_EVENTS[method]
+    return _observation(account, kind, "webhook", _webhook_status(kind, implied, params.get("status")), params,
+                        observed_at, event=method)
+
+
+def observation_from_history(account: str, record: Mapping[str, Any], observed_at: float) -> TransferObservation:
+    """Normalize one ``/api/v4/main-account/history`` record (``method`` 1 deposit, 2 withdrawal).
+
+    Accepts both ``transactionId``/``uniqueId`` and the new OpenAPI's ``transaction_id``/``unique_id``.
+    """
+    method = _int_or_none(record.get("method"))
+    if method not in (1, 2):
+        raise ObservationError(f"history record method must be 1 or 2, not {record.get('method')!r}")
+    status = _int_or_none(record.get("status"))
+    if status is None:
+        raise ObservationError("history record has no integer status")
+    return _observation(account, DEPOSIT if method == 1 else WITHDRAW, "history", status, record, observed_at)
+
+
+def _webhook_status(kind: TransferKind, implied: int, raw: Any) -> int:
+    # WhiteBIT's examples carry placeholder statuses, so the method decides and the payload's code is
+    # used only where it tells the same story (e.g. 7 instead of 3 for a credited deposit).
+    given = _int_or_none(raw)
+    if given is None or given not in STATUS_NAMES[kind]:
+        return implied
+    implied_outcome = final_outcome(kind, implied)
+    if final_outcome(kind, given) != implied_outcome:
+        return implied
+    return given
+
+
+def _observation(
+    account: str,
+    kind: TransferKind,
+    source: TransferSource,
+    status: int,
+    fields: Mapping[str, Any],
+    observed_at: float,
+    event: str | None = None,
+) -> TransferObservation:
+    ticker = fields.get("ticker") or fields.get("currency")
+    if not isinstance(ticker, str) or not ticker.strip():
+        raise ObservationError("transfer has no ticker")
+    amount = _decimal(fields.get("amount"))
+    if amount is None:
+        raise ObservationError(f"transfer amount is not a decimal: {fields.get('amount')!r}")
+    confirmations = fields.get("confirmations")
+    actual = required = None
+    if isinstance(confirmations, Mapping):
+        actual = _int_or_none(confirmations.get("actual"))
+        required = _int_or_none(confirmations.get("required"))
+    created = fields.get("createdAt")
+    created_at = float(created) if _is_number(created) and math.isfinite(float(created)) and created >= 0 else None
+    return TransferObservation(
+        account=account,
+        kind=kind,
+        source=source,
+        status=status,
+        ticker=ticker.strip(),
+        amount=amount,
+        observed_at=observed_at,
+        created_at=created_at,
+        transaction_id=_text(fields.get("transactionId", fields.get("transaction_id"))),
+        unique_id=_text(fields.get("uniqueId", fields.get("unique_id"))),
+        transaction_hash=_text(fields.get("transactionHash")),
+        address=_text(fields.get("address")),
+        memo=_text(fields.get("memo")),
+        network=_text(fields.get("network")),
+        confirmations_actual=actual,
+        confirmations_required=required,
+        event=event,
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+        return number if -(2**63) <= number < 2**63 else None
+    return None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value if value != "" else None
+    if _is_number(value):
+        return str(value)
+    return None
+
+
+def _amount_text(amount: Decimal) -> str:
+    text = format(amount.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
+
+
+# --- the book: I/O around the state machine and the view metrics are rendered from -------------------
+
+
+@dataclass(frozen=True)
+class TransferUpdate:
+    """A staged transition: written to the state file by :meth:`TransferBook.stage`, not yet in memory."""
+
+    transition: Transition
+    observation: TransferObservation = field(repr=False)
+
+
+class TransferBook:
+    """Every account's transfers: the persisted records and the counts rendered as metrics.
+
+    ``stage(obs)`` looks the record up and writes its new state inside the caller's
+    :meth:`StateStore.transaction`; once that transaction has committed, ``apply(update)`` brings
+    the in-memory view (in-flight records, outcome counters) up to date. ``observe(obs)`` does both
+    in a transaction of its own, for callers such as history reconciliation; it must not be called
+    inside another transaction.
+    """
+
+    def __init__(
+        self, store: StateStore, accounts: Iterable[str], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.accounts = tuple(dict.fromkeys(accounts))
+        self._open: dict[tuple[str, str, str], TransferRecord] = {}
+        self._totals: dict[tuple[str, str, str, str], int] = {}
+        for record in store.transfers(open_only=True):
+            self._open[(record.account, record.kind, record.key)] = record
+        # Outcome counters restart at 0, but for every asset already known, not only after a new event.
+        for account, kind, ticker in store.transfer_assets():
+            self._init_totals(account, kind, ticker)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def stage(self, obs: TransferObservation) -> TransferUpdate:
+        """Find ``obs``'s record, advance it and write it (call inside a state transaction)."""
+        keys = candidate_keys(obs)
+        existing: TransferRecord | None = None
+        for key in keys:
+            found = self._store.get_transfer(obs.account, obs.kind, key)
+            if found is not None and compatible(found, obs):
+                existing = found
+                break
+        transition = advance(existing, obs, existing.key if existing is not None else keys[0], self._clock())
+        if transition.changed:
+            self._store.put_transfer(transition.record)
+        return TransferUpdate(transition, obs)
+
+    def apply(self, update: TransferUpdate) -> None:
+        """Bring the in-memory view up to date with a committed ``stage()``."""
+        t = update.transition
+        record = t.record
+        ident = (record.account, record.kind, record.key)
+        self._init_totals(record.account, record.kind, record.ticker)
+        if record.final:
+            self._open.pop(ident, None)
+        else:
+            self._open[ident] = record
+        if t.counted_outcome is not None:
+            total = (record.account, record.kind, t.counted_outcome, record.ticker)
+            self._totals[total] = self._totals.get(total, 0) + 1
+        if t.conflict:
+            log.warning(
+                "final transfer reported final again with another outcome; kept the first",
+                extra={"account": record.account, "kind": record.kind, "outcome": record.outcome,
+                       "reported_status": update.observation.status, "source": update.observation.source},
+            )
+
+    def observe(self, obs: TransferObservation) -> Transition:
+        """Stage and apply ``obs`` in a transaction of its own; the transition it made."""
+        with self._store.transaction():
+            update = self.stage(obs)
+        self.apply(update)
+        return update.transition
+
+    def purge_final(self, older_than: float) -> int:
+        """Forget final records last updated before ``older_than`` (unix s); returns how many."""
+        return self._store.purge_final_transfers(older_than)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def in_flight(self) -> list[TransferRecord]:
+        """Transfers not yet final, oldest first."""
+        return sorted(self._open.values(), key=lambda r: (r.account, r.created_at, r.kind, r.key))
+
+    def totals(self) -> dict[tuple[str, str, str, str], int]:
+        """Final outcomes counted since start: (account, kind, outcome, asset) -> count."""
+        return dict(self._totals)
+
+    def _init_totals(self, account: str, kind: str, asset: str) -> None:
+        # A counter series starts at 0 as soon as its asset is known, so increase() sees the first one.
+        for outcome in OUTCOMES[kind]:  # type: ignore[index]
+            self._totals.setdefault((account, kind, outcome, asset), 0)
+
+
+class TransferCollector(Collector):
+    """Transfers in flight by status meaning, final outcomes, and how long deposits have been waiting.
+
+    ::
+
+        whitebit_transfers_in_flight{account="main",kind="deposit",status="pending"} 2.0
+        whitebit_transfers_total{account="main",asset="USDT",kind="deposit",outcome="successful"} 5.0
+        whitebit_transfers_oldest_in_flight_timestamp_seconds{account="main",kind="deposit"} 1.7e+09
+        whitebit_deposits_awaiting_confirmations{account="main"} 1.0
+    """
+
+    def __init__(self, book: TransferBook) -> None:
+        self._book = book
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            WHITEBIT_TRANSFERS_IN_FLIGHT,
+            "Deposits and withdrawals not yet final, by the meaning of their status code.",
+            labels=["account", "kind", "status"],
+        )
+        totals = CounterMetricFamily(
+            WHITEBIT_TRANSFERS,
+            "Deposits and withdrawals that reached a final outcome, each counted once.",
+            labels=["account", "kind", "outcome", "asset"],
+        )
+        oldest = GaugeMetricFamily(
+            WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
+            "Creation time of the oldest deposit or withdrawal still in flight (absent when none).",
+            labels=["account", "kind"],
+        )
+        awaiting = GaugeMetricFamily(
+            WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
+            "Deposits in flight whose confirmations.actual is below confirmations.required.",
+            labels=["account"],
+        )
+        counts: dict[tuple[str, str, str], int] = {}
+        first: dict[tuple[str, str], float] = {}
+        waiting: dict[str, int] = dict.fromkeys(self._book.accounts, 0)
+        for account in self._book.accounts:
+            for kind in TRANSFER_KINDS:
+                for name in IN_FLIGHT_STATUSES[kind]:  # type: ignore[index]
+                    counts[(account, kind, name)] = 0
+        for record in self._book.in_flight():
+            ident = (record.account, record.kind, record.status_name)
+            counts[ident] = counts.get(ident, 0) + 1
+            pair = (record.account, record.kind)
+            first[pair] = min(first.get(pair, math.inf), record.created_at)
+            if (
+                record.kind == DEPOSIT
+                and record.confirmations_required is not None
+                and (record.confirmations_actual or 0) < record.confirmations_required
+            ):
+                waiting[record.account] = waiting.get(record.account, 0) + 1
+        for (account, kind, name), value in counts.items():
+            in_flight.add_metric([account, kind, name], value)
+        for (account, kind, outcome, asset), value in sorted(self._book.totals().items()):
+            totals.add_metric([account, kind, outcome, asset], value)
+        for (account, kind), value in sorted(first.items()):
+            oldest.add_metric([account, kind], value)
+        for account, value in waiting.items():
+            awaiting.add_metric([account], value)
+        yield in_flight
+        yield totals
+        yield oldest
+        yield awaiting

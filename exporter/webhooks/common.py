@@ -1,0 +1,134 @@
+"""What both receivers share: group commit of delivery state and rate-limited rejection logs.
+
+**Group commit.** A delivery may be answered 200 only once what it taught us is committed to the
+state file. Committing each delivery on its own costs one SQLite commit per request; under load
+(WhiteBIT retries, a burst of deposits, a flood of replays) the deliveries that arrive together
+are instead committed together: each receiver hands its synchronous state work to
+:meth:`GroupCommitter.run`, which queues it and, on the next turn of the event loop, runs every
+queued job in ONE transaction, each job in its own savepoint (a job that raises is undone alone,
+and its caller gets the exception), commits, runs each job's ``on_commit`` (which brings memory,
+counters and logs up to date, whether or not its caller is still waiting), and only then wakes the
+callers. Nothing awaits
+inside the transaction, and a failed commit fails every caller of the batch (they answer 503 and
+the sender retries). A delivery is therefore never answered 200 before its batch has committed.
+
+**Rejection logs.** Every rejection is counted, but a flood of forged deliveries must not flood the
+log (nor spend the CPU formatting it): per (provider, account, reason) the first rejection is
+logged at once and later ones at most once per ``interval`` seconds, with the number suppressed
+in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from exporter.state import StateError, StateStore
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: A batch never grows beyond this many deliveries (bounds the time one commit holds the loop).
+MAX_BATCH = 512
+#: Seconds between two log lines for the same (provider, account, reason).
+REJECTION_LOG_INTERVAL = 10.0
+
+
+class GroupCommitter:
+    """Runs synchronous state jobs of concurrent deliveries in one transaction per event-loop turn."""
+
+    def __init__(self, store: StateStore, *, max_batch: int = MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._store = store
+        self._max_batch = max_batch
+        self._pending: list[tuple[Callable[[], Any], Callable[[Any], None] | None, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self.batches = 0  # committed batches, for tests and benchmarks
+        self.jobs = 0
+
+    async def run(self, job: Callable[[], T], on_commit: Callable[[T], None] | None = None) -> T:
+        """Run ``job`` (no awaits inside) in the next batch's transaction; return once committed.
+
+        ``on_commit(result)`` runs right after the commit, before the caller resumes. Raises what
+        ``job`` raised (its savepoint undone, the rest of the batch unaffected) or a
+        :class:`StateError` when the batch could not be committed.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((job, on_commit, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        if self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        outcomes: list[tuple[asyncio.Future[Any], Callable[[Any], None] | None, Any, BaseException | None]] = []
+        try:
+            with self._store.transaction():
+                for job, on_commit, future in batch:
+                    if future.cancelled():
+                        continue
+                    try:
+                        with self._store.transaction():
+                            outcomes.append((future, on_commit, job(), None))
+                    except Exception as exc:  # the job's own failure: its savepoint is undone
+                        outcomes.append((future, None, None, exc))
+        except Exception as exc:
+            error = exc if isinstance(exc, StateError) else StateError(f"state commit failed: {exc}")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        self.batches += 1
+        self.jobs += len(outcomes)
+        for future, on_commit, value, exc in outcomes:
+            if on_commit is not None:
+                try:
+                    on_commit(value)
+                except Exception:  # bookkeeping must never turn a committed delivery into a failure
+                    log.exception("after-commit bookkeeping failed")
+            if future.done():  # the caller went away (client disconnected); the state is committed anyway
+                continue
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+
+
+class RejectionLog:
+    """Logs rejections at most once per ``interval`` per (provider, account, reason), counting the rest."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval: float = REJECTION_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval = interval
+        self._clock = clock
+        self._next: dict[tuple[str, ...], float] = {}
+        self._suppressed: dict[tuple[str, ...], int] = {}
+
+    def rejected(self, fields: dict[str, Any]) -> None:
+        """Log (or count as suppressed) one rejection described by ``fields`` (never a secret)."""
+        key = (str(fields.get("provider")), str(fields.get("account", "")), str(fields.get("reason")))
+        now = self._clock()
+        if now < self._next.get(key, float("-inf")):
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._next[key] = now + self._interval
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            fields = {**fields, "suppressed": suppressed}
+        self._log.warning("webhook rejected", extra=fields)

@@ -1,0 +1,220 @@
+"""Zero Hash balances from ``account_balance.changed``: held per participant, exported in aggregate.
+
+Each event carries the new absolute balance of one account, identified by (participant_code,
+account_group, account_label, account_type, asset). Events are applied only when their payload
+``timestamp`` is not older than what is held for that account (delivery order is not guaranteed);
+the per-participant values live in the state file (:meth:`StateStore.apply_zerohash_balance`) and
+are reloaded at start. Metrics never carry one series per end customer:
+
+* ``zerohash_balance``: the sum over participants, per account_group, account_label, account_type, asset;
+* ``zerohash_participant_balance``: one series per participant only for the configured allow-list;
+* ``zerohash_accounts``: participants holding a non-zero balance, per account_group, account_type, asset;
+* ``zerohash_balance_movements_total``: movements of applied-or-not events (every movement happened,
+  whatever order it arrived in), by account_type, asset and movement_type (documented names or ``other``).
+
+Amounts are summed as Decimal and exported as float64 whole asset units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.metrics import (
+    OTHER,
+    ZEROHASH_ACCOUNTS,
+    ZEROHASH_BALANCE,
+    ZEROHASH_BALANCE_MOVEMENTS,
+    ZEROHASH_MOVEMENT_TYPES,
+    ZEROHASH_PARTICIPANT_BALANCE,
+)
+from exporter.state import ZerohashBalance
+from exporter.zerohash.signing import timestamp_to_seconds
+
+#: Movement types whose counters start at 0 for every (account_type, asset) held: the ones Zero
+#: Hash's deposit, withdrawal, transfer and settlement guide explains. Others appear when first seen.
+CORE_MOVEMENT_TYPES = (
+    "deposit",
+    "withdrawal_pending",
+    "withdrawal_confirmed",
+    "withdrawal",
+    "transfer",
+    "final_settlement",
+)
+
+_KEY_FIELDS = ("participant_code", "account_group", "account_label", "account_type", "asset")
+
+
+class BalancePayloadError(ValueError):
+    """An ``account_balance.changed`` body that lacks what the event must carry."""
+
+
+@dataclass(frozen=True)
+class BalanceEvent:
+    """One parsed ``account_balance.changed``: the new balance and the movement types that made it."""
+
+    balance: ZerohashBalance
+    movement_types: tuple[str, ...]
+
+
+def parse_balance_event(document: Any) -> BalanceEvent:
+    """Validate and normalize an ``account_balance.changed`` body (raises :class:`BalancePayloadError`).
+
+    ``timestamp`` may be seconds or milliseconds (Zero Hash's own examples disagree); ``run_id`` a
+    string or an integer; ``movements`` may be missing.
+    """
+    if not isinstance(document, Mapping):
+        raise BalancePayloadError("the body is not a JSON object")
+    key: dict[str, str] = {}
+    for name in _KEY_FIELDS:
+        value = document.get(name)
+        if not isinstance(value, str) or not value:
+            raise BalancePayloadError(f"{name} is missing or not a string")
+        key[name] = value
+    raw_balance = document.get("balance")
+    if isinstance(raw_balance, bool) or not isinstance(raw_balance, (str, int, float)):
+        raise BalancePayloadError("balance is missing or not a decimal")
+    try:
+        balance = Decimal(str(raw_balance).strip())
+    except InvalidOperation:
+        raise BalancePayloadError(f"balance is not a decimal: {raw_balance!r}") from None
+    if not balance.is_finite():
+        raise BalancePayloadError("balance is not finite")
+    raw_ts = document.get("timestamp")
+    try:
+        if isinstance(raw_ts, bool) or not isinstance(raw_ts, (int, float, str)):
+            raise ValueError
+        timestamp = timestamp_to_seconds(raw_ts)
+    except (ValueError, OverflowError):
+        raise BalancePayloadError("timestamp is missing or not a number") from None
+    if not 0 <= timestamp < 1e11:
+        raise BalancePayloadError("timestamp is out of range")
+    run_id = document.get("run_id")
+    movements = document.get("movements") or []
+    if not isinstance(movements, list):
+        raise BalancePayloadError("movements is not a list")
+    types = tuple(
+        movement_type_label(m.get("movement_type")) for m in movements if isinstance(m, Mapping)
+    )
+    return BalanceEvent(
+        ZerohashBalance(
+            balance=balance,
+            timestamp=timestamp,
+            run_id=None if run_id is None or isinstance(run_id, bool) else str(run_id),
+            **key,
+        ),
+        types,
+    )
+
+
+def movement_type_label(value: Any) -> str:
+    """A documented movement type, or ``other``."""
+    return value if isinstance(value, str) and value in ZEROHASH_MOVEMENT_TYPES else OTHER
+
+
+_AccountKey = tuple[str, str, str, str, str]
+
+
+class ZerohashBalances:
+    """The held per-participant balances and movement counts; render with :class:`ZerohashBalanceCollector`.
+
+    ``apply()`` is called only with an event the state file accepted (not older than held), after
+    its transaction committed; ``count_movements()`` for every new verified event.
+    """
+
+    def __init__(self, participants: Iterable[str], held: Iterable[ZerohashBalance] = ()) -> None:
+        self.participants = frozenset(participants)
+        self._balances: dict[_AccountKey, ZerohashBalance] = {}
+        self._movements: dict[tuple[str, str, str], int] = {}
+        for balance in held:
+            self.apply(balance)
+
+    def apply(self, balance: ZerohashBalance) -> None:
+        """Hold ``balance`` for its account (the caller has checked it is not older)."""
+        self._balances[_key(balance)] = balance
+        for movement_type in CORE_MOVEMENT_TYPES:
+            self._movements.setdefault((balance.account_type, balance.asset, movement_type), 0)
+
+    def count_movements(self, account_type: str, asset: str, movement_types: Iterable[str]) -> None:
+        """Count one event's movements."""
+        for movement_type in CORE_MOVEMENT_TYPES:
+            self._movements.setdefault((account_type, asset, movement_type), 0)
+        for movement_type in movement_types:
+            ident = (account_type, asset, movement_type)
+            self._movements[ident] = self._movements.get(ident, 0) + 1
+
+    def held(self) -> list[ZerohashBalance]:
+        """Every held balance, ordered by account key."""
+        return [self._balances[k] for k in sorted(self._balances)]
+
+    def movements(self) -> dict[tuple[str, str, str], int]:
+        """(account_type, asset, movement_type) -> count since start."""
+        return dict(self._movements)
+
+
+def _key(b: ZerohashBalance) -> _AccountKey:
+    return (b.participant_code, b.account_group, b.account_label, b.account_type, b.asset)
+
+
+class ZerohashBalanceCollector(Collector):
+    """Renders :class:`ZerohashBalances`.
+
+    ::
+
+        zerohash_balance{account_group="PLAT01",account_label="general",account_type="available",asset="USD"} 1250.5
+        zerohash_participant_balance{participant="PART01",account_group="PLAT01",...} 250.5
+        zerohash_accounts{account_group="PLAT01",account_type="available",asset="USD"} 3.0
+        zerohash_balance_movements_total{account_type="available",asset="USD",movement_type="deposit"} 7.0
+    """
+
+    def __init__(self, balances: ZerohashBalances) -> None:
+        self._balances = balances
+
+    def collect(self) -> Iterator[Metric]:
+        total = GaugeMetricFamily(
+            ZEROHASH_BALANCE,
+            "Zero Hash balance summed over participants, in whole asset units.",
+            labels=["account_group", "account_label", "account_type", "asset"],
+        )
+        per_participant = GaugeMetricFamily(
+            ZEROHASH_PARTICIPANT_BALANCE,
+            "Zero Hash balance of an allow-listed participant, in whole asset units.",
+            labels=["participant", "account_group", "account_label", "account_type", "asset"],
+        )
+        accounts = GaugeMetricFamily(
+            ZEROHASH_ACCOUNTS,
+            "Zero Hash participants holding a non-zero balance.",
+            labels=["account_group", "account_type", "asset"],
+        )
+        movements = CounterMetricFamily(
+            ZEROHASH_BALANCE_MOVEMENTS,
+            "Zero Hash balance movements reported by account_balance.changed, by movement type.",
+            labels=["account_type", "asset", "movement_type"],
+        )
+        sums: dict[tuple[str, str, str, str], Decimal] = {}
+        holders: dict[tuple[str, str, str], set[str]] = {}
+        for b in self._balances.held():
+            group = (b.account_group, b.account_label, b.account_type, b.asset)
+            sums[group] = sums.get(group, Decimal(0)) + b.balance
+            holding = holders.setdefault((b.account_group, b.account_type, b.asset), set())
+            if b.balance != 0:
+                holding.add(b.participant_code)
+            if b.participant_code in self._balances.participants:
+                per_participant.add_metric(
+                    [b.participant_code, b.account_group, b.account_label, b.account_type, b.asset], float(b.balance)
+                )
+        for labels, value in sorted(sums.items()):
+            total.add_metric(list(labels), float(value))
+        for labels, participants in sorted(holders.items()):
+            accounts.add_metric(list(labels), len(participants))
+        for labels, count in sorted(self._balances.movements().items()):
+            movements.add_metric(list(labels), count)
+        yield total
+        yield per_participant
+        yield accounts
+        yield movements

@@ -1,0 +1,79 @@
+"""Group commit of delivery state, and rejection logs that a flood cannot flood."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.state import StateError, StateStore
+from exporter.webhooks.common import GroupCommitter, RejectionLog
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore.open(tmp_path / "state.db") as s:
+        yield s
+
+
+async def test_concurrent_jobs_share_one_commit_and_each_gets_its_result(store: StateStore) -> None:
+    committer = GroupCommitter(store)
+    seen: list[bool] = []
+
+    def job(i: int) -> bool:
+        return store.remember_delivery("p", "a", f"id-{i % 5}")
+
+    results = await asyncio.gather(*(committer.run(lambda i=i: job(i), seen.append) for i in range(20)))
+    assert committer.batches == 1 and committer.jobs == 20
+    # Jobs run in arrival order inside the batch: the first of each id is new, the rest duplicates.
+    assert results == [True] * 5 + [False] * 15 and seen == results
+    with StateStore.open(store.path) as reader:
+        assert all(reader.delivery_seen("p", "a", f"id-{i}") for i in range(5))
+
+
+async def test_a_failing_job_is_undone_alone(store: StateStore) -> None:
+    committer = GroupCommitter(store)
+
+    def failing() -> None:
+        store.remember_delivery("p", "a", "bad")
+        raise ValueError("nope")
+
+    good = committer.run(lambda: store.remember_delivery("p", "a", "good"))
+    results = await asyncio.gather(committer.run(failing), good, return_exceptions=True)
+    assert isinstance(results[0], ValueError) and results[1] is True
+    assert store.delivery_seen("p", "a", "good") and not store.delivery_seen("p", "a", "bad")
+
+
+async def test_a_failed_commit_fails_every_caller_and_skips_bookkeeping(store: StateStore) -> None:
+    committer = GroupCommitter(store)
+    store.close()
+    called: list[object] = []
+    results = await asyncio.gather(
+        *(committer.run(lambda: True, called.append) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, StateError) for r in results) and called == []
+
+
+async def test_batches_are_bounded(store: StateStore) -> None:
+    committer = GroupCommitter(store, max_batch=4)
+    await asyncio.gather(*(committer.run(lambda i=i: i) for i in range(10)))
+    assert committer.batches == 3 and committer.jobs == 10
+
+
+def test_rejections_are_logged_at_most_once_per_interval_with_the_suppressed_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    limiter = RejectionLog(logging.getLogger("test.rejections"), interval=10.0, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="test.rejections")
+    fields = {"provider": "whitebit", "account": "main", "reason": "bad_signature"}
+    for _ in range(5):
+        limiter.rejected(fields)
+    limiter.rejected({**fields, "reason": "payload_mismatch"})
+    now[0] = 10.0
+    limiter.rejected(fields)
+    records = [(r.__dict__["reason"], r.__dict__.get("suppressed")) for r in caplog.records]
+    assert records == [("bad_signature", None), ("payload_mismatch", None), ("bad_signature", 4)]
