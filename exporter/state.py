@@ -27,7 +27,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -115,6 +115,10 @@ CREATE TABLE zerohash_balances (
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
 #: migration that has shipped, since files in the field were built by it.
 MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+
+
+class _Rerun(Exception):
+    """Rolls back a batch run without savepoints so it can run again with them (see ``run_batch``)."""
 
 
 class StateError(Exception):
@@ -273,6 +277,66 @@ class StateStore:
             )
         return task
 
+    def run_batch(self, jobs: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]]:
+        """Run ``jobs`` in ONE transaction, as if each were in its own savepoint, then commit.
+
+        Returns one outcome per job: ``(value, None)``, or ``(None, exc)`` for a job that raised
+        an :class:`Exception`, whose writes are undone alone while the others still commit.
+        Raises :class:`StateError` with nothing committed when the transaction cannot begin or
+        commit, or when a failing job took the whole transaction down with it (SQLite ends a
+        transaction by itself on some errors, such as a full disk). Same rules as
+        :meth:`transaction`: never ``await`` inside a job.
+
+        Jobs first run without savepoints (they cost a few microseconds per job, and this runs
+        once per webhook delivery); only when one of them raises is everything rolled back and
+        the batch run again with a savepoint per job. A job may therefore run twice, the first
+        run leaving no trace: it must act on nothing but this store (memory is updated once the
+        outcome is known, after the commit).
+        """
+        try:
+            with self.transaction():
+                values = []
+                for job in jobs:
+                    try:
+                        values.append(job())
+                    except Exception:
+                        raise _Rerun from None
+        except _Rerun:
+            return self._run_isolated(jobs)
+        return [(value, None) for value in values]
+
+    def _run_isolated(self, jobs: Sequence[Callable[[], Any]]) -> list[tuple[Any, Exception | None]]:
+        """:meth:`run_batch` with a savepoint around each job: ``transaction()`` nested per job, inlined."""
+        outcomes: list[tuple[Any, Exception | None]] = []
+        with self.transaction():
+            conn = self._conn()
+            depth = self._depth
+            name = f"sp{depth}"
+            begin, release = f"SAVEPOINT {name}", f"RELEASE {name}"
+            for job in jobs:
+                try:
+                    conn.execute(begin)
+                except sqlite3.Error as exc:
+                    raise StateError(f"cannot begin a savepoint on {self._path}: {exc}") from exc
+                self._depth = depth + 1
+                try:
+                    value = job()
+                except Exception as exc:
+                    self._depth = depth
+                    _undo(conn, name)
+                    if not conn.in_transaction:
+                        raise StateError(f"state write to {self._path} failed and ended the transaction: {exc}") from exc
+                    outcomes.append((None, exc))
+                    continue
+                finally:
+                    self._depth = depth
+                try:
+                    conn.execute(release)
+                except sqlite3.Error as exc:
+                    raise StateError(f"state write to {self._path} failed: {exc}") from exc
+                outcomes.append((value, None))
+        return outcomes
+
     # -- webhook deliveries ------------------------------------------------------------------
 
     def remember_delivery(
@@ -282,18 +346,17 @@ class StateStore:
         if not (math.isfinite(ttl) and ttl >= MIN_DELIVERY_TTL):
             raise ValueError(f"delivery ttl must be at least {MIN_DELIVERY_TTL:.0f} s, not {ttl!r}")
         now = self._now()
-        with self.transaction():
-            # One statement decides and writes, so "seen?" and "remember" cannot be split; an
-            # expired row is refreshed as if it were new.
-            cur = self._conn().execute(
-                "INSERT INTO webhook_deliveries (provider, account, delivery_id, first_seen, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (provider, account, delivery_id) DO UPDATE"
-                " SET first_seen = excluded.first_seen, expires_at = excluded.expires_at"
-                " WHERE webhook_deliveries.expires_at <= ?",
-                (provider, account, delivery_id, now, now + ttl, now),
-            )
-            return cur.rowcount == 1
+        # One statement decides and writes, so "seen?" and "remember" cannot be split; an
+        # expired row is refreshed as if it were new.
+        cur = self._write(
+            "INSERT INTO webhook_deliveries (provider, account, delivery_id, first_seen, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (provider, account, delivery_id) DO UPDATE"
+            " SET first_seen = excluded.first_seen, expires_at = excluded.expires_at"
+            " WHERE webhook_deliveries.expires_at <= ?",
+            (provider, account, delivery_id, now, now + ttl, now),
+        )
+        return cur.rowcount == 1
 
     def delivery_seen(self, provider: str, account: str, delivery_id: str) -> bool:
         """True if the delivery id is remembered and not expired."""
@@ -320,10 +383,12 @@ class StateStore:
     def raise_nonce(self, account: str, nonce: int) -> int | None:
         """Record ``nonce`` if it is above the highest; returns the previous highest (or None)."""
         _int(nonce, "nonce")
-        with self.transaction():
+        # Read and write must not be split by another writer: their own transaction, unless the
+        # caller's already holds the write lock (a failed single write then undoes itself).
+        with self._atomic():
             previous = self.highest_nonce(account)
             if previous is None or nonce > previous:
-                self._conn().execute(
+                self._write(
                     "INSERT INTO nonces (account, highest, updated_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (account) DO UPDATE SET highest = excluded.highest, updated_at = excluded.updated_at",
                     (account, nonce, self._now()),
@@ -334,37 +399,14 @@ class StateStore:
 
     def put_transfer(self, record: TransferRecord) -> None:
         """Insert or replace the transfer with the same (account, kind, key)."""
-        if record.kind not in ("deposit", "withdraw"):
-            raise ValueError(f"transfer kind must be 'deposit' or 'withdraw', not {record.kind!r}")
-        if not isinstance(record.details, dict):
-            raise ValueError(f"transfer details must be a dict, not {type(record.details).__name__}")
-        try:
-            details = json.dumps(record.details, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"transfer details are not plain JSON: {exc}") from exc
-        row = (
-            record.account,
-            record.kind,
-            record.key,
-            _int(record.status, "status"),
-            record.status_name,
-            record.ticker,
-            _decimal_text(record.amount, "amount"),
-            _finite(record.created_at, "created_at"),
-            _finite(record.updated_at, "updated_at"),
-            int(record.final),
-            record.outcome,
-            int(record.webhook_seen),
-            int(record.history_seen),
-            int(record.missed_counted),
-            _optional_int(record.confirmations_actual, "confirmations_actual"),
-            _optional_int(record.confirmations_required, "confirmations_required"),
-            details,
-        )
-        with self.transaction():
-            self._conn().execute(
-                f"INSERT OR REPLACE INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * len(row))})", row
-            )
+        self._write(_PUT_TRANSFER, _transfer_row(record))
+
+    def add_transfer(self, record: TransferRecord) -> bool:
+        """Insert the transfer unless one with the same (account, kind, key) is stored; True if inserted.
+
+        One statement instead of a lookup and a write, for a record that is most likely new.
+        """
+        return self._write(_ADD_TRANSFER, _transfer_row(record)).rowcount == 1
 
     def get_transfer(self, account: str, kind: str, key: str) -> TransferRecord | None:
         """The transfer with this (account, kind, key), or None."""
@@ -433,15 +475,14 @@ class StateStore:
             _finite(b.timestamp, "timestamp"),
             b.run_id,
         )
-        with self.transaction():
-            cur = self._conn().execute(
-                f"INSERT INTO zerohash_balances ({_ZEROHASH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (participant_code, account_group, account_label, account_type, asset) DO UPDATE"
-                " SET balance = excluded.balance, timestamp = excluded.timestamp, run_id = excluded.run_id"
-                " WHERE excluded.timestamp >= zerohash_balances.timestamp",
-                row,
-            )
-            return cur.rowcount == 1
+        cur = self._write(
+            f"INSERT INTO zerohash_balances ({_ZEROHASH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (participant_code, account_group, account_label, account_type, asset) DO UPDATE"
+            " SET balance = excluded.balance, timestamp = excluded.timestamp, run_id = excluded.run_id"
+            " WHERE excluded.timestamp >= zerohash_balances.timestamp",
+            row,
+        )
+        return cur.rowcount == 1
 
     def zerohash_balances(self) -> list[ZerohashBalance]:
         """Every stored Zero Hash balance, ordered by account key."""
@@ -481,12 +522,74 @@ class StateStore:
         except sqlite3.Error as exc:
             raise StateError(f"state read from {self._path} failed: {exc}") from exc
 
+    def _write(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
+        """Run ONE write statement atomically: in its own transaction, or in the caller's.
+
+        Inside an open transaction no savepoint is needed: SQLite undoes a failed statement by
+        itself and the error reaches the caller, whose block decides what else to undo.
+        """
+        if self._depth == 0:
+            with self.transaction():
+                return self._conn().execute(sql, params)
+        conn = self._conn()
+        self._check_owner()
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StateError(f"state write to {self._path} failed: {exc}") from exc
+
+    def _atomic(self) -> AbstractContextManager[None]:
+        """A transaction of its own, or nothing when the caller's is already open (no savepoint)."""
+        if self._depth == 0:
+            return self.transaction()
+        self._check_owner()
+        return nullcontext()
+
 
 _TRANSFER_COLUMNS = (
     "account, kind, key, status, status_name, ticker, amount, created_at, updated_at, final, outcome,"
     " webhook_seen, history_seen, missed_counted, confirmations_actual, confirmations_required, details"
 )
 _ZEROHASH_COLUMNS = "participant_code, account_group, account_label, account_type, asset, balance, timestamp, run_id"
+#: json.dumps(sort_keys=True, separators=(",", ":"), allow_nan=False), without building an encoder per call.
+_DETAILS_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+_PUT_TRANSFER = f"INSERT OR REPLACE INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_ADD_TRANSFER = (
+    f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+    " ON CONFLICT (account, kind, key) DO NOTHING"
+)
+
+
+def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
+    """The ``transfers`` row of ``record``, validated (ValueError) before anything is written."""
+    if record.kind not in ("deposit", "withdraw"):
+        raise ValueError(f"transfer kind must be 'deposit' or 'withdraw', not {record.kind!r}")
+    if not isinstance(record.details, dict):
+        raise ValueError(f"transfer details must be a dict, not {type(record.details).__name__}")
+    try:
+        details = _DETAILS_JSON.encode(record.details)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"transfer details are not plain JSON: {exc}") from exc
+    row = (
+        record.account,
+        record.kind,
+        record.key,
+        _int(record.status, "status"),
+        record.status_name,
+        record.ticker,
+        _decimal_text(record.amount, "amount"),
+        _finite(record.created_at, "created_at"),
+        _finite(record.updated_at, "updated_at"),
+        int(record.final),
+        record.outcome,
+        int(record.webhook_seen),
+        int(record.history_seen),
+        int(record.missed_counted),
+        _optional_int(record.confirmations_actual, "confirmations_actual"),
+        _optional_int(record.confirmations_required, "confirmations_required"),
+        details,
+    )
+    return row
 
 
 def _transfer(r: Sequence[Any]) -> TransferRecord:

@@ -173,7 +173,10 @@ class ZerohashWebhookCollector(Collector):
 
 def _reply(status: int, word: str) -> web.Response:
     """A small fixed JSON answer; it never echoes anything the sender sent."""
-    return web.Response(status=status, body=_REPLIES[word], content_type="application/json")
+    return web.Response(status=status, body=_REPLIES[word], headers=_JSON)
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 _REPLIES = {
@@ -234,16 +237,21 @@ class ZerohashReceiver:
             return await self._process(request, payload_type, body)
         except _Rejected as rejected:
             self.stats.rejected[rejected.reason] = self.stats.rejected.get(rejected.reason, 0) + 1
-            fields: dict[str, Any] = {
-                "provider": PROVIDER,
-                "payload_type": payload_type,
-                "reason": rejected.reason,
-                "status": rejected.status,
-                "remote": request.remote,
-            }
-            if rejected.detail:
-                fields["detail"] = rejected.detail
-            self._rejection_log.rejected(fields)
+
+            def describe(rejected: _Rejected = rejected) -> dict[str, Any]:
+                fields: dict[str, Any] = {
+                    "provider": PROVIDER,
+                    "payload_type": payload_type,
+                    "reason": rejected.reason,
+                    "status": rejected.status,
+                    "remote": request.remote,
+                }
+                if rejected.detail:
+                    fields["detail"] = rejected.detail
+                return fields
+
+            # Zero Hash has no account: the rate limit is per (provider, reason), as before.
+            self._rejection_log.rejected_lazily((PROVIDER, "", rejected.reason), describe)
             return _reply(rejected.status, rejected.reason)
 
     async def _process(self, request: web.Request, payload_type: str, body: bytes) -> web.StreamResponse:
