@@ -41,6 +41,7 @@ from exporter.webhooks.common import GroupCommitter
 from exporter.webhooks.whitebit import WhitebitReceiver
 from exporter.webhooks.zerohash import ZerohashReceiver
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
+from exporter.whitebit.history import MissedWebhooks, build_history_poller
 from exporter.whitebit.pollers import CollateralSummaries, build_pollers
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import RestClient, RestMetrics, RestTransport
@@ -177,6 +178,9 @@ class Exporter:
         # The private WebSocket of every account: one collector renders all of them.
         websocket_collector = WebSocketCollector()
         self.registry.register(websocket_collector)
+        # History reconciliation counts missed webhooks only for accounts that have a webhook.
+        missed = MissedWebhooks()
+        self.registry.register(missed)
         nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
         rest_clients: dict[str, RestClient] = {}
         for account in api_accounts:
@@ -213,6 +217,18 @@ class Exporter:
                     main_balance_interval=account.poll.main_balance,
                     collateral_interval=account.poll.collateral,
                     trade_balance_interval=account.poll.trade_balance,
+                )
+            )
+            sources.append(
+                build_history_poller(
+                    client,
+                    self.transfers,
+                    self.state,
+                    health=self.health,
+                    interval=account.poll.history,
+                    grace=account.reconcile_grace,
+                    missed=missed if account.webhook is not None else None,
+                    clock=self.clock,
                 )
             )
         return sources

@@ -24,7 +24,8 @@ this order:
 A later observation finds its record under *any* of its candidate keys (so a history record with a
 ``transactionId`` finds the record a webhook created under its fingerprint), unless the stored
 record names a different ``transactionId`` or ``uniqueId`` (then it is another transfer). The record
-keeps the key it was created under.
+keeps the key it was created under. A record first seen in history is created under its fingerprint
+(see :func:`new_key`), so the webhook that comes after it, without a ``transactionId``, finds it.
 
 **Statuses.** Status codes mean different things per method (reference 2.4), so names come from two
 tables; webhook status values are placeholders in WhiteBIT's docs (all 15), so a webhook's *method*
@@ -207,6 +208,19 @@ def candidate_keys(obs: TransferObservation) -> list[str]:
     return keys
 
 
+def new_key(obs: TransferObservation, keys: list[str], taken: set[str]) -> str:
+    """The key a first sighting is stored under (``keys`` from :func:`candidate_keys`).
+
+    A webhook's record gets its strongest id. A record first seen in *history* gets its fingerprint
+    instead (unless another transfer holds it): a webhook carries no ``transactionId``, so a record
+    stored under ``txid:`` would never be found by the webhook that arrives after the history poll.
+    """
+    fp = keys[-1]
+    if obs.source == "history" and fp not in taken:
+        return fp
+    return keys[0]
+
+
 def compatible(record: TransferRecord, obs: TransferObservation) -> bool:
     """False when ``record`` names a different transactionId or uniqueId than ``obs``: another transfer."""
     for name, value in (("transaction_id", obs.transaction_id), ("unique_id", obs.unique_id)):
@@ -263,7 +277,7 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
             history_seen=obs.source == "history",
             confirmations_actual=obs.confirmations_actual,
             confirmations_required=obs.confirmations_required,
-            details=identity,
+            details=_with_webhook_status(identity, None, obs),
         )
         return Transition(None, created, counted_outcome=outcome)
 
@@ -277,6 +291,7 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
     actual = _max_optional(record.confirmations_actual, obs.confirmations_actual)
     required = obs.confirmations_required if obs.confirmations_required is not None else record.confirmations_required
     details = {**record.details, **{k: v for k, v in identity.items() if v is not None}}
+    details = _with_webhook_status(details, record, obs)
     updated = replace(
         record,
         status=status,
@@ -292,6 +307,25 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
     if updated != record:
         updated = replace(updated, updated_at=now)
     return Transition(record, updated, counted_outcome=counted, conflict=conflict)
+
+
+def _with_webhook_status(
+    details: dict[str, Any], record: TransferRecord | None, obs: TransferObservation
+) -> dict[str, Any]:
+    """``details`` with ``webhook_status``: the furthest status any *webhook* reported for the transfer.
+
+    History reconciliation compares it with what history shows to tell a missed webhook; a late
+    retry of an earlier event (``deposit.accepted`` after ``deposit.processed``) never lowers it.
+    """
+    if obs.source != "webhook":
+        return details
+    kind = record.kind if record is not None else obs.kind
+    seen = record.details.get("webhook_status") if record is not None else None
+    if isinstance(seen, int) and (
+        final_outcome(kind, seen) is not None or _stage(kind, obs.status) < _stage(kind, seen)
+    ):
+        return details
+    return {**details, "webhook_status": obs.status}
 
 
 def _identity(obs: TransferObservation) -> dict[str, Any]:
@@ -477,13 +511,24 @@ class TransferBook:
     def stage(self, obs: TransferObservation) -> TransferUpdate:
         """Find ``obs``'s record, advance it and write it (call inside a state transaction)."""
         keys = candidate_keys(obs)
+        if len(keys) == 1 and (obs.account, obs.kind, keys[0]) not in self._open:
+            # Not in flight, so most likely a first sighting (a webhook's usual case): insert it in
+            # one statement. Only if a record was stored after all (final, or staged earlier in
+            # this transaction) does the lookup below run, exactly as without this shortcut.
+            transition = advance(None, obs, keys[0], self._clock())
+            if self._store.add_transfer(transition.record):
+                return TransferUpdate(transition, obs)
         existing: TransferRecord | None = None
+        taken: set[str] = set()
         for key in keys:
             found = self._store.get_transfer(obs.account, obs.kind, key)
-            if found is not None and compatible(found, obs):
-                existing = found
-                break
-        transition = advance(existing, obs, existing.key if existing is not None else keys[0], self._clock())
+            if found is not None:
+                if compatible(found, obs):
+                    existing = found
+                    break
+                taken.add(key)
+        key = existing.key if existing is not None else new_key(obs, keys, taken)
+        transition = advance(existing, obs, key, self._clock())
         if transition.changed:
             self._store.put_transfer(transition.record)
         return TransferUpdate(transition, obs)

@@ -188,3 +188,36 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
                         return (await response.json())["webhooks"].get("dropped", 0) > dropped_before
 
                 await wait_for(dropped, timeout=60, interval=0.5, message="the simulator never dropped a webhook")
+
+
+async def test_a_dropped_deposit_webhook_fires_the_missed_webhook_alert(tmp_path: Path) -> None:
+    # No mischief of the scenario's own: the one lost webhook is the one dropped below. The drop
+    # targets deposit.processed: a lost deposit.updated (one confirmation tick of a deposit whose
+    # other webhooks came) is deliberately not a missed webhook, so "deposit." would make this depend
+    # on which deposit event happens next.
+    options = {"scenario_rate": 10.0, "forge_every": None, "reconcile_grace": 5.0, "webhook_retry_delay": 1.0}
+    async with running_demo(tmp_path / "demo", **options) as demo:
+        assert demo.exporter is not None
+        target = demo.exporter.metrics_url.removeprefix("http://")
+        async with running_prometheus(tmp_path / "prometheus", target) as prometheus:
+            await wait_for(lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), timeout=60, interval=0.5,
+                           message=f"the exporter was never scraped; {failure_log(prometheus)}")
+            assert await prometheus.alerts("WhitebitWebhookMissed") == []
+            async with aiohttp.ClientSession() as session, session.post(
+                f"{demo.simulator.url}/_simulator/webhooks/drop", json={"count": 1, "method_prefix": "deposit.processed"}
+            ) as response:
+                assert response.status == 200, await response.text()
+
+            async def missed_firing() -> bool:
+                return any(a["labels"].get("account") == DEMO_ACCOUNT and a["labels"].get("kind") == "deposit"
+                           for a in await prometheus.alerts("WhitebitWebhookMissed"))
+
+            await wait_for(missed_firing, timeout=120, interval=0.5,
+                           message=f"WhitebitWebhookMissed never fired; {failure_log(prometheus)}")
+            alert = (await prometheus.alerts("WhitebitWebhookMissed"))[0]
+            assert alert["labels"]["severity"] == "critical"
+            assert alert["labels"]["kind"] == "deposit"
+            # Only the dropped webhook was missed: no withdrawal, and the deposit counted once.
+            assert not [a for a in await prometheus.alerts("WhitebitWebhookMissed") if a["labels"]["kind"] != "deposit"]
+            samples = await prometheus.query(f'whitebit_webhooks_missed_total{{account="{DEMO_ACCOUNT}"}}')
+            assert {s["metric"]["kind"]: float(s["value"][1]) for s in samples} == {"deposit": 1.0, "withdraw": 0.0}

@@ -240,7 +240,28 @@ def test_a_record_naming_another_transaction_id_is_another_transfer(store: State
     base = {**deposit_params(status=15), "transactionId": "T-1"}
     book.observe(observation_from_history("main", base, NOW))
     book.observe(observation_from_history("main", {**base, "transactionId": "T-2"}, NOW))
-    assert sorted(r.key for r in store.transfers("main")) == ["txid:T-1", "txid:T-2"]
+    # The first is stored under its fingerprint (free), the second, with the same fingerprint, under its id.
+    records = store.transfers("main")
+    assert sorted(r.details["transaction_id"] for r in records) == ["T-1", "T-2"]
+    assert sorted(r.key.split(":")[0] for r in records) == ["fp", "txid"]
+
+
+def test_a_webhook_after_history_finds_the_record_history_created(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    book.observe(observation_from_history("main", {**deposit_params(status=15), "transactionId": "T-1"}, NOW))
+    t = book.observe(hook("deposit.processed", deposit_params()))
+    assert t.previous is not None and t.counted_outcome == "successful"
+    [record] = store.transfers("main")
+    assert record.webhook_seen and record.history_seen and record.details["webhook_status"] == 3
+
+
+def test_webhook_status_keeps_the_furthest_status_a_webhook_reported(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    book.observe(hook("deposit.processed", deposit_params()))
+    book.observe(hook("deposit.accepted", deposit_params()))  # a late retry of an earlier event
+    book.observe(observation_from_history("main", {**deposit_params(status=15), "transactionId": "T-1"}, NOW))
+    [record] = store.transfers("main")
+    assert record.details["webhook_status"] == 3
 
 
 def test_metrics_show_in_flight_by_status_and_outcomes_by_asset_from_zero(store: StateStore) -> None:

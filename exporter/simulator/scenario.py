@@ -5,8 +5,10 @@ orders, partial and full fills, cancels, modifies both ways round, stop activati
 market orders, a price random walk), collateral transfers and borrowing, deposits and withdrawals
 walking through their documented statuses (including Travel Rule deposits, canceled deposits and their
 refunds, two deposits sharing a transaction hash, partial withdrawals), WhiteBIT Codes, Zero Hash
-balance runs, and, when ``forge_every`` is set, forged, tampered, stale and replayed deliveries and
-deliberately lost webhooks, so that dashboards and alerts have something to show.
+balance runs, and, when ``forge_every`` is set, forged, tampered, stale and replayed deliveries,
+deliberately lost webhooks (mostly the final ``deposit.processed``/``withdraw.successful``, which
+history reconciliation then counts as missed), bursts of forced 429s on the endpoints the exporter
+polls and dropped WebSocket connections, so that dashboards and alerts have something to show.
 
 Everything goes through :class:`~exporter.simulator.model.Exchange` and
 :class:`~exporter.simulator.zerohash.ZerohashLedger`, so balances stay consistent whatever happens.
@@ -24,7 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exporter.simulator.model import (
     DEPOSIT_CANCELED,
@@ -56,6 +58,10 @@ from exporter.simulator.zerohash import (
     ZerohashLedger,
     ZerohashSender,
 )
+
+if TYPE_CHECKING:
+    from exporter.simulator.rest import RestApi
+    from exporter.simulator.ws import WebSocketHub
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +112,19 @@ ZEROHASH_WEIGHTS: dict[str, float] = {
 }
 # Lost webhooks happen among ordinary actions, only when mischief is switched on (forge_every).
 DROP_WEIGHTS: dict[str, float] = {"drop_webhook": 0.3, "zh_drop": 0.2}
+#: Which deliveries a ``drop_webhook`` loses: mostly final ones, the losses a payment team must hear of.
+DROP_PREFIXES: tuple[str, ...] = ("deposit.processed", "withdraw.successful", "deposit.", "withdraw.")
+# Trouble for the exporter's REST client and WebSocket, also only with mischief switched on.
+# A whole simulator (REST served too, as in --demo) also loses final webhooks more often, so a missed
+# webhook shows within minutes of a demo's start.
+TROUBLE_WEIGHTS: dict[str, float] = {"force_429": 0.4, "ws_drop": 0.15, "drop_final_webhook": 0.5}
+FINAL_WEBHOOK_PREFIXES: tuple[str, ...] = ("deposit.processed", "withdraw.successful")
+#: Endpoints the exporter polls, whose family a ``force_429`` throttles for a few requests.
+FORCE_429_PATHS: tuple[str, ...] = (
+    "/api/v4/main-account/balance",
+    "/api/v4/main-account/history",
+    "/api/v4/collateral-account/summary",
+)
 # Every forge_every steps one of these (whichever is possible) replaces the ordinary action.
 ADVERSARIAL_ACTIONS: tuple[str, ...] = (
     "forge",
@@ -120,7 +139,7 @@ ADVERSARIAL_ACTIONS: tuple[str, ...] = (
 WITHDRAW_PENDING_STATUSES = (1, 2, 6, 10, 11, 12, 13, 14, 15, 16, 17)
 ZEROHASH_PARTICIPANT_STATUSES = ("submitted", "pending_approval", "approved", "locked", "disabled")
 ZEROHASH_TRANSFER_TYPES = ("trade_allocation", "fund", "commission_allocation", "pay")
-ZEROHASH_PRICES = {"BTC": Decimal("60000"), "ETH": Decimal("3000"), "USDC.ETH": Decimal("1"), "USD": Decimal("1")}
+ZEROHASH_PRICES = {"BTC": Decimal(60000), "ETH": Decimal(3000), "USDC.ETH": Decimal(1), "USD": Decimal(1)}
 MAX_TRIES = 8
 MAX_TRACKED = 500  # bound on the in-flight bookkeeping, so a demo that runs for days stays small
 
@@ -138,6 +157,8 @@ class ScenarioEngine:
         zerohash: tuple[ZerohashLedger, ZerohashSender] | None = None,
         webhook_sender: WebhookSender | None = None,
         forge_every: int | None = None,
+        rest: RestApi | None = None,
+        websocket: WebSocketHub | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         max_open_orders: int = 40,
@@ -160,6 +181,8 @@ class ScenarioEngine:
         self.ledger, self.zerohash_sender = zerohash if zerohash is not None else (None, None)
         self.webhook_sender = webhook_sender
         self.forge_every = forge_every
+        self.rest = rest
+        self.websocket = websocket
         self.max_open_orders = max_open_orders
         self.zerohash_group = zerohash_group
         self.zerohash_participants = tuple(zerohash_participants)
@@ -178,6 +201,12 @@ class ScenarioEngine:
                 self._weights["drop_webhook"] = DROP_WEIGHTS["drop_webhook"]
             if self.zerohash_sender is not None:
                 self._weights["zh_drop"] = DROP_WEIGHTS["zh_drop"]
+            if rest is not None:
+                self._weights["force_429"] = TROUBLE_WEIGHTS["force_429"]
+                if webhook_sender is not None:
+                    self._weights["drop_final_webhook"] = TROUBLE_WEIGHTS["drop_final_webhook"]
+            if websocket is not None:
+                self._weights["ws_drop"] = TROUBLE_WEIGHTS["ws_drop"]
         self._actions: dict[str, Callable[[], bool]] = {name: getattr(self, f"_do_{name}") for name in self._weights}
         self._adversarial: dict[str, Callable[[], bool]] = {
             name: getattr(self, f"_do_{name}") for name in ADVERSARIAL_ACTIONS
@@ -224,8 +253,7 @@ class ScenarioEngine:
                 # (a clock that stands still, as in tests) nor try to catch up after falling behind.
                 next_at += interval
                 now = self._clock()
-                if next_at < now:
-                    next_at = now
+                next_at = max(next_at, now)
                 await self._sleep(min(interval, next_at - now))
         finally:
             await self.aclose()
@@ -812,8 +840,31 @@ class ScenarioEngine:
         if self.webhook_sender is None:
             return False
         # Deposits and withdrawals are what the exporter can notice missing (history reconciliation).
-        self.webhook_sender.drop_next(1, method_prefix=self.rng.choice(("deposit.", "withdraw.")))
+        self.webhook_sender.drop_next(1, method_prefix=self.rng.choice(DROP_PREFIXES))
         return True
+
+    def _do_drop_final_webhook(self) -> bool:
+        if self.webhook_sender is None:
+            return False
+        self.webhook_sender.drop_next(1, method_prefix=self.rng.choice(FINAL_WEBHOOK_PREFIXES))
+        return True
+
+    def _do_force_429(self) -> bool:
+        if self.rest is None:
+            return False
+        # WhiteBIT throttling (or a nonce it did not like): the exporter must back off and recover.
+        path, count = self.rng.choice(FORCE_429_PATHS), self.rng.randint(1, 3)
+        self.rest.force_rate_limit(path, count)
+        log.info("scenario forces 429s path=%s count=%d", path, count)
+        return True
+
+    def _do_ws_drop(self) -> bool:
+        if self.websocket is None:
+            return False
+        name = self.rng.choice(self.accounts)
+        if not self.websocket.connections(name):
+            return False
+        return self._spawn(self.websocket.drop(name))
 
     def _do_zh_drop(self) -> bool:
         if self.zerohash_sender is None:

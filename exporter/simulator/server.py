@@ -142,6 +142,8 @@ class Simulator:
                 zerohash=(self.zerohash_ledger, self.zerohash) if self.zerohash_ledger and self.zerohash else None,
                 webhook_sender=self.webhooks,
                 forge_every=self.settings.scenario_forge_every,
+                rest=self.rest,
+                websocket=self.ws,
                 clock=self.clock,
             )
         return self._scenario
