@@ -182,7 +182,6 @@ class Exporter:
         missed = MissedWebhooks()
         self.registry.register(missed)
         nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
-        rest_clients: dict[str, RestClient] = {}
         for account in api_accounts:
             if account.api_key is None or account.api_secret is None:
                 continue  # filtered above; this narrows the types
@@ -196,7 +195,6 @@ class Exporter:
                 nonces=nonces.setdefault(account.api_key, NonceSource()),
                 max_retries=rest_config.max_retries,
             )
-            rest_clients[account.name] = client
             websocket = WebSocketSource(
                 account.name,
                 account.ws_url,
