@@ -570,7 +570,7 @@ class WebSocketSource:
         self._margin_synced = True
 
     async def _read_market(self, conn: _Connection, market: str) -> None:
-        for attempt in range(PAGING_ATTEMPTS):
+        for _ in range(PAGING_ATTEMPTS):
             paging = self._paging[market] = _Paging(market, set(), set())
             while True:
                 offset = paging.cursor
