@@ -96,16 +96,18 @@ class GroupCommitter:
         live = [entry for entry in batch if not entry[2].cancelled()]
         try:
             results = self._store.run_batch([job for job, _, _ in live])
+            # One result per job; a mismatch fails the whole batch (503, retried, then a duplicate)
+            # rather than leaving some callers without an answer.
+            outcomes = [
+                (future, on_commit if exc is None else None, value, exc)
+                for (_, on_commit, future), (value, exc) in zip(live, results, strict=True)
+            ]
         except Exception as exc:
             error = exc if isinstance(exc, StateError) else StateError(f"state commit failed: {exc}")
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        outcomes = [
-            (future, on_commit if exc is None else None, value, exc)
-            for (_, on_commit, future), (value, exc) in zip(live, results)
-        ]
         self.batches += 1
         self.jobs += len(outcomes)
         for future, on_commit, value, exc in outcomes:
