@@ -2,17 +2,26 @@
 
     python benchmarks/bench_webhooks.py [--seconds 3] [--rounds 3] [--connections 32]
 
-Three servers are measured in turn, each several rounds, under the same load:
+Several servers are measured in turn, each several rounds, under the same load:
 
 * ``bare``: a handler that only reads the body and answers 200 (the baseline), mounted in the
   webhook listener's own aiohttp application (:func:`~exporter.webhook_listener.create_webhook_app`:
   same body limit, same response hook) in the same process and event loop as the exporter;
 * ``verified``: a real :class:`~exporter.app.Exporter` receiving correctly signed WhiteBIT
-  ``deposit.processed`` deliveries, each with a new id: verification, dedupe, transfer update and the
-  SQLite commit before the 200 (durability included);
+  ``deposit.processed`` deliveries, each with a new UUID id and a higher nonce, as WhiteBIT sends
+  them: verification, dedupe, nonce, transfer update and the SQLite commit before the 200
+  (durability included);
 * ``forged``: the same Exporter receiving deliveries signed with a wrong secret (401 ``bad_signature``,
   one warning log line each, written to /dev/null through the exporter's logfmt formatter);
 * ``zerohash``: correctly signed Zero Hash ``account_balance.changed`` deliveries (informational).
+
+Two more servers break the verified path into stages, so the output shows where the time goes
+(both mounted next to ``bare``, built from the real receiver, informational):
+
+* ``checked``: the real WhiteBIT receiver's checks (headers, key, payload, HMAC) and JSON parse,
+  answering 200 without touching any state: the ceiling of any verified path on this stack;
+* ``dedupe``: ``checked`` plus the durable dedupe record of each delivery id, committed through a
+  :class:`~exporter.webhooks.common.GroupCommitter` before the 200: the cost of durability alone.
 
 The load comes from a second process: ``--connections`` keep-alive HTTP/1.1 connections over
 loopback, each sending its next request as soon as the previous answer arrived, written with raw
@@ -27,6 +36,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import multiprocessing
 import os
@@ -34,6 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -54,7 +65,9 @@ from exporter.config import (
 )
 from exporter.logs import setup_logging
 from exporter.state import StateStore
+from exporter.transfers import TransferBook
 from exporter.webhook_listener import create_webhook_app
+from exporter.webhooks.whitebit import WhitebitReceiver, _parse, _reply
 from exporter.whitebit.signing import compact_json, encode_payload, sign_payload
 
 KEY = "bench-webhook-key"
@@ -66,14 +79,16 @@ LOOPBACK = ListenAddress("127.0.0.1", 0)
 # --- the load generator (runs in a second process) ------------------------------------------------
 
 
-def _whitebit_request(path: str, index: int, prefix: str, secret: str) -> bytes:
+def _whitebit_request(path: str, index: int, prefix: str, secret: str, nonce: int) -> bytes:
+    # As WhiteBIT sends them: a UUID id (random, so the dedupe index sees random keys) and a
+    # nonce above every earlier one (taken when the request is built, just before it is sent).
     params = {
         "address": f"addr-{prefix}-{index}", "amount": "25.000000000000000000", "createdAt": 1_700_000_000,
         "currency": "Tether US", "description": "", "fee": "0.000000000000000000", "memo": "", "method": 1,
         "network": "TRC20", "status": 3, "ticker": "USDT", "transactionHash": f"0x{index:064x}", "uniqueId": None,
-        "confirmations": {"actual": 3, "required": 3},
+        "confirmations": {"actual": 3, "required": 3}, "nonce": nonce,
     }
-    body = compact_json({"method": "deposit.processed", "params": params, "id": f"{prefix}-{index}"})
+    body = compact_json({"method": "deposit.processed", "params": params, "id": str(uuid.uuid4())})
     payload = encode_payload(body)
     headers = {"X-TXC-APIKEY": KEY, "X-TXC-PAYLOAD": payload, "X-TXC-SIGNATURE": sign_payload(payload, secret)}
     return _http(path, body, headers)
@@ -126,9 +141,11 @@ async def _load(port: int, kind: str, path: str, prefix: str, seconds: float, co
             return _zerohash_request(path, i, prefix, ZH_SECRET)
     else:
         secret = "wrong-secret" if kind == "forged" else SECRET
+        # Microseconds since the epoch, then +1 per request: above every nonce of earlier rounds.
+        nonces = itertools.count(time.time_ns() // 1000)
 
         def make(i: int) -> bytes:
-            return _whitebit_request(path, i, prefix, secret)
+            return _whitebit_request(path, i, prefix, secret, next(nonces))
     statuses: Counter[int] = Counter()
     deadline = time.monotonic() + seconds
     await asyncio.gather(*(_worker(port, make, n, connections, deadline, statuses) for n in range(connections)))
@@ -172,11 +189,36 @@ class BareReceiver:
         return web.Response()
 
 
-async def bare_server(config: Config) -> tuple[web.AppRunner, int]:
-    # The listener's application with the bare handler as its only receiver, so the floor pays
-    # for the same aiohttp setup as the receivers measured against it. The exporter's access log
-    # is at debug level, off at info as here.
-    app = create_webhook_app(config, [BareReceiver()])
+class ChecksOnlyReceiver(WhitebitReceiver):
+    """Stage ``checked``: the real receiver's checks and JSON parse, then 200; no state at all."""
+
+    path = "/stage/checked"
+
+    async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
+        # The receiver's own parser (module-private: this stage exists to measure it).
+        _parse(body, account.name)
+        return _reply(200, "ok")
+
+
+class DurableDedupeReceiver(WhitebitReceiver):
+    """Stage ``dedupe``: ``checked`` plus the delivery id committed (grouped) before the 200."""
+
+    path = "/stage/dedupe"
+
+    async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
+        delivery_id, _, _ = _parse(body, account.name)
+        store = self._store
+        fresh = await self._committer.run(lambda: store.remember_delivery("whitebit", account.name, delivery_id))
+        return _reply(200, "ok" if fresh else "duplicate")
+
+
+async def bare_server(config: Config, stage_store: StateStore) -> tuple[web.AppRunner, int]:
+    # The listener's application with the bare handler (and the stage receivers, on their own state
+    # file), so the floor pays for the same aiohttp setup as the receivers measured against it. The
+    # exporter's access log is at debug level, off at info as here.
+    book = TransferBook(stage_store, ["bench"])
+    stages = [ChecksOnlyReceiver(config, stage_store, book), DurableDedupeReceiver(config, stage_store, book)]
+    app = create_webhook_app(config, [BareReceiver(), *stages])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -197,12 +239,15 @@ def exporter_config(state_dir: Path) -> Config:
 async def main(seconds: float, rounds: int, connections: int) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as state_dir:
         config = exporter_config(Path(state_dir))
-        runner, bare_port = await bare_server(config)
+        stage_store = StateStore.open(Path(state_dir) / "stages.db")
+        runner, bare_port = await bare_server(config, stage_store)
         exporter = Exporter(config)
         await exporter.start()
         exporter_port = int(exporter.webhooks_url.rsplit(":", 1)[1])
         targets = {
             "bare": (bare_port, "bare", "/bare"),
+            "checked": (bare_port, "verified", ChecksOnlyReceiver.path),
+            "dedupe": (bare_port, "verified", DurableDedupeReceiver.path),
             "verified": (exporter_port, "verified", "/webhooks/whitebit"),
             "forged": (exporter_port, "forged", "/webhooks/whitebit"),
             "zerohash": (exporter_port, "zerohash", "/webhooks/zerohash"),
@@ -222,6 +267,7 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
         finally:
             await exporter.stop()
             await runner.cleanup()
+            stage_store.close()
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"webhook intake benchmark: {rounds} rounds x {seconds:g}s, {connections} connections, "
           f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus")
@@ -233,6 +279,8 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
             f"  {name:9s} {median[name]:8.0f} req/s (median; rounds {runs}) "
             f"server cpu {statistics.median(cpu[name]):5.0f} us/req, statuses {{{codes}}}"
         )
+    print(f"  checked  / bare = {median['checked'] / median['bare']:.2f}   (stage: checks and parse only, no state)")
+    print(f"  dedupe   / bare = {median['dedupe'] / median['bare']:.2f}   (stage: checked + durable dedupe record)")
     print(f"  verified / bare = {median['verified'] / median['bare']:.2f}   (goal >= 0.5, durable commit included)")
     print(f"  forged   / bare = {median['forged'] / median['bare']:.2f}   (goal >= 0.7)")
     print(f"  zerohash / bare = {median['zerohash'] / median['bare']:.2f}   (informational)")
@@ -261,6 +309,7 @@ async def _scrape_counts(exporter: Exporter) -> str:
     wanted = {
         "whitebit_webhooks_verified_total": {"account": "bench", "method": "deposit.processed"},
         "whitebit_webhooks_rejected_total": {"account": "bench", "reason": "bad_signature"},
+        "whitebit_webhook_nonce_regressions_total": {"account": "bench"},
         "whitebit_transfers_total": {"account": "bench", "kind": "deposit", "outcome": "successful", "asset": "USDT"},
         "zerohash_webhooks_verified_total": {"payload_type": "account_balance.changed"},
     }
