@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -92,16 +92,7 @@ class DeliveryRecord:
     outcome: str = PENDING
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "account": self.account,
-            "method": self.method,
-            "id": self.id,
-            "nonce": self.nonce,
-            "created_at": self.created_at,
-            "attempts": list(self.attempts),
-            "outcome": self.outcome,
-        }
+        return asdict(self)
 
 
 @dataclass

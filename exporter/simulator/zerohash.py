@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -433,15 +433,7 @@ class NotificationRecord:
     outcome: str = PENDING
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "payload_type": self.payload_type,
-            "notification_id": self.notification_id,
-            "timestamp": self.timestamp,
-            "created_at": self.created_at,
-            "attempts": list(self.attempts),
-            "outcome": self.outcome,
-        }
+        return asdict(self)
 
 
 @dataclass
