@@ -67,7 +67,7 @@ from exporter.logs import setup_logging
 from exporter.state import StateStore
 from exporter.transfers import TransferBook
 from exporter.webhook_listener import create_webhook_app
-from exporter.webhooks.whitebit import WhitebitReceiver, _parse, _reply
+from exporter.webhooks.whitebit import PROVIDER, WhitebitReceiver, _parse, _reply
 from exporter.whitebit.signing import compact_json, encode_payload, sign_payload
 
 KEY = "bench-webhook-key"
@@ -207,8 +207,8 @@ class DurableDedupeReceiver(WhitebitReceiver):
 
     async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
         delivery_id, _, _ = _parse(body, account.name)
-        store = self._store
-        fresh = await self._committer.run(lambda: store.remember_delivery("whitebit", account.name, delivery_id))
+        store, ttl = self._store, self._ttl
+        fresh = await self._committer.run(lambda: store.remember_delivery(PROVIDER, account.name, delivery_id, ttl=ttl))
         return _reply(200, "ok" if fresh else "duplicate")
 
 
