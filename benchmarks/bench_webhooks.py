@@ -5,7 +5,7 @@
 Several servers are measured in turn, each several rounds, under the same load:
 
 * ``bare``: a handler that only reads the body and answers 200 (the baseline), mounted in the
-  webhook listener's own aiohttp application (:func:`~exporter.webhook_listener.create_webhook_app`:
+  webhook listener's own aiohttp application (:func:`~exporter.http.webhook_listener.create_webhook_app`:
   same body limit, same response hook) in the same process and event loop as the exporter;
 * ``verified``: a real :class:`~exporter.app.Exporter` receiving correctly signed WhiteBIT
   ``deposit.processed`` deliveries, each with a new UUID id and a higher nonce, as WhiteBIT sends
@@ -21,7 +21,7 @@ Two more servers break the verified path into stages, so the output shows where 
 * ``checked``: the real WhiteBIT receiver's checks (headers, key, payload, HMAC) and JSON parse,
   answering 200 without touching any state: the ceiling of any verified path on this stack;
 * ``dedupe``: ``checked`` plus the durable dedupe record of each delivery id, committed through a
-  :class:`~exporter.webhooks.common.GroupCommitter` before the 200: the cost of durability alone.
+  :class:`~exporter.webhooks.commit.GroupCommitter` before the 200: the cost of durability alone.
 
 The load comes from a second process: ``--connections`` keep-alive HTTP/1.1 connections over
 loopback, each sending its next request as soon as the previous answer arrived, written with raw
@@ -52,7 +52,7 @@ from pathlib import Path
 from aiohttp import web
 
 from exporter.app import Exporter
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     ListenAddress,
     StateConfig,
@@ -63,12 +63,12 @@ from exporter.config import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
-from exporter.logs import setup_logging
-from exporter.state import StateStore
-from exporter.transfers import TransferBook
-from exporter.webhook_listener import create_webhook_app
-from exporter.webhooks.whitebit import PROVIDER, WhitebitReceiver, _parse, _reply
+from exporter.core.logs import setup_logging
+from exporter.core.state import StateStore
+from exporter.http.webhook_listener import create_webhook_app
 from exporter.whitebit.signing import compact_json, encode_payload, sign_payload
+from exporter.whitebit.transfers import TransferBook
+from exporter.whitebit.webhook import PROVIDER, WhitebitReceiver, _parse, _reply
 
 KEY = "bench-webhook-key"
 SECRET = "bench-webhook-secret-0123456789abcdef"

@@ -31,9 +31,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.health import HealthRegistry
+from exporter.core.health import HealthRegistry
 from exporter.whitebit.balances import AccountBalances
-from exporter.whitebit.websocket import WebSocketCollector, WebSocketSource
+from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
 
 MARKETS = tuple(f"C{i:03d}_USDT" for i in range(200))
 

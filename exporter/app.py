@@ -28,26 +28,26 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.config import Config, ListenAddress
-from exporter.health import HealthRegistry, UpCollector
-from exporter.logs import redact
-from exporter.metrics import BuildInfoCollector
-from exporter.state import StateError, StateStore
-from exporter.supervisor import Supervisor, SupervisorCollector
-from exporter.transfers import TransferBook, TransferCollector
-from exporter.web import create_metrics_app
-from exporter.webhook_listener import WebhookReceiver, create_webhook_app
-from exporter.webhooks.common import GroupCommitter
-from exporter.webhooks.whitebit import WhitebitReceiver
-from exporter.webhooks.zerohash import ZerohashReceiver
+from exporter.config.schema import Config, ListenAddress
+from exporter.core.health import HealthRegistry, UpCollector
+from exporter.core.logs import redact
+from exporter.core.metrics import BuildInfoCollector
+from exporter.core.state import StateError, StateStore
+from exporter.core.supervisor import Supervisor, SupervisorCollector
+from exporter.http.metrics_listener import create_metrics_app
+from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
+from exporter.webhooks.commit import GroupCommitter
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
-from exporter.whitebit.history import MissedWebhooks, build_history_poller
 from exporter.whitebit.pollers import CollateralSummaries, build_pollers
 from exporter.whitebit.ratelimit import RateLimiter
+from exporter.whitebit.reconcile import MissedWebhooks, build_history_poller
 from exporter.whitebit.rest import RestClient, RestMetrics, RestTransport
 from exporter.whitebit.signing import NonceSource
-from exporter.whitebit.websocket import WebSocketCollector, WebSocketSource
+from exporter.whitebit.transfers import TransferBook, TransferCollector
+from exporter.whitebit.webhook import WhitebitReceiver
+from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
 from exporter.zerohash.balances import ZerohashBalanceCollector, ZerohashBalances
+from exporter.zerohash.webhook import ZerohashReceiver
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,8 @@ class Exporter:
         """Every webhook receiver the config asks for, routed by the webhook listener.
 
         Called once from :meth:`start`, after the state store is open; each receiver answers
-        ``POST`` on its own path (see :mod:`exporter.webhook_listener`). Also builds
-        ``self.transfers``, the :class:`~exporter.transfers.TransferBook` every account's deposits
+        ``POST`` on its own path (see :mod:`exporter.http.webhook_listener`). Also builds
+        ``self.transfers``, the :class:`~exporter.whitebit.transfers.TransferBook` every account's deposits
         and withdrawals go through (webhooks now; history reconciliation feeds it too), before
         :meth:`_build_sources` runs.
         """

@@ -16,15 +16,9 @@ import sys
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.config import (
-    Config,
-    ConfigError,
-    ConfigProblem,
-    ListenAddress,
-    load_config,
-    parse_listen_address,
-)
-from exporter.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from exporter.config.load import ConfigError, ConfigProblem, load_config, parse_listen_address
+from exporter.config.schema import Config, ListenAddress
+from exporter.core.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.app import Exporter, StartupError, run_until_signal
-from exporter.config import (
+from exporter.config.load import parse_listen_address
+from exporter.config.schema import (
     DEFAULT_METRICS_ADDRESS,
     Config,
     ListenAddress,
@@ -31,7 +32,6 @@ from exporter.config import (
     WhitebitWebhookConfig,
     ZerohashConfig,
     ZerohashWebhookConfig,
-    parse_listen_address,
 )
 from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulator, SimulatorSettings
 

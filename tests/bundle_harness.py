@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config import ListenAddress
+from exporter.config.schema import ListenAddress
 from exporter.demo import Demo, DemoOptions
 
 ROOT = Path(__file__).resolve().parent.parent

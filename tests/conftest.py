@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     ListenAddress,
     StateConfig,

@@ -22,7 +22,7 @@ from conftest import scrape, scrape_text, wait_for
 
 from exporter import __version__
 from exporter.app import STOP_TIMEOUT, Exporter, StartupError, run_until_signal
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     ListenAddress,
     StateConfig,
@@ -31,8 +31,8 @@ from exporter.config import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
-from exporter.logs import LogfmtFormatter
-from exporter.metrics import (
+from exporter.core.logs import LogfmtFormatter
+from exporter.core.metrics import (
     EXPORTER_BUILD_INFO,
     EXPORTER_TASK_RESTARTS,
     METRIC_TYPES,
@@ -41,8 +41,8 @@ from exporter.metrics import (
     WHITEBIT_UP,
     exposed_name,
 )
-from exporter.supervisor import Supervisor
-from exporter.webhook_listener import create_webhook_app
+from exporter.core.supervisor import Supervisor
+from exporter.http.webhook_listener import create_webhook_app
 
 API_KEY = "apikey-0123456789-SECRET-abcdef"
 API_SECRET = "apisecret-0123456789-SECRET-abcdef"

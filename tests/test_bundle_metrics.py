@@ -19,7 +19,7 @@ from bundle_harness import (
 )
 from conftest import scrape, wait_for
 
-from exporter.metrics import METRIC_TYPES, exposed_name
+from exporter.core.metrics import METRIC_TYPES, exposed_name
 
 
 def used_metric_names() -> dict[str, set[str]]:

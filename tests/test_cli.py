@@ -18,7 +18,8 @@ from conftest import parse_logfmt, scrape
 
 from exporter import __version__
 from exporter.cli import apply_overrides, main
-from exporter.config import ListenAddress, load_config
+from exporter.config.load import load_config
+from exporter.config.schema import ListenAddress
 
 HOOK_SECRET = "hook-secret-value-0123456789"
 ZH_SECRET = "zh-secret-value-0123456789"

@@ -9,14 +9,21 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from exporter.config import (
+from exporter.config.load import (
+    ConfigError,
+    ConfigProblem,
+    load_config,
+    parse_byte_size,
+    parse_duration,
+    parse_listen_address,
+)
+from exporter.config.schema import (
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_WEBHOOKS_ADDRESS,
     Config,
-    ConfigError,
-    ConfigProblem,
     ListenAddress,
     PollConfig,
+    RateLimit,
     RestConfig,
     StateConfig,
     WebConfig,
@@ -25,12 +32,7 @@ from exporter.config import (
     WhitebitWebhookConfig,
     ZerohashConfig,
     ZerohashWebhookConfig,
-    load_config,
-    parse_byte_size,
-    parse_duration,
-    parse_listen_address,
 )
-from exporter.whitebit.ratelimit import RateLimit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.yaml"
 EXAMPLE_ENV = {

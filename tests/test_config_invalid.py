@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config
+from exporter.config.load import ConfigError, load_config
 
 DATA = Path(__file__).parent / "data" / "config"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter import __version__
-from exporter.config import ListenAddress
+from exporter.config.schema import ListenAddress
 from exporter.demo import DEMO_ACCOUNT, Demo, DemoOptions
 from tests.conftest import parse_logfmt, scrape, scrape_text, wait_for
 

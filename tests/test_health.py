@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.health import HealthRegistry, UpCollector
-from exporter.metrics import WHITEBIT_UP
+from exporter.core.health import HealthRegistry, UpCollector
+from exporter.core.metrics import WHITEBIT_UP
 
 
 class FakeClock:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import parse_logfmt
 
-from exporter.logs import setup_logging, redact
+from exporter.core.logs import redact, setup_logging
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from exporter.whitebit.orders import InvalidOrder, OrderBook, OrderEvents
+from exporter.whitebit.websocket.orders import InvalidOrder, OrderBook, OrderEvents
 
 
 class Clock:

@@ -26,7 +26,7 @@ from exporter.simulator.model import (
     ExchangeError,
     OrderEvent,
 )
-from exporter.whitebit.orders import OrderBook, OrderEvents, aggregate
+from exporter.whitebit.websocket.orders import OrderBook, OrderEvents, aggregate
 
 MARKETS = ("BTC_USDT", "ETH_USDT")
 

@@ -20,8 +20,8 @@ from conftest import scrape, wait_for
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.app import Exporter
-from exporter.config import Config, PollConfig, WhitebitAccountConfig
-from exporter.health import HealthRegistry
+from exporter.config.schema import Config, PollConfig, WhitebitAccountConfig
+from exporter.core.health import HealthRegistry
 from exporter.simulator.model import MarginBalance, SpotBalance
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.balances import AccountBalances, BalancesCollector

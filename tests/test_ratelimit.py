@@ -13,14 +13,9 @@ import time
 
 import pytest
 
+from exporter.config.schema import DOCUMENTED_LIMITS, RateLimit
 from exporter.simulator.ratelimit import SlidingWindowLimiter
-from exporter.whitebit.ratelimit import (
-    DOCUMENTED_LIMITS,
-    FamilyLimiter,
-    RateLimit,
-    RateLimiter,
-    family_for,
-)
+from exporter.whitebit.ratelimit import FamilyLimiter, RateLimiter, family_for
 
 
 def test_documented_limits_are_whitebits_per_ip_limits() -> None:

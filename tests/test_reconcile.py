@@ -21,7 +21,7 @@ import pytest
 from conftest import wait_for
 
 from exporter.app import Exporter
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     ListenAddress,
     PollConfig,
@@ -31,11 +31,10 @@ from exporter.config import (
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
 )
+from exporter.core.state import TransferRecord
 from exporter.simulator.model import Transfer
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
-from exporter.state import TransferRecord
-from exporter.transfers import observation_from_history
-from exporter.whitebit.history import (
+from exporter.whitebit.reconcile import (
     FINAL_LEVEL,
     PENDING_LEVEL,
     annotate,
@@ -45,6 +44,7 @@ from exporter.whitebit.history import (
 )
 from exporter.whitebit.rest import MAIN_HISTORY
 from exporter.whitebit.signing import compact_json, sign_body
+from exporter.whitebit.transfers import observation_from_history
 
 ACCOUNT = "main"
 KEY, SECRET = "recon-key", "recon-secret"

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from conftest import wait_for
 
-from exporter.health import HealthRegistry
+from exporter.config.schema import DOCUMENTED_LIMITS
+from exporter.core.health import HealthRegistry
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.balances import AccountBalances
 from exporter.whitebit.pollers import CollateralSummaries, Poller, build_pollers
-from exporter.whitebit.ratelimit import DOCUMENTED_LIMITS, RateLimiter
+from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import (
     MAIN_BALANCE,
     WEBSOCKET_TOKEN,

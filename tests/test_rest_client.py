@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.logs import redact
+from exporter.core.logs import redact
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import (

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from conftest import wait_for
+
 from exporter.simulator.model import METHOD_DEPOSIT, METHOD_WITHDRAW, SIDE_BUY, Exchange, WebhookEvent
 from exporter.simulator.scenario import ADVERSARIAL_ACTIONS, ScenarioEngine
 from exporter.simulator.webhooks import WebhookSender

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from conftest import wait_for
+
 from exporter.simulator.model import Exchange
 from exporter.simulator.webhooks import WebhookSender
 from exporter.whitebit.signing import (

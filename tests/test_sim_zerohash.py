@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from conftest import wait_for
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import wait_for
 from exporter.simulator.zerohash import AccountKey, LedgerError, ZerohashLedger, ZerohashSender
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.state import (
+from exporter.core.state import (
     DEFAULT_DELIVERY_TTL,
     MIGRATIONS,
     StateError,

@@ -20,7 +20,7 @@ from typing import IO
 
 import pytest
 
-from exporter.state import StateStore
+from exporter.core.state import StateStore
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 
@@ -32,7 +32,7 @@ TIMEOUT = 120.0
 CHILD = """
 import sys
 from decimal import Decimal
-from exporter.state import StateStore, TransferRecord, ZerohashBalance
+from exporter.core.state import StateStore, TransferRecord, ZerohashBalance
 
 path, durability, account = sys.argv[1], sys.argv[2], sys.argv[3]
 with StateStore.open(path, durability=durability) as store:

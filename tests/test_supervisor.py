@@ -11,8 +11,8 @@ import pytest
 from conftest import wait_for
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
-from exporter.supervisor import Supervisor, SupervisorCollector
+from exporter.core.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
+from exporter.core.supervisor import Supervisor, SupervisorCollector
 
 RESTARTS = EXPORTER_TASK_RESTARTS + "_total"
 

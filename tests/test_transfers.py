@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.state import StateStore
-from exporter.transfers import (
+from exporter.core.state import StateStore
+from exporter.whitebit.transfers import (
     IN_FLIGHT_STATUSES,
     ObservationError,
     TransferBook,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.state import StateError, StateStore
-from exporter.webhooks.common import GroupCommitter, RejectionLog
+from exporter.core.state import StateError, StateStore
+from exporter.webhooks.commit import GroupCommitter, RejectionLog
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ import aiohttp
 from conftest import scrape
 
 from exporter.app import Exporter
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
-from exporter.state import StateStore
+from exporter.core.state import StateStore
 from exporter.whitebit.signing import compact_json, sign_body
 from exporter.zerohash.signing import hmac_signature
 

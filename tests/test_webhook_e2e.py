@@ -9,7 +9,7 @@ from decimal import Decimal
 from conftest import scrape, wait_for
 
 from exporter.app import Exporter
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     WhitebitAccountConfig,
     WhitebitWebhookConfig,

@@ -14,16 +14,16 @@ import pytest
 from conftest import Scrape, scrape
 
 from exporter.app import Exporter
-from exporter.config import Config, WhitebitAccountConfig, WhitebitWebhookConfig
-from exporter.metrics import WHITEBIT_REJECT_REASONS, WHITEBIT_WEBHOOK_METHODS
-from exporter.state import StateStore
-from exporter.webhooks.whitebit import method_label
+from exporter.config.schema import Config, WhitebitAccountConfig, WhitebitWebhookConfig
+from exporter.core.metrics import WHITEBIT_REJECT_REASONS, WHITEBIT_WEBHOOK_METHODS
+from exporter.core.state import StateStore
 from exporter.whitebit.signing import (
     compact_json,
     encode_payload,
     sign_body,
     sign_payload,
 )
+from exporter.whitebit.webhook import method_label
 
 KEY = "whk-main-PUBLIC-0001"
 OLD_SECRET = "whsec-main-OLD-0123456789abcdef"

@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.app import Exporter
-from exporter.config import Config, ZerohashConfig, ZerohashWebhookConfig
-from exporter.metrics import ZEROHASH_PAYLOAD_TYPES, ZEROHASH_REJECT_REASONS
-from exporter.webhooks.zerohash import load_rsa_public_keys, payload_type_label
+from exporter.config.schema import Config, ZerohashConfig, ZerohashWebhookConfig
+from exporter.core.metrics import ZEROHASH_PAYLOAD_TYPES, ZEROHASH_REJECT_REASONS
 from exporter.zerohash.signing import hmac_signature, rsa_signature
+from exporter.zerohash.webhook import load_rsa_public_keys, payload_type_label
 
 NOW = 1_760_000_000.0
 TOLERANCE = 300.0

@@ -12,7 +12,7 @@ from conftest import Scrape, scrape_text, wait_for
 from ws_harness import MARKETS, account, differences
 
 from exporter.app import Exporter
-from exporter.config import PollConfig, WhitebitAccountConfig
+from exporter.config.schema import PollConfig, WhitebitAccountConfig
 from exporter.simulator.model import SIDE_BUY, TYPE_STOP_LIMIT
 from exporter.simulator.server import Simulator, SimulatorSettings
 
@@ -93,7 +93,7 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
     "name", ["whitebit_websocket_messages_invalid", "whitebit_websocket_errors"]
 )
 def test_own_websocket_counters_are_registered_metric_names(name: str) -> None:
-    from exporter.metrics import COUNTER, METRIC_TYPES, exposed_name
+    from exporter.core.metrics import COUNTER, METRIC_TYPES, exposed_name
 
     assert METRIC_TYPES[name] == COUNTER
     assert exposed_name(name) == name + "_total"

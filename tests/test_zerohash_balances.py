@@ -14,8 +14,8 @@ from conftest import scrape
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.app import Exporter
-from exporter.config import Config, ZerohashConfig, ZerohashWebhookConfig
-from exporter.state import StateStore, ZerohashBalance
+from exporter.config.schema import Config, ZerohashConfig, ZerohashWebhookConfig
+from exporter.core.state import StateStore, ZerohashBalance
 from exporter.zerohash.balances import (
     BalancePayloadError,
     ZerohashBalanceCollector,

@@ -19,13 +19,13 @@ from aiohttp import web
 from conftest import Scrape, scrape
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.health import HealthRegistry, UpCollector
+from exporter.core.health import HealthRegistry, UpCollector
+from exporter.http.metrics_listener import create_metrics_app
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
-from exporter.web import create_metrics_app
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
-from exporter.whitebit.orders import SIDE_NAMES, TYPE_NAMES, TYPE_OTHER
 from exporter.whitebit.signing import NonceSource, sign_request
-from exporter.whitebit.websocket import WebSocketCollector, WebSocketSource
+from exporter.whitebit.websocket.orders import SIDE_NAMES, TYPE_NAMES, TYPE_OTHER
+from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
 
 MARKETS = ("BTC_USDT", "ETH_USDT")
 TOKEN_PATH = "/api/v4/profile/websocket_token"

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from exporter.logs import setup_logging
+from exporter.core.logs import setup_logging
 from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulator, SimulatorSettings
 
 

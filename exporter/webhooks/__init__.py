@@ -1,6 +1,5 @@
-"""Webhook receivers: WhiteBIT (:mod:`.whitebit`) and Zero Hash (:mod:`.zerohash`).
+"""The kit both webhook receivers share: group commit of delivery state, replies, rejections, purge, stats.
 
-Each receiver verifies a delivery over its raw bytes before parsing anything, commits what it
-learned (delivery id, nonce, transfer or balance) to the state file in one transaction, and only
-then answers 200. Its counters are rendered by a collector from the receiver's own counts.
+The receivers themselves live with their providers: :mod:`exporter.whitebit.webhook` and
+:mod:`exporter.zerohash.webhook`.
 """

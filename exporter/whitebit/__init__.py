@@ -1,1 +1,1 @@
-"""WhiteBIT protocol pieces shared by the exporter and the simulator."""
+"""Everything WhiteBIT: signing, REST, rate limits, pollers, the private WebSocket, transfers and webhooks."""

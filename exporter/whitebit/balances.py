@@ -30,7 +30,7 @@ from decimal import Decimal
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import (
+from exporter.core.metrics import (
     WHITEBIT_BALANCE,
     WHITEBIT_BALANCE_FROZEN,
     WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS,

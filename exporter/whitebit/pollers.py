@@ -46,8 +46,8 @@ from typing import Any, Protocol
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.health import HealthRegistry, SourceHealth
-from exporter.metrics import (
+from exporter.core.health import HealthRegistry, SourceHealth
+from exporter.core.metrics import (
     WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS,
     WHITEBIT_COLLATERAL_EQUITY,
     WHITEBIT_COLLATERAL_FREE_MARGIN,

@@ -29,36 +29,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most ``limit`` requests in any ``window`` seconds."""
-
-    limit: int
-    window: float
-
-    def __post_init__(self) -> None:
-        if self.limit < 1 or not self.window > 0:
-            raise ValueError(f"a rate limit needs limit >= 1 and window > 0, got {self.limit}/{self.window}s")
-
-
-#: WhiteBIT's documented REST limits per IP (reference 3.1), by endpoint family. Where the old and
-#: new docs disagree the stricter figure is kept: ``orders`` is 12,000 in the new docs but 1,000 in
-#: the old ones (reference 8.3), and a limiter that is too strict only costs a little waiting.
-DOCUMENTED_LIMITS: dict[str, RateLimit] = {
-    "default": RateLimit(10_000, 10.0),
-    "main-account": RateLimit(1_000, 10.0),
-    "main-account/history": RateLimit(200, 10.0),
-    "trade-account": RateLimit(12_000, 10.0),
-    "collateral-account": RateLimit(12_000, 10.0),
-    "orders": RateLimit(1_000, 10.0),
-    "profile/websocket_token": RateLimit(10, 60.0),
-    "sub-account/balances": RateLimit(1_000, 10.0),
-}
-
-FAMILIES: tuple[str, ...] = tuple(DOCUMENTED_LIMITS)
+from exporter.config.schema import DOCUMENTED_LIMITS, FAMILIES, RateLimit
 
 _V4 = "/api/v4/"
 _EXACT_FAMILIES = (

@@ -50,8 +50,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from exporter.logs import redact
-from exporter.metrics import (
+from exporter.config.schema import DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from exporter.core.logs import redact
+from exporter.core.metrics import (
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
     WHITEBIT_REST_RATE_LIMITED,
     WHITEBIT_REST_REQUEST_DURATION_SECONDS,
@@ -83,22 +84,6 @@ OTHER_ENDPOINT = "other"
 #: The `code` label of an attempt that got no HTTP answer (refused, reset, timed out).
 NO_ANSWER = "error"
 
-#: Request duration buckets (seconds): WhiteBIT answers in tens to hundreds of milliseconds when
-#: healthy; the upper buckets separate a slow exchange from one that times out (default 10 s).
-DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_RETRIES = 5
 DEFAULT_INITIAL_BACKOFF = 1.0
 DEFAULT_MAX_BACKOFF = 30.0
 #: Each backoff is shortened by up to this fraction at random, so callers that failed together

@@ -1,1 +1,1 @@
-"""Zero Hash protocol pieces shared by the exporter and the simulator."""
+"""Everything Zero Hash: webhook signatures, the balance aggregation and the webhook receiver."""

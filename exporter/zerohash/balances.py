@@ -25,7 +25,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import (
+from exporter.core.metrics import (
     OTHER,
     ZEROHASH_ACCOUNTS,
     ZEROHASH_BALANCE,
@@ -33,7 +33,7 @@ from exporter.metrics import (
     ZEROHASH_MOVEMENT_TYPES,
     ZEROHASH_PARTICIPANT_BALANCE,
 )
-from exporter.state import ZerohashBalance
+from exporter.core.state import ZerohashBalance
 from exporter.zerohash.signing import timestamp_to_seconds
 
 #: Movement types whose counters start at 0 for every (account_type, asset) held: the ones Zero

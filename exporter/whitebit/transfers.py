@@ -3,7 +3,7 @@
 Webhook deliveries (``deposit.*``, ``withdraw.*``) and, later, REST history records are first
 normalized into a :class:`TransferObservation` with its ``source`` (``"webhook"`` or
 ``"history"``); :func:`advance` then decides, without any I/O, what the stored
-:class:`~exporter.state.TransferRecord` becomes. :class:`TransferBook` does the I/O around it
+:class:`~exporter.core.state.TransferRecord` becomes. :class:`TransferBook` does the I/O around it
 (lookup and write in the state file, in the caller's transaction) and keeps the in-memory view the
 metrics are rendered from.
 
@@ -51,14 +51,14 @@ from typing import Any, Literal
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import (
+from exporter.core.metrics import (
     TRANSFER_KINDS,
     WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
     WHITEBIT_TRANSFERS,
     WHITEBIT_TRANSFERS_IN_FLIGHT,
     WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
 )
-from exporter.state import StateStore, TransferKind, TransferRecord
+from exporter.core.state import StateStore, TransferKind, TransferRecord
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import WHITEBIT_UP
+from exporter.core.metrics import WHITEBIT_UP
 
 STARTING = "starting"
 

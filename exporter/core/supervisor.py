@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
+from exporter.core.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
 
 log = logging.getLogger(__name__)
 

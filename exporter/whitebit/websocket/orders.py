@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 from typing import Any
 
-from exporter.metrics import ORDER_EVENTS, ORDER_SIDES
+from exporter.core.metrics import ORDER_EVENTS, ORDER_SIDES
 
 #: WebSocket ``ordersPending_update`` event ids.
 EVENT_NEW = 1

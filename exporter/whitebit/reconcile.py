@@ -2,7 +2,7 @@
 
 One :class:`HistoryPoll` per account with API credentials runs as the supervised source
 ``rest:history:<account>`` every ``poll.history`` seconds (health ``rest:history``). Each poll feeds
-every record it reads to the transfer lifecycle (:class:`~exporter.transfers.TransferBook`) as a
+every record it reads to the transfer lifecycle (:class:`~exporter.whitebit.transfers.TransferBook`) as a
 ``"history"`` observation, so statuses that have no webhook (5, 21, 22, Travel Rule 27 and 28) show
 in ``whitebit_transfers_in_flight`` from history alone, and then decides which transfers' webhooks
 are missing.
@@ -39,7 +39,7 @@ baseline deposit that is credited *after* the first poll is expected to bring it
 ``deposit.processed`` like any other.
 
 **Matching** a history record to the webhooks received is the lifecycle's rule
-(:mod:`exporter.transfers`): by ``transactionId`` where both have it (either spelling), else by
+(:mod:`exporter.whitebit.transfers`): by ``transactionId`` where both have it (either spelling), else by
 ``uniqueId``, else by the fingerprint of the fields that do not change over a transfer's life (kind,
 ticker, amount, address, memo, ``createdAt``, and for deposits the transaction hash). A transaction
 hash alone is never a key: two records with one hash (one on-chain transaction paying two
@@ -83,10 +83,12 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.health import HealthRegistry
-from exporter.metrics import TRANSFER_KINDS, WHITEBIT_WEBHOOKS_MISSED
-from exporter.state import StateError, StateStore, TransferRecord
-from exporter.transfers import (
+from exporter.core.health import HealthRegistry
+from exporter.core.metrics import TRANSFER_KINDS, WHITEBIT_WEBHOOKS_MISSED
+from exporter.core.state import StateError, StateStore, TransferRecord
+from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
+from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient
+from exporter.whitebit.transfers import (
     DEPOSIT,
     FINAL_OUTCOMES,
     WITHDRAW,
@@ -99,8 +101,6 @@ from exporter.transfers import (
     compatible,
     observation_from_history,
 )
-from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
-from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from exporter.config import Config
+from exporter.config.schema import Config
 
 VERIFICATION_PATH = "/whiteBIT-verification"
 

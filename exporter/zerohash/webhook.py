@@ -16,7 +16,7 @@ Order of checks, each rejection counted by reason:
 5. the body is a JSON object (an ``account_balance.changed`` one with the fields it must carry)
    -> 400 ``bad_json``
 6. in ONE state transaction: remember the delivery and, for a balance, store it unless a newer
-   one is held; committed before the 200 (group commit, see :mod:`exporter.webhooks.common`; a
+   one is held; committed before the 200 (group commit, see :mod:`exporter.webhooks.commit`; a
    failed write answers 503).
 
 **Dedupe key.** ``x-zh-hook-notification-id`` is not covered by any signature, so a replayed body
@@ -48,8 +48,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.config import ZerohashWebhookConfig
-from exporter.metrics import (
+from exporter.config.schema import ZerohashWebhookConfig
+from exporter.core.metrics import (
     OTHER,
     ZEROHASH_PAYLOAD_TYPES,
     ZEROHASH_REJECT_REASONS,
@@ -59,8 +59,8 @@ from exporter.metrics import (
     ZEROHASH_WEBHOOKS_REJECTED,
     ZEROHASH_WEBHOOKS_VERIFIED,
 )
-from exporter.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
-from exporter.webhooks.common import GroupCommitter, RejectionLog
+from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.webhooks.commit import GroupCommitter, RejectionLog
 from exporter.zerohash.balances import (
     BalanceEvent,
     BalancePayloadError,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from exporter.state import StateError, StateStore
+from exporter.core.state import StateError, StateStore
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -1,13 +1,14 @@
-"""Configuration: the YAML file parsed once into frozen dataclasses.
+"""Loading the config: YAML, ``${ENV}`` references and ``*_file`` secrets into :mod:`~exporter.config.schema`.
 
-The dataclasses below are the whole configuration the rest of the exporter sees; nothing reads
-YAML, environment variables or secret files after :func:`load_config` has
-returned. Durations are float seconds. Secret fields are excluded from ``repr`` so a config
-object can be logged without leaking them.
+Nothing reads YAML, environment variables or secret files after :func:`load_config` has returned.
+It checks the whole file and raises one :class:`ConfigError` listing every problem with its location
+(``whitebit[0].poll.history: invalid duration "5x" ...``), so the exporter never starts
+half-configured.
 
-:func:`load_config` checks the whole file and raises one :class:`ConfigError` listing every
-problem with its location (``whitebit[0].poll.history: invalid duration "5x" ...``), so the
-exporter never starts half-configured. The shipped ``config.yaml`` documents every key.
+The loader walks the parsed YAML section by section and records every problem it finds, with its
+location, instead of stopping at the first: a user fixing a config wants the whole list at once.
+A field helper returns ``None`` for an absent key and also for an invalid one (having recorded the
+problem), so later cross-checks skip values that are already reported instead of piling on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -29,149 +30,24 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from exporter.whitebit.ratelimit import DOCUMENTED_LIMITS, FAMILIES, RateLimit
-from exporter.whitebit.rest import (
-    DEFAULT_DURATION_BUCKETS,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
+from exporter.config.schema import (
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_WEBHOOKS_ADDRESS,
+    DOCUMENTED_LIMITS,
+    FAMILIES,
+    Config,
+    ListenAddress,
+    PollConfig,
+    RateLimit,
+    RestConfig,
+    StateConfig,
+    WebConfig,
+    WebhooksConfig,
+    WhitebitAccountConfig,
+    WhitebitWebhookConfig,
+    ZerohashConfig,
+    ZerohashWebhookConfig,
 )
-
-DEFAULT_METRICS_ADDRESS = "127.0.0.1:9945"
-DEFAULT_WEBHOOKS_ADDRESS = "0.0.0.0:9946"
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """A ``HOST:PORT`` to bind; port 0 asks the OS for a free port (tests, demo)."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class WebConfig:
-    """The metrics listener: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``."""
-
-    listen_address: ListenAddress
-
-
-@dataclass(frozen=True)
-class WebhooksConfig:
-    """The internet-facing webhook listener."""
-
-    listen_address: ListenAddress
-    max_body_bytes: int = 65536
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    """Where the durable SQLite state lives."""
-
-    path: str = "whitebit-exporter.db"
-
-
-@dataclass(frozen=True)
-class PollConfig:
-    """REST polling intervals in seconds."""
-
-    main_balance: float = 30.0
-    collateral: float = 30.0
-    history: float = 60.0
-    # Only polled while the account's WebSocket cannot supply the spot wallet.
-    trade_balance: float = 30.0
-
-
-@dataclass(frozen=True)
-class WhitebitWebhookConfig:
-    """The webhook key pair of one WhiteBIT account; several secrets allow rotation."""
-
-    public_key: str
-    secrets: tuple[str, ...] = field(repr=False)
-    nonce_policy: str = "count"  # "count" | "strict"
-
-
-@dataclass(frozen=True)
-class WhitebitAccountConfig:
-    """One WhiteBIT account (API key); ``name`` is the ``account`` label value."""
-
-    name: str
-    rest_url: str = "https://whitebit.com"
-    ws_url: str = "wss://api.whitebit.com/ws"
-    api_key: str | None = field(default=None, repr=False)
-    api_secret: str | None = field(default=None, repr=False)
-    markets: tuple[str, ...] = ()
-    poll: PollConfig = PollConfig()
-    reconcile_grace: float = 900.0
-    webhook: WhitebitWebhookConfig | None = None
-    # Sign REST calls with "nonceWindow": true (concurrent calls allowed; needs a clock within 5 s of
-    # WhiteBIT's); false: strictly increasing nonces, one call of the key in flight at a time.
-    nonce_window: bool = True
-
-    @property
-    def has_api(self) -> bool:
-        """False for an account run on webhooks alone (no REST, no WebSocket)."""
-        return self.api_key is not None
-
-
-@dataclass(frozen=True)
-class RestConfig:
-    """The REST client settings shared by every account (rate limits belong to the IP)."""
-
-    timeout: float = DEFAULT_TIMEOUT
-    max_retries: int = DEFAULT_MAX_RETRIES
-    request_duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
-    # Overrides of WhiteBIT's documented limits, by endpoint family (the rest keep theirs).
-    rate_limits: tuple[tuple[str, RateLimit], ...] = ()
-
-
-@dataclass(frozen=True)
-class ZerohashWebhookConfig:
-    """Zero Hash webhook verification and aggregation settings."""
-
-    hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
-    rsa_public_keys_file: str | None = None
-    timestamp_tolerance: float = 300.0
-    participants: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ZerohashConfig:
-    """The optional Zero Hash section."""
-
-    webhook: ZerohashWebhookConfig
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration."""
-
-    web: WebConfig
-    webhooks: WebhooksConfig
-    state: StateConfig
-    whitebit: tuple[WhitebitAccountConfig, ...]
-    zerohash: ZerohashConfig | None = None
-    rest: RestConfig = RestConfig()
-
-    def account(self, name: str) -> WhitebitAccountConfig:
-        """The account called ``name`` (names are unique; the loader checks)."""
-        for account in self.whitebit:
-            if account.name == name:
-                return account
-        raise KeyError(name)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading and validation
-# ---------------------------------------------------------------------------------------------------
-#
-# The loader walks the parsed YAML section by section and records every problem it finds, with its
-# location, instead of stopping at the first: a user fixing a config wants the whole list at once.
-# A field helper returns ``None`` for an absent key and also for an invalid one (having recorded the
-# problem), so later cross-checks skip values that are already reported instead of piling on.
 
 _TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash")
 _WEB_KEYS = ("listen_address",)

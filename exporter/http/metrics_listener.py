@@ -1,7 +1,7 @@
 """The metrics listener: ``/metrics``, a landing page at ``/``, ``/-/healthy`` and ``/-/ready``.
 
 Meant for Prometheus and operators on a private address; the internet-facing webhook
-listener lives in :mod:`exporter.webhook_listener` and shares nothing with it but the process.
+listener lives in :mod:`exporter.http.webhook_listener` and shares nothing with it but the process.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.health import HealthRegistry
+from exporter.core.health import HealthRegistry
 
 _LANDING_PAGE = """<!DOCTYPE html>
 <html lang="en">

@@ -63,8 +63,8 @@ from prometheus_client.registry import Collector
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from exporter.health import HealthRegistry, SourceHealth
-from exporter.metrics import (
+from exporter.core.health import HealthRegistry, SourceHealth
+from exporter.core.metrics import (
     WHITEBIT_OPEN_ORDERS,
     WHITEBIT_OPEN_ORDERS_LEFT,
     WHITEBIT_ORDER_EVENTS,
@@ -75,7 +75,7 @@ from exporter.metrics import (
     WHITEBIT_WEBSOCKET_RECONNECTS,
 )
 from exporter.whitebit.balances import AccountBalances
-from exporter.whitebit.orders import (
+from exporter.whitebit.websocket.orders import (
     EVENT_FINISH,
     INVALID_BAD_VALUE,
     INVALID_MISSING_FIELD,

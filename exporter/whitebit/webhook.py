@@ -14,7 +14,7 @@ Order of checks, each rejection counted by reason (spec "Webhook behaviour", con
    nothing else done), raise the account's highest nonce (a nonce not above it is a regression:
    counted and accepted under ``count``, 409 ``nonce_regression`` and nothing stored under
    ``strict``; a missing nonce is fine), and advance the transfer. Committed before the 200 (with
-   the deliveries that arrived at the same time, see :mod:`exporter.webhooks.common`), so a
+   the deliveries that arrived at the same time, see :mod:`exporter.webhooks.commit`), so a
    delivery answered 200 survives a kill of the process; a failed write answers 503 so WhiteBIT
    retries.
 
@@ -38,9 +38,9 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.config import Config, WhitebitAccountConfig
-from exporter.logs import redact
-from exporter.metrics import (
+from exporter.config.schema import Config, WhitebitAccountConfig
+from exporter.core.logs import redact
+from exporter.core.metrics import (
     OTHER,
     UNKNOWN_ACCOUNT,
     WHITEBIT_REJECT_REASONS,
@@ -52,21 +52,21 @@ from exporter.metrics import (
     WHITEBIT_WEBHOOKS_REJECTED,
     WHITEBIT_WEBHOOKS_VERIFIED,
 )
-from exporter.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
-from exporter.transfers import (
+from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.webhooks.commit import GroupCommitter, RejectionLog
+from exporter.whitebit.signing import (
+    HEADER_APIKEY,
+    HEADER_PAYLOAD,
+    HEADER_SIGNATURE,
+    payload_matches_body,
+)
+from exporter.whitebit.transfers import (
     WEBHOOK_TRANSFER_EVENTS,
     ObservationError,
     TransferBook,
     TransferObservation,
     TransferUpdate,
     observation_from_webhook,
-)
-from exporter.webhooks.common import GroupCommitter, RejectionLog
-from exporter.whitebit.signing import (
-    HEADER_APIKEY,
-    HEADER_PAYLOAD,
-    HEADER_SIGNATURE,
-    payload_matches_body,
 )
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""What every part of the exporter shares: state file, supervision, health, logs, metric definitions."""

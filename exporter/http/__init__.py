@@ -1,0 +1,1 @@
+"""The two HTTP listeners: metrics for Prometheus and operators, webhooks for the internet."""
