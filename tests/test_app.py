@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import scrape, scrape_text, wait_for
 
 from exporter import __version__
 from exporter.app import STOP_TIMEOUT, Exporter, StartupError, run_until_signal
@@ -43,6 +42,7 @@ from exporter.core.metrics import (
 )
 from exporter.core.supervisor import Supervisor
 from exporter.http.webhook_listener import create_webhook_app
+from tests.helpers import scrape, scrape_text, wait_for
 
 API_KEY = "apikey-0123456789-SECRET-abcdef"
 API_SECRET = "apisecret-0123456789-SECRET-abcdef"

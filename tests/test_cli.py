@@ -14,12 +14,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import parse_logfmt, scrape
 
 from exporter import __version__
 from exporter.cli import apply_overrides, main
 from exporter.config.load import load_config
 from exporter.config.schema import ListenAddress
+from tests.helpers import parse_logfmt, scrape
 
 HOOK_SECRET = "hook-secret-value-0123456789"
 ZH_SECRET = "zh-secret-value-0123456789"

@@ -16,7 +16,7 @@ import pytest
 from exporter import __version__
 from exporter.config.schema import ListenAddress
 from exporter.demo import DEMO_ACCOUNT, Demo, DemoOptions
-from tests.conftest import parse_logfmt, scrape, scrape_text, wait_for
+from tests.helpers import parse_logfmt, scrape, scrape_text, wait_for
 
 STARTUP_TIMEOUT = 30.0  # imports on a loaded 2-core machine can take seconds; not a performance bound
 

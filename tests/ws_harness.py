@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import Scrape, scrape
 from prometheus_client.registry import CollectorRegistry
 
 from exporter.core.health import HealthRegistry, UpCollector
@@ -26,6 +25,7 @@ from exporter.whitebit.balances import AccountBalances, BalancesCollector
 from exporter.whitebit.signing import NonceSource, sign_request
 from exporter.whitebit.websocket.orders import SIDE_NAMES, TYPE_NAMES, TYPE_OTHER
 from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
+from tests.helpers import Scrape, scrape
 
 MARKETS = ("BTC_USDT", "ETH_USDT")
 TOKEN_PATH = "/api/v4/profile/websocket_token"

@@ -1,0 +1,112 @@
+"""AccountBalances and its collector: per-asset updates, snapshots, stale writes, rendering."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.whitebit.balances import AccountBalances, BalancesCollector
+from tests.helpers import Scrape
+
+
+def render(*accounts: AccountBalances) -> Scrape:
+    registry = CollectorRegistry()
+    registry.register(BalancesCollector(accounts))
+    return Scrape(generate_latest(registry).decode())
+
+
+def test_spot_update_with_one_asset_keeps_the_others() -> None:
+    b = AccountBalances("main")
+    b.replace_spot({"USDT": (D(100), D(5)), "BTC": (D(2), D(0))}, 10.0)
+    b.update_spot({"USDT": (D("90.5"), D("14.5"))}, 11.0)
+    assert b.spot() == {"USDT": (D("90.5"), D("14.5")), "BTC": (D(2), D(0))}
+    result = render(b)
+    assert (
+        result.value("whitebit_balance", account="main", wallet="spot", asset="USDT")
+        == 105.0
+    )
+    assert result.value("whitebit_balance_frozen", account="main", asset="USDT") == 14.5
+    assert (
+        result.value("whitebit_balance", account="main", wallet="spot", asset="BTC")
+        == 2.0
+    )
+    assert (
+        result.value(
+            "whitebit_balance_last_update_timestamp_seconds",
+            account="main",
+            wallet="spot",
+        )
+        == 11.0
+    )
+
+
+def test_collateral_renders_balance_and_borrowed() -> None:
+    b = AccountBalances("main")
+    b.replace_collateral({"USDT": (D(120), D(0))}, 5.0)
+    b.update_collateral({"BTC": (D("0.5"), D("0.1"))}, 6.0)
+    result = render(b)
+    assert (
+        result.value(
+            "whitebit_balance", account="main", wallet="collateral", asset="USDT"
+        )
+        == 120.0
+    )
+    assert (
+        result.value(
+            "whitebit_balance", account="main", wallet="collateral", asset="BTC"
+        )
+        == 0.5
+    )
+    assert (
+        result.value("whitebit_collateral_borrowed", account="main", asset="BTC") == 0.1
+    )
+
+
+def test_a_write_older_than_the_last_update_is_refused() -> None:
+    b = AccountBalances("main")
+    assert b.update_spot({"USDT": (D(1), D(0))}, 20.0)
+    assert not b.replace_spot({"USDT": (D(999), D(0))}, 19.0)
+    assert b.spot() == {"USDT": (D(1), D(0))}
+    assert b.updated_at("spot") == 20.0
+
+
+def test_replace_wallet_sets_main_and_collateral_totals_and_refuses_spot() -> None:
+    b = AccountBalances("main")
+    b.replace_wallet("main", {"USDT": D(25000)}, 1.0)
+    b.replace_wallet("main", {"BTC": D("1.5")}, 2.0)
+    assert b.main() == {"BTC": D("1.5")}
+    b.update_collateral({"USDT": (D(10), D(3))}, 3.0)
+    b.replace_wallet("collateral", {"USDT": D(12)}, 4.0)
+    assert b.collateral() == {"USDT": (D(12), D(3))}
+    with pytest.raises(ValueError, match="replace_spot"):
+        b.replace_wallet("spot", {"USDT": D(1)}, 5.0)
+    with pytest.raises(ValueError):
+        b.replace_wallet("savings", {}, 5.0)
+
+
+def test_one_collector_renders_every_account_once() -> None:
+    a, c = AccountBalances("a"), AccountBalances("c")
+    a.replace_wallet("main", {"USDT": D(1)}, 1.0)
+    c.replace_wallet("main", {"USDT": D(2)}, 1.0)
+    result = render(a, c)
+    assert (
+        result.value("whitebit_balance", account="a", wallet="main", asset="USDT")
+        == 1.0
+    )
+    assert (
+        result.value("whitebit_balance", account="c", wallet="main", asset="USDT")
+        == 2.0
+    )
+    assert result.text.count("# TYPE whitebit_balance gauge") == 1
+    collector = BalancesCollector([a])
+    with pytest.raises(ValueError):
+        collector.add(AccountBalances("a"))
+
+
+def test_nothing_is_rendered_before_the_first_update() -> None:
+    result = render(AccountBalances("main"))
+    assert result.samples("whitebit_balance") == []
+    assert result.samples("whitebit_balance_last_update_timestamp_seconds") == []

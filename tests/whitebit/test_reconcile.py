@@ -1,0 +1,454 @@
+"""History reconciliation against the simulator over real sockets, with a real Exporter.
+
+The exporter runs on a hand-moved clock (``Clock``): the grace period passes only when a test says
+so, and "not yet counted" is checked after whole history polls have run (counted from the
+simulator's request log), never after a sleep. The simulator keeps real time for ``createdAt``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from exporter.app import Exporter
+from exporter.config.schema import (
+    Config,
+    ListenAddress,
+    PollConfig,
+    StateConfig,
+    WebConfig,
+    WebhooksConfig,
+    WhitebitAccountConfig,
+    WhitebitWebhookConfig,
+)
+from exporter.core.state import TransferRecord
+from exporter.simulator.model import Transfer
+from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
+from exporter.whitebit.reconcile import (
+    FINAL_LEVEL,
+    PENDING_LEVEL,
+    annotate,
+    due_since,
+    expected_level,
+    webhook_level,
+)
+from exporter.whitebit.rest import MAIN_HISTORY
+from exporter.whitebit.signing import compact_json, sign_body
+from exporter.whitebit.transfers import observation_from_history
+from tests.helpers import wait_for
+
+ACCOUNT = "main"
+KEY, SECRET = "recon-key", "recon-secret"
+HOOK_KEY, HOOK_SECRET = "recon-hook-key", "recon-hook-secret"
+GRACE = 60.0
+LOOPBACK = ListenAddress("127.0.0.1", 0)
+
+
+class Clock:
+    """The exporter's wall clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def account_config(sim: Simulator, *, webhook: bool = True) -> WhitebitAccountConfig:
+    return WhitebitAccountConfig(
+        name=ACCOUNT,
+        rest_url=sim.url,
+        ws_url=sim.ws_url,
+        api_key=KEY,
+        api_secret=SECRET,
+        poll=PollConfig(main_balance=60.0, collateral=60.0, history=0.1, trade_balance=60.0),
+        reconcile_grace=GRACE,
+        webhook=WhitebitWebhookConfig(public_key=HOOK_KEY, secrets=(HOOK_SECRET,)) if webhook else None,
+    )
+
+
+def config(sim: Simulator, state: Path, *, webhook: bool = True) -> Config:
+    return Config(
+        web=WebConfig(listen_address=LOOPBACK),
+        webhooks=WebhooksConfig(listen_address=LOOPBACK),
+        state=StateConfig(path=str(state)),
+        whitebit=(account_config(sim, webhook=webhook),),
+    )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(
+        SimulatorSettings(
+            accounts=(
+                SimulatedAccount(ACCOUNT, api_key=KEY, api_secret=SECRET, webhook_key=HOOK_KEY, webhook_secret=HOOK_SECRET),
+            ),
+            seed=5,
+        )
+    )
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@asynccontextmanager
+async def running(sim: Simulator, state: Path, clock: Clock, *, webhook: bool = True) -> AsyncIterator[Exporter]:
+    """An exporter watching the simulated account; the simulator's webhooks go to it."""
+    exporter = Exporter(config(sim, state, webhook=webhook), clock=clock)
+    await exporter.start()
+    try:
+        if webhook:
+            url = exporter.webhooks_url + "/webhooks/whitebit"
+            if sim.webhooks is None:
+                await sim.connect_webhooks(url, None)
+            else:
+                sim.webhooks.url = url  # a restarted exporter listens on another port
+        await wait_for(lambda: exporter.state.get_cursor(ACCOUNT, "history") is not None, timeout=10,
+                       message="the baseline history poll never completed")
+        yield exporter
+    finally:
+        await exporter.stop()
+
+
+def history_requests(sim: Simulator) -> int:
+    return int(sim.rest.stats().get(MAIN_HISTORY, {}).get("requests", 0))
+
+
+async def polls_pass(sim: Simulator, count: int = 2) -> None:
+    """Wait until ``count`` more history requests arrived: the poll before the last one has finished."""
+    target = history_requests(sim) + count
+    await wait_for(lambda: history_requests(sim) >= target, timeout=10)
+
+
+def missed(exporter: Exporter, kind: str = "deposit") -> float | None:
+    return exporter.registry.get_sample_value("whitebit_webhooks_missed_total", {"account": ACCOUNT, "kind": kind})
+
+
+def in_flight(exporter: Exporter, status: str, kind: str = "deposit") -> float | None:
+    return exporter.registry.get_sample_value(
+        "whitebit_transfers_in_flight", {"account": ACCOUNT, "kind": kind, "status": status}
+    )
+
+
+def records(exporter: Exporter) -> list[TransferRecord]:
+    return exporter.state.transfers(ACCOUNT)
+
+
+def record_of(exporter: Exporter, transfer: Transfer) -> TransferRecord | None:
+    found = [r for r in records(exporter) if r.details.get("transaction_id") == transfer.transaction_id]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def seen_in_history(exporter: Exporter, transfer: Transfer, status: int | None = None) -> Callable[[], bool]:
+    def check() -> bool:
+        record = record_of(exporter, transfer)
+        return record is not None and record.history_seen and (status is None or record.status == status)
+
+    return check
+
+
+async def deliver_late(exporter: Exporter, method: str, transfer: Transfer) -> int:
+    """POST the webhook the simulator dropped, signed as WhiteBIT would, much later than it was due."""
+    body = compact_json(
+        {"method": method, "params": {**transfer.to_webhook_params(), "nonce": time.time_ns() // 1_000_000},
+         "id": str(uuid.uuid4())}
+    )
+    headers = sign_body(body, key=HOOK_KEY, secret=HOOK_SECRET)
+    async with aiohttp.ClientSession() as session, session.post(
+        exporter.webhooks_url + "/webhooks/whitebit", data=body, headers=headers
+    ) as response:
+        return response.status
+
+
+def sender(sim: Simulator) -> Any:
+    assert sim.webhooks is not None
+    return sim.webhooks
+
+
+# --- Must show -----------------------------------------------------------------------------------
+
+
+async def test_a_dropped_deposit_webhook_is_counted_missed_once_after_the_grace_period(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        assert missed(exporter, "deposit") == 0 and missed(exporter, "withdraw") == 0
+        sender(sim).drop_next(1, "deposit.accepted")
+        deposit = sim.exchange.start_deposit(ACCOUNT, "USDT", D("25.5"), confirmations_required=3)
+        await wait_for(seen_in_history(exporter, deposit), timeout=10)
+        assert in_flight(exporter, "pending") == 1  # from history alone
+        await polls_pass(sim)
+        assert missed(exporter) == 0  # the grace has not passed
+
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter) == 1, timeout=10)
+        await polls_pass(sim)
+        assert missed(exporter) == 1 and missed(exporter, "withdraw") == 0
+        assert record_of(exporter, deposit).missed_counted  # type: ignore[union-attr]
+
+        # The webhook arrives after the grace: processed (one transfer, now known to webhooks) and
+        # not counted again; nor is the credit that follows, whose webhook comes in time.
+        assert await deliver_late(exporter, "deposit.accepted", deposit) == 200
+        sim.exchange.confirm_deposit(ACCOUNT, deposit.transaction_id)
+        sim.exchange.credit_deposit(ACCOUNT, deposit.transaction_id)
+        await wait_for(seen_in_history(exporter, deposit, status=3), timeout=10)
+        clock.advance(GRACE + 1)
+        await polls_pass(sim)
+        assert missed(exporter) == 1
+        [record] = records(exporter)
+        assert record.webhook_seen and record.final and record.outcome == "successful"
+        assert exporter.registry.get_sample_value(
+            "whitebit_webhooks_verified_total", {"account": ACCOUNT, "method": "deposit.accepted"}
+        ) == 1
+        assert exporter.registry.get_sample_value(
+            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
+        ) == 1
+
+
+async def test_a_missed_webhook_is_counted_once_across_a_restart_before_the_grace_ends(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    state = tmp_path / "state.db"
+    async with running(sim, state, clock) as exporter:
+        sender(sim).drop_next(1, "deposit.")
+        deposit = sim.exchange.start_deposit(ACCOUNT, "BTC", D("0.0105"))
+        await wait_for(seen_in_history(exporter, deposit), timeout=10)
+        await polls_pass(sim)
+        assert missed(exporter) == 0
+    # Down past the grace; the grace runs from when history first showed it, not from the restart.
+    clock.advance(GRACE + 1)
+    async with running(sim, state, clock) as exporter:
+        await wait_for(lambda: missed(exporter) == 1, timeout=10)
+        await polls_pass(sim)
+        assert missed(exporter) == 1
+    clock.advance(GRACE + 1)
+    async with running(sim, state, clock) as exporter:
+        await polls_pass(sim, 3)
+        assert missed(exporter) == 0  # counted by the previous process, never again
+        assert in_flight(exporter, "pending") == 1
+        [record] = records(exporter)
+        assert record.missed_counted and not record.webhook_seen
+
+
+async def test_a_webhook_arriving_late_but_within_the_grace_is_not_counted(sim: Simulator, tmp_path: Path) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        sender(sim).drop_next(1, "deposit.accepted")
+        deposit = sim.exchange.start_deposit(ACCOUNT, "ETH", D("1.25"))
+        await wait_for(seen_in_history(exporter, deposit), timeout=10)
+        clock.advance(GRACE - 1)
+        await polls_pass(sim)
+        assert await deliver_late(exporter, "deposit.accepted", deposit) == 200
+        clock.advance(GRACE * 10)
+        await polls_pass(sim, 3)
+        assert missed(exporter) == 0
+        [record] = records(exporter)
+        assert record.webhook_seen and record.history_seen and not record.missed_counted
+
+
+async def test_a_travel_rule_deposit_shows_in_flight_from_history_alone(sim: Simulator, tmp_path: Path) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        deposit = sim.exchange.start_deposit(ACCOUNT, "USDT", D(700), travel_rule=True)  # 27: no webhook
+        await wait_for(lambda: in_flight(exporter, "travel_rule_frozen") == 1, timeout=10)
+        sim.exchange.advance_travel_rule(ACCOUNT, deposit.transaction_id)  # 28: no webhook either
+        await wait_for(lambda: in_flight(exporter, "travel_rule_processing") == 1, timeout=10)
+        assert in_flight(exporter, "travel_rule_frozen") == 0
+        # Statuses without a webhook never count as missed, however long they last.
+        clock.advance(GRACE * 10)
+        await polls_pass(sim)
+        assert missed(exporter) == 0
+
+        # Credited, and its deposit.processed lost too: the lifecycle ends from history alone, and
+        # that lost webhook (which WhiteBIT does send) is counted once the grace has passed.
+        sender(sim).drop_next(1, "deposit.processed")
+        sim.exchange.credit_deposit(ACCOUNT, deposit.transaction_id)
+        await wait_for(lambda: in_flight(exporter, "travel_rule_processing") == 0, timeout=10)
+        assert exporter.registry.get_sample_value(
+            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
+        ) == 1
+        assert missed(exporter) == 0
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter) == 1, timeout=10)
+        [record] = records(exporter)
+        assert not record.webhook_seen and record.final
+
+
+async def test_two_history_records_with_one_transaction_hash_are_two_transfers(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        # One on-chain transaction paying two addresses, both webhooks delivered.
+        first = sim.exchange.start_deposit(ACCOUNT, "USDT", D(100), transaction_hash="0xshared")
+        second = sim.exchange.start_deposit(ACCOUNT, "USDT", D(250), transaction_hash="0xshared")
+        await wait_for(lambda: all(seen_in_history(exporter, t)() for t in (first, second)), timeout=10)
+        assert in_flight(exporter, "pending") == 2
+        both = records(exporter)
+        assert len(both) == 2 and all(r.webhook_seen and r.history_seen for r in both)
+        assert {r.details["transaction_hash"] for r in both} == {"0xshared"}
+        clock.advance(GRACE + 1)
+        await polls_pass(sim)
+        assert missed(exporter) == 0
+        # Even records alike in everything but their transactionId (same hash, address, amount and
+        # second) are two transfers, and both their lost webhooks count.
+        sender(sim).drop_next(2, "deposit.")
+        twins = [
+            sim.exchange.start_deposit(ACCOUNT, "BTC", D("0.5"), transaction_hash="0xtwin", address="bc1twin")
+            for _ in range(2)
+        ]
+        await wait_for(lambda: all(seen_in_history(exporter, t)() for t in twins), timeout=10)
+        assert in_flight(exporter, "pending") == 4
+        assert len(records(exporter)) == 4
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter) == 2, timeout=10)
+
+
+# --- baseline, accounts without a webhook, paging -------------------------------------------------
+
+
+async def test_history_before_the_first_poll_is_baseline_but_later_webhooks_are_expected(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    # Activity before the exporter ever ran: no webhook reached it.
+    done = sim.exchange.start_deposit(ACCOUNT, "USDT", D(40), confirmations_required=1)
+    sim.exchange.credit_deposit(ACCOUNT, done.transaction_id)
+    waiting = sim.exchange.start_deposit(ACCOUNT, "USDT", D(60))
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        # Only the transfer still in flight is taken in; the final one is old news, not an outcome.
+        assert [r.details["transaction_id"] for r in records(exporter)] == [waiting.transaction_id]
+        assert exporter.registry.get_sample_value(
+            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
+        ) == 0
+        clock.advance(GRACE * 10)
+        await polls_pass(sim)
+        assert missed(exporter) == 0
+        # The baseline deposit is credited while the exporter watches, and that webhook is lost.
+        sender(sim).drop_next(1, "deposit.processed")
+        sim.exchange.credit_deposit(ACCOUNT, waiting.transaction_id)
+        await wait_for(seen_in_history(exporter, waiting, status=3), timeout=10)
+        await polls_pass(sim)
+        assert missed(exporter) == 0
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter) == 1, timeout=10)
+
+
+async def test_an_account_without_a_webhook_gets_transfers_from_history_and_no_missed_series(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock, webhook=False) as exporter:
+        withdrawal = sim.exchange.start_withdrawal(ACCOUNT, "USDT", D(10), unique_id="payout-1")
+        sim.exchange.process_withdrawal(ACCOUNT, withdrawal.transaction_id, status=12)
+        await wait_for(lambda: in_flight(exporter, "pending", "withdraw") == 1, timeout=10)
+        clock.advance(GRACE * 10)
+        await polls_pass(sim)
+        assert missed(exporter, "withdraw") is None and missed(exporter, "deposit") is None
+
+
+async def test_history_is_paged_and_a_deep_in_flight_transfer_is_rechecked(sim: Simulator, tmp_path: Path) -> None:
+    clock = Clock()
+    oldest = sim.exchange.start_deposit(ACCOUNT, "ETH", D(3))
+    for i in range(230):
+        sim.exchange.start_withdrawal(ACCOUNT, "USDT", D(1), unique_id=f"bulk-{i}")
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        assert record_of(exporter, oldest) is not None  # read from the third page of the baseline
+        assert in_flight(exporter, "unconfirmed", "withdraw") == 230
+        sim.exchange.credit_deposit(ACCOUNT, oldest.transaction_id)
+        await wait_for(lambda: in_flight(exporter, "pending") == 0, timeout=10)
+        assert record_of(exporter, oldest).final  # type: ignore[union-attr]
+        # With nothing in flight below the newest records, a poll reads one page.
+        for item in sim.exchange.accounts[ACCOUNT].transfers:
+            if item.method == 2:
+                sim.exchange.cancel_withdrawal(ACCOUNT, item.transaction_id)
+        await wait_for(lambda: in_flight(exporter, "unconfirmed", "withdraw") == 0, timeout=10)
+        await polls_pass(sim)
+        before = history_requests(sim)
+        await polls_pass(sim, 3)
+        assert history_requests(sim) - before >= 3  # and each poll was answered by one page:
+        assert sim.rest.stats()[MAIN_HISTORY]["statuses"] == {"200": history_requests(sim)}
+
+
+async def test_every_new_record_is_read_when_history_was_empty_at_the_baseline(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    clock = Clock()
+    async with running(sim, tmp_path / "state.db", clock, webhook=False) as exporter:
+        assert records(exporter) == []
+        for _ in range(150):  # more than a page between two polls
+            sim.exchange.start_deposit(ACCOUNT, "USDT", D(2))
+        await wait_for(lambda: in_flight(exporter, "pending") == 150, timeout=10)
+
+
+# --- the pure rules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Case:
+    kind: str
+    status: int
+    level: int | None
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        _Case("deposit", 15, PENDING_LEVEL),
+        _Case("deposit", 3, FINAL_LEVEL),
+        _Case("deposit", 9, FINAL_LEVEL),
+        *(_Case("deposit", s, None) for s in (5, 21, 22, 27, 28)),
+        _Case("withdraw", 5, None),
+        _Case("withdraw", 21, None),
+        _Case("withdraw", 12, PENDING_LEVEL),
+        _Case("withdraw", 18, FINAL_LEVEL),
+    ],
+)
+def test_expected_webhook_level_per_status(case: _Case) -> None:
+    assert expected_level(case.kind, case.status) == case.level
+
+
+def _history(status: int, **extra: Any) -> dict[str, Any]:
+    return {"method": 1, "status": status, "ticker": "USDT", "amount": "5", "createdAt": 1_700_000_000,
+            "transactionId": "T-1", "address": "a", **extra}
+
+
+def _record(**details: Any) -> TransferRecord:
+    return TransferRecord(account=ACCOUNT, kind="deposit", key="fp:x", status=15, status_name="pending",
+                          ticker="USDT", amount=D(5), created_at=1.0, updated_at=1.0, details=details)
+
+
+def test_due_since_is_the_first_sighting_of_the_lowest_level_no_webhook_reached() -> None:
+    record = annotate(_record(), observation_from_history(ACCOUNT, _history(15), 100.0), 100.0, baseline=False)
+    record = annotate(record, observation_from_history(ACCOUNT, _history(3), 200.0), 200.0, baseline=False)
+    assert due_since(record) == 100.0
+    accepted = replace(record, webhook_seen=True, details={**record.details, "webhook_status": 15})
+    assert webhook_level(accepted) == PENDING_LEVEL and due_since(accepted) == 200.0
+    processed = replace(record, webhook_seen=True, details={**record.details, "webhook_status": 3})
+    assert due_since(processed) is None
+    # A baseline sighting waives what was already due then, not what comes after.
+    base = annotate(_record(), observation_from_history(ACCOUNT, _history(15), 100.0), 100.0, baseline=True)
+    assert due_since(base) is None
+    later = annotate(base, observation_from_history(ACCOUNT, _history(7), 300.0), 300.0, baseline=False)
+    assert due_since(later) == 300.0
+    # Statuses without a webhook set nothing to wait for.
+    frozen = annotate(_record(), observation_from_history(ACCOUNT, _history(27), 100.0), 100.0, baseline=False)
+    assert due_since(frozen) is None
+
+
+# --- the demo -------------------------------------------------------------------------------------
