@@ -83,10 +83,21 @@ def _whitebit_request(path: str, index: int, prefix: str, secret: str, nonce: in
     # As WhiteBIT sends them: a UUID id (random, so the dedupe index sees random keys) and a
     # nonce above every earlier one (taken when the request is built, just before it is sent).
     params = {
-        "address": f"addr-{prefix}-{index}", "amount": "25.000000000000000000", "createdAt": 1_700_000_000,
-        "currency": "Tether US", "description": "", "fee": "0.000000000000000000", "memo": "", "method": 1,
-        "network": "TRC20", "status": 3, "ticker": "USDT", "transactionHash": f"0x{index:064x}", "uniqueId": None,
-        "confirmations": {"actual": 3, "required": 3}, "nonce": nonce,
+        "address": f"addr-{prefix}-{index}",
+        "amount": "25.000000000000000000",
+        "createdAt": 1_700_000_000,
+        "currency": "Tether US",
+        "description": "",
+        "fee": "0.000000000000000000",
+        "memo": "",
+        "method": 1,
+        "network": "TRC20",
+        "status": 3,
+        "ticker": "USDT",
+        "transactionHash": f"0x{index:064x}",
+        "uniqueId": None,
+        "confirmations": {"actual": 3, "required": 3},
+        "nonce": nonce,
     }
     body = compact_json({"method": "deposit.processed", "params": params, "id": str(uuid.uuid4())})
     payload = encode_payload(body)
@@ -95,12 +106,21 @@ def _whitebit_request(path: str, index: int, prefix: str, secret: str, nonce: in
 
 
 def _zerohash_request(path: str, index: int, prefix: str, secret: str) -> bytes:
-    body = json.dumps({
-        "participant_code": f"P{index % 500}", "account_group": "PLAT", "account_label": "general",
-        "account_type": "available", "asset": "USD", "balance": str(index), "run_id": f"{prefix}-{index}",
-        "run_type": "deposit", "timestamp": 1_760_000_000_000 + index,
-        "movements": [{"movement_type": "deposit", "change": "1", "movement_id": f"{prefix}-{index}"}],
-    }, separators=(",", ":")).encode()
+    body = json.dumps(
+        {
+            "participant_code": f"P{index % 500}",
+            "account_group": "PLAT",
+            "account_label": "general",
+            "account_type": "available",
+            "asset": "USD",
+            "balance": str(index),
+            "run_id": f"{prefix}-{index}",
+            "run_type": "deposit",
+            "timestamp": 1_760_000_000_000 + index,
+            "movements": [{"movement_type": "deposit", "change": "1", "movement_id": f"{prefix}-{index}"}],
+        },
+        separators=(",", ":"),
+    ).encode()
     headers = {
         "x-zh-hook-notification-id": f"{prefix}-{index}",
         "x-zh-hook-payload-type": "account_balance.changed",
@@ -110,8 +130,13 @@ def _zerohash_request(path: str, index: int, prefix: str, secret: str) -> bytes:
 
 
 def _http(path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
-             f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -137,6 +162,7 @@ async def _worker(port: int, make: object, start: int, step: int, deadline: floa
 
 async def _load(port: int, kind: str, path: str, prefix: str, seconds: float, connections: int) -> dict[int, int]:
     if kind == "zerohash":
+
         def make(i: int) -> bytes:
             return _zerohash_request(path, i, prefix, ZH_SECRET)
     else:
@@ -146,6 +172,7 @@ async def _load(port: int, kind: str, path: str, prefix: str, seconds: float, co
 
         def make(i: int) -> bytes:
             return _whitebit_request(path, i, prefix, secret, next(nonces))
+
     statuses: Counter[int] = Counter()
     deadline = time.monotonic() + seconds
     await asyncio.gather(*(_worker(port, make, n, connections, deadline, statuses) for n in range(connections)))
@@ -231,7 +258,9 @@ def exporter_config(state_dir: Path) -> Config:
         web=WebConfig(listen_address=LOOPBACK),
         webhooks=WebhooksConfig(listen_address=LOOPBACK),
         state=StateConfig(path=str(state_dir / "bench.db")),
-        whitebit=(WhitebitAccountConfig(name="bench", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,))),),
+        whitebit=(
+            WhitebitAccountConfig(name="bench", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,))),
+        ),
         zerohash=ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,))),
     )
 
@@ -269,8 +298,10 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
             await runner.cleanup()
             stage_store.close()
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"webhook intake benchmark: {rounds} rounds x {seconds:g}s, {connections} connections, "
-          f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    print(
+        f"webhook intake benchmark: {rounds} rounds x {seconds:g}s, {connections} connections, "
+        f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus"
+    )
     print(f"  state file: {durability}")
     for name in targets:
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(statuses[name].items()))
@@ -296,8 +327,10 @@ def _durability(path: Path) -> str:
     default = inspect.signature(StateStore.open).parameters["durability"].default
     with closing(sqlite3.connect(path)) as conn:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-    return (f"journal_mode={mode}, durability={default!r} (the default the exporter opens it with: each batch"
-            " committed before its 200s, surviving a kill of the process)")
+    return (
+        f"journal_mode={mode}, durability={default!r} (the default the exporter opens it with: each batch"
+        " committed before its 200s, surviving a kill of the process)"
+    )
 
 
 async def _scrape_counts(exporter: Exporter) -> str:

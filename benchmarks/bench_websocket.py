@@ -53,9 +53,7 @@ def make_source() -> WebSocketSource:
     )
 
 
-def order_doc(
-    order_id: int, rng: random.Random, *, left: str | None = None
-) -> dict[str, Any]:
+def order_doc(order_id: int, rng: random.Random, *, left: str | None = None) -> dict[str, Any]:
     amount = f"{rng.randint(1, 10_000) / 1000:.3f}"
     return {
         "id": order_id,
@@ -108,11 +106,7 @@ def frames(count: int, rng: random.Random) -> list[str]:
         )
     for i in range(count):
         doc = order_doc(first_id + i, rng, left="0.001") | {"status": "CANCELED"}
-        out.append(
-            json.dumps(
-                {"id": None, "method": "ordersPending_update", "params": [3, doc]}
-            )
-        )
+        out.append(json.dumps({"id": None, "method": "ordersPending_update", "params": [3, doc]}))
     return out
 
 
@@ -147,9 +141,7 @@ def bench_throughput(count: int, repeat: int) -> None:
     print(f"[1] ordersPending_update frames: {n}")
     print(f"    json.loads alone : {n / floor:12,.0f} msg/s")
     print(f"    source handler   : {n / ours:12,.0f} msg/s")
-    print(
-        f"    ratio            : {floor / ours:.2f} of the json.loads floor (goal >= 0.33)"
-    )
+    print(f"    ratio            : {floor / ours:.2f} of the json.loads floor (goal >= 0.33)")
 
 
 def filled_source(orders: int) -> WebSocketSource:
@@ -170,9 +162,7 @@ def baseline_registry(text: str) -> CollectorRegistry:
             continue
         labels = sorted(family.samples[0].labels)
         if family.type == "counter":
-            metric: Any = Counter(
-                family.name, family.documentation, labels, registry=registry
-            )
+            metric: Any = Counter(family.name, family.documentation, labels, registry=registry)
             for sample in family.samples:
                 metric.labels(**sample.labels).inc(sample.value)
         else:
@@ -197,23 +187,12 @@ def bench_render(repeat: int) -> None:
     series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
     baseline = baseline_registry(text)
     baseline_text = generate_latest(baseline).decode()
-    assert (
-        sum(
-            1
-            for line in baseline_text.splitlines()
-            if line and not line.startswith("#")
-        )
-        == series
-    )
+    assert sum(1 for line in baseline_text.splitlines() if line and not line.startswith("#")) == series
     floor = best_of(repeat, lambda: generate_latest(baseline))
-    print(
-        f"[2] /metrics render, 100,000 open orders over {len(MARKETS)} markets ({series} series)"
-    )
+    print(f"[2] /metrics render, 100,000 open orders over {len(MARKETS)} markets ({series} series)")
     print(f"    generate_latest, Gauge/Counter objects : {floor * 1000:8.2f} ms")
     print(f"    generate_latest, WebSocketCollector    : {ours * 1000:8.2f} ms")
-    print(
-        f"    ratio                                  : {ours / floor:.2f}x (goal <= 1.2x)"
-    )
+    print(f"    ratio                                  : {ours / floor:.2f}x (goal <= 1.2x)")
     small = renders[10_000][0]
     print(
         f"    10,000 orders: {small * 1000:.2f} ms; 100,000 orders: {ours * 1000:.2f} ms "
@@ -245,18 +224,14 @@ def bench_memory(orders: int) -> None:
     before = tracemalloc.get_traced_memory()[0]
     for message in messages:
         source._on_frame(None, message)  # type: ignore[arg-type]
-    source.book.events.flush(
-        float("inf")
-    )  # the modify window's queue is transient, not per order
+    source.book.events.flush(float("inf"))  # the modify window's queue is transient, not per order
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     rss_after = rss_bytes()
     assert len(source.book) == orders
     print(f"[3] memory for {orders:,} open orders")
-    print(
-        f"    tracemalloc : {(after - before) / orders:7.0f} bytes per open order (goal < 1024)"
-    )
+    print(f"    tracemalloc : {(after - before) / orders:7.0f} bytes per open order (goal < 1024)")
     print(
         f"    RSS delta   : {max(rss_after - rss_before, 0) / orders:7.0f} bytes per open order "
         "(includes tracemalloc's own overhead)"

@@ -246,9 +246,7 @@ class Exporter:
         self.transfers = TransferBook(self.state, (a.name for a in self.config.whitebit), clock=self.clock)
         self.registry.register(TransferCollector(self.transfers))
         if any(account.webhook is not None for account in self.config.whitebit):
-            whitebit = WhitebitReceiver(
-                self.config, self.state, self.transfers, clock=self.clock, committer=committer
-            )
+            whitebit = WhitebitReceiver(self.config, self.state, self.transfers, clock=self.clock, committer=committer)
             self.registry.register(whitebit.collector)
             receivers.append(whitebit)
         if self.config.zerohash is not None:

@@ -42,31 +42,49 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--config.file", dest="config_file", default="config.yaml", metavar="PATH",
+        "--config.file",
+        dest="config_file",
+        default="config.yaml",
+        metavar="PATH",
         help="YAML config file (default: %(default)s)",
     )
     parser.add_argument(
-        "--config.check", dest="config_check", action="store_true",
+        "--config.check",
+        dest="config_check",
+        action="store_true",
         help="validate the config, print every problem, exit 0 or 1; no network",
     )
     parser.add_argument(
-        "--web.listen-address", dest="web_listen_address", type=_listen_address, metavar="HOST:PORT",
+        "--web.listen-address",
+        dest="web_listen_address",
+        type=_listen_address,
+        metavar="HOST:PORT",
         help="metrics listener address; overrides web.listen_address",
     )
     parser.add_argument(
-        "--webhooks.listen-address", dest="webhooks_listen_address", type=_listen_address,
-        metavar="HOST:PORT", help="webhook listener address; overrides webhooks.listen_address",
+        "--webhooks.listen-address",
+        dest="webhooks_listen_address",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="webhook listener address; overrides webhooks.listen_address",
     )
     parser.add_argument(
-        "--log.level", dest="log_level", choices=LOG_LEVELS, default="info",
+        "--log.level",
+        dest="log_level",
+        choices=LOG_LEVELS,
+        default="info",
         help="minimum level logged (default: %(default)s)",
     )
     parser.add_argument(
-        "--log.format", dest="log_format", choices=LOG_FORMATS, default="logfmt",
+        "--log.format",
+        dest="log_format",
+        choices=LOG_FORMATS,
+        default="logfmt",
         help="log line format on stderr (default: %(default)s)",
     )
     parser.add_argument(
-        "--demo", action="store_true",
+        "--demo",
+        action="store_true",
         help="run against the built-in WhiteBIT simulator: no credentials, live metrics within seconds",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")

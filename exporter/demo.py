@@ -128,9 +128,7 @@ def exporter_config(
             ),
         ),
         zerohash=ZerohashConfig(
-            webhook=ZerohashWebhookConfig(
-                hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS
-            )
+            webhook=ZerohashWebhookConfig(hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS)
         ),
     )
 

@@ -68,12 +68,22 @@ class Dashboard:
 
 
 UP_MAPPINGS = (
-    {"type": "value", "options": {"0": {"text": "down", "color": "red", "index": 0},
-                                  "1": {"text": "up", "color": "green", "index": 1}}},
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "down", "color": "red", "index": 0},
+            "1": {"text": "up", "color": "green", "index": 1},
+        },
+    },
 )
 CONNECTED_MAPPINGS = (
-    {"type": "value", "options": {"0": {"text": "disconnected", "color": "red", "index": 0},
-                                  "1": {"text": "connected", "color": "green", "index": 1}}},
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "disconnected", "color": "red", "index": 0},
+            "1": {"text": "connected", "color": "green", "index": 1},
+        },
+    },
 )
 
 
@@ -90,60 +100,170 @@ OVERVIEW = Dashboard(
     title="WhiteBIT / Account overview",
     description="Is the exporter up, what every balance is, open orders and transfers in flight.",
     rows=(
-        Row("Status", (
-            Panel("Exporter scraped", "1 when Prometheus scraped the exporter at the last attempt (the up series).",
-                  "none", (Target(f"up{{{SEL}}}", "{{instance}}"),), kind="stat", width=6, mappings=UP_MAPPINGS),
-            Panel("Account up", "whitebit_up: 1 when all of the account's sources (WebSocket, REST pollers) are "
-                  "connected and fresh.", "none", (Target(f"whitebit_up{{{SEL_ACCOUNT}}}", "{{account}}"),),
-                  kind="stat", width=6, mappings=UP_MAPPINGS),
-            Panel("Version", "The exporter's version and Python (whitebit_exporter_build_info).", "none",
-                  (Target(f"whitebit_exporter_build_info{{{SEL}}}", "{{version}} (Python {{python}})"),),
-                  kind="stat", width=6),
-            Panel("Background task restarts", "Supervised tasks that crashed and were restarted, per interval.",
-                  "short", (Target(f"sum by (task) (increase(whitebit_exporter_task_restarts_total{{{SEL}}}{RATE}))",
-                                   "{{task}}"),), width=6),
-        )),
-        Row("Balances", (
-            Panel("Balance by wallet and asset", "whitebit_balance in whole asset units: main from REST, spot "
-                  "(available + frozen) and collateral from the WebSocket.", "short",
-                  (Target(f"sum by (account, wallet, asset) (whitebit_balance{{{SEL_ACCOUNT}}})",
-                          "{{account}} {{wallet}} {{asset}}"),)),
-            Panel("Frozen on spot", "whitebit_balance_frozen: the part of the spot balance held by open orders.",
-                  "short", (Target(f"whitebit_balance_frozen{{{SEL_ACCOUNT}}}", "{{account}} {{asset}}"),)),
-            Panel("Collateral borrowed", "whitebit_collateral_borrowed: borrowed amount per asset on the collateral "
-                  "account.", "short", (Target(f"whitebit_collateral_borrowed{{{SEL_ACCOUNT}}}",
-                                               "{{account}} {{asset}}"),)),
-            Panel("Balance age", "Seconds since each wallet's balance was last updated "
-                  "(whitebit_balance_last_update_timestamp_seconds).", "s",
-                  (Target(f"time() - whitebit_balance_last_update_timestamp_seconds{{{SEL_ACCOUNT}}}",
-                          "{{account}} {{wallet}}"),)),
-        )),
-        Row("Open orders", (
-            Panel("Open orders", "whitebit_open_orders by market and side (all order types summed).", "short",
-                  (Target(f"sum by (account, market, side) (whitebit_open_orders{{{SEL_ACCOUNT}}})",
-                          "{{account}} {{market}} {{side}}"),), width=8),
-            Panel("Amount left in open orders", "whitebit_open_orders_left: the sum of `left` in base units.",
-                  "short", (Target(f"whitebit_open_orders_left{{{SEL_ACCOUNT}}}", "{{account}} {{market}} {{side}}"),),
-                  width=8),
-            Panel("Order events", "whitebit_order_events_total per second by event (new, update, finish, modify, "
-                  "stop_activated).", "ops",
-                  (Target(f"sum by (account, event) (rate(whitebit_order_events_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{event}}"),), width=8),
-        )),
-        Row("Transfers", (
-            Panel("Transfers in flight", "Deposits and withdrawals not yet final, by the meaning of their status "
-                  "(whitebit_transfers_in_flight).", "short",
-                  (Target(f"sum by (account, kind, status) (whitebit_transfers_in_flight{{{SEL_ACCOUNT}}}) > 0",
-                          "{{account}} {{kind}} {{status}}"),), width=8),
-            Panel("Oldest transfer in flight", "How long the oldest deposit or withdrawal has been waiting for a "
-                  "final status (alert: WhitebitTransferStuck).", "s",
-                  (Target(f"time() - whitebit_transfers_oldest_in_flight_timestamp_seconds{{{SEL_ACCOUNT}}}",
-                          "{{account}} {{kind}}"),), width=8),
-            Panel("Transfers completed", "Deposits and withdrawals that reached a final outcome, per interval "
-                  "(whitebit_transfers_total).", "short",
-                  (Target(f"sum by (account, kind, outcome) (increase(whitebit_transfers_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{kind}} {{outcome}}"),), width=8),
-        )),
+        Row(
+            "Status",
+            (
+                Panel(
+                    "Exporter scraped",
+                    "1 when Prometheus scraped the exporter at the last attempt (the up series).",
+                    "none",
+                    (Target(f"up{{{SEL}}}", "{{instance}}"),),
+                    kind="stat",
+                    width=6,
+                    mappings=UP_MAPPINGS,
+                ),
+                Panel(
+                    "Account up",
+                    "whitebit_up: 1 when all of the account's sources (WebSocket, REST pollers) are "
+                    "connected and fresh.",
+                    "none",
+                    (Target(f"whitebit_up{{{SEL_ACCOUNT}}}", "{{account}}"),),
+                    kind="stat",
+                    width=6,
+                    mappings=UP_MAPPINGS,
+                ),
+                Panel(
+                    "Version",
+                    "The exporter's version and Python (whitebit_exporter_build_info).",
+                    "none",
+                    (Target(f"whitebit_exporter_build_info{{{SEL}}}", "{{version}} (Python {{python}})"),),
+                    kind="stat",
+                    width=6,
+                ),
+                Panel(
+                    "Background task restarts",
+                    "Supervised tasks that crashed and were restarted, per interval.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (task) (increase(whitebit_exporter_task_restarts_total{{{SEL}}}{RATE}))",
+                            "{{task}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+            ),
+        ),
+        Row(
+            "Balances",
+            (
+                Panel(
+                    "Balance by wallet and asset",
+                    "whitebit_balance in whole asset units: main from REST, spot "
+                    "(available + frozen) and collateral from the WebSocket.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, wallet, asset) (whitebit_balance{{{SEL_ACCOUNT}}})",
+                            "{{account}} {{wallet}} {{asset}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Frozen on spot",
+                    "whitebit_balance_frozen: the part of the spot balance held by open orders.",
+                    "short",
+                    (Target(f"whitebit_balance_frozen{{{SEL_ACCOUNT}}}", "{{account}} {{asset}}"),),
+                ),
+                Panel(
+                    "Collateral borrowed",
+                    "whitebit_collateral_borrowed: borrowed amount per asset on the collateral account.",
+                    "short",
+                    (Target(f"whitebit_collateral_borrowed{{{SEL_ACCOUNT}}}", "{{account}} {{asset}}"),),
+                ),
+                Panel(
+                    "Balance age",
+                    "Seconds since each wallet's balance was last updated "
+                    "(whitebit_balance_last_update_timestamp_seconds).",
+                    "s",
+                    (
+                        Target(
+                            f"time() - whitebit_balance_last_update_timestamp_seconds{{{SEL_ACCOUNT}}}",
+                            "{{account}} {{wallet}}",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        Row(
+            "Open orders",
+            (
+                Panel(
+                    "Open orders",
+                    "whitebit_open_orders by market and side (all order types summed).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, market, side) (whitebit_open_orders{{{SEL_ACCOUNT}}})",
+                            "{{account}} {{market}} {{side}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Amount left in open orders",
+                    "whitebit_open_orders_left: the sum of `left` in base units.",
+                    "short",
+                    (Target(f"whitebit_open_orders_left{{{SEL_ACCOUNT}}}", "{{account}} {{market}} {{side}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Order events",
+                    "whitebit_order_events_total per second by event (new, update, finish, modify, stop_activated).",
+                    "ops",
+                    (
+                        Target(
+                            f"sum by (account, event) (rate(whitebit_order_events_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{event}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "Transfers",
+            (
+                Panel(
+                    "Transfers in flight",
+                    "Deposits and withdrawals not yet final, by the meaning of their status "
+                    "(whitebit_transfers_in_flight).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, kind, status) (whitebit_transfers_in_flight{{{SEL_ACCOUNT}}}) > 0",
+                            "{{account}} {{kind}} {{status}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Oldest transfer in flight",
+                    "How long the oldest deposit or withdrawal has been waiting for a "
+                    "final status (alert: WhitebitTransferStuck).",
+                    "s",
+                    (
+                        Target(
+                            f"time() - whitebit_transfers_oldest_in_flight_timestamp_seconds{{{SEL_ACCOUNT}}}",
+                            "{{account}} {{kind}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Transfers completed",
+                    "Deposits and withdrawals that reached a final outcome, per interval (whitebit_transfers_total).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, kind, outcome) (increase(whitebit_transfers_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{kind}} {{outcome}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+            ),
+        ),
     ),
 )
 
@@ -152,40 +272,105 @@ WEBHOOKS = Dashboard(
     title="WhiteBIT / Webhooks",
     description="Signed WhiteBIT webhooks: received, verified, rejected, duplicated, replayed and missed.",
     rows=(
-        Row("Missed", (
-            Panel("Missed webhooks in the range", "History records whose webhook never came within reconcile_grace "
-                  "(whitebit_webhooks_missed_total; alert: WhitebitWebhookMissed).", "short",
-                  (Target(f"sum by (account, kind) (increase(whitebit_webhooks_missed_total{{{SEL_ACCOUNT}}}[$__range]))",
-                          "{{account}} {{kind}}"),), kind="stat", width=8),
-            Panel("Missed webhooks", "Missed webhooks per interval, by kind.", "short",
-                  (Target(f"sum by (account, kind) (increase(whitebit_webhooks_missed_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{kind}}"),), width=8),
-            Panel("Time since last webhook", "Seconds since the last verified delivery "
-                  "(whitebit_webhook_last_received_timestamp_seconds).", "s",
-                  (Target(f"time() - whitebit_webhook_last_received_timestamp_seconds{{{SEL_ACCOUNT}}}",
-                          "{{account}}"),), width=8),
-        )),
-        Row("Deliveries", (
-            Panel("Received by method", "Deliveries that reached the receiver per second "
-                  "(whitebit_webhooks_received_total).", "reqps",
-                  (Target(f"sum by (account, method) (rate(whitebit_webhooks_received_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{method}}"),)),
-            Panel("Verified by method", "Deliveries whose signature and payload checks passed, per second "
-                  "(whitebit_webhooks_verified_total).", "reqps",
-                  (Target(f"sum by (account, method) (rate(whitebit_webhooks_verified_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{method}}"),)),
-            Panel("Rejected by reason", "Rejected deliveries per second by reason; account \"unknown\" is a delivery "
-                  "naming no configured key (whitebit_webhooks_rejected_total).", "reqps",
-                  (Target('sum by (account, reason) (rate(whitebit_webhooks_rejected_total{job=~"$job", '
-                          f'instance=~"$instance", account=~"$account|unknown"}}{RATE})) > 0',
-                          "{{account}} {{reason}}"),)),
-            Panel("Duplicates and nonce regressions", "Deliveries whose id was seen before (answered 200, not "
-                  "processed twice) and verified deliveries whose nonce went backwards, per interval.", "short",
-                  (Target(f"sum by (account) (increase(whitebit_webhooks_duplicate_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "duplicates {{account}}"),
-                   Target(f"sum by (account) (increase(whitebit_webhook_nonce_regressions_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "nonce regressions {{account}}"))),
-        )),
+        Row(
+            "Missed",
+            (
+                Panel(
+                    "Missed webhooks in the range",
+                    "History records whose webhook never came within reconcile_grace "
+                    "(whitebit_webhooks_missed_total; alert: WhitebitWebhookMissed).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, kind) (increase(whitebit_webhooks_missed_total{{{SEL_ACCOUNT}}}[$__range]))",
+                            "{{account}} {{kind}}",
+                        ),
+                    ),
+                    kind="stat",
+                    width=8,
+                ),
+                Panel(
+                    "Missed webhooks",
+                    "Missed webhooks per interval, by kind.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, kind) (increase(whitebit_webhooks_missed_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{kind}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Time since last webhook",
+                    "Seconds since the last verified delivery (whitebit_webhook_last_received_timestamp_seconds).",
+                    "s",
+                    (
+                        Target(
+                            f"time() - whitebit_webhook_last_received_timestamp_seconds{{{SEL_ACCOUNT}}}", "{{account}}"
+                        ),
+                    ),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "Deliveries",
+            (
+                Panel(
+                    "Received by method",
+                    "Deliveries that reached the receiver per second (whitebit_webhooks_received_total).",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (account, method) (rate(whitebit_webhooks_received_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{method}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Verified by method",
+                    "Deliveries whose signature and payload checks passed, per second "
+                    "(whitebit_webhooks_verified_total).",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (account, method) (rate(whitebit_webhooks_verified_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{method}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Rejected by reason",
+                    'Rejected deliveries per second by reason; account "unknown" is a delivery '
+                    "naming no configured key (whitebit_webhooks_rejected_total).",
+                    "reqps",
+                    (
+                        Target(
+                            'sum by (account, reason) (rate(whitebit_webhooks_rejected_total{job=~"$job", '
+                            f'instance=~"$instance", account=~"$account|unknown"}}{RATE})) > 0',
+                            "{{account}} {{reason}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Duplicates and nonce regressions",
+                    "Deliveries whose id was seen before (answered 200, not "
+                    "processed twice) and verified deliveries whose nonce went backwards, per interval.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account) (increase(whitebit_webhooks_duplicate_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "duplicates {{account}}",
+                        ),
+                        Target(
+                            f"sum by (account) (increase(whitebit_webhook_nonce_regressions_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "nonce regressions {{account}}",
+                        ),
+                    ),
+                ),
+            ),
+        ),
     ),
 )
 
@@ -194,36 +379,87 @@ CONNECTIVITY = Dashboard(
     title="WhiteBIT / WebSocket and REST",
     description="The private WebSocket and the signed REST client: connection, reconnects, rate limits, latency.",
     rows=(
-        Row("WebSocket", (
-            Panel("WebSocket connected", "1 while the private WebSocket is authorized and subscribed "
-                  "(whitebit_websocket_connected).", "none",
-                  (Target(f"whitebit_websocket_connected{{{SEL_ACCOUNT}}}", "{{account}}"),), kind="stat", width=8,
-                  mappings=CONNECTED_MAPPINGS),
-            Panel("WebSocket reconnects", "Reconnects per interval (whitebit_websocket_reconnects_total).", "short",
-                  (Target(f"sum by (account) (increase(whitebit_websocket_reconnects_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}}"),), width=8),
-            Panel("Time since last WebSocket message", "Seconds since the last message, pongs included; WhiteBIT "
-                  "closes a socket after 60 s of silence.", "s",
-                  (Target(f"time() - whitebit_websocket_last_message_timestamp_seconds{{{SEL_ACCOUNT}}}",
-                          "{{account}}"),), width=8),
-        )),
-        Row("REST", (
-            Panel("REST requests by status", "Private REST attempts per second by HTTP status (code \"error\": no "
-                  "answer), retries included (whitebit_rest_requests_total).", "reqps",
-                  (Target(f"sum by (account, endpoint, code) (rate(whitebit_rest_requests_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{endpoint}} {{code}}"),)),
-            Panel("REST 429 answers", "HTTP 429 answers per interval (whitebit_rest_rate_limited_total); WhiteBIT "
-                  "also answers 429 for a stale nonce.", "short",
-                  (Target(f"sum by (account, endpoint) (increase(whitebit_rest_rate_limited_total{{{SEL_ACCOUNT}}}{RATE}))",
-                          "{{account}} {{endpoint}}"),)),
-            Panel("Rate limit usage", "Requests in each endpoint's current window over its documented limit "
-                  "(whitebit_rest_rate_limit_usage_ratio).", "percentunit",
-                  (Target(f"whitebit_rest_rate_limit_usage_ratio{{{SEL_ACCOUNT}}}", "{{account}} {{endpoint}}"),),
-                  max=1.0),
-            Panel("REST latency quantiles", "p50, p90 and p99 of REST request durations per endpoint "
-                  "(whitebit_rest_request_duration_seconds).", "s",
-                  (latency("0.5", "p50"), latency("0.9", "p90"), latency("0.99", "p99"))),
-        )),
+        Row(
+            "WebSocket",
+            (
+                Panel(
+                    "WebSocket connected",
+                    "1 while the private WebSocket is authorized and subscribed (whitebit_websocket_connected).",
+                    "none",
+                    (Target(f"whitebit_websocket_connected{{{SEL_ACCOUNT}}}", "{{account}}"),),
+                    kind="stat",
+                    width=8,
+                    mappings=CONNECTED_MAPPINGS,
+                ),
+                Panel(
+                    "WebSocket reconnects",
+                    "Reconnects per interval (whitebit_websocket_reconnects_total).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account) (increase(whitebit_websocket_reconnects_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Time since last WebSocket message",
+                    "Seconds since the last message, pongs included; WhiteBIT closes a socket after 60 s of silence.",
+                    "s",
+                    (
+                        Target(
+                            f"time() - whitebit_websocket_last_message_timestamp_seconds{{{SEL_ACCOUNT}}}",
+                            "{{account}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+            ),
+        ),
+        Row(
+            "REST",
+            (
+                Panel(
+                    "REST requests by status",
+                    'Private REST attempts per second by HTTP status (code "error": no '
+                    "answer), retries included (whitebit_rest_requests_total).",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (account, endpoint, code) (rate(whitebit_rest_requests_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{endpoint}} {{code}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "REST 429 answers",
+                    "HTTP 429 answers per interval (whitebit_rest_rate_limited_total); WhiteBIT "
+                    "also answers 429 for a stale nonce.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account, endpoint) (increase(whitebit_rest_rate_limited_total{{{SEL_ACCOUNT}}}{RATE}))",
+                            "{{account}} {{endpoint}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Rate limit usage",
+                    "Requests in each endpoint's current window over its documented limit "
+                    "(whitebit_rest_rate_limit_usage_ratio).",
+                    "percentunit",
+                    (Target(f"whitebit_rest_rate_limit_usage_ratio{{{SEL_ACCOUNT}}}", "{{account}} {{endpoint}}"),),
+                    max=1.0,
+                ),
+                Panel(
+                    "REST latency quantiles",
+                    "p50, p90 and p99 of REST request durations per endpoint (whitebit_rest_request_duration_seconds).",
+                    "s",
+                    (latency("0.5", "p50"), latency("0.9", "p90"), latency("0.99", "p99")),
+                ),
+            ),
+        ),
     ),
 )
 
@@ -233,37 +469,90 @@ ZEROHASH = Dashboard(
     description="Zero Hash account_balance.changed webhooks: balances per asset and account type, deliveries.",
     variables=("account_group",),
     rows=(
-        Row("Balances", (
-            Panel("Balance by asset and account type", "zerohash_balance summed over participants, per account "
-                  "group and label.", "short",
-                  (Target(f"sum by (account_group, account_type, asset) (zerohash_balance{{{SEL_GROUP}}})",
-                          "{{account_group}} {{account_type}} {{asset}}"),)),
-            Panel("Participant balances", "zerohash_participant_balance for the participants listed in "
-                  "zerohash.webhook.participants.", "short",
-                  (Target(f"zerohash_participant_balance{{{SEL_GROUP}}}",
-                          "{{participant}} {{account_type}} {{asset}}"),)),
-            Panel("Participants holding a balance", "zerohash_accounts: participants with a non-zero balance.",
-                  "short", (Target(f"zerohash_accounts{{{SEL_GROUP}}}", "{{account_group}} {{account_type}} {{asset}}"),)),
-            Panel("Balance movements", "Movements per second by type (zerohash_balance_movements_total).", "ops",
-                  (Target(f"sum by (movement_type, asset) (rate(zerohash_balance_movements_total{{{SEL}}}{RATE}))",
-                          "{{movement_type}} {{asset}}"),)),
-        )),
-        Row("Deliveries", (
-            Panel("Received and verified", "Zero Hash deliveries per second by payload type.", "reqps",
-                  (Target(f"sum by (payload_type) (rate(zerohash_webhooks_received_total{{{SEL}}}{RATE}))",
-                          "received {{payload_type}}"),
-                   Target(f"sum by (payload_type) (rate(zerohash_webhooks_verified_total{{{SEL}}}{RATE}))",
-                          "verified {{payload_type}}")), width=8),
-            Panel("Rejected and duplicates", "Rejected deliveries per second by reason, and duplicates "
-                  "(answered 200, not processed twice).", "reqps",
-                  (Target(f"sum by (reason) (rate(zerohash_webhooks_rejected_total{{{SEL}}}{RATE})) > 0",
-                          "rejected {{reason}}"),
-                   Target(f"sum(rate(zerohash_webhooks_duplicate_total{{{SEL}}}{RATE}))", "duplicates")), width=8),
-            Panel("Time since last Zero Hash webhook", "Seconds since the last verified delivery "
-                  "(alert: WhitebitZerohashFeedSilent).", "s",
-                  (Target(f"time() - zerohash_webhook_last_received_timestamp_seconds{{{SEL}}}", "{{instance}}"),),
-                  width=8),
-        )),
+        Row(
+            "Balances",
+            (
+                Panel(
+                    "Balance by asset and account type",
+                    "zerohash_balance summed over participants, per account group and label.",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (account_group, account_type, asset) (zerohash_balance{{{SEL_GROUP}}})",
+                            "{{account_group}} {{account_type}} {{asset}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Participant balances",
+                    "zerohash_participant_balance for the participants listed in zerohash.webhook.participants.",
+                    "short",
+                    (
+                        Target(
+                            f"zerohash_participant_balance{{{SEL_GROUP}}}", "{{participant}} {{account_type}} {{asset}}"
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Participants holding a balance",
+                    "zerohash_accounts: participants with a non-zero balance.",
+                    "short",
+                    (Target(f"zerohash_accounts{{{SEL_GROUP}}}", "{{account_group}} {{account_type}} {{asset}}"),),
+                ),
+                Panel(
+                    "Balance movements",
+                    "Movements per second by type (zerohash_balance_movements_total).",
+                    "ops",
+                    (
+                        Target(
+                            f"sum by (movement_type, asset) (rate(zerohash_balance_movements_total{{{SEL}}}{RATE}))",
+                            "{{movement_type}} {{asset}}",
+                        ),
+                    ),
+                ),
+            ),
+        ),
+        Row(
+            "Deliveries",
+            (
+                Panel(
+                    "Received and verified",
+                    "Zero Hash deliveries per second by payload type.",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (payload_type) (rate(zerohash_webhooks_received_total{{{SEL}}}{RATE}))",
+                            "received {{payload_type}}",
+                        ),
+                        Target(
+                            f"sum by (payload_type) (rate(zerohash_webhooks_verified_total{{{SEL}}}{RATE}))",
+                            "verified {{payload_type}}",
+                        ),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Rejected and duplicates",
+                    "Rejected deliveries per second by reason, and duplicates (answered 200, not processed twice).",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (reason) (rate(zerohash_webhooks_rejected_total{{{SEL}}}{RATE})) > 0",
+                            "rejected {{reason}}",
+                        ),
+                        Target(f"sum(rate(zerohash_webhooks_duplicate_total{{{SEL}}}{RATE}))", "duplicates"),
+                    ),
+                    width=8,
+                ),
+                Panel(
+                    "Time since last Zero Hash webhook",
+                    "Seconds since the last verified delivery (alert: WhitebitZerohashFeedSilent).",
+                    "s",
+                    (Target(f"time() - zerohash_webhook_last_received_timestamp_seconds{{{SEL}}}", "{{instance}}"),),
+                    width=8,
+                ),
+            ),
+        ),
     ),
 )
 
@@ -326,8 +615,12 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
             "tooltip": {"mode": "multi", "sort": "desc"},
         }
     else:
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "value", "graphMode": "none", "textMode": "auto"}
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "none",
+            "textMode": "auto",
+        }
     return {
         "id": panel_id,
         "type": panel.kind,
@@ -338,8 +631,14 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "fieldConfig": {"defaults": defaults, "overrides": []},
         "options": options,
         "targets": [
-            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": t.expr, "legendFormat": t.legend,
-             "range": True, "instant": False}
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": t.expr,
+                "legendFormat": t.legend,
+                "range": True,
+                "instant": False,
+            }
             for i, t in enumerate(panel.targets)
         ],
     }
@@ -350,8 +649,16 @@ def render_dashboard(dashboard: Dashboard) -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     panel_id, y = 1, 0
     for row in dashboard.rows:
-        panels.append({"id": panel_id, "type": "row", "title": row.title, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        panels.append(
+            {
+                "id": panel_id,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
         panel_id, y, x, row_height = panel_id + 1, y + 1, 0, 0
         for panel in row.panels:
             if x + panel.width > 24:
@@ -372,11 +679,29 @@ def render_dashboard(dashboard: Dashboard) -> dict[str, Any]:
         "time": {"from": "now-3h", "to": "now"},
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
-        "links": [{"title": "WhiteBIT dashboards", "type": "dashboards", "tags": TAGS, "asDropdown": True,
-                   "includeVars": True, "keepTime": True}],
-        "annotations": {"list": [{"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                                  "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-                                  "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "links": [
+            {
+                "title": "WhiteBIT dashboards",
+                "type": "dashboards",
+                "tags": TAGS,
+                "asDropdown": True,
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
         "templating": {"list": _variables(dashboard)},
         "panels": panels,
     }

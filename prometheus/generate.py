@@ -416,7 +416,9 @@ def render(config: Mapping[str, Any]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=HERE / "config.yaml", help="bundle config (default: %(default)s)")
+    parser.add_argument(
+        "--config", type=Path, default=HERE / "config.yaml", help="bundle config (default: %(default)s)"
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="where the rule files go (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files in --out are not up to date")
     args = parser.parse_args(argv)

@@ -123,9 +123,7 @@ def occupied_port() -> Iterator[int]:
 async def test_metrics_expose_build_info_with_version_and_python(start_exporter: StartExporter) -> None:
     exporter = await start_exporter()
     result = await scrape(exporter.metrics_url)
-    assert result.samples(EXPORTER_BUILD_INFO) == [
-        ({"version": __version__, "python": platform.python_version()}, 1.0)
-    ]
+    assert result.samples(EXPORTER_BUILD_INFO) == [({"version": __version__, "python": platform.python_version()}, 1.0)]
 
 
 def test_counter_families_are_exposed_with_total_suffix() -> None:
@@ -279,7 +277,9 @@ async def test_verification_answers_head_with_200_and_no_body(
 async def test_verification_is_an_empty_array_without_webhook_accounts(
     start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
 ) -> None:
-    exporter = await start_exporter(make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY, api_secret=API_SECRET, **CLOSED_PORT_URLS)]))
+    exporter = await start_exporter(
+        make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY, api_secret=API_SECRET, **CLOSED_PORT_URLS)])
+    )
     async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
         assert json.loads(await response.text()) == []
 
@@ -288,9 +288,7 @@ async def test_verification_lists_a_shared_public_key_once(
     start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
 ) -> None:
     hook = WhitebitWebhookConfig(public_key="SHARED", secrets=(HOOK_SECRET,))
-    config = make_config(
-        [WhitebitAccountConfig(name="a", webhook=hook), WhitebitAccountConfig(name="b", webhook=hook)]
-    )
+    config = make_config([WhitebitAccountConfig(name="a", webhook=hook), WhitebitAccountConfig(name="b", webhook=hook)])
     exporter = await start_exporter(config)
     async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
         assert json.loads(await response.text()) == ["SHARED"]
@@ -404,9 +402,7 @@ async def test_an_unusable_state_path_fails_start_before_binding(
         _ = exporter.metrics_url
 
 
-async def test_start_opens_the_state_file_and_stop_closes_it(
-    make_config: Callable[..., Config], tmp_path: Any
-) -> None:
+async def test_start_opens_the_state_file_and_stop_closes_it(make_config: Callable[..., Config], tmp_path: Any) -> None:
     exporter = Exporter(make_config(ACCOUNTS))
     await exporter.start()
     assert (tmp_path / "state.db").exists()

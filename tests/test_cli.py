@@ -93,8 +93,14 @@ def test_help_lists_the_spec_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     for flag in (
-        "--config.file", "--config.check", "--web.listen-address", "--webhooks.listen-address",
-        "--log.level", "--log.format", "--demo", "--version",
+        "--config.file",
+        "--config.check",
+        "--web.listen-address",
+        "--webhooks.listen-address",
+        "--log.level",
+        "--log.format",
+        "--demo",
+        "--version",
     ):
         assert flag in out
 
@@ -139,8 +145,13 @@ def test_config_check_shows_listen_address_overrides(
     good_config: Path, secret_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = [
-        "--config.file", str(good_config), "--config.check",
-        "--web.listen-address", "127.0.0.1:19945", "--webhooks.listen-address", "[::1]:19946",
+        "--config.file",
+        str(good_config),
+        "--config.check",
+        "--web.listen-address",
+        "127.0.0.1:19945",
+        "--webhooks.listen-address",
+        "[::1]:19946",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -198,8 +209,14 @@ STARTUP_TIMEOUT = 30.0  # a slow shared machine may take seconds to import every
 async def spawn(*args: str, cwd: Path) -> asyncio.subprocess.Process:
     env = {**os.environ, **SECRET_ENV, "PYTHONUNBUFFERED": "1"}
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", *args,
-        cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "exporter",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 
@@ -222,9 +239,7 @@ async def read_until(
             return fields, lines
 
 
-@pytest.mark.parametrize(
-    ("sig", "log_format"), [(signal.SIGTERM, "logfmt"), (signal.SIGINT, "json")]
-)
+@pytest.mark.parametrize(("sig", "log_format"), [(signal.SIGTERM, "logfmt"), (signal.SIGINT, "json")])
 async def test_process_serves_then_exits_0_on_signal(
     good_config: Path, tmp_path: Path, sig: signal.Signals, log_format: str
 ) -> None:

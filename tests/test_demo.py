@@ -32,7 +32,12 @@ def promtool() -> str:
 
 async def start_demo_process(tmp_path: Path) -> tuple[asyncio.subprocess.Process, dict[str, str], list[str]]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", "--demo", "--web.listen-address", "127.0.0.1:0",
+        sys.executable,
+        "-m",
+        "exporter",
+        "--demo",
+        "--web.listen-address",
+        "127.0.0.1:0",
         cwd=tmp_path,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=asyncio.subprocess.PIPE,
@@ -42,7 +47,9 @@ async def start_demo_process(tmp_path: Path) -> tuple[asyncio.subprocess.Process
     lines: list[str] = []
     deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT
     while True:
-        raw = await asyncio.wait_for(proc.stderr.readline(), timeout=max(0.1, deadline - asyncio.get_running_loop().time()))
+        raw = await asyncio.wait_for(
+            proc.stderr.readline(), timeout=max(0.1, deadline - asyncio.get_running_loop().time())
+        )
         if not raw:
             raise AssertionError("demo ended before it was running:\n" + "\n".join(lines))
         lines.append(raw.decode().rstrip("\n"))
@@ -79,9 +86,7 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
 
 
 async def test_demo_points_the_simulator_at_the_exporter_and_makes_activity(tmp_path: Path) -> None:
-    options = DemoOptions(
-        metrics_address=ListenAddress("127.0.0.1", 0), scenario_rate=50.0, forge_every=None, seed=11
-    )
+    options = DemoOptions(metrics_address=ListenAddress("127.0.0.1", 0), scenario_rate=50.0, forge_every=None, seed=11)
     demo = Demo(options, tmp_path)
     await demo.start_simulator()
     assert demo.exporter is not None

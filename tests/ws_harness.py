@@ -47,27 +47,19 @@ def account(name: str) -> SimulatedAccount:
     )
 
 
-def signed_token_provider(
-    base_url: str, api_key: str, api_secret: str
-) -> Callable[[], Awaitable[str]]:
+def signed_token_provider(base_url: str, api_key: str, api_secret: str) -> Callable[[], Awaitable[str]]:
     """A real signed ``/api/v4/profile/websocket_token`` call (independent of the REST client)."""
     nonces = NonceSource()
 
     async def fetch() -> str:
-        request = sign_request(
-            TOKEN_PATH, {}, api_key=api_key, api_secret=api_secret, nonce=nonces.next()
-        )
+        request = sign_request(TOKEN_PATH, {}, api_key=api_key, api_secret=api_secret, nonce=nonces.next())
         async with (
             aiohttp.ClientSession() as session,
-            session.post(
-                base_url + request.path, data=request.body, headers=request.headers
-            ) as response,
+            session.post(base_url + request.path, data=request.body, headers=request.headers) as response,
         ):
             document = await response.json()
             if response.status != 200:
-                raise RuntimeError(
-                    f"token endpoint answered {response.status}: {document}"
-                )
+                raise RuntimeError(f"token endpoint answered {response.status}: {document}")
             return str(document["websocket_token"])
 
     return fetch
@@ -81,9 +73,7 @@ class Harness:
     health: HealthRegistry
     metrics_url: str
     tokens_fetched: dict[str, int] = field(default_factory=dict)
-    token_override: dict[str, Callable[[], Awaitable[str]]] = field(
-        default_factory=dict
-    )
+    token_override: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
 
     async def scrape(self) -> Scrape:
         return await scrape(self.metrics_url)
@@ -104,11 +94,7 @@ async def running(
     exporter_markets: Sequence[str] | None = None,
     **source_options: Any,
 ) -> AsyncIterator[Harness]:
-    sim = Simulator(
-        SimulatorSettings(
-            accounts=tuple(account(n) for n in names), markets=tuple(markets)
-        )
-    )
+    sim = Simulator(SimulatorSettings(accounts=tuple(account(n) for n in names), markets=tuple(markets)))
     await sim.start()
     registry = CollectorRegistry()
     health = HealthRegistry()
@@ -122,9 +108,7 @@ async def running(
         creds = account(name)
         real = signed_token_provider(sim.url, creds.api_key, creds.api_secret)
 
-        async def provider(
-            name: str = name, real: Callable[[], Awaitable[str]] = real
-        ) -> str:
+        async def provider(name: str = name, real: Callable[[], Awaitable[str]] = real) -> str:
             harness.tokens_fetched[name] = harness.tokens_fetched.get(name, 0) + 1
             override = harness.token_override.get(name)
             return await (override or real)()
@@ -149,10 +133,7 @@ async def running(
     await site.start()
     host, port = runner.addresses[0][:2]
     harness.metrics_url = f"http://{host}:{port}"
-    tasks = [
-        asyncio.create_task(source.run(), name=source.name)
-        for source in harness.sources.values()
-    ]
+    tasks = [asyncio.create_task(source.run(), name=source.name) for source in harness.sources.values()]
     try:
         yield harness
     finally:
@@ -162,18 +143,14 @@ async def running(
         await runner.cleanup()
         await sim.stop()
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(
-                result, asyncio.CancelledError
-            ):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
 
 
 # --- comparing a scrape with the simulator ------------------------------------------------------
 
 
-def expected_state(
-    sim: Simulator, name: str
-) -> dict[str, dict[tuple[str, ...], float]]:
+def expected_state(sim: Simulator, name: str) -> dict[str, dict[tuple[str, ...], float]]:
     """What the scrape must show for account ``name``, computed from the exchange's snapshot."""
     snapshot = sim.exchange.snapshot(name)
     counts: dict[tuple[str, ...], float] = {}
@@ -182,22 +159,11 @@ def expected_state(
         side = SIDE_NAMES[order["side"]]
         key = (order["market"], side, TYPE_NAMES.get(order["type"], TYPE_OTHER))
         counts[key] = counts.get(key, 0) + 1
-        lefts[(order["market"], side)] = lefts.get(
-            (order["market"], side), Decimal(0)
-        ) + Decimal(order["left"])
-    spot_total = {
-        (a,): float(Decimal(v["available"]) + Decimal(v["freeze"]))
-        for a, v in snapshot["spot"].items()
-    }
-    spot_frozen = {
-        (a,): float(Decimal(v["freeze"])) for a, v in snapshot["spot"].items()
-    }
-    collateral = {
-        (a,): float(Decimal(v["balance"])) for a, v in snapshot["collateral"].items()
-    }
-    borrowed = {
-        (a,): float(Decimal(v["borrow"])) for a, v in snapshot["collateral"].items()
-    }
+        lefts[(order["market"], side)] = lefts.get((order["market"], side), Decimal(0)) + Decimal(order["left"])
+    spot_total = {(a,): float(Decimal(v["available"]) + Decimal(v["freeze"])) for a, v in snapshot["spot"].items()}
+    spot_frozen = {(a,): float(Decimal(v["freeze"])) for a, v in snapshot["spot"].items()}
+    collateral = {(a,): float(Decimal(v["balance"])) for a, v in snapshot["collateral"].items()}
+    borrowed = {(a,): float(Decimal(v["borrow"])) for a, v in snapshot["collateral"].items()}
     return {
         "open_orders": counts,
         "left": {k: float(v) for k, v in lefts.items()},
@@ -211,28 +177,16 @@ def expected_state(
 def scraped_state(result: Scrape, name: str) -> dict[str, dict[tuple[str, ...], float]]:
     """The same shape from a parsed scrape (series at 0 for orders are the same as absent)."""
 
-    def pick(
-        sample: str, keys: Sequence[str], **fixed: str
-    ) -> dict[tuple[str, ...], float]:
+    def pick(sample: str, keys: Sequence[str], **fixed: str) -> dict[tuple[str, ...], float]:
         out: dict[tuple[str, ...], float] = {}
         for labels, value in result.samples(sample):
-            if labels.get("account") != name or any(
-                labels.get(k) != v for k, v in fixed.items()
-            ):
+            if labels.get("account") != name or any(labels.get(k) != v for k, v in fixed.items()):
                 continue
             out[tuple(labels[k] for k in keys)] = value
         return out
 
-    counts = {
-        k: v
-        for k, v in pick("whitebit_open_orders", ("market", "side", "type")).items()
-        if v != 0
-    }
-    lefts = {
-        k: v
-        for k, v in pick("whitebit_open_orders_left", ("market", "side")).items()
-        if v != 0
-    }
+    counts = {k: v for k, v in pick("whitebit_open_orders", ("market", "side", "type")).items() if v != 0}
+    lefts = {k: v for k, v in pick("whitebit_open_orders_left", ("market", "side")).items() if v != 0}
     return {
         "open_orders": counts,
         "left": lefts,
@@ -254,22 +208,15 @@ def differences(result: Scrape, sim: Simulator, name: str) -> list[str]:
     return problems
 
 
-async def assert_matches(
-    harness: Harness, name: str = "main", timeout: float = 10.0
-) -> Scrape:
+async def assert_matches(harness: Harness, name: str = "main", timeout: float = 10.0) -> Scrape:
     """Wait until the scrape of ``name`` equals the simulator, then return that scrape; fail with the diff."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         result = await harness.scrape()
         problems = differences(result, harness.sim, name)
-        if (
-            not problems
-            and result.value("whitebit_websocket_connected", account=name) == 1.0
-        ):
+        if not problems and result.value("whitebit_websocket_connected", account=name) == 1.0:
             return result
         if loop.time() >= deadline:
-            raise AssertionError(
-                "scrape does not match the simulator:\n" + "\n".join(problems)
-            )
+            raise AssertionError("scrape does not match the simulator:\n" + "\n".join(problems))
         await asyncio.sleep(0.02)

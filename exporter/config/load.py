@@ -338,9 +338,7 @@ class _Loader:
         accounts = self.accounts(top.get("whitebit"))
         zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
         if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
-            self.problem(
-                self.source, "nothing to monitor (configure a whitebit account or the zerohash section)"
-            )
+            self.problem(self.source, "nothing to monitor (configure a whitebit account or the zerohash section)")
         return Config(
             web=WebConfig(listen_address=web_address or parse_listen_address(DEFAULT_METRICS_ADDRESS)),
             webhooks=WebhooksConfig(
@@ -395,8 +393,7 @@ class _Loader:
         if web.port != 0 and web.port == webhooks.port and overlap:
             self.problem(
                 "webhooks.listen_address",
-                f'"{webhooks}" collides with web.listen_address "{web}"'
-                " (the two listeners need different ports)",
+                f'"{webhooks}" collides with web.listen_address "{web}" (the two listeners need different ports)',
             )
 
     def accounts(self, node: Any) -> tuple[WhitebitAccountConfig, ...]:
@@ -421,8 +418,7 @@ class _Loader:
             if key in first_by_key:
                 self.problem(
                     f"whitebit[{index}].webhook.public_key",
-                    f"same public key as whitebit[{first_by_key[key]}]"
-                    " (the receiver finds the account by its key)",
+                    f"same public key as whitebit[{first_by_key[key]}] (the receiver finds the account by its key)",
                 )
             elif key:
                 first_by_key[key] = index
@@ -545,9 +541,7 @@ class _Loader:
             webhook=ZerohashWebhookConfig(
                 hmac_secrets=hmac_secrets or (),
                 rsa_public_keys_file=rsa_file,
-                timestamp_tolerance=(
-                    ZerohashWebhookConfig.timestamp_tolerance if tolerance is None else tolerance
-                ),
+                timestamp_tolerance=(ZerohashWebhookConfig.timestamp_tolerance if tolerance is None else tolerance),
                 participants=participants,
             )
         )
@@ -594,9 +588,7 @@ class _Loader:
         result = _ENV_REFERENCE.sub(replace, value)
         return None if failed else result
 
-    def string_field(
-        self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False
-    ) -> str | None:
+    def string_field(self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False) -> str | None:
         where = _at(location, key)
         if not _present(fields, key):
             if required:
@@ -683,9 +675,7 @@ class _Loader:
             return None
         return value
 
-    def integer(
-        self, fields: Mapping[str, Any], key: str, location: str, *, minimum: int, maximum: int
-    ) -> int | None:
+    def integer(self, fields: Mapping[str, Any], key: str, location: str, *, minimum: int, maximum: int) -> int | None:
         if not _present(fields, key):
             return None
         where = _at(location, key)
@@ -742,9 +732,7 @@ class _Loader:
 
     # --- secrets and files -----------------------------------------------------------------------
 
-    def secret(
-        self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False
-    ) -> str | None:
+    def secret(self, fields: Mapping[str, Any], key: str, location: str, *, required: bool = False) -> str | None:
         """``key`` given inline or as ``key_file``; never both."""
         file_key = f"{key}_file"
         if _present(fields, key) and _present(fields, file_key):

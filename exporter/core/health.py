@@ -87,9 +87,7 @@ class HealthRegistry:
         self._clock = clock
         self._sources: dict[tuple[str, str | None], SourceHealth] = {}
 
-    def register(
-        self, source: str, account: str | None, *, max_age: float | None = None
-    ) -> SourceHealth:
+    def register(self, source: str, account: str | None, *, max_age: float | None = None) -> SourceHealth:
         """Track a source; it starts failing with reason "starting".
 
         Registering the same ``(source, account)`` again returns the existing handle, so a

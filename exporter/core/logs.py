@@ -22,9 +22,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("logfmt", "json")
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
-_RECORD_ATTRIBUTES = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
-) | {"message", "asctime", "taskName"}
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 _REDACTED_PREFIX_MAX = 4
 
@@ -75,11 +77,7 @@ def _logfmt_value(value: Any) -> str:
     if text and not any(c in text for c in ' ="\\\n\r\t') and text.isprintable():
         return text
     escaped = (
-        text.replace("\\", "\\\\")
-        .replace('"', '\\"')
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\t", "\\t")
+        text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
     )
     return f'"{escaped}"'
 
@@ -93,9 +91,7 @@ class LogfmtFormatter(logging.Formatter):
     """``time=… level=… logger=… msg="…" key=value`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return " ".join(
-            f"{_logfmt_key(key)}={_logfmt_value(value)}" for key, value in _fields(record).items()
-        )
+        return " ".join(f"{_logfmt_key(key)}={_logfmt_value(value)}" for key, value in _fields(record).items())
 
 
 class JsonFormatter(logging.Formatter):

@@ -325,7 +325,9 @@ class StateStore:
                     self._depth = depth
                     _undo(conn, name)
                     if not conn.in_transaction:
-                        raise StateError(f"state write to {self._path} failed and ended the transaction: {exc}") from exc
+                        raise StateError(
+                            f"state write to {self._path} failed and ended the transaction: {exc}"
+                        ) from exc
                     outcomes.append((None, exc))
                     continue
                 finally:

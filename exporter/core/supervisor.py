@@ -82,9 +82,7 @@ class Supervisor:
         if name in self._tasks:
             raise ValueError(f"a task named {name!r} is already supervised")
         supervised = _Supervised(name, factory, restart)
-        supervised.runner = asyncio.get_running_loop().create_task(
-            self._run(supervised), name=f"supervised:{name}"
-        )
+        supervised.runner = asyncio.get_running_loop().create_task(self._run(supervised), name=f"supervised:{name}")
         supervised.runner.add_done_callback(self._runner_done)
         self._tasks[name] = supervised
         log.debug("task started", extra={"task": name})
@@ -182,9 +180,7 @@ class Supervisor:
         # The runner loop catches everything its task raises; reaching here with an error
         # means the supervisor itself failed, which must never go unnoticed.
         if not runner.cancelled() and runner.exception() is not None:
-            log.error(
-                "supervisor runner failed", exc_info=runner.exception(), extra={"task": runner.get_name()}
-            )
+            log.error("supervisor runner failed", exc_info=runner.exception(), extra={"task": runner.get_name()})
 
 
 class SupervisorCollector(Collector):

@@ -30,9 +30,7 @@ _LANDING_PAGE = """<!DOCTYPE html>
 """
 
 
-def create_metrics_app(
-    registry: CollectorRegistry, health: HealthRegistry, version: str
-) -> web.Application:
+def create_metrics_app(registry: CollectorRegistry, health: HealthRegistry, version: str) -> web.Application:
     """The metrics listener's aiohttp application, rendering ``registry`` on each scrape."""
     # Relative links on the landing page keep working behind a reverse proxy's path prefix.
     landing = _LANDING_PAGE.format(version=html.escape(version))

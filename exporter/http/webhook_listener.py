@@ -58,9 +58,7 @@ def add_receivers(app: web.Application, receivers: Sequence[WebhookReceiver]) ->
         app.router.add_route("HEAD", receiver.path, _head_ok)
 
 
-def create_webhook_app(
-    config: Config, receivers: Sequence[WebhookReceiver] = ()
-) -> web.Application:
+def create_webhook_app(config: Config, receivers: Sequence[WebhookReceiver] = ()) -> web.Application:
     """The webhook listener's aiohttp application."""
     keys = verification_keys(config)
 

@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
             "signed webhooks to --webhook-url. It checks signatures, nonces and rate limits as WhiteBIT documents."
         ),
     )
-    parser.add_argument("--listen-address", default="127.0.0.1:8099", help="HOST:PORT to serve on (default %(default)s)")
+    parser.add_argument(
+        "--listen-address", default="127.0.0.1:8099", help="HOST:PORT to serve on (default %(default)s)"
+    )
     parser.add_argument("--api-key", required=True, help="the API key the simulator accepts")
     parser.add_argument("--api-secret", required=True, help="the API secret the simulator accepts")
     parser.add_argument("--account-name", default="main", help="name of the simulated account (default %(default)s)")
@@ -33,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--zerohash-url", help="where to deliver Zero Hash account_balance.changed webhooks")
     parser.add_argument("--zerohash-secret", help="HMAC secret that signs Zero Hash deliveries")
     parser.add_argument(
-        "--scenario-rate", type=float, default=2.0, help="activity in actions per second; 0 for none (default %(default)s)"
+        "--scenario-rate",
+        type=float,
+        default=2.0,
+        help="activity in actions per second; 0 for none (default %(default)s)",
     )
     parser.add_argument("--webhook-retry-delay", type=float, default=600.0, help="seconds between webhook retries")
     parser.add_argument("--webhook-drop-probability", type=float, default=0.0, help="share of webhooks never sent")

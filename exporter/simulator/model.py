@@ -246,7 +246,9 @@ class Transfer:
 
     def to_history(self, field_style: str = "camel") -> dict[str, Any]:
         """A history record; ``field_style`` "snake" uses the new OpenAPI's ``unique_id``/``transaction_id``."""
-        unique_key, txid_key = ("unique_id", "transaction_id") if field_style == "snake" else ("uniqueId", "transactionId")
+        unique_key, txid_key = (
+            ("unique_id", "transaction_id") if field_style == "snake" else ("uniqueId", "transactionId")
+        )
         record: dict[str, Any] = {
             "address": self.address,
             unique_key: self.unique_id,
@@ -710,7 +712,11 @@ class Exchange:
         new_price = price if price is not None else old.price
         new_amount = amount if amount is not None else old.left
         hold_asset = quote if old.side == SIDE_BUY else base
-        new_hold = new_amount * (new_price or old.activation_price or self.prices[old.market]) if old.side == SIDE_BUY else new_amount
+        new_hold = (
+            new_amount * (new_price or old.activation_price or self.prices[old.market])
+            if old.side == SIDE_BUY
+            else new_amount
+        )
         wallet = account.spot.setdefault(hold_asset, SpotBalance())
         if wallet.available + old.frozen < new_hold:
             raise ExchangeError(f"not enough {hold_asset} balance")

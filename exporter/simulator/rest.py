@@ -141,9 +141,7 @@ def _validation(status: int, code: int, name: str, message: str) -> _Invalid:
     return _Invalid(status, {"code": code, "message": "Validation failed", "errors": {name: [message]}})
 
 
-def _read_int(
-    params: dict[str, Any], name: str, errors: _Errors, *, default: int, minimum: int, maximum: int
-) -> int:
+def _read_int(params: dict[str, Any], name: str, errors: _Errors, *, default: int, minimum: int, maximum: int) -> int:
     """An integer parameter (JSON integers only) within bounds, with Laravel's messages."""
     value = params.get(name, _MISSING)
     if value is _MISSING:

@@ -114,7 +114,9 @@ class Simulator:
             self.webhooks.drop_probability = self.settings.webhook_drop_probability
         if zerohash_url and self.zerohash is None:
             self.zerohash_ledger = ZerohashLedger(clock=self.clock, rng=self.rng)
-            self.zerohash = ZerohashSender(url=zerohash_url, hmac_secret=self.settings.zerohash_secret, clock=self.clock)
+            self.zerohash = ZerohashSender(
+                url=zerohash_url, hmac_secret=self.settings.zerohash_secret, clock=self.clock
+            )
 
     async def connect_webhooks(self, webhook_url: str | None, zerohash_url: str | None) -> None:
         """Start delivering webhooks to these URLs (for a receiver that binds after the simulator).

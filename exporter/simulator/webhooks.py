@@ -478,4 +478,3 @@ def _nonce_of(body: bytes) -> int | None:
     except (ValueError, KeyError, TypeError):
         return None
     return value if isinstance(value, int) else None
-

@@ -779,4 +779,3 @@ def _acknowledged(status: int | None) -> bool:
 def _compact(document: Mapping[str, Any]) -> bytes:
     """Compact JSON, as Zero Hash sends it; the bytes signed are the bytes sent."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-

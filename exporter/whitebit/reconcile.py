@@ -484,8 +484,12 @@ class HistoryPoll:
                     self._loose_logged.add(ident)
                     log.warning(
                         "a history record matches a webhook only by asset and amount; not counted as missed",
-                        extra={"account": self.account, "kind": record.kind, "ticker": record.ticker,
-                               "amount": format(record.amount, "f")},
+                        extra={
+                            "account": self.account,
+                            "kind": record.kind,
+                            "ticker": record.ticker,
+                            "amount": format(record.amount, "f"),
+                        },
                     )
                 return True
         return False

@@ -358,8 +358,15 @@ def observation_from_webhook(
     documents disagree on (``uniqueId``, ``network``, ``confirmations``, ``method``) may be absent.
     """
     kind, implied = WEBHOOK_TRANSFER_EVENTS[method]
-    return _observation(account, kind, "webhook", _webhook_status(kind, implied, params.get("status")), params,
-                        observed_at, event=method)
+    return _observation(
+        account,
+        kind,
+        "webhook",
+        _webhook_status(kind, implied, params.get("status")),
+        params,
+        observed_at,
+        event=method,
+    )
 
 
 def observation_from_history(account: str, record: Mapping[str, Any], observed_at: float) -> TransferObservation:
@@ -492,9 +499,7 @@ class TransferBook:
     inside another transaction.
     """
 
-    def __init__(
-        self, store: StateStore, accounts: Iterable[str], *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: StateStore, accounts: Iterable[str], *, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
         self.accounts = tuple(dict.fromkeys(accounts))
@@ -549,8 +554,13 @@ class TransferBook:
         if t.conflict:
             log.warning(
                 "final transfer reported final again with another outcome; kept the first",
-                extra={"account": record.account, "kind": record.kind, "outcome": record.outcome,
-                       "reported_status": update.observation.status, "source": update.observation.source},
+                extra={
+                    "account": record.account,
+                    "kind": record.kind,
+                    "outcome": record.outcome,
+                    "reported_status": update.observation.status,
+                    "source": update.observation.source,
+                },
             )
 
     def observe(self, obs: TransferObservation) -> Transition:

@@ -282,7 +282,9 @@ class WhitebitReceiver:
             if update is not None:
                 self._transfers.apply(update)
             if method == OTHER:
-                log.info("webhook with an undocumented method acknowledged", extra={"provider": PROVIDER, "account": name})
+                log.info(
+                    "webhook with an undocumented method acknowledged", extra={"provider": PROVIDER, "account": name}
+                )
 
         try:
             fresh, _, _ = await self._committer.run(record, committed)
@@ -314,9 +316,7 @@ class WhitebitReceiver:
                     matched = account
         return matched
 
-    def _observation(
-        self, account: str, method: str, params: dict[str, Any], now: float
-    ) -> TransferObservation | None:
+    def _observation(self, account: str, method: str, params: dict[str, Any], now: float) -> TransferObservation | None:
         if method not in WEBHOOK_TRANSFER_EVENTS:
             return None
         try:
@@ -366,7 +366,9 @@ _JSON = {"Content-Type": "application/json"}
 
 
 _REPLIES = {
-    word: json.dumps({"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}).encode()
+    word: json.dumps(
+        {"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}
+    ).encode()
     for word in ("ok", "duplicate", *WHITEBIT_REJECT_REASONS)
 }
 _REPLIES["unavailable"] = b'{"status":"error","reason":"unavailable"}'

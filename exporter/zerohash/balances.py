@@ -98,9 +98,7 @@ def parse_balance_event(document: Any) -> BalanceEvent:
     movements = document.get("movements") or []
     if not isinstance(movements, list):
         raise BalancePayloadError("movements is not a list")
-    types = tuple(
-        movement_type_label(m.get("movement_type")) for m in movements if isinstance(m, Mapping)
-    )
+    types = tuple(movement_type_label(m.get("movement_type")) for m in movements if isinstance(m, Mapping))
     return BalanceEvent(
         ZerohashBalance(
             balance=balance,

@@ -140,7 +140,9 @@ class ZerohashWebhookCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._stats
         received = CounterMetricFamily(
-            ZEROHASH_WEBHOOKS_RECEIVED, "Zero Hash webhook deliveries that reached the receiver.", labels=["payload_type"]
+            ZEROHASH_WEBHOOKS_RECEIVED,
+            "Zero Hash webhook deliveries that reached the receiver.",
+            labels=["payload_type"],
         )
         verified = CounterMetricFamily(
             ZEROHASH_WEBHOOKS_VERIFIED,
@@ -180,7 +182,9 @@ _JSON = {"Content-Type": "application/json"}
 
 
 _REPLIES = {
-    word: json.dumps({"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}).encode()
+    word: json.dumps(
+        {"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}
+    ).encode()
     for word in ("ok", "duplicate", *ZEROHASH_REJECT_REASONS)
 }
 _REPLIES["unavailable"] = b'{"status":"error","reason":"unavailable"}'

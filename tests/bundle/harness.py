@@ -50,13 +50,42 @@ _TOKEN = re.compile(
     r"|\S"
 )
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-     "inf", "nan", "Inf", "NaN"}
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+    }
 )
 _LABEL_LISTS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 _AGGREGATIONS = frozenset(
-    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk",
-     "quantile", "limitk", "limit_ratio"}
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
 )
 
 
@@ -91,8 +120,15 @@ def metric_names(expr: str) -> set[str]:
 
 def substitute_variables(expr: str) -> str:
     """``expr`` with Grafana's variables replaced by values Prometheus accepts."""
-    values = {"__rate_interval": "1m", "__range": "1h", "__interval": "30s", "job": ".+", "instance": ".+",
-              "account": ".+", "account_group": ".+"}
+    values = {
+        "__rate_interval": "1m",
+        "__range": "1h",
+        "__interval": "30s",
+        "job": ".+",
+        "instance": ".+",
+        "account": ".+",
+        "account_group": ".+",
+    }
     for name, value in values.items():
         expr = expr.replace("${" + name + "}", value)
         expr = re.sub(r"\$" + re.escape(name) + r"(?![A-Za-z0-9_])", value, expr)
@@ -150,9 +186,7 @@ def tool(name: str) -> str:
 
 def run_tool(name: str, *args: str, cwd: Path | None = None) -> tuple[int, str]:
     """Run ``name args…``; its exit code and combined output."""
-    result = subprocess.run(
-        [tool(name), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    result = subprocess.run([tool(name), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
     return result.returncode, result.stdout + result.stderr
 
 

@@ -57,14 +57,15 @@ def test_installs_come_only_from_hashed_locks_of_exact_versions() -> None:
         assert requirements, lock
         for line in requirements:
             assert re.fullmatch(r"[a-z0-9.\-]+==[\w.]+ --hash=sha256:[0-9a-f]{64}", line), line
-    locked = {line.split("==")[0] for line in (ROOT / "docker/requirements.lock").read_text().splitlines()
-              if "==" in line}
+    locked = {
+        line.split("==")[0] for line in (ROOT / "docker/requirements.lock").read_text().splitlines() if "==" in line
+    }
     assert {"aiohttp", "prometheus-client", "websockets", "pyyaml", "cryptography"} <= locked
 
 
 def test_the_final_stage_copies_only_the_virtualenv_and_runs_as_a_fixed_non_root_uid() -> None:
     steps = instructions()
-    final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM"):]
+    final = steps[max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM") :]
     copies = [arg for keyword, arg in final if keyword == "COPY"]
     assert copies == ["--from=builder /opt/venv /opt/venv"]
     users = [arg for keyword, arg in final if keyword == "USER"]
@@ -87,8 +88,11 @@ def test_ports_healthcheck_labels_and_entrypoint() -> None:
 
 
 def test_dockerignore_is_an_allowlist_of_what_the_dockerfile_copies() -> None:
-    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     copied = set()

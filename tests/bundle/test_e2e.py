@@ -112,8 +112,9 @@ async def running_prometheus(directory: Path, target: str) -> AsyncIterator[Prom
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             prometheus = Prometheus(f"http://127.0.0.1:{port}", session, log)
-            await wait_for(prometheus.ready, timeout=60, interval=0.2,
-                           message=f"Prometheus did not become ready; log: {log}")
+            await wait_for(
+                prometheus.ready, timeout=60, interval=0.2, message=f"Prometheus did not become ready; log: {log}"
+            )
             yield prometheus
     finally:
         if process.returncode is None:
@@ -140,8 +141,12 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
                 result = await prometheus.query(f'up{{job="{JOB}"}} == 1')
                 return bool(result)
 
-            await wait_for(target_up, timeout=60, interval=0.5,
-                           message=f"the exporter was never scraped; {failure_log(prometheus)}")
+            await wait_for(
+                target_up,
+                timeout=60,
+                interval=0.5,
+                message=f"the exporter was never scraped; {failure_log(prometheus)}",
+            )
             targets = (await prometheus.api("targets"))["activeTargets"]
             assert [(t["labels"]["job"], t["scrapeUrl"], t["health"]) for t in targets] == [
                 (JOB, f"http://{target}/metrics", "up")
@@ -155,11 +160,17 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
             # Forged and tampered deliveries from the simulator are rejected by the exporter and the
             # signature-failure alert fires for the demo account in Prometheus' /api/v1/alerts.
             async def signature_alert_firing() -> bool:
-                return any(a["labels"].get("account") == DEMO_ACCOUNT
-                           for a in await prometheus.alerts("WhitebitWebhookSignatureFailures"))
+                return any(
+                    a["labels"].get("account") == DEMO_ACCOUNT
+                    for a in await prometheus.alerts("WhitebitWebhookSignatureFailures")
+                )
 
-            await wait_for(signature_alert_firing, timeout=90, interval=0.5,
-                           message=f"WhitebitWebhookSignatureFailures never fired; {failure_log(prometheus)}")
+            await wait_for(
+                signature_alert_firing,
+                timeout=90,
+                interval=0.5,
+                message=f"WhitebitWebhookSignatureFailures never fired; {failure_log(prometheus)}",
+            )
             alert = (await prometheus.alerts("WhitebitWebhookSignatureFailures"))[0]
             assert alert["labels"]["severity"] == "warning"
             assert alert["labels"]["reason"] in {"bad_signature", "payload_mismatch"}
@@ -179,8 +190,9 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{demo.simulator.url}/_simulator/stats") as response:
                     dropped_before = (await response.json())["webhooks"].get("dropped", 0)
-                async with session.post(f"{demo.simulator.url}/_simulator/webhooks/drop",
-                                        json={"count": 1, "method_prefix": "deposit."}) as response:
+                async with session.post(
+                    f"{demo.simulator.url}/_simulator/webhooks/drop", json={"count": 1, "method_prefix": "deposit."}
+                ) as response:
                     assert response.status == 200, await response.text()
 
                 async def dropped() -> bool:
@@ -200,20 +212,34 @@ async def test_a_dropped_deposit_webhook_fires_the_missed_webhook_alert(tmp_path
         assert demo.exporter is not None
         target = demo.exporter.metrics_url.removeprefix("http://")
         async with running_prometheus(tmp_path / "prometheus", target) as prometheus:
-            await wait_for(lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'), timeout=60, interval=0.5,
-                           message=f"the exporter was never scraped; {failure_log(prometheus)}")
+            await wait_for(
+                lambda: prometheus.query(f'up{{job="{JOB}"}} == 1'),
+                timeout=60,
+                interval=0.5,
+                message=f"the exporter was never scraped; {failure_log(prometheus)}",
+            )
             assert await prometheus.alerts("WhitebitWebhookMissed") == []
-            async with aiohttp.ClientSession() as session, session.post(
-                f"{demo.simulator.url}/_simulator/webhooks/drop", json={"count": 1, "method_prefix": "deposit.processed"}
-            ) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{demo.simulator.url}/_simulator/webhooks/drop",
+                    json={"count": 1, "method_prefix": "deposit.processed"},
+                ) as response,
+            ):
                 assert response.status == 200, await response.text()
 
             async def missed_firing() -> bool:
-                return any(a["labels"].get("account") == DEMO_ACCOUNT and a["labels"].get("kind") == "deposit"
-                           for a in await prometheus.alerts("WhitebitWebhookMissed"))
+                return any(
+                    a["labels"].get("account") == DEMO_ACCOUNT and a["labels"].get("kind") == "deposit"
+                    for a in await prometheus.alerts("WhitebitWebhookMissed")
+                )
 
-            await wait_for(missed_firing, timeout=120, interval=0.5,
-                           message=f"WhitebitWebhookMissed never fired; {failure_log(prometheus)}")
+            await wait_for(
+                missed_firing,
+                timeout=120,
+                interval=0.5,
+                message=f"WhitebitWebhookMissed never fired; {failure_log(prometheus)}",
+            )
             alert = (await prometheus.alerts("WhitebitWebhookMissed"))[0]
             assert alert["labels"]["severity"] == "critical"
             assert alert["labels"]["kind"] == "deposit"

@@ -40,13 +40,23 @@ def test_the_bundle_reads_only_metrics_of_the_contract() -> None:
     used = used_metric_names()
     records = {rule["record"] for rule in recording_rules()}
     contract = {exposed_name(family) for family in METRIC_TYPES}
-    contract |= {f"{family}_{suffix}" for family, kind in METRIC_TYPES.items() if kind == "histogram"
-                 for suffix in ("bucket", "sum", "count")}
+    contract |= {
+        f"{family}_{suffix}"
+        for family, kind in METRIC_TYPES.items()
+        if kind == "histogram"
+        for suffix in ("bucket", "sum", "count")
+    }
     unknown = {name: where for name, where in used.items() if name not in contract | records | SYNTHETIC}
     assert unknown == {}
     # The bundle covers every source: WebSocket, webhooks, REST, transfers, Zero Hash, the exporter.
-    for needed in ("whitebit_websocket_connected", "whitebit_webhooks_missed_total", "whitebit_rest_rate_limited_total",
-                   "whitebit_transfers_in_flight", "zerohash_balance", "whitebit_exporter_build_info"):
+    for needed in (
+        "whitebit_websocket_connected",
+        "whitebit_webhooks_missed_total",
+        "whitebit_rest_rate_limited_total",
+        "whitebit_transfers_in_flight",
+        "zerohash_balance",
+        "whitebit_exporter_build_info",
+    ):
         assert needed in used, needed
 
 

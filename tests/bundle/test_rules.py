@@ -85,7 +85,10 @@ def test_the_generator_rejects_an_unknown_alert_and_a_bad_severity(tmp_path: Pat
         path.write_text(yaml.safe_dump(broken))
         result = subprocess.run(
             [sys.executable, str(PROMETHEUS_DIR / "generate.py"), "--config", str(path), "--out", str(tmp_path)],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert result.returncode == 1
         assert expected in result.stderr
@@ -100,10 +103,15 @@ def test_a_changed_threshold_and_selector_reach_the_generated_rules(tmp_path: Pa
     path.write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [sys.executable, str(PROMETHEUS_DIR / "generate.py"), "--config", str(path), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    rules = {r["alert"]: r for g in yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"] for r in g["rules"]}
+    rules = {
+        r["alert"]: r for g in yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"] for r in g["rules"]
+    }
     assert rules["WhitebitWebhookReplayBurst"]["expr"].endswith("> 42")
     assert "WhitebitWebsocketDown" not in rules
     recorded = [r for g in yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"] for r in g["rules"]]
@@ -184,12 +192,21 @@ def test_amtool_accepts_the_alertmanager_example_and_it_routes_by_severity() -> 
     assert "SUCCESS" in output
     routes = yaml.safe_load(path.read_text())["route"]["routes"]
     assert {m for route in routes for m in route["matchers"]} == {
-        'severity="critical"', 'severity="warning"', 'severity="info"'
+        'severity="critical"',
+        'severity="warning"',
+        'severity="info"',
     }
     for severity, receiver in (("critical", "pager"), ("warning", "tickets"), ("info", "blackhole")):
         code, output = run_tool(
-            "amtool", "config", "routes", "test", "--config.file", str(path), f"severity={severity}",
-            "alertname=WhitebitWebhookMissed", "job=whitebit-exporter",
+            "amtool",
+            "config",
+            "routes",
+            "test",
+            "--config.file",
+            str(path),
+            f"severity={severity}",
+            "alertname=WhitebitWebhookMissed",
+            "job=whitebit-exporter",
         )
         assert code == 0, output
         assert output.splitlines()[0].strip() == receiver, output

@@ -362,9 +362,7 @@ def test_yaml_merge_keys_may_override_merged_values_without_a_duplicate_key_erro
 
 
 def test_config_error_lists_every_problem_one_per_line() -> None:
-    error = ConfigError(
-        [ConfigProblem("web.listen_address", "bad"), ConfigProblem("whitebit[0].name", "missing")]
-    )
+    error = ConfigError([ConfigProblem("web.listen_address", "bad"), ConfigProblem("whitebit[0].name", "missing")])
 
     assert str(error) == "web.listen_address: bad\nwhitebit[0].name: missing"
     assert str(error.problems[1]) == "whitebit[0].name: missing"

@@ -81,9 +81,7 @@ EXPECTED: dict[str, list[str]] = {
     "top-level-not-a-mapping": ["{config}: expected a mapping at the top level, got a list"],
     "nothing-to-monitor": ["{config}: nothing to monitor (configure a whitebit account or the zerohash section)"],
     "empty-file": ["{config}: nothing to monitor (configure a whitebit account or the zerohash section)"],
-    "account-without-sources": [
-        "whitebit[0]: nothing to monitor (give api_key and api_secret, or webhook, or both)"
-    ],
+    "account-without-sources": ["whitebit[0]: nothing to monitor (give api_key and api_secret, or webhook, or both)"],
     "zerohash-without-verification": [
         "zerohash.webhook: no way to verify deliveries (give hmac_secrets, hmac_secrets_file or rsa_public_keys_file)"
     ],
@@ -210,6 +208,4 @@ def test_unknown_yaml_tag_is_invalid_yaml(tmp_path: Path) -> None:
     path = tmp_path / "tagged.yaml"
     path.write_text("whitebit:\n  - name: main\n    api_key: !env WHITEBIT_API_KEY\n")
 
-    assert load_problems(path) == [
-        f"{path}:3:14: invalid YAML: could not determine a constructor for the tag '!env'"
-    ]
+    assert load_problems(path) == [f"{path}:3:14: invalid YAML: could not determine a constructor for the tag '!env'"]

@@ -216,7 +216,9 @@ async def test_stop_logs_a_task_that_ignores_cancellation(caplog: pytest.LogCapt
     await wait_for(entered.is_set)
     await sup.stop(timeout=0.05)
     assert any(
-        r.levelno == logging.ERROR and getattr(r, "task", None) == "stubborn" and "ignored cancellation" in r.getMessage()
+        r.levelno == logging.ERROR
+        and getattr(r, "task", None) == "stubborn"
+        and "ignored cancellation" in r.getMessage()
         for r in caplog.records
     )
     release.set()

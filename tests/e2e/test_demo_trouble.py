@@ -17,12 +17,19 @@ async def test_the_demo_shows_missed_webhooks_429s_and_websocket_reconnects(tmp_
 
         async def trouble_shows() -> bool:
             result = await scrape(url)
-            seen["missed"] = sum(v for labels, v in result.samples("whitebit_webhooks_missed_total")
-                                 if labels["account"] == DEMO_ACCOUNT)
-            seen["429"] = sum(v for labels, v in result.samples("whitebit_rest_rate_limited_total")
-                              if labels["account"] == DEMO_ACCOUNT)
-            seen["reconnects"] = sum(v for labels, v in result.samples("whitebit_websocket_reconnects_total")
-                                     if labels["account"] == DEMO_ACCOUNT)
+            seen["missed"] = sum(
+                v for labels, v in result.samples("whitebit_webhooks_missed_total") if labels["account"] == DEMO_ACCOUNT
+            )
+            seen["429"] = sum(
+                v
+                for labels, v in result.samples("whitebit_rest_rate_limited_total")
+                if labels["account"] == DEMO_ACCOUNT
+            )
+            seen["reconnects"] = sum(
+                v
+                for labels, v in result.samples("whitebit_websocket_reconnects_total")
+                if labels["account"] == DEMO_ACCOUNT
+            )
             return all(value > 0 for value in seen.values()) and len(seen) == 3
 
         await wait_for(trouble_shows, timeout=150, interval=1.0, message=f"the demo never showed all of it: {seen}")

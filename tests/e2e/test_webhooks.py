@@ -34,8 +34,14 @@ async def test_simulated_deposits_and_withdrawals_drive_transfer_metrics(make_co
     exporter = Exporter(make_config([account]))
     await exporter.start()
     exchange = Exchange(["BTC_USDT"], rng=random.Random(7))
-    exchange.add_account("main", api_key="k", api_secret="s", webhook_key=HOOK_KEY, webhook_secret=HOOK_SECRET,
-                         main={"USDT": "1000", "BTC": "1"})
+    exchange.add_account(
+        "main",
+        api_key="k",
+        api_secret="s",
+        webhook_key=HOOK_KEY,
+        webhook_secret=HOOK_SECRET,
+        main={"USDT": "1000", "BTC": "1"},
+    )
     sender = WebhookSender(exchange, url=exporter.webhooks_url + "/webhooks/whitebit", retry_delays=(0.05,) * 3)
     await sender.start()
     try:
@@ -80,8 +86,10 @@ async def test_simulated_deposits_and_withdrawals_drive_transfer_metrics(make_co
         assert result.value(in_flight, account="main", kind="withdraw", status="pending") == 1
         assert result.value(in_flight, account="main", kind="withdraw", status="unconfirmed") == 0
         assert result.value("whitebit_deposits_awaiting_confirmations", account="main") == 1
-        assert result.value("whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main",
-                            kind="deposit") == waiting.created_at
+        assert (
+            result.value("whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main", kind="deposit")
+            == waiting.created_at
+        )
         assert result.value("whitebit_webhooks_verified_total", account="main", method="deposit.updated") == 2
         assert result.value("whitebit_webhooks_verified_total", account="main", method="code.apply") == 2
         assert result.value("whitebit_webhooks_duplicate_total", account="main") == 1
@@ -104,8 +112,13 @@ async def test_simulated_zerohash_runs_sum_to_the_ledger(make_config: Callable[.
     exporter = Exporter(make_config(zerohash=zerohash))
     await exporter.start()
     ledger = ZerohashLedger(rng=random.Random(5))
-    sender = ZerohashSender(url=exporter.webhooks_url + "/webhooks/zerohash", hmac_secret=ZH_SECRET,
-                            rng=random.Random(6), fast_retry_delay=0.01, backoff_delays=(0.05,))
+    sender = ZerohashSender(
+        url=exporter.webhooks_url + "/webhooks/zerohash",
+        hmac_secret=ZH_SECRET,
+        rng=random.Random(6),
+        fast_retry_delay=0.01,
+        backoff_delays=(0.05,),
+    )
     await sender.start()
     try:
         for participant, amount in (("PART01", "100"), ("PART02", "40"), ("PART03", "2.5")):
@@ -126,16 +139,23 @@ async def test_simulated_zerohash_runs_sum_to_the_ledger(make_config: Callable[.
         for account_type in ("available", "collateral"):
             expected = sum(v for key, v in ledger.balances.items() if key.account_type == account_type)
             assert result.value("zerohash_balance", {**labels, "account_type": account_type}) == float(expected)
-        assert result.value("zerohash_participant_balance", {**labels, "account_type": "available",
-                                                             "participant": "PART01"}) == 100
-        assert result.value("zerohash_participant_balance", {**labels, "account_type": "available",
-                                                             "participant": "PART02"}) is None
+        assert (
+            result.value(
+                "zerohash_participant_balance", {**labels, "account_type": "available", "participant": "PART01"}
+            )
+            == 100
+        )
+        assert (
+            result.value(
+                "zerohash_participant_balance", {**labels, "account_type": "available", "participant": "PART02"}
+            )
+            is None
+        )
         assert result.value("zerohash_accounts", account_group="PLAT01", account_type="available", asset="USD") == 3
         movements = "zerohash_balance_movements_total"
         assert result.value(movements, account_type="available", asset="USD", movement_type="deposit") == 3
         assert result.value(movements, account_type="available", asset="USD", movement_type="withdrawal") == 1
-        assert result.value(movements, account_type="collateral", asset="USD",
-                            movement_type="withdrawal_pending") == 1
+        assert result.value(movements, account_type="collateral", asset="USD", movement_type="withdrawal_pending") == 1
         assert result.value("zerohash_webhooks_duplicate_total") == 1
         assert result.value("zerohash_webhooks_rejected_total", reason="stale_timestamp") == 1
         assert result.value("zerohash_webhooks_rejected_total", reason="bad_signature") == 1

@@ -40,9 +40,7 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
     exporter = Exporter(config)
     try:
         await exporter.start()
-        sim.exchange.place_order(
-            "acct", "BTC_USDT", SIDE_BUY, D("0.2"), price=D(50000), client_order_id="a"
-        )
+        sim.exchange.place_order("acct", "BTC_USDT", SIDE_BUY, D("0.2"), price=D(50000), client_order_id="a")
         sim.exchange.place_order(
             "acct",
             "ETH_USDT",
@@ -55,18 +53,16 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
 
         async def consistent() -> bool:
             result = Scrape(await scrape_text(exporter.metrics_url))
-            return result.value(
-                "whitebit_websocket_connected", account="acct"
-            ) == 1 and not differences(result, sim, "acct")
+            return result.value("whitebit_websocket_connected", account="acct") == 1 and not differences(
+                result, sim, "acct"
+            )
 
         await wait_for(consistent, timeout=15)
         text = await scrape_text(exporter.metrics_url)
         result = Scrape(text)
         # Exactly one connection for the account with credentials, none for the webhooks-only one.
         assert sim.ws.connections("acct") == 1 and sim.ws.connections() == 1
-        assert (
-            result.value("whitebit_websocket_connected", account="hooks-only") is None
-        )
+        assert result.value("whitebit_websocket_connected", account="hooks-only") is None
         assert result.value("whitebit_websocket_reconnects_total", account="acct") == 0
         assert sim.rest.stats()["/api/v4/profile/websocket_token"]["requests"] == 1
         await wait_for(lambda: exporter.health.readiness()[0], timeout=15)
@@ -78,9 +74,7 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
                 capture_output=True,
                 check=False,
             )
-            assert lint.returncode == 0 and not lint.stdout and not lint.stderr, (
-                lint.stdout + lint.stderr
-            )
+            assert lint.returncode == 0 and not lint.stdout and not lint.stderr, lint.stdout + lint.stderr
         await exporter.stop()
         # Stopping the exporter closes its connection.
         await wait_for(lambda: sim.ws.connections() == 0, timeout=5)
@@ -89,9 +83,7 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
         await sim.stop()
 
 
-@pytest.mark.parametrize(
-    "name", ["whitebit_websocket_messages_invalid", "whitebit_websocket_errors"]
-)
+@pytest.mark.parametrize("name", ["whitebit_websocket_messages_invalid", "whitebit_websocket_errors"])
 def test_own_websocket_counters_are_registered_metric_names(name: str) -> None:
     from exporter.core.metrics import COUNTER, METRIC_TYPES, exposed_name
 

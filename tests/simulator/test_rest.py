@@ -450,9 +450,7 @@ def orders(exchange: Exchange, clock: FakeClock) -> list[Any]:
     for n, (market, side, price) in enumerate(
         [("BTC_USDT", SIDE_BUY, "59000"), ("ETH_USDT", SIDE_BUY, "2900"), ("BTC_USDT", SIDE_SELL, "61000")]
     ):
-        placed.append(
-            exchange.place_order("main", market, side, D("0.1"), price=D(price), client_order_id=f"mon-{n}")
-        )
+        placed.append(exchange.place_order("main", market, side, D("0.1"), price=D(price), client_order_id=f"mon-{n}"))
         clock.advance(1)
     return placed
 
@@ -584,9 +582,7 @@ async def test_stats_count_requests_and_last_status_per_endpoint(sim):
 
 
 def balance_request(sim: Sim, **kwargs: Any) -> Any:
-    return sign_request(
-        "/api/v4/main-account/balance", {}, api_key=KEY, api_secret=SECRET, nonce=sim.nonce(), **kwargs
-    )
+    return sign_request("/api/v4/main-account/balance", {}, api_key=KEY, api_secret=SECRET, nonce=sim.nonce(), **kwargs)
 
 
 @pytest.mark.parametrize("drop", ["missing", "empty"])

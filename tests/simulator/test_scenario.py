@@ -260,9 +260,10 @@ async def test_mischief_reaches_the_receivers_when_forge_every_is_set(aiohttp_se
         body = await request.read()
         payload = request.headers.get(HEADER_PAYLOAD, "")
         secret = WEBHOOK_SECRETS.get(request.headers.get(HEADER_APIKEY, ""), "")
-        ok = payload_matches_body(body, payload) and signature_matches(
-            payload, request.headers.get(HEADER_SIGNATURE, ""), [secret]
-        ) == 0
+        ok = (
+            payload_matches_body(body, payload)
+            and signature_matches(payload, request.headers.get(HEADER_SIGNATURE, ""), [secret]) == 0
+        )
         whitebit.append(ok)
         return web.Response(status=200 if ok else 401)
 

@@ -30,25 +30,45 @@ UNIQUE, DUPLICATES, FORGED, TAMPERED = 100, 50, 30, 20
 
 def deposit(index: int) -> bytes:
     params = {
-        "address": f"addr-{index}", "amount": f"{index + 1}.000000000000000000", "createdAt": 1_700_000_000 + index,
-        "currency": "Tether US", "ticker": "USDT", "fee": "0", "memo": "", "method": 1, "network": "TRC20",
-        "status": 3, "transactionHash": f"0x{index:064x}", "uniqueId": None,
+        "address": f"addr-{index}",
+        "amount": f"{index + 1}.000000000000000000",
+        "createdAt": 1_700_000_000 + index,
+        "currency": "Tether US",
+        "ticker": "USDT",
+        "fee": "0",
+        "memo": "",
+        "method": 1,
+        "network": "TRC20",
+        "status": 3,
+        "transactionHash": f"0x{index:064x}",
+        "uniqueId": None,
     }
     return compact_json({"method": "deposit.processed", "params": params, "id": f"conc-{index}"})
 
 
 def balance(index: int) -> bytes:
-    return json.dumps({
-        "participant_code": f"P{index:03d}", "account_group": "PLAT", "account_label": "general",
-        "account_type": "available", "asset": "USD", "balance": str(index + 1), "run_id": str(index),
-        "run_type": "deposit", "timestamp": 1_760_000_000_000 + index,
-        "movements": [{"movement_type": "deposit", "change": str(index + 1), "movement_id": f"m{index}"}],
-    }).encode()
+    return json.dumps(
+        {
+            "participant_code": f"P{index:03d}",
+            "account_group": "PLAT",
+            "account_label": "general",
+            "account_type": "available",
+            "asset": "USD",
+            "balance": str(index + 1),
+            "run_id": str(index),
+            "run_type": "deposit",
+            "timestamp": 1_760_000_000_000 + index,
+            "movements": [{"movement_type": "deposit", "change": str(index + 1), "movement_id": f"m{index}"}],
+        }
+    ).encode()
 
 
 def zh_headers(body: bytes, notification_id: str, secret: str = ZH_SECRET) -> dict[str, str]:
-    return {"x-zh-hook-notification-id": notification_id, "x-zh-hook-payload-type": "account_balance.changed",
-            "x-zh-hook-signature-256": hmac_signature(secret, body, None)}
+    return {
+        "x-zh-hook-notification-id": notification_id,
+        "x-zh-hook-payload-type": "account_balance.changed",
+        "x-zh-hook-signature-256": hmac_signature(secret, body, None),
+    }
 
 
 async def test_concurrent_mixed_deliveries_are_counted_and_stored_exactly(make_config: Callable[..., Config]) -> None:
@@ -89,7 +109,7 @@ async def test_concurrent_mixed_deliveries_are_counted_and_stored_exactly(make_c
                 *(post("/webhooks/whitebit", b, h) for b, h in whitebit),
                 *(post("/webhooks/zerohash", b, h) for b, h in zerohash),
             )
-        wb_statuses, zh_statuses = statuses[: len(whitebit)], statuses[len(whitebit):]
+        wb_statuses, zh_statuses = statuses[: len(whitebit)], statuses[len(whitebit) :]
         assert sorted(wb_statuses) == [200] * (UNIQUE + DUPLICATES) + [401] * (FORGED + TAMPERED)
         assert sorted(zh_statuses) == [200] * (UNIQUE + DUPLICATES) + [401] * (FORGED + TAMPERED)
 
@@ -100,19 +120,28 @@ async def test_concurrent_mixed_deliveries_are_counted_and_stored_exactly(make_c
         assert result.value("whitebit_webhooks_duplicate_total", account="main") == DUPLICATES
         assert result.value("whitebit_webhooks_rejected_total", account="main", reason="bad_signature") == FORGED
         assert result.value("whitebit_webhooks_rejected_total", account="main", reason="payload_mismatch") == TAMPERED
-        assert result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                            asset="USDT") == UNIQUE
+        assert (
+            result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
+            == UNIQUE
+        )
         assert result.value("zerohash_webhooks_received_total", payload_type="account_balance.changed") == 200
         assert result.value("zerohash_webhooks_verified_total", payload_type="account_balance.changed") == 150
         assert result.value("zerohash_webhooks_duplicate_total") == DUPLICATES
         assert result.value("zerohash_webhooks_rejected_total", reason="bad_signature") == FORGED + TAMPERED
-        assert result.value("zerohash_balance_movements_total", account_type="available", asset="USD",
-                            movement_type="deposit") == UNIQUE
+        assert (
+            result.value(
+                "zerohash_balance_movements_total", account_type="available", asset="USD", movement_type="deposit"
+            )
+            == UNIQUE
+        )
         expected_sum = sum(range(1, UNIQUE + 1))
-        assert result.value("zerohash_balance", account_group="PLAT", account_label="general",
-                            account_type="available", asset="USD") == expected_sum
-        assert result.value("zerohash_accounts", account_group="PLAT", account_type="available",
-                            asset="USD") == UNIQUE
+        assert (
+            result.value(
+                "zerohash_balance", account_group="PLAT", account_label="general", account_type="available", asset="USD"
+            )
+            == expected_sum
+        )
+        assert result.value("zerohash_accounts", account_group="PLAT", account_type="available", asset="USD") == UNIQUE
     finally:
         await exporter.stop()
 

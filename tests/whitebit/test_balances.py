@@ -24,15 +24,9 @@ def test_spot_update_with_one_asset_keeps_the_others() -> None:
     b.update_spot({"USDT": (D("90.5"), D("14.5"))}, 11.0)
     assert b.spot() == {"USDT": (D("90.5"), D("14.5")), "BTC": (D(2), D(0))}
     result = render(b)
-    assert (
-        result.value("whitebit_balance", account="main", wallet="spot", asset="USDT")
-        == 105.0
-    )
+    assert result.value("whitebit_balance", account="main", wallet="spot", asset="USDT") == 105.0
     assert result.value("whitebit_balance_frozen", account="main", asset="USDT") == 14.5
-    assert (
-        result.value("whitebit_balance", account="main", wallet="spot", asset="BTC")
-        == 2.0
-    )
+    assert result.value("whitebit_balance", account="main", wallet="spot", asset="BTC") == 2.0
     assert (
         result.value(
             "whitebit_balance_last_update_timestamp_seconds",
@@ -48,21 +42,9 @@ def test_collateral_renders_balance_and_borrowed() -> None:
     b.replace_collateral({"USDT": (D(120), D(0))}, 5.0)
     b.update_collateral({"BTC": (D("0.5"), D("0.1"))}, 6.0)
     result = render(b)
-    assert (
-        result.value(
-            "whitebit_balance", account="main", wallet="collateral", asset="USDT"
-        )
-        == 120.0
-    )
-    assert (
-        result.value(
-            "whitebit_balance", account="main", wallet="collateral", asset="BTC"
-        )
-        == 0.5
-    )
-    assert (
-        result.value("whitebit_collateral_borrowed", account="main", asset="BTC") == 0.1
-    )
+    assert result.value("whitebit_balance", account="main", wallet="collateral", asset="USDT") == 120.0
+    assert result.value("whitebit_balance", account="main", wallet="collateral", asset="BTC") == 0.5
+    assert result.value("whitebit_collateral_borrowed", account="main", asset="BTC") == 0.1
 
 
 def test_a_write_older_than_the_last_update_is_refused() -> None:
@@ -92,14 +74,8 @@ def test_one_collector_renders_every_account_once() -> None:
     a.replace_wallet("main", {"USDT": D(1)}, 1.0)
     c.replace_wallet("main", {"USDT": D(2)}, 1.0)
     result = render(a, c)
-    assert (
-        result.value("whitebit_balance", account="a", wallet="main", asset="USDT")
-        == 1.0
-    )
-    assert (
-        result.value("whitebit_balance", account="c", wallet="main", asset="USDT")
-        == 2.0
-    )
+    assert result.value("whitebit_balance", account="a", wallet="main", asset="USDT") == 1.0
+    assert result.value("whitebit_balance", account="c", wallet="main", asset="USDT") == 2.0
     assert result.text.count("# TYPE whitebit_balance gauge") == 1
     collector = BalancesCollector([a])
     with pytest.raises(ValueError):

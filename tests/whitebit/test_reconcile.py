@@ -93,7 +93,9 @@ async def sim() -> AsyncIterator[Simulator]:
     simulator = Simulator(
         SimulatorSettings(
             accounts=(
-                SimulatedAccount(ACCOUNT, api_key=KEY, api_secret=SECRET, webhook_key=HOOK_KEY, webhook_secret=HOOK_SECRET),
+                SimulatedAccount(
+                    ACCOUNT, api_key=KEY, api_secret=SECRET, webhook_key=HOOK_KEY, webhook_secret=HOOK_SECRET
+                ),
             ),
             seed=5,
         )
@@ -115,8 +117,11 @@ async def running(sim: Simulator, state: Path, clock: Clock, *, webhook: bool = 
                 await sim.connect_webhooks(url, None)
             else:
                 sim.webhooks.url = url  # a restarted exporter listens on another port
-        await wait_for(lambda: exporter.state.get_cursor(ACCOUNT, "history") is not None, timeout=10,
-                       message="the baseline history poll never completed")
+        await wait_for(
+            lambda: exporter.state.get_cursor(ACCOUNT, "history") is not None,
+            timeout=10,
+            message="the baseline history poll never completed",
+        )
         yield exporter
     finally:
         await exporter.stop()
@@ -163,13 +168,17 @@ def seen_in_history(exporter: Exporter, transfer: Transfer, status: int | None =
 async def deliver_late(exporter: Exporter, method: str, transfer: Transfer) -> int:
     """POST the webhook the simulator dropped, signed as WhiteBIT would, much later than it was due."""
     body = compact_json(
-        {"method": method, "params": {**transfer.to_webhook_params(), "nonce": time.time_ns() // 1_000_000},
-         "id": str(uuid.uuid4())}
+        {
+            "method": method,
+            "params": {**transfer.to_webhook_params(), "nonce": time.time_ns() // 1_000_000},
+            "id": str(uuid.uuid4()),
+        }
     )
     headers = sign_body(body, key=HOOK_KEY, secret=HOOK_SECRET)
-    async with aiohttp.ClientSession() as session, session.post(
-        exporter.webhooks_url + "/webhooks/whitebit", data=body, headers=headers
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(exporter.webhooks_url + "/webhooks/whitebit", data=body, headers=headers) as response,
+    ):
         return response.status
 
 
@@ -211,12 +220,19 @@ async def test_a_dropped_deposit_webhook_is_counted_missed_once_after_the_grace_
         assert missed(exporter) == 1
         [record] = records(exporter)
         assert record.webhook_seen and record.final and record.outcome == "successful"
-        assert exporter.registry.get_sample_value(
-            "whitebit_webhooks_verified_total", {"account": ACCOUNT, "method": "deposit.accepted"}
-        ) == 1
-        assert exporter.registry.get_sample_value(
-            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
-        ) == 1
+        assert (
+            exporter.registry.get_sample_value(
+                "whitebit_webhooks_verified_total", {"account": ACCOUNT, "method": "deposit.accepted"}
+            )
+            == 1
+        )
+        assert (
+            exporter.registry.get_sample_value(
+                "whitebit_transfers_total",
+                {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"},
+            )
+            == 1
+        )
 
 
 async def test_a_missed_webhook_is_counted_once_across_a_restart_before_the_grace_ends(
@@ -279,9 +295,13 @@ async def test_a_travel_rule_deposit_shows_in_flight_from_history_alone(sim: Sim
         sender(sim).drop_next(1, "deposit.processed")
         sim.exchange.credit_deposit(ACCOUNT, deposit.transaction_id)
         await wait_for(lambda: in_flight(exporter, "travel_rule_processing") == 0, timeout=10)
-        assert exporter.registry.get_sample_value(
-            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
-        ) == 1
+        assert (
+            exporter.registry.get_sample_value(
+                "whitebit_transfers_total",
+                {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"},
+            )
+            == 1
+        )
         assert missed(exporter) == 0
         clock.advance(GRACE + 1)
         await wait_for(lambda: missed(exporter) == 1, timeout=10)
@@ -289,9 +309,7 @@ async def test_a_travel_rule_deposit_shows_in_flight_from_history_alone(sim: Sim
         assert not record.webhook_seen and record.final
 
 
-async def test_two_history_records_with_one_transaction_hash_are_two_transfers(
-    sim: Simulator, tmp_path: Path
-) -> None:
+async def test_two_history_records_with_one_transaction_hash_are_two_transfers(sim: Simulator, tmp_path: Path) -> None:
     clock = Clock()
     async with running(sim, tmp_path / "state.db", clock) as exporter:
         # One on-chain transaction paying two addresses, both webhooks delivered.
@@ -333,9 +351,13 @@ async def test_history_before_the_first_poll_is_baseline_but_later_webhooks_are_
     async with running(sim, tmp_path / "state.db", clock) as exporter:
         # Only the transfer still in flight is taken in; the final one is old news, not an outcome.
         assert [r.details["transaction_id"] for r in records(exporter)] == [waiting.transaction_id]
-        assert exporter.registry.get_sample_value(
-            "whitebit_transfers_total", {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"}
-        ) == 0
+        assert (
+            exporter.registry.get_sample_value(
+                "whitebit_transfers_total",
+                {"account": ACCOUNT, "kind": "deposit", "outcome": "successful", "asset": "USDT"},
+            )
+            == 0
+        )
         clock.advance(GRACE * 10)
         await polls_pass(sim)
         assert missed(exporter) == 0
@@ -385,9 +407,7 @@ async def test_history_is_paged_and_a_deep_in_flight_transfer_is_rechecked(sim: 
         assert sim.rest.stats()[MAIN_HISTORY]["statuses"] == {"200": history_requests(sim)}
 
 
-async def test_every_new_record_is_read_when_history_was_empty_at_the_baseline(
-    sim: Simulator, tmp_path: Path
-) -> None:
+async def test_every_new_record_is_read_when_history_was_empty_at_the_baseline(sim: Simulator, tmp_path: Path) -> None:
     clock = Clock()
     async with running(sim, tmp_path / "state.db", clock, webhook=False) as exporter:
         assert records(exporter) == []
@@ -424,13 +444,31 @@ def test_expected_webhook_level_per_status(case: _Case) -> None:
 
 
 def _history(status: int, **extra: Any) -> dict[str, Any]:
-    return {"method": 1, "status": status, "ticker": "USDT", "amount": "5", "createdAt": 1_700_000_000,
-            "transactionId": "T-1", "address": "a", **extra}
+    return {
+        "method": 1,
+        "status": status,
+        "ticker": "USDT",
+        "amount": "5",
+        "createdAt": 1_700_000_000,
+        "transactionId": "T-1",
+        "address": "a",
+        **extra,
+    }
 
 
 def _record(**details: Any) -> TransferRecord:
-    return TransferRecord(account=ACCOUNT, kind="deposit", key="fp:x", status=15, status_name="pending",
-                          ticker="USDT", amount=D(5), created_at=1.0, updated_at=1.0, details=details)
+    return TransferRecord(
+        account=ACCOUNT,
+        kind="deposit",
+        key="fp:x",
+        status=15,
+        status_name="pending",
+        ticker="USDT",
+        amount=D(5),
+        created_at=1.0,
+        updated_at=1.0,
+        details=details,
+    )
 
 
 def test_due_since_is_the_first_sighting_of_the_lowest_level_no_webhook_reached() -> None:

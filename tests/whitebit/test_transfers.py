@@ -182,8 +182,9 @@ def test_a_late_retry_of_an_earlier_stage_does_not_move_back() -> None:
 
 
 def test_confirmations_only_grow() -> None:
-    record = advance(None, hook("deposit.updated", deposit_params(confirmations={"actual": 2, "required": 3})),
-                     "k", NOW).record
+    record = advance(
+        None, hook("deposit.updated", deposit_params(confirmations={"actual": 2, "required": 3})), "k", NOW
+    ).record
     late = advance(record, hook("deposit.accepted", deposit_params()), "k", NOW + 1).record
     assert (late.confirmations_actual, late.confirmations_required) == (2, 3)
 
@@ -213,11 +214,7 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
 def samples(book: TransferBook) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(TransferCollector(book))
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
-        for s in family.samples
-    }
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in registry.collect() for s in family.samples}
 
 
 def value(book: TransferBook, name: str, **labels: str) -> float | None:
@@ -272,15 +269,19 @@ def test_metrics_show_in_flight_by_status_and_outcomes_by_asset_from_zero(store:
     assert value(book, "whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 1
     assert value(book, "whitebit_transfers_in_flight", account="main", kind="withdraw", status="unconfirmed") == 1
     # The asset's outcome counters exist at 0 before the first outcome.
-    assert value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                 asset="USDT") == 0
+    assert (
+        value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT") == 0
+    )
     assert value(book, "whitebit_deposits_awaiting_confirmations", account="main") == 1
-    assert value(book, "whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main",
-                 kind="deposit") == 1_700_000_000
+    assert (
+        value(book, "whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main", kind="deposit")
+        == 1_700_000_000
+    )
     book.observe(hook("deposit.processed", deposit_params()))
     book.observe(hook("deposit.processed", deposit_params()))
-    assert value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                 asset="USDT") == 1
+    assert (
+        value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT") == 1
+    )
     assert value(book, "whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 0
     assert value(book, "whitebit_deposits_awaiting_confirmations", account="main") == 0
     assert value(book, "whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main", kind="deposit") is None
@@ -298,11 +299,15 @@ def test_records_survive_a_restart_and_a_final_one_is_not_counted_again(tmp_path
         assert value(book, "whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 1
         t = book.observe(hook("withdraw.successful", withdraw_params()))
         assert t.counted_outcome is None
-        assert value(book, "whitebit_transfers_total", account="main", kind="withdraw", outcome="successful",
-                     asset="USDT") == 0
+        assert (
+            value(book, "whitebit_transfers_total", account="main", kind="withdraw", outcome="successful", asset="USDT")
+            == 0
+        )
         book.observe(hook("deposit.canceled", deposit_params()))
-        assert value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="canceled",
-                     asset="USDT") == 1
+        assert (
+            value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="canceled", asset="USDT")
+            == 1
+        )
 
 
 def test_stage_writes_only_inside_the_callers_transaction(store: StateStore) -> None:
@@ -312,8 +317,10 @@ def test_stage_writes_only_inside_the_callers_transaction(store: StateStore) -> 
         raise RuntimeError("rolled back")
     assert store.transfers() == [] and update.transition.counted_outcome == "successful"
     # Nothing was applied, so nothing is counted.
-    assert value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                 asset="USDT") is None
+    assert (
+        value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
+        is None
+    )
 
 
 def test_amounts_are_kept_exact(store: StateStore) -> None:

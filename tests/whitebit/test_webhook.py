@@ -32,9 +32,7 @@ STRICT_KEY = "whk-strict-PUBLIC-0002"
 STRICT_SECRET = "whsec-strict-0123456789abcdef"
 
 ACCOUNTS = (
-    WhitebitAccountConfig(
-        name="main", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(OLD_SECRET, NEW_SECRET))
-    ),
+    WhitebitAccountConfig(name="main", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(OLD_SECRET, NEW_SECRET))),
     WhitebitAccountConfig(
         name="strict",
         webhook=WhitebitWebhookConfig(public_key=STRICT_KEY, secrets=(STRICT_SECRET,), nonce_policy="strict"),
@@ -159,8 +157,7 @@ async def start(make_config: Callable[..., Config]) -> AsyncIterator[StartHarnes
 
 KAT_SECRET = "example-webhook-secret"
 KAT_BODY = (
-    b'{"method":"code.apply","params":{"code":"WBX-EXAMPLE","nonce":42},'
-    b'"id":"00000000-0000-4000-8000-000000000000"}'
+    b'{"method":"code.apply","params":{"code":"WBX-EXAMPLE","nonce":42},"id":"00000000-0000-4000-8000-000000000000"}'
 )
 KAT_PAYLOAD = (
     "eyJtZXRob2QiOiJjb2RlLmFwcGx5IiwicGFyYW1zIjp7ImNvZGUiOiJXQlgtRVhBTVBMRSIsIm5vbmNlIjo0Mn0sImlkIjoiMDAwMDAwMD"
@@ -177,8 +174,12 @@ def test_signing_matches_the_reference_vector() -> None:
     assert sign_payload(KAT_PAYLOAD, KAT_SECRET) == KAT_SIGNATURE
 
 
-async def test_the_reference_vector_delivery_is_accepted(start: StartHarness, make_config: Callable[..., Config]) -> None:
-    account = WhitebitAccountConfig(name="kat", webhook=WhitebitWebhookConfig(public_key="kat-key", secrets=(KAT_SECRET,)))
+async def test_the_reference_vector_delivery_is_accepted(
+    start: StartHarness, make_config: Callable[..., Config]
+) -> None:
+    account = WhitebitAccountConfig(
+        name="kat", webhook=WhitebitWebhookConfig(public_key="kat-key", secrets=(KAT_SECRET,))
+    )
     h = await start(make_config([account]))
     headers = {"X-TXC-APIKEY": "kat-key", "X-TXC-PAYLOAD": KAT_PAYLOAD, "X-TXC-SIGNATURE": KAT_SIGNATURE}
     status, delta = await h.measure(KAT_BODY, headers)
@@ -221,46 +222,100 @@ def signed_with(body: bytes, key: str = KEY, secret: str = NEW_SECRET) -> dict[s
 
 
 MATRIX: list[tuple[str, Callable[[], tuple[bytes, dict[str, str]]], int, dict[Key, float]]] = [
-    ("missing apikey", lambda: (BODY, without(signed_with(BODY), "X-TXC-APIKEY")), 401,
-     rejected("unknown", "missing_header")),
-    ("missing payload", lambda: (BODY, without(signed_with(BODY), "X-TXC-PAYLOAD")), 401,
-     rejected("main", "missing_header")),
-    ("missing signature", lambda: (BODY, without(signed_with(BODY), "X-TXC-SIGNATURE")), 401,
-     rejected("main", "missing_header")),
-    ("empty signature", lambda: (BODY, {**signed_with(BODY), "X-TXC-SIGNATURE": ""}), 401,
-     rejected("main", "missing_header")),
+    (
+        "missing apikey",
+        lambda: (BODY, without(signed_with(BODY), "X-TXC-APIKEY")),
+        401,
+        rejected("unknown", "missing_header"),
+    ),
+    (
+        "missing payload",
+        lambda: (BODY, without(signed_with(BODY), "X-TXC-PAYLOAD")),
+        401,
+        rejected("main", "missing_header"),
+    ),
+    (
+        "missing signature",
+        lambda: (BODY, without(signed_with(BODY), "X-TXC-SIGNATURE")),
+        401,
+        rejected("main", "missing_header"),
+    ),
+    (
+        "empty signature",
+        lambda: (BODY, {**signed_with(BODY), "X-TXC-SIGNATURE": ""}),
+        401,
+        rejected("main", "missing_header"),
+    ),
     ("tampered body", tampered, 401, rejected("main", "payload_mismatch")),
     ("payload header not base64 of the body", payload_not_of_body, 401, rejected("main", "payload_mismatch")),
     ("payload header padded differently", padded_differently, 401, rejected("main", "payload_mismatch")),
     ("wrong key", lambda: (BODY, signed_with(BODY, key="whk-someone-else")), 401, rejected("unknown", "unknown_key")),
-    ("wrong secret", lambda: (BODY, signed_with(BODY, secret="not-the-secret")), 401,
-     rejected("main", "bad_signature")),
-    ("secret of another account", lambda: (BODY, signed_with(BODY, secret=STRICT_SECRET)), 401,
-     rejected("main", "bad_signature")),
+    (
+        "wrong secret",
+        lambda: (BODY, signed_with(BODY, secret="not-the-secret")),
+        401,
+        rejected("main", "bad_signature"),
+    ),
+    (
+        "secret of another account",
+        lambda: (BODY, signed_with(BODY, secret=STRICT_SECRET)),
+        401,
+        rejected("main", "bad_signature"),
+    ),
     ("first of two secrets", lambda: (BODY, signed_with(BODY, secret=OLD_SECRET)), 200, accepted("main", "code.apply")),
-    ("second of two secrets", lambda: (BODY, signed_with(BODY, secret=NEW_SECRET)), 200,
-     accepted("main", "code.apply")),
-    ("upper-case hex signature", lambda: (BODY, {**signed_with(BODY), "X-TXC-SIGNATURE":
-                                                 signed_with(BODY)["X-TXC-SIGNATURE"].upper()}), 200,
-     accepted("main", "code.apply")),
-    ("bad json after a valid signature", lambda: (b"{not json", signed_with(b"{not json")), 400,
-     rejected("main", "bad_json")),
+    (
+        "second of two secrets",
+        lambda: (BODY, signed_with(BODY, secret=NEW_SECRET)),
+        200,
+        accepted("main", "code.apply"),
+    ),
+    (
+        "upper-case hex signature",
+        lambda: (BODY, {**signed_with(BODY), "X-TXC-SIGNATURE": signed_with(BODY)["X-TXC-SIGNATURE"].upper()}),
+        200,
+        accepted("main", "code.apply"),
+    ),
+    (
+        "bad json after a valid signature",
+        lambda: (b"{not json", signed_with(b"{not json")),
+        400,
+        rejected("main", "bad_json"),
+    ),
     ("json that is not an object", lambda: (b"[1,2]", signed_with(b"[1,2]")), 400, rejected("main", "bad_json")),
-    ("envelope without id", lambda: (b'{"method":"code.apply","params":{}}',
-                                     signed_with(b'{"method":"code.apply","params":{}}')), 400,
-     rejected("main", "bad_json", "code.apply")),
-    ("deposit without amount", lambda: (envelope("deposit.accepted", {**DEPOSIT, "amount": None}, "d-0"),
-                                        signed_with(envelope("deposit.accepted", {**DEPOSIT, "amount": None}, "d-0"))),
-     400, rejected("main", "bad_json", "deposit.accepted")),
+    (
+        "envelope without id",
+        lambda: (b'{"method":"code.apply","params":{}}', signed_with(b'{"method":"code.apply","params":{}}')),
+        400,
+        rejected("main", "bad_json", "code.apply"),
+    ),
+    (
+        "deposit without amount",
+        lambda: (
+            envelope("deposit.accepted", {**DEPOSIT, "amount": None}, "d-0"),
+            signed_with(envelope("deposit.accepted", {**DEPOSIT, "amount": None}, "d-0")),
+        ),
+        400,
+        rejected("main", "bad_json", "deposit.accepted"),
+    ),
     ("oversized body", lambda: (b"x" * 4097, signed_with(b"x" * 4097)), 413, rejected("main", "body_too_large")),
-    ("oversized body with an unknown key", lambda: (b"x" * 4097, signed_with(b"x" * 4097, key="nobody")), 413,
-     rejected("unknown", "body_too_large")),
-    ("unknown method", lambda: (envelope("account.frozen", {"x": 1}, "u-1"),
-                                signed_with(envelope("account.frozen", {"x": 1}, "u-1"))), 200,
-     accepted("main", "other")),
-    ("old spelling deposit.update", lambda: (envelope("deposit.update", DEPOSIT, "d-1"),
-                                             signed_with(envelope("deposit.update", DEPOSIT, "d-1"))), 200,
-     accepted("main", "deposit.updated")),
+    (
+        "oversized body with an unknown key",
+        lambda: (b"x" * 4097, signed_with(b"x" * 4097, key="nobody")),
+        413,
+        rejected("unknown", "body_too_large"),
+    ),
+    (
+        "unknown method",
+        lambda: (envelope("account.frozen", {"x": 1}, "u-1"), signed_with(envelope("account.frozen", {"x": 1}, "u-1"))),
+        200,
+        accepted("main", "other"),
+    ),
+    (
+        "old spelling deposit.update",
+        lambda: (envelope("deposit.update", DEPOSIT, "d-1"), signed_with(envelope("deposit.update", DEPOSIT, "d-1"))),
+        200,
+        accepted("main", "deposit.updated"),
+    ),
 ]
 
 
@@ -295,8 +350,10 @@ async def test_duplicate_id_answers_200_counted_and_not_processed_twice(start: S
     assert status == 200
     assert delta == accepted("main", "deposit.processed", webhooks_duplicate=1)
     result = await scrape(h.exporter.metrics_url)
-    assert result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                        asset="USDT") == 1
+    assert (
+        result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
+        == 1
+    )
     assert len(h.exporter.state.transfers("main")) == 1
 
 
@@ -313,8 +370,10 @@ async def test_replay_after_a_restart_is_a_duplicate(start: StartHarness, make_c
     assert delta == accepted("main", "deposit.processed", webhooks_duplicate=1)
     result = await scrape(second.exporter.metrics_url)
     # Counters restart at 0 and the replay does not count the deposit's outcome again.
-    assert result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                        asset="USDT") == 0
+    assert (
+        result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
+        == 0
+    )
     [record] = second.exporter.state.transfers("main")
     assert record.final and record.outcome == "successful"
 
@@ -417,9 +476,18 @@ async def test_every_documented_method_is_accepted(start: StartHarness, method: 
     elif method.startswith("withdraw."):
         params = {**DEPOSIT, "method": 2, "uniqueId": "payout-7", "confirmations": None}
     elif method.startswith("refund."):
-        params = {"transactionId": "T-9", "status": "completed", "refundAddress": "A", "depositAmount": "1",
-                  "currency": "Tether US", "ticker": "USDT", "network": "TRC20", "createdAt": 1, "processedAt": 2,
-                  "nonce": 0}
+        params = {
+            "transactionId": "T-9",
+            "status": "completed",
+            "refundAddress": "A",
+            "depositAmount": "1",
+            "currency": "Tether US",
+            "ticker": "USDT",
+            "network": "TRC20",
+            "createdAt": 1,
+            "processedAt": 2,
+            "nonce": 0,
+        }
     else:
         params = {"code": "WBX"}
     body = envelope(method, params, f"m-{method}")
@@ -450,21 +518,27 @@ async def test_deposit_lifecycle_moves_transfer_metrics(start: StartHarness) -> 
     h = await start()
     steps = [
         ("deposit.accepted", {**DEPOSIT, "confirmations": {"actual": 0, "required": 2}}),
-        ("deposit.updated", {k: v for k, v in {**DEPOSIT, "confirmations": {"actual": 1, "required": 2}}.items()
-                             if k != "method"}),
+        (
+            "deposit.updated",
+            {k: v for k, v in {**DEPOSIT, "confirmations": {"actual": 1, "required": 2}}.items() if k != "method"},
+        ),
     ]
     for index, (method, params) in enumerate(steps):
         assert (await h.signed(envelope(method, params, f"life-{index}", 100 + index)))[0] == 200
     result = await scrape(h.exporter.metrics_url)
     assert result.value("whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 1
     assert result.value("whitebit_deposits_awaiting_confirmations", account="main") == 1
-    assert result.value("whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main",
-                        kind="deposit") == DEPOSIT["createdAt"]
+    assert (
+        result.value("whitebit_transfers_oldest_in_flight_timestamp_seconds", account="main", kind="deposit")
+        == DEPOSIT["createdAt"]
+    )
     assert (await h.signed(envelope("deposit.processed", DEPOSIT, "life-9", 200)))[0] == 200
     result = await scrape(h.exporter.metrics_url)
     assert result.value("whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 0
-    assert result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful",
-                        asset="USDT") == 1
+    assert (
+        result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
+        == 1
+    )
     assert result.value("whitebit_webhook_last_received_timestamp_seconds", account="main") is not None
 
 
@@ -491,9 +565,7 @@ async def test_replies_and_logs_never_carry_secrets_or_signatures(
     for _, make, _, _ in MATRIX:
         body, headers = make()
         replies.append((await h.post(body, headers))[1])
-    logged = "\n".join(
-        f"{r.getMessage()} {r.__dict__}" for r in caplog.records
-    )
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     for secret in (OLD_SECRET, NEW_SECRET, STRICT_SECRET, KEY, "attacker-key-0123456789", forged["X-TXC-SIGNATURE"]):
         assert secret not in logged
         assert all(secret not in reply for reply in replies)

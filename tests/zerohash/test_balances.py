@@ -27,9 +27,16 @@ from tests.helpers import scrape
 SECRET = "zh-balances-secret-0123456789"
 
 
-def payload(participant: str = "P1", balance: str = "10", timestamp: int = 1_760_000_000_000, *,
-            account_type: str = "available", asset: str = "USD", movements: tuple[str, ...] = ("deposit",),
-            **extra: Any) -> dict[str, Any]:
+def payload(
+    participant: str = "P1",
+    balance: str = "10",
+    timestamp: int = 1_760_000_000_000,
+    *,
+    account_type: str = "available",
+    asset: str = "USD",
+    movements: tuple[str, ...] = ("deposit",),
+    **extra: Any,
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "participant_code": participant,
         "account_group": "PLAT",
@@ -123,14 +130,26 @@ def test_balances_are_summed_over_participants_with_series_only_for_the_allow_li
 def test_movement_counters_start_at_zero_for_held_assets_and_count_by_type() -> None:
     balances = ZerohashBalances([], [held("P1", "1")])
     got = collect(balances)
-    assert got[key("zerohash_balance_movements_total", account_type="available", asset="USD",
-                   movement_type="withdrawal_pending")] == 0
+    assert (
+        got[
+            key(
+                "zerohash_balance_movements_total",
+                account_type="available",
+                asset="USD",
+                movement_type="withdrawal_pending",
+            )
+        ]
+        == 0
+    )
     balances.count_movements("available", "USD", ["deposit", "deposit", "other"])
     got = collect(balances)
-    assert got[key("zerohash_balance_movements_total", account_type="available", asset="USD",
-                   movement_type="deposit")] == 2
-    assert got[key("zerohash_balance_movements_total", account_type="available", asset="USD",
-                   movement_type="other")] == 1
+    assert (
+        got[key("zerohash_balance_movements_total", account_type="available", asset="USD", movement_type="deposit")]
+        == 2
+    )
+    assert (
+        got[key("zerohash_balance_movements_total", account_type="available", asset="USD", movement_type="other")] == 1
+    )
 
 
 # -- through the receiver: ordering, persistence ------------------------------------------------------
@@ -148,8 +167,9 @@ class Deliverer:
             "x-zh-hook-payload-type": "account_balance.changed",
             "x-zh-hook-signature-256": hmac_signature(SECRET, body, None),
         }
-        async with self.http.post(self.exporter.webhooks_url + "/webhooks/zerohash", data=body,
-                                  headers=headers) as response:
+        async with self.http.post(
+            self.exporter.webhooks_url + "/webhooks/zerohash", data=body, headers=headers
+        ) as response:
             return response.status
 
 
@@ -172,8 +192,12 @@ async def test_an_older_event_does_not_replace_a_newer_balance_but_its_movements
             assert await d.send(payload("P1", "20", 1_760_000_001_000)) == 200  # arrives late
             result = await scrape(exporter.metrics_url)
             assert result.value("zerohash_balance", LABELS) == 30
-            assert result.value("zerohash_balance_movements_total", account_type="available", asset="USD",
-                                movement_type="deposit") == 2
+            assert (
+                result.value(
+                    "zerohash_balance_movements_total", account_type="available", asset="USD", movement_type="deposit"
+                )
+                == 2
+            )
             # Same time, written in seconds: not older, so it applies.
             assert await d.send(payload("P1", "31", 1_760_000_002)) == 200
             assert await d.send(payload("P2", "5", 1_760_000_000)) == 200
@@ -187,9 +211,7 @@ async def test_an_older_event_does_not_replace_a_newer_balance_but_its_movements
         await exporter.stop()
 
 
-async def test_balances_are_persisted_and_reloaded_at_start(
-    make_config: Callable[..., Config], tmp_path: Path
-) -> None:
+async def test_balances_are_persisted_and_reloaded_at_start(make_config: Callable[..., Config], tmp_path: Path) -> None:
     config = make_config(zerohash=zh(("P1", "P2")))
     first = Exporter(config)
     await first.start()
@@ -202,15 +224,18 @@ async def test_balances_are_persisted_and_reloaded_at_start(
         await first.stop()
     with StateStore.open(config.state.path) as store:
         assert {b.participant_code: b.balance for b in store.zerohash_balances()} == {
-            "P1": Decimal("7.25"), "P2": Decimal(2)
+            "P1": Decimal("7.25"),
+            "P2": Decimal(2),
         }
     second = Exporter(config)
     await second.start()
     try:
         result = await scrape(second.metrics_url)
         assert result.value("zerohash_balance", LABELS) == 7.25
-        assert result.value("zerohash_participant_balance", {**LABELS, "account_type": "collateral",
-                                                             "participant": "P2"}) == 2
+        assert (
+            result.value("zerohash_participant_balance", {**LABELS, "account_type": "collateral", "participant": "P2"})
+            == 2
+        )
         async with aiohttp.ClientSession() as http:
             # An event older than the reloaded one is still not applied after the restart.
             assert await Deliverer(second, http).send(payload("P1", "1", 1_759_999_999_000)) == 200

@@ -62,8 +62,9 @@ def rejected(reason: str, payload_type: str = "account_balance.changed") -> dict
     }
 
 
-def balance_payload(balance: str = "250.5", timestamp: int = int(NOW * 1000), participant: str = "CUST42",
-                    **overrides: Any) -> dict[str, Any]:
+def balance_payload(
+    balance: str = "250.5", timestamp: int = int(NOW * 1000), participant: str = "CUST42", **overrides: Any
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "participant_code": participant,
         "account_group": "PLATX1",
@@ -107,8 +108,11 @@ def headers(
     payload_type: str = "account_balance.changed",
     notification_id: str = "n-1",
 ) -> dict[str, str]:
-    out = {"Content-Type": "application/json", "x-zh-hook-payload-type": payload_type,
-           "x-zh-hook-notification-id": notification_id}
+    out = {
+        "Content-Type": "application/json",
+        "x-zh-hook-payload-type": payload_type,
+        "x-zh-hook-notification-id": notification_id,
+    }
     if timestamp is not None:
         out["x-zh-hook-timestamp"] = timestamp
     signed_ts = None if legacy else timestamp
@@ -195,9 +199,7 @@ async def start(make_config: Callable[..., Config], zh_config: ZerohashConfig) -
     async with aiohttp.ClientSession() as http:
 
         async def go(config: Config | None = None, clock: Callable[[], float] | None = None) -> Harness:
-            exporter = Exporter(
-                config or make_config(zerohash=zh_config, max_body_bytes=4096), clock=clock or Clock()
-            )
+            exporter = Exporter(config or make_config(zerohash=zh_config, max_body_bytes=4096), clock=clock or Clock())
             exporters.append(exporter)
             await exporter.start()
             return Harness(exporter, http)
@@ -236,55 +238,113 @@ def drop(hdrs: dict[str, str], name: str) -> dict[str, str]:
     return {key: value for key, value in hdrs.items() if key != name}
 
 
-MatrixCase = tuple[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], tuple[bytes, dict[str, str]]], int,
-                   dict[Key, float]]
+MatrixCase = tuple[
+    str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], tuple[bytes, dict[str, str]]], int, dict[Key, float]
+]
 MATRIX: list[MatrixCase] = [
-    ("missing notification id", lambda z, o: (BODY, drop(headers(), "x-zh-hook-notification-id")), 401,
-     rejected("missing_header")),
-    ("missing payload type", lambda z, o: (BODY, drop(headers(), "x-zh-hook-payload-type")), 401,
-     rejected("missing_header", "other")),
+    (
+        "missing notification id",
+        lambda z, o: (BODY, drop(headers(), "x-zh-hook-notification-id")),
+        401,
+        rejected("missing_header"),
+    ),
+    (
+        "missing payload type",
+        lambda z, o: (BODY, drop(headers(), "x-zh-hook-payload-type")),
+        401,
+        rejected("missing_header", "other"),
+    ),
     ("no signature header", lambda z, o: (BODY, headers(secret=None)), 401, rejected("missing_header")),
-    ("timestamped signature without timestamp",
-     lambda z, o: (BODY, drop(headers(), "x-zh-hook-timestamp")), 401, rejected("missing_header")),
+    (
+        "timestamped signature without timestamp",
+        lambda z, o: (BODY, drop(headers(), "x-zh-hook-timestamp")),
+        401,
+        rejected("missing_header"),
+    ),
     ("tampered body", lambda z, o: (BODY.replace(b"250.5", b"9250.5"), headers()), 401, rejected("bad_signature")),
     ("wrong secret", lambda z, o: (BODY, headers(secret="nope")), 401, rejected("bad_signature")),
-    ("signature over another timestamp",
-     lambda z, o: (BODY, {**headers(), "x-zh-hook-timestamp": str(TS_MS + 1)}), 401, rejected("bad_signature")),
+    (
+        "signature over another timestamp",
+        lambda z, o: (BODY, {**headers(), "x-zh-hook-timestamp": str(TS_MS + 1)}),
+        401,
+        rejected("bad_signature"),
+    ),
     ("rsa with the wrong key", lambda z, o: (BODY, headers(secret=None, rsa_key=o)), 401, rejected("bad_signature")),
-    ("not hex", lambda z, o: (BODY, {**headers(secret=None), "x-zh-hook-rsa-signature": "zz"}), 401,
-     rejected("bad_signature")),
+    (
+        "not hex",
+        lambda z, o: (BODY, {**headers(secret=None), "x-zh-hook-rsa-signature": "zz"}),
+        401,
+        rejected("bad_signature"),
+    ),
     ("first of two secrets", lambda z, o: (BODY, headers(secret=OLD_SECRET)), 200, accepted()),
     ("second of two secrets", lambda z, o: (BODY, headers(secret=NEW_SECRET)), 200, accepted()),
     ("legacy hmac without timestamp", lambda z, o: (BODY, headers(legacy=True, timestamp=None)), 200, accepted()),
     ("legacy hmac next to a timestamp", lambda z, o: (BODY, headers(legacy=True)), 200, accepted()),
     ("rsa pss over body and timestamp", lambda z, o: (BODY, headers(secret=None, rsa_key=z)), 200, accepted()),
-    ("rsa pkcs1v15 over body and timestamp",
-     lambda z, o: (BODY, headers(secret=None, rsa_key=z, pss=False)), 200, accepted()),
-    ("legacy rsa", lambda z, o: (BODY, headers(secret=None, rsa_key=z, legacy=True, timestamp=None)), 200,
-     accepted()),
+    (
+        "rsa pkcs1v15 over body and timestamp",
+        lambda z, o: (BODY, headers(secret=None, rsa_key=z, pss=False)),
+        200,
+        accepted(),
+    ),
+    ("legacy rsa", lambda z, o: (BODY, headers(secret=None, rsa_key=z, legacy=True, timestamp=None)), 200, accepted()),
     ("timestamp in seconds", lambda z, o: (BODY, headers(timestamp=str(int(NOW)))), 200, accepted()),
-    ("stale timestamp", lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(TOLERANCE * 1000) - 1000))), 401,
-     rejected("stale_timestamp")),
-    ("future timestamp", lambda z, o: (BODY, headers(timestamp=str(TS_MS + int(TOLERANCE * 1000) + 1000))), 401,
-     rejected("stale_timestamp")),
-    ("timestamp at the edge of the tolerance",
-     lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(TOLERANCE * 1000)))), 200, accepted()),
-    ("stale timestamp next to a legacy signature",
-     lambda z, o: (BODY, headers(legacy=True, timestamp=str(TS_MS - 3_600_000))), 401, rejected("stale_timestamp")),
-    ("timestamp that is not a number", lambda z, o: (BODY, headers(timestamp="soon")), 401,
-     rejected("stale_timestamp")),
-    ("forged signature with a stale timestamp", lambda z, o: (BODY, headers(secret="x", timestamp="1")), 401,
-     rejected("bad_signature")),
+    (
+        "stale timestamp",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(TOLERANCE * 1000) - 1000))),
+        401,
+        rejected("stale_timestamp"),
+    ),
+    (
+        "future timestamp",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS + int(TOLERANCE * 1000) + 1000))),
+        401,
+        rejected("stale_timestamp"),
+    ),
+    (
+        "timestamp at the edge of the tolerance",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(TOLERANCE * 1000)))),
+        200,
+        accepted(),
+    ),
+    (
+        "stale timestamp next to a legacy signature",
+        lambda z, o: (BODY, headers(legacy=True, timestamp=str(TS_MS - 3_600_000))),
+        401,
+        rejected("stale_timestamp"),
+    ),
+    (
+        "timestamp that is not a number",
+        lambda z, o: (BODY, headers(timestamp="soon")),
+        401,
+        rejected("stale_timestamp"),
+    ),
+    (
+        "forged signature with a stale timestamp",
+        lambda z, o: (BODY, headers(secret="x", timestamp="1")),
+        401,
+        rejected("bad_signature"),
+    ),
     ("bad json after a valid signature", lambda z, o: (b"{nope", headers(b"{nope")), 400, rejected("bad_json")),
-    ("balance event without balance",
-     lambda z, o: (body_of(balance_payload(balance=None)), headers(body_of(balance_payload(balance=None)))), 400,
-     rejected("bad_json")),
+    (
+        "balance event without balance",
+        lambda z, o: (body_of(balance_payload(balance=None)), headers(body_of(balance_payload(balance=None)))),
+        400,
+        rejected("bad_json"),
+    ),
     ("oversized body", lambda z, o: (b"x" * 4097, headers(b"x" * 4097)), 413, rejected("body_too_large")),
-    ("other documented payload type",
-     lambda z, o: (b'{"trade_id":"t"}', headers(b'{"trade_id":"t"}', payload_type="trade.status_changed")), 200,
-     accepted("trade.status_changed")),
-    ("undocumented payload type",
-     lambda z, o: (b'{"x":1}', headers(b'{"x":1}', payload_type="brand_new.thing")), 200, accepted("other")),
+    (
+        "other documented payload type",
+        lambda z, o: (b'{"trade_id":"t"}', headers(b'{"trade_id":"t"}', payload_type="trade.status_changed")),
+        200,
+        accepted("trade.status_changed"),
+    ),
+    (
+        "undocumented payload type",
+        lambda z, o: (b'{"x":1}', headers(b'{"x":1}', payload_type="brand_new.thing")),
+        200,
+        accepted("other"),
+    ),
 ]
 
 
@@ -318,8 +378,12 @@ async def test_duplicate_and_swapped_notification_id_are_duplicates(start: Start
     # The notification id is not signed: a replay under a fresh id is still the same signed content.
     assert await h.measure(BODY, headers(notification_id="n-999")) == (200, accepted(duplicate=True))
     result = await scrape(h.exporter.metrics_url)
-    assert result.value("zerohash_balance_movements_total", account_type="available", asset="USDC.ETH",
-                        movement_type="deposit") == 1
+    assert (
+        result.value(
+            "zerohash_balance_movements_total", account_type="available", asset="USDC.ETH", movement_type="deposit"
+        )
+        == 1
+    )
 
 
 async def test_replay_after_a_restart_is_a_duplicate(
@@ -332,10 +396,22 @@ async def test_replay_after_a_restart_is_a_duplicate(
     second = await start(config)
     assert await second.measure(BODY, headers()) == (200, accepted(duplicate=True))
     result = await scrape(second.exporter.metrics_url)
-    assert result.value("zerohash_balance", account_group="PLATX1", account_label="general",
-                        account_type="available", asset="USDC.ETH") == 250.5
-    assert result.value("zerohash_balance_movements_total", account_type="available", asset="USDC.ETH",
-                        movement_type="deposit") == 0
+    assert (
+        result.value(
+            "zerohash_balance",
+            account_group="PLATX1",
+            account_label="general",
+            account_type="available",
+            asset="USDC.ETH",
+        )
+        == 250.5
+    )
+    assert (
+        result.value(
+            "zerohash_balance_movements_total", account_type="available", asset="USDC.ETH", movement_type="deposit"
+        )
+        == 0
+    )
 
 
 async def test_counters_start_at_zero(start: StartHarness) -> None:
@@ -367,8 +443,9 @@ def test_payload_type_labels_are_bounded() -> None:
     assert payload_type_label(None) == "other"
 
 
-async def test_replies_never_echo_secrets(start: StartHarness, zh_key: rsa.RSAPrivateKey,
-                                          other_key: rsa.RSAPrivateKey) -> None:
+async def test_replies_never_echo_secrets(
+    start: StartHarness, zh_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
     h = await start()
     for _, make, _, _ in MATRIX:
         body, hdrs = make(zh_key, other_key)

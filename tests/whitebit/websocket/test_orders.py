@@ -39,9 +39,7 @@ def order(
     }
 
 
-def book(
-    markets: tuple[str, ...] = ("BTC_USDT",), **kw: Any
-) -> tuple[OrderBook, Clock]:
+def book(markets: tuple[str, ...] = ("BTC_USDT",), **kw: Any) -> tuple[OrderBook, Clock]:
     clock = Clock()
     return OrderBook(markets, OrderEvents(markets, clock=clock, **kw)), clock
 
@@ -133,9 +131,7 @@ def test_finish_and_new_further_apart_than_the_window_are_not_a_modify() -> None
     ) == (1, 1, 0)
 
 
-def test_a_filled_order_and_a_new_reusing_its_client_order_id_are_not_a_modify() -> (
-    None
-):
+def test_a_filled_order_and_a_new_reusing_its_client_order_id_are_not_a_modify() -> None:
     b, clock = book()
     b.apply(3, order(1, coid="x", status="FILLED", left="0"))
     b.apply(1, order(2, coid="x"))
@@ -174,9 +170,7 @@ def test_orders_without_client_order_id_are_counted_at_once() -> None:
         (order(1) | {"client_order_id": 5}, "wrong_type"),
     ],
 )
-def test_bad_orders_are_refused_with_a_reason_and_change_nothing(
-    doc: Any, reason: str
-) -> None:
+def test_bad_orders_are_refused_with_a_reason_and_change_nothing(doc: Any, reason: str) -> None:
     b, _ = book()
     b.apply(1, order(42, left="3"))
     with pytest.raises(InvalidOrder) as caught:
@@ -204,9 +198,7 @@ def test_a_restricted_book_refuses_markets_it_was_not_configured_for() -> None:
 def test_series_start_at_zero_and_stay_after_their_orders_are_gone() -> None:
     b, _ = book(("BTC_USDT", "ETH_USDT"))
     start = {(m, s, t): c for m, s, t, c in b.series_values()[0]}
-    assert start == {
-        (m, s, "limit"): 0 for m in ("BTC_USDT", "ETH_USDT") for s in ("buy", "sell")
-    }
+    assert start == {(m, s, "limit"): 0 for m in ("BTC_USDT", "ETH_USDT") for s in ("buy", "sell")}
     b.apply(1, order(1, type_=3))
     b.apply(3, order(1, type_=3, status="CANCELED"))
     series = {(m, s, t): c for m, s, t, c in b.series_values()[0]}

@@ -66,9 +66,7 @@ class Connection:
             self.book.apply(event.event_id, event.order)
             return
         self.staging.apply(event.event_id, event.order)
-        if event.event_id == 3 and event.order["id"] in self.read.get(
-            event.order["market"], ()
-        ):
+        if event.event_id == 3 and event.order["id"] in self.read.get(event.order["market"], ()):
             self.finished[event.order["market"]].add(event.order["id"])
 
     def reconnect(self, page: int, busy: int, act: Any) -> None:
@@ -86,9 +84,7 @@ class Connection:
             finished = self.finished[market] = set()
             while True:
                 offset = len(read) - len(finished)
-                records = [
-                    o.to_ws() for o in self.exchange.open_orders("acct", market)
-                ][offset : offset + page]
+                records = [o.to_ws() for o in self.exchange.open_orders("acct", market)][offset : offset + page]
                 for record in records:
                     read.add(self.staging.upsert(record))
                 for _ in range(busy):  # events between pages land in staging, in order
@@ -101,9 +97,7 @@ class Connection:
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(operation, max_size=60), st.randoms(use_true_random=False))
-def test_aggregates_equal_a_plain_model_of_the_final_state(
-    ops: list[tuple[Any, ...]], rnd: Any
-) -> None:
+def test_aggregates_equal_a_plain_model_of_the_final_state(ops: list[tuple[Any, ...]], rnd: Any) -> None:
     exchange = Exchange(MARKETS, clock=lambda: 1.7e9)
     exchange.add_account(
         "acct",
@@ -129,9 +123,7 @@ def test_aggregates_equal_a_plain_model_of_the_final_state(
             except ExchangeError:
                 pass
         else:
-            exchange.place_order(
-                "acct", rnd.choice(MARKETS), SIDE_BUY, D(1), price=D(10)
-            )
+            exchange.place_order("acct", rnd.choice(MARKETS), SIDE_BUY, D(1), price=D(10))
 
     for op in ops:
         kind = op[0]
@@ -169,12 +161,8 @@ def test_aggregates_equal_a_plain_model_of_the_final_state(
         except ExchangeError:
             pass
         if conn.connected:
-            want_counts, want_lefts = aggregate(
-                o.to_ws() for o in exchange.open_orders("acct")
-            )
-            got_counts = {
-                (m, s, t): c for m, s, t, c in conn.book.series_values()[0] if c
-            }
+            want_counts, want_lefts = aggregate(o.to_ws() for o in exchange.open_orders("acct"))
+            got_counts = {(m, s, t): c for m, s, t, c in conn.book.series_values()[0] if c}
             got_lefts = {(m, s): v for m, s, v in conn.book.series_values()[1] if v}
             assert got_counts == want_counts
             assert got_lefts == {k: v for k, v in want_lefts.items() if v}

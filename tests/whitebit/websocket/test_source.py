@@ -30,17 +30,10 @@ def events(result, market: str = "BTC_USDT", account: str = "main") -> dict[str,
     }
 
 
-async def test_snapshot_on_connect_matches_orders_placed_before_the_exporter_connected() -> (
-    None
-):
+async def test_snapshot_on_connect_matches_orders_placed_before_the_exporter_connected() -> None:
     async with running(page_limit=2) as h:
         ex = h.sim.exchange
-        ids = [
-            ex.place_order(
-                "main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(50000 + i)
-            ).id
-            for i in range(5)
-        ]
+        ids = [ex.place_order("main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(50000 + i)).id for i in range(5)]
         ex.place_order("main", "ETH_USDT", SIDE_SELL, D("1.5"), price=D(3100), rpi=True)
         ex.place_order(
             "main",
@@ -139,9 +132,7 @@ async def test_modify_counts_one_modify_event_when_new_comes_first() -> None:
     async with running() as h:
         await assert_matches(h)
         ex = h.sim.exchange
-        order = ex.place_order(
-            "main", "ETH_USDT", SIDE_SELL, D(2), price=D(3200), client_order_id="mm-7"
-        )
+        order = ex.place_order("main", "ETH_USDT", SIDE_SELL, D(2), price=D(3200), client_order_id="mm-7")
         await wait_for(lambda: order.id in h.sources["main"].book)
         replacement = ex.modify_order("main", order.id, price=D(3150), new_first=True)
         await assert_matches(h)
@@ -157,9 +148,7 @@ async def test_modify_counts_one_modify_event_when_new_comes_first() -> None:
         }
 
 
-async def test_stop_activation_is_a_second_new_with_the_same_id_and_keeps_one_order() -> (
-    None
-):
+async def test_stop_activation_is_a_second_new_with_the_same_id_and_keeps_one_order() -> None:
     async with running() as h:
         await assert_matches(h)
         ex = h.sim.exchange
@@ -173,12 +162,7 @@ async def test_stop_activation_is_a_second_new_with_the_same_id_and_keeps_one_or
         )
         await wait_for(lambda: stop.id in h.sources["main"].book)
         ex.activate_stop("main", stop.id)
-        await wait_for(
-            lambda: (
-                h.sources["main"].book.events.counts()[("BTC_USDT", "stop_activated")]
-                == 1
-            )
-        )
+        await wait_for(lambda: h.sources["main"].book.events.counts()[("BTC_USDT", "stop_activated")] == 1)
         result = await assert_matches(h)
         assert (
             result.value(
@@ -219,9 +203,7 @@ async def test_instant_fill_sends_a_lone_finish_for_an_unseen_id() -> None:
         ex = h.sim.exchange
         ex.place_instant_fill("main", "BTC_USDT", SIDE_BUY, D("0.05"), D(60000))
         ex.place_order("main", "BTC_USDT", SIDE_SELL, D("0.01"), order_type=TYPE_MARKET)
-        await wait_for(
-            lambda: h.sources["main"].book.events.counts()[("BTC_USDT", "finish")] == 2
-        )
+        await wait_for(lambda: h.sources["main"].book.events.counts()[("BTC_USDT", "finish")] == 2)
         result = await assert_matches(h)
         assert len(h.sources["main"].book) == 0
         assert events(result)["new"] == 0
@@ -231,9 +213,7 @@ async def test_partial_fill_then_cancel_leaves_nothing_open() -> None:
     async with running() as h:
         await assert_matches(h)
         ex = h.sim.exchange
-        order = ex.place_order(
-            "main", "ETH_USDT", SIDE_BUY, D(3), price=D(2900), client_order_id="pf"
-        )
+        order = ex.place_order("main", "ETH_USDT", SIDE_BUY, D(3), price=D(2900), client_order_id="pf")
         ex.fill_order("main", order.id, D("1.25"))
         result = await assert_matches(h)
         assert (
@@ -276,9 +256,7 @@ async def test_partial_fill_then_cancel_leaves_nothing_open() -> None:
         }
 
 
-async def test_orders_filled_and_cancelled_while_disconnected_disappear_after_reconnect() -> (
-    None
-):
+async def test_orders_filled_and_cancelled_while_disconnected_disappear_after_reconnect() -> None:
     async with running() as h:
         ex = h.sim.exchange
         keep = ex.place_order("main", "BTC_USDT", SIDE_BUY, D("0.3"), price=D(50000))
@@ -300,10 +278,7 @@ async def test_orders_filled_and_cancelled_while_disconnected_disappear_after_re
         result = await assert_matches(h)
         assert source.book.order_ids() == {keep.id, partly.id, added.id}
         assert result.value("whitebit_websocket_reconnects_total", account="main") >= 1
-        assert (
-            result.value("whitebit_collateral_borrowed", account="main", asset="USDT")
-            == 50
-        )
+        assert result.value("whitebit_collateral_borrowed", account="main", asset="USDT") == 50
 
 
 async def test_balance_update_with_one_asset_of_many_keeps_the_others() -> None:
@@ -318,18 +293,8 @@ async def test_balance_update_with_one_asset_of_many_keeps_the_others() -> None:
         after = h.balances["main"].spot()
         assert after["USDT"] == before["USDT"] and after["ETH"] == before["ETH"]
         assert after["BTC"] == (D("3.5"), D(0))
-        assert (
-            result.value(
-                "whitebit_balance", account="main", wallet="collateral", asset="BTC"
-            )
-            == 0.75
-        )
-        assert (
-            result.value(
-                "whitebit_balance", account="main", wallet="collateral", asset="USDT"
-            )
-            == 5000
-        )
+        assert result.value("whitebit_balance", account="main", wallet="collateral", asset="BTC") == 0.75
+        assert result.value("whitebit_balance", account="main", wallet="collateral", asset="USDT") == 5000
         assert h.balances["main"].updated_at("spot") >= updated_before
         stamp = result.value(
             "whitebit_balance_last_update_timestamp_seconds",
@@ -349,12 +314,7 @@ async def test_failed_authorize_is_counted_shown_on_ready_and_retried() -> None:
         source = h.sources["main"]
         await wait_for(lambda: source.errors["authorize"] >= 2, timeout=10)
         result = await h.scrape()
-        assert (
-            result.value(
-                "whitebit_websocket_errors_total", account="main", method="authorize"
-            )
-            >= 2
-        )
+        assert result.value("whitebit_websocket_errors_total", account="main", method="authorize") >= 2
         assert result.value("whitebit_websocket_connected", account="main") == 0
         assert result.value("whitebit_up", account="main") == 0
         status, body = await h.ready()
@@ -365,15 +325,11 @@ async def test_failed_authorize_is_counted_shown_on_ready_and_retried() -> None:
         assert (await h.ready())[0] == 200
 
 
-async def test_failed_subscription_is_an_error_counted_and_retried_never_silence() -> (
-    None
-):
+async def test_failed_subscription_is_an_error_counted_and_retried_never_silence() -> None:
     # The exporter asks for a market the exchange does not list: ordersPending_subscribe fails.
     async with running(exporter_markets=("BTC_USDT", "NOPE_USDT")) as h:
         source = h.sources["main"]
-        await wait_for(
-            lambda: source.errors["ordersPending_subscribe"] >= 2, timeout=10
-        )
+        await wait_for(lambda: source.errors["ordersPending_subscribe"] >= 2, timeout=10)
         result = await h.scrape()
         assert (
             result.value(
@@ -388,9 +344,7 @@ async def test_failed_subscription_is_an_error_counted_and_retried_never_silence
         assert status == 503 and "ordersPending_subscribe failed" in body
 
 
-async def test_silent_server_is_detected_by_the_missing_pong_and_the_source_reconnects() -> (
-    None
-):
+async def test_silent_server_is_detected_by_the_missing_pong_and_the_source_reconnects() -> None:
     async with running() as h:
         await assert_matches(h)
         source = h.sources["main"]
@@ -401,31 +355,17 @@ async def test_silent_server_is_detected_by_the_missing_pong_and_the_source_reco
         assert result.value("whitebit_websocket_connected", account="main") == 0
         assert result.value("whitebit_up", account="main") == 0
         # Values stay, with their timestamps, while disconnected.
-        assert (
-            result.value(
-                "whitebit_balance", account="main", wallet="spot", asset="USDT"
-            )
-            == 250000
-        )
-        assert (
-            result.value(
-                "whitebit_websocket_last_message_timestamp_seconds", account="main"
-            )
-            is not None
-        )
+        assert result.value("whitebit_balance", account="main", wallet="spot", asset="USDT") == 250000
+        assert result.value("whitebit_websocket_last_message_timestamp_seconds", account="main") is not None
         status, body = await h.ready()
         assert status == 503 and "no pong within" in body
         h.sim.ws.silence(None, False)
-        h.sim.exchange.place_order(
-            "main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(40000)
-        )
+        h.sim.exchange.place_order("main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(40000))
         await assert_matches(h)
         assert source.reconnects >= 1
 
 
-async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_connection() -> (
-    None
-):
+async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_connection() -> None:
     async with running(("main", "other")) as h:
         await assert_matches(h, "main")
         await assert_matches(h, "other")
@@ -442,9 +382,7 @@ async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_conne
         frames = {
             "bad_json": "{not json",
             "not_an_object": "[1, 2, 3]",
-            "unknown_method": json.dumps(
-                {"id": None, "method": "surprise_update", "params": []}
-            ),
+            "unknown_method": json.dumps({"id": None, "method": "surprise_update", "params": []}),
             "missing_field": json.dumps(
                 {
                     "id": None,
@@ -473,19 +411,13 @@ async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_conne
                     "params": [1, {**good_order, "market": "DOGE_USDT"}],
                 }
             ),
-            "unexpected_reply": json.dumps(
-                {"id": 987654, "result": "pong", "error": None}
-            ),
+            "unexpected_reply": json.dumps({"id": 987654, "result": "pong", "error": None}),
         }
         for text in frames.values():
             await h.sim.ws.send_raw("main", text)
-        await wait_for(
-            lambda: all(source.invalid[reason] == 1 for reason in frames), timeout=5
-        )
+        await wait_for(lambda: all(source.invalid[reason] == 1 for reason in frames), timeout=5)
         # The connection survived and keeps applying real events.
-        h.sim.exchange.place_order(
-            "main", "BTC_USDT", SIDE_SELL, D("0.25"), price=D(65000)
-        )
+        h.sim.exchange.place_order("main", "BTC_USDT", SIDE_SELL, D("0.25"), price=D(65000))
         h.sim.exchange.place_order("other", "ETH_USDT", SIDE_BUY, D(1), price=D(2500))
         result = await assert_matches(h, "main")
         await assert_matches(h, "other")
@@ -509,12 +441,7 @@ async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_conne
         assert source.reconnects == 0
         # Nothing from the garbage reached the state: the balance is untouched, order 7 does not exist.
         assert 7 not in source.book and 1 not in source.book
-        assert (
-            result.value(
-                "whitebit_balance", account="main", wallet="spot", asset="USDT"
-            )
-            == 250000
-        )
+        assert result.value("whitebit_balance", account="main", wallet="spot", asset="USDT") == 250000
 
 
 async def test_token_requests_stay_within_the_budget_during_a_reconnect_storm() -> None:
@@ -528,18 +455,14 @@ async def test_token_requests_stay_within_the_budget_during_a_reconnect_storm() 
         h.token_override["main"] = bad_token
         await h.sim.ws.drop("main")
         await wait_for(lambda: h.tokens_fetched.get("bad", 0) == 2, timeout=10)
-        await wait_for(
-            lambda: "token budget" in h.sources["main"].health.reason, timeout=10
-        )
+        await wait_for(lambda: "token budget" in h.sources["main"].health.reason, timeout=10)
         status, body = await h.ready()
         assert status == 503 and "token budget" in body
         # The budget of 3 per hour is spent (1 good + 2 bad): the source waits instead of asking again.
         assert h.tokens_fetched["main"] == 3
 
 
-async def test_scenario_activity_with_drops_ends_with_metrics_equal_to_the_simulator() -> (
-    None
-):
+async def test_scenario_activity_with_drops_ends_with_metrics_equal_to_the_simulator() -> None:
     async with running(page_limit=3) as h:
         await assert_matches(h)
         source = h.sources["main"]
