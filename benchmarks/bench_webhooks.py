@@ -66,9 +66,10 @@ from exporter.config.schema import (
 from exporter.core.logs import setup_logging
 from exporter.core.state import StateStore
 from exporter.http.webhook_listener import create_webhook_app
+from exporter.webhooks.commit import GroupCommitter
 from exporter.whitebit.signing import compact_json, encode_payload, sign_payload
 from exporter.whitebit.transfers import TransferBook
-from exporter.whitebit.webhook import PROVIDER, WhitebitReceiver, _parse, _reply
+from exporter.whitebit.webhook import PROVIDER, AccountWebhook, WhitebitReceiver, parse_envelope
 
 KEY = "bench-webhook-key"
 SECRET = "bench-webhook-secret-0123456789abcdef"
@@ -221,10 +222,9 @@ class ChecksOnlyReceiver(WhitebitReceiver):
 
     path = "/stage/checked"
 
-    async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
-        # The receiver's own parser (module-private: this stage exists to measure it).
-        _parse(body, account.name)
-        return _reply(200, "ok")
+    async def _process(self, webhook: AccountWebhook, body: bytes) -> web.StreamResponse:
+        parse_envelope(body, webhook.account)
+        return self.reply(200, "ok")
 
 
 class DurableDedupeReceiver(WhitebitReceiver):
@@ -232,11 +232,11 @@ class DurableDedupeReceiver(WhitebitReceiver):
 
     path = "/stage/dedupe"
 
-    async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
-        delivery_id, _, _ = _parse(body, account.name)
-        store, ttl = self._store, self._ttl
-        fresh = await self._committer.run(lambda: store.remember_delivery(PROVIDER, account.name, delivery_id, ttl=ttl))
-        return _reply(200, "ok" if fresh else "duplicate")
+    async def _process(self, webhook: AccountWebhook, body: bytes) -> web.StreamResponse:
+        delivery_id, _, _ = parse_envelope(body, webhook.account)
+        store, ttl, name = self._store, self._ttl, webhook.account
+        fresh = await self._committer.run(lambda: store.remember_delivery(PROVIDER, name, delivery_id, ttl=ttl))
+        return self.reply(200, "ok" if fresh else "duplicate")
 
 
 async def bare_server(config: Config, stage_store: StateStore) -> tuple[web.AppRunner, int]:
@@ -244,8 +244,12 @@ async def bare_server(config: Config, stage_store: StateStore) -> tuple[web.AppR
     # file), so the floor pays for the same aiohttp setup as the receivers measured against it. The
     # exporter's access log is at debug level, off at info as here.
     book = TransferBook(stage_store, ["bench"])
-    stages = [ChecksOnlyReceiver(config, stage_store, book), DurableDedupeReceiver(config, stage_store, book)]
-    app = create_webhook_app(config, [BareReceiver(), *stages])
+    committer = GroupCommitter(stage_store)
+    stages = [
+        ChecksOnlyReceiver(config.whitebit, stage_store, book, committer),
+        DurableDedupeReceiver(config.whitebit, stage_store, book, committer),
+    ]
+    app = create_webhook_app(config.webhooks, config.whitebit, [BareReceiver(), *stages])
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -33,7 +33,8 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.core.health import HealthRegistry
 from exporter.whitebit.balances import AccountBalances
-from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
+from exporter.whitebit.websocket.collector import WebSocketCollector
+from exporter.whitebit.websocket.source import WebSocketSource
 
 MARKETS = tuple(f"C{i:03d}_USDT" for i in range(200))
 

@@ -5,8 +5,10 @@ listeners and starts every data source under the supervisor; ``await exporter.st
 all of it within :data:`STOP_TIMEOUT` seconds. :func:`run_until_signal` wraps both around
 SIGTERM/SIGINT for the command line and the demo.
 
-Adding a data source or a webhook receiver touches only :meth:`Exporter._build_sources` or
-:meth:`Exporter._build_receivers`; the listener and supervision code stays as it is.
+What each provider contributes is built by the provider's own package and handed in here:
+:func:`exporter.whitebit.sources.build_sources` (WebSocket, pollers, reconciliation) and the two
+webhook receivers. What they share is built first, in :meth:`Exporter.start`, and passed to each
+explicitly: the state file, the group committer of webhook deliveries and the transfer book.
 """
 
 from __future__ import annotations
@@ -20,32 +22,26 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.config.schema import Config, ListenAddress
+from exporter.config.schema import Config
 from exporter.core.health import HealthRegistry, UpCollector
+from exporter.core.housekeeping import Housekeeping
 from exporter.core.logs import redact
 from exporter.core.metrics import BuildInfoCollector
 from exporter.core.state import StateError, StateStore
 from exporter.core.supervisor import Supervisor, SupervisorCollector
 from exporter.http.metrics_listener import create_metrics_app
+from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
 from exporter.webhooks.commit import GroupCommitter
-from exporter.whitebit.balances import AccountBalances, BalancesCollector
-from exporter.whitebit.pollers import CollateralSummaries, build_pollers
-from exporter.whitebit.ratelimit import RateLimiter
-from exporter.whitebit.reconcile import MissedWebhooks, build_history_poller
-from exporter.whitebit.rest import RestClient, RestMetrics, RestTransport
-from exporter.whitebit.signing import NonceSource
-from exporter.whitebit.transfers import TransferBook, TransferCollector
+from exporter.whitebit.sources import WhitebitSources, build_sources
+from exporter.whitebit.transfers import FINAL_TRANSFER_RETENTION, TransferBook, TransferCollector
 from exporter.whitebit.webhook import WhitebitReceiver
-from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
 from exporter.zerohash.balances import ZerohashBalanceCollector, ZerohashBalances
 from exporter.zerohash.webhook import ZerohashReceiver
 
@@ -66,19 +62,6 @@ class StartupError(Exception):
     """The exporter cannot start: a listener cannot bind or the state file cannot be opened."""
 
 
-class Source(Protocol):
-    """A long-lived data source (a WebSocket, a REST poller) run under the supervisor."""
-
-    @property
-    def name(self) -> str:
-        """The supervisor task name, e.g. ``websocket:main``; unique per exporter."""
-        ...
-
-    async def run(self) -> None:
-        """Run until cancelled; raising gets the source restarted with backoff."""
-        ...
-
-
 class Companion(Protocol):
     """Something started before the exporter and stopped after it (the demo's simulator)."""
 
@@ -89,32 +72,6 @@ class Companion(Protocol):
     async def stop(self) -> None:
         """Stop serving and release everything."""
         ...
-
-
-class _DebugAccessLogger(AbstractAccessLogger):
-    """One structured line per request, at debug level: scrapes every 15 s would drown info."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        # request.path carries no query string, so nothing a client sent as a parameter is logged.
-        self.logger.debug(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_seconds": round(time, 6),
-                "remote": request.remote,
-            },
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.DEBUG)
-
-
-def _url(address: tuple[object, ...]) -> str:
-    host, port = str(address[0]), int(str(address[1]))
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class Exporter:
@@ -143,120 +100,11 @@ class Exporter:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self._state: StateStore | None = None
-        self._runners: dict[str, web.AppRunner] = {}
-        self._urls: dict[str, str] = {}
+        self._metrics: Listener | None = None
+        self._webhooks: Listener | None = None
+        self._whitebit: WhitebitSources | None = None
         self._started = False
         self._stopped = False
-
-    # -- extension points -------------------------------------------------------------------
-
-    def _build_sources(self) -> list[Source]:
-        """Every data source the config asks for, each registering its health and collector.
-
-        Called once from :meth:`start`, after the state store is open. A source built here
-        (a WebSocket or REST poller per account with ``api_key``) registers itself with
-        ``self.health`` and its collector on ``self.registry``; the exporter then runs its
-        ``run()`` under the supervisor. Accounts run on webhooks alone need no source.
-        """
-        sources: list[Source] = []
-        api_accounts = [a for a in self.config.whitebit if a.api_key is not None and a.api_secret is not None]
-        if not api_accounts:
-            return sources
-        balances = {account.name: AccountBalances(account.name) for account in api_accounts}
-        self.registry.register(BalancesCollector(balances.values()))
-
-        # REST: one limiter (WhiteBIT limits per IP), one HTTP session and one metrics collector for
-        # every account; the transport runs as a source only to close the session on stop.
-        rest_config = self.config.rest
-        limiter = RateLimiter(dict(rest_config.rate_limits))
-        rest_metrics = RestMetrics(limiter, buckets=rest_config.request_duration_buckets)
-        self.registry.register(rest_metrics)
-        transport = RestTransport(limiter, rest_metrics, timeout=rest_config.timeout)
-        sources.append(transport)
-        summaries = CollateralSummaries()
-        self.registry.register(summaries)
-        # The private WebSocket of every account: one collector renders all of them.
-        websocket_collector = WebSocketCollector()
-        self.registry.register(websocket_collector)
-        # History reconciliation counts missed webhooks only for accounts that have a webhook.
-        missed = MissedWebhooks()
-        self.registry.register(missed)
-        nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
-        for account in api_accounts:
-            if account.api_key is None or account.api_secret is None:
-                continue  # filtered above; this narrows the types
-            client = RestClient(
-                account=account.name,
-                base_url=account.rest_url,
-                api_key=account.api_key,
-                api_secret=account.api_secret,
-                transport=transport,
-                nonce_window=account.nonce_window,
-                nonces=nonces.setdefault(account.api_key, NonceSource()),
-                max_retries=rest_config.max_retries,
-            )
-            websocket = WebSocketSource(
-                account.name,
-                account.ws_url,
-                account.markets,
-                client.websocket_token,
-                balances[account.name],
-                self.health,
-                clock=self.clock,
-            )
-            websocket_collector.add(websocket)
-            sources.append(websocket)
-            sources.extend(
-                build_pollers(
-                    client,
-                    balances[account.name],
-                    health=self.health,
-                    summaries=summaries,
-                    main_balance_interval=account.poll.main_balance,
-                    collateral_interval=account.poll.collateral,
-                    trade_balance_interval=account.poll.trade_balance,
-                )
-            )
-            sources.append(
-                build_history_poller(
-                    client,
-                    self.transfers,
-                    self.state,
-                    health=self.health,
-                    interval=account.poll.history,
-                    grace=account.reconcile_grace,
-                    missed=missed if account.webhook is not None else None,
-                    clock=self.clock,
-                )
-            )
-        return sources
-
-    def _build_receivers(self) -> list[WebhookReceiver]:
-        """Every webhook receiver the config asks for, routed by the webhook listener.
-
-        Called once from :meth:`start`, after the state store is open; each receiver answers
-        ``POST`` on its own path (see :mod:`exporter.http.webhook_listener`). Also builds
-        ``self.transfers``, the :class:`~exporter.whitebit.transfers.TransferBook` every account's deposits
-        and withdrawals go through (webhooks now; history reconciliation feeds it too), before
-        :meth:`_build_sources` runs.
-        """
-        receivers: list[WebhookReceiver] = []
-        # One committer for both receivers: deliveries arriving together share one commit.
-        committer = GroupCommitter(self.state)
-        self.transfers = TransferBook(self.state, (a.name for a in self.config.whitebit), clock=self.clock)
-        self.registry.register(TransferCollector(self.transfers))
-        if any(account.webhook is not None for account in self.config.whitebit):
-            whitebit = WhitebitReceiver(self.config, self.state, self.transfers, clock=self.clock, committer=committer)
-            self.registry.register(whitebit.collector)
-            receivers.append(whitebit)
-        if self.config.zerohash is not None:
-            settings = self.config.zerohash.webhook
-            balances = ZerohashBalances(settings.participants, self.state.zerohash_balances())
-            self.registry.register(ZerohashBalanceCollector(balances))
-            zerohash = ZerohashReceiver(settings, self.state, balances, clock=self.clock, committer=committer)
-            self.registry.register(zerohash.collector)
-            receivers.append(zerohash)
-        return receivers
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -270,18 +118,16 @@ class Exporter:
     @property
     def metrics_url(self) -> str:
         """``http://host:port`` the metrics listener is bound to (the real port when 0 was asked)."""
-        return self._url_of("metrics")
+        if self._metrics is None:
+            raise RuntimeError("the metrics listener is not started")
+        return self._metrics.url
 
     @property
     def webhooks_url(self) -> str:
         """``http://host:port`` the webhook listener is bound to."""
-        return self._url_of("webhooks")
-
-    def _url_of(self, listener: str) -> str:
-        try:
-            return self._urls[listener]
-        except KeyError:
-            raise RuntimeError(f"the {listener} listener is not started") from None
+        if self._webhooks is None:
+            raise RuntimeError("the webhooks listener is not started")
+        return self._webhooks.url
 
     async def start(self) -> None:
         """Open the state file, bind both listeners, start every source.
@@ -294,47 +140,82 @@ class Exporter:
         self._started = True
         self._log_configuration()
         try:
-            try:
-                self._state = StateStore.open(self.config.state.path, clock=self.clock)
-            except StateError as exc:
-                raise StartupError(str(exc)) from exc
-            log.info("state opened", extra={"path": str(self.config.state.path)})
-            await self._listen(
-                "metrics",
-                create_metrics_app(self.registry, self.health, self.version),
-                self.config.web.listen_address,
-            )
-            await self._listen(
-                "webhooks",
-                create_webhook_app(self.config, self._build_receivers()),
-                self.config.webhooks.listen_address,
-            )
-            for source in self._build_sources():
-                self.supervisor.start(source.name, source.run)
+            await self._start()
         except BaseException:
             await self.stop()
             raise
         log.info("listening", extra={"metrics": self.metrics_url, "webhooks": self.webhooks_url})
 
-    async def _listen(self, listener: str, app: web.Application, address: ListenAddress) -> None:
-        runner = web.AppRunner(
-            app,
-            access_log_class=_DebugAccessLogger,
-            access_log=logging.getLogger(f"exporter.access.{listener}"),
-            # Bounds how long cleanup() waits for in-flight requests.
-            shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT if listener == "webhooks" else _METRICS_STOP_TIMEOUT,
-        )
-        await runner.setup()
-        self._runners[listener] = runner
-        # An empty host means every interface, as in Prometheus' ":9945".
-        site = web.TCPSite(runner, address.host or None, address.port)
+    async def _start(self) -> None:
+        config = self.config
         try:
-            await site.start()
-        except OSError as exc:
-            # asyncio's own strerror repeats the address; the errno text alone reads better.
-            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
-            raise StartupError(f"cannot listen on {address} for the {listener} listener: {reason}") from exc
-        self._urls[listener] = _url(runner.addresses[0])
+            state = self._state = StateStore.open(config.state.path, clock=self.clock)
+        except StateError as exc:
+            raise StartupError(str(exc)) from exc
+        log.info("state opened", extra={"path": str(config.state.path)})
+        # What the providers share, built before any of them: one committer for both receivers, so
+        # deliveries arriving together share one commit, and one book for every account's transfers,
+        # fed by the WhiteBIT receiver and by history reconciliation.
+        committer = GroupCommitter(state)
+        transfers = TransferBook(state, (a.name for a in config.whitebit), clock=self.clock)
+        self.registry.register(TransferCollector(transfers))
+        receivers = self._receivers(state, committer, transfers)
+
+        self._metrics = Listener(
+            "metrics",
+            create_metrics_app(self.registry, self.health, self.version),
+            config.web.listen_address,
+            shutdown_timeout=_METRICS_STOP_TIMEOUT,
+        )
+        self._webhooks = Listener(
+            "webhooks",
+            create_webhook_app(config.webhooks, config.whitebit, receivers),
+            config.webhooks.listen_address,
+            shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT,
+        )
+        for listener in (self._metrics, self._webhooks):
+            try:
+                await listener.start()
+            except ListenError as exc:
+                raise StartupError(str(exc)) from exc
+
+        self._whitebit = build_sources(
+            config.whitebit,
+            config.rest,
+            transfers=transfers,
+            state=state,
+            health=self.health,
+            registry=self.registry,
+            clock=self.clock,
+        )
+        housekeeping = Housekeeping(
+            {
+                "delivery_ids": lambda now: state.purge_expired_deliveries(),
+                "final_transfers": lambda now: transfers.purge_final(now - FINAL_TRANSFER_RETENTION),
+            },
+            clock=self.clock,
+        )
+        for source in (*self._whitebit.sources, housekeeping):
+            self.supervisor.start(source.name, source.run)
+
+    def _receivers(
+        self, state: StateStore, committer: GroupCommitter, transfers: TransferBook
+    ) -> list[WebhookReceiver]:
+        """Every webhook receiver the config asks for, each with its collectors registered."""
+        receivers: list[WebhookReceiver] = []
+        webhook_accounts = [account for account in self.config.whitebit if account.webhook is not None]
+        if webhook_accounts:
+            whitebit = WhitebitReceiver(webhook_accounts, state, transfers, committer, clock=self.clock)
+            self.registry.register(whitebit.collector)
+            receivers.append(whitebit)
+        if self.config.zerohash is not None:
+            settings = self.config.zerohash.webhook
+            balances = ZerohashBalances(settings.participants, state.zerohash_balances())
+            self.registry.register(ZerohashBalanceCollector(balances))
+            zerohash = ZerohashReceiver(settings, state, balances, committer, clock=self.clock)
+            self.registry.register(zerohash.collector)
+            receivers.append(zerohash)
+        return receivers
 
     async def stop(self) -> None:
         """Stop accepting webhooks, stop every source, stop serving metrics, close the state.
@@ -347,24 +228,17 @@ class Exporter:
             return
         self._stopped = True
         log.info("stopping")
-        await self._stop_runner("webhooks", _WEBHOOKS_STOP_TIMEOUT)
+        if self._webhooks is not None:
+            await self._webhooks.stop()
         await self.supervisor.stop(timeout=_TASKS_STOP_TIMEOUT)
-        await self._stop_runner("metrics", _METRICS_STOP_TIMEOUT)
+        if self._whitebit is not None:
+            await self._whitebit.close()
+        if self._metrics is not None:
+            await self._metrics.stop()
         if self._state is not None:
             self._state.close()
             self._state = None
         log.info("stopped")
-
-    async def _stop_runner(self, listener: str, budget: float) -> None:
-        self._urls.pop(listener, None)
-        runner = self._runners.pop(listener, None)
-        if runner is None:
-            return
-        try:
-            # shutdown_timeout already bounds in-flight requests; this bounds the rest.
-            await asyncio.wait_for(runner.cleanup(), timeout=budget + 0.25)
-        except TimeoutError:
-            log.error("listener did not stop in time", extra={"listener": listener})
 
     def _log_configuration(self) -> None:
         """One line per account and source of data, never a secret (keys show 4 characters)."""

@@ -11,8 +11,10 @@ import platform
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import closing
 from typing import Any
 
 import aiohttp
@@ -30,17 +32,11 @@ from exporter.config.schema import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
+from exporter.core.backoff import Backoff
 from exporter.core.logs import LogfmtFormatter
-from exporter.core.metrics import (
-    EXPORTER_BUILD_INFO,
-    EXPORTER_TASK_RESTARTS,
-    METRIC_TYPES,
-    WHITEBIT_ORDER_EVENTS,
-    WHITEBIT_REST_REQUEST_DURATION_SECONDS,
-    WHITEBIT_UP,
-    exposed_name,
-)
-from exporter.core.supervisor import Supervisor
+from exporter.core.metrics import EXPORTER_BUILD_INFO, WHITEBIT_UP
+from exporter.core.state import MIN_DELIVERY_TTL, StateStore
+from exporter.core.supervisor import Supervisor, TaskStatus
 from exporter.http.webhook_listener import create_webhook_app
 from tests.helpers import scrape, scrape_text, wait_for
 
@@ -117,21 +113,18 @@ def occupied_port() -> Iterator[int]:
     sock.close()
 
 
+def task_status(exporter: Exporter, name: str) -> TaskStatus:
+    """The supervised task called ``name`` (the exporter runs its own tasks too)."""
+    return next(task for task in exporter.supervisor.status() if task.name == name)
+
+
 # -- /metrics -----------------------------------------------------------------------------
 
 
 async def test_metrics_expose_build_info_with_version_and_python(start_exporter: StartExporter) -> None:
     exporter = await start_exporter()
     result = await scrape(exporter.metrics_url)
-    assert result.samples(EXPORTER_BUILD_INFO) == [({"version": __version__, "python": platform.python_version()}, 1.0)]
-
-
-def test_counter_families_are_exposed_with_total_suffix() -> None:
-    assert exposed_name(WHITEBIT_ORDER_EVENTS) == "whitebit_order_events_total"
-    assert exposed_name(EXPORTER_TASK_RESTARTS) == "whitebit_exporter_task_restarts_total"
-    assert exposed_name(WHITEBIT_UP) == "whitebit_up"
-    assert exposed_name(WHITEBIT_REST_REQUEST_DURATION_SECONDS) == "whitebit_rest_request_duration_seconds"
-    assert all(not name.endswith("_total") for name in METRIC_TYPES)
+    assert result.samples(EXPORTER_BUILD_INFO.name) == [({"version": __version__, "python": platform.python_version()}, 1.0)]
 
 
 async def test_metrics_have_no_created_series(start_exporter: StartExporter) -> None:
@@ -145,7 +138,7 @@ async def test_metrics_show_up_for_every_configured_account(start_exporter: Star
     exporter = await start_exporter()
     exporter.health.register("websocket", "trading").failing("disconnected (refused)")
     result = await scrape(exporter.metrics_url)
-    assert result.samples(WHITEBIT_UP) == [
+    assert result.samples(WHITEBIT_UP.name) == [
         ({"account": "main"}, 1.0),
         ({"account": "trading"}, 0.0),
         ({"account": "payments"}, 1.0),
@@ -178,7 +171,7 @@ async def test_metrics_pass_promtool_check_metrics(start_exporter: StartExporter
 async def test_metrics_show_supervised_tasks(start_exporter: StartExporter) -> None:
     exporter = await start_exporter()
     exporter.supervisor.start("idle", asyncio.Event().wait)
-    await wait_for(lambda: exporter.supervisor.status()[0].running)
+    await wait_for(lambda: task_status(exporter, "idle").running)
     result = await scrape(exporter.metrics_url)
     assert result.value("whitebit_exporter_task_restarts_total", task="idle") == 0.0
     assert result.value("whitebit_exporter_task_running", task="idle") == 1.0
@@ -339,7 +332,8 @@ async def test_receivers_get_post_and_a_head_probe_and_bodies_are_capped(
     aiohttp_client: Any, make_config: Callable[..., Config]
 ) -> None:
     receiver = EchoReceiver()
-    client = await aiohttp_client(create_webhook_app(make_config(ACCOUNTS, max_body_bytes=1024), [receiver]))
+    config = make_config(ACCOUNTS, max_body_bytes=1024)
+    client = await aiohttp_client(create_webhook_app(config.webhooks, config.whitebit, [receiver]))
 
     response = await client.post(receiver.path, data=b"x" * 1024)
     assert response.status == 200 and await response.text() == "1024"
@@ -412,6 +406,26 @@ async def test_start_opens_the_state_file_and_stop_closes_it(make_config: Callab
         _ = exporter.state
 
 
+async def test_old_state_is_purged_by_the_housekeeping_task_at_start(make_config: Callable[..., Config]) -> None:
+    config = make_config(ACCOUNTS)
+    with StateStore.open(config.state.path, clock=lambda: 1_000.0) as store:
+        store.remember_delivery("whitebit", "main", "old-id", ttl=MIN_DELIVERY_TTL)
+        store.remember_delivery("whitebit", "main", "fresh-id", ttl=MIN_DELIVERY_TTL * 10)
+    exporter = Exporter(config, clock=lambda: 1_000.0 + MIN_DELIVERY_TTL + 1)
+    await exporter.start()
+
+    def stored_ids() -> set[str]:
+        with closing(sqlite3.connect(config.state.path)) as reader:
+            return {row[0] for row in reader.execute("SELECT delivery_id FROM webhook_deliveries")}
+
+    try:
+        # An expired id is no longer "seen" anyway; the clean-up also removes its row from the file.
+        await wait_for(lambda: stored_ids() == {"fresh-id"})
+        assert task_status(exporter, "state:housekeeping").running
+    finally:
+        await exporter.stop()
+
+
 async def test_stop_closes_both_listeners(start_exporter: StartExporter, http: aiohttp.ClientSession) -> None:
     exporter = await start_exporter()
     urls = [exporter.metrics_url + "/-/healthy", exporter.webhooks_url + "/whiteBIT-verification"]
@@ -425,7 +439,7 @@ async def test_stop_closes_both_listeners(start_exporter: StartExporter, http: a
 async def test_stop_is_bounded_even_with_a_task_ignoring_cancellation(
     make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
-    exporter = Exporter(make_config(ACCOUNTS), supervisor=Supervisor(initial_backoff=0.001, max_backoff=0.001))
+    exporter = Exporter(make_config(ACCOUNTS), supervisor=Supervisor(backoff=Backoff(0.001, 0.001)))
     await exporter.start()
     release = asyncio.Event()
 
@@ -437,11 +451,11 @@ async def test_stop_is_bounded_even_with_a_task_ignoring_cancellation(
                 continue
 
     exporter.supervisor.start("stubborn", stubborn)
-    await wait_for(lambda: exporter.supervisor.status()[0].running)
+    await wait_for(lambda: task_status(exporter, "stubborn").running)
     await asyncio.wait_for(exporter.stop(), timeout=STOP_TIMEOUT)
     assert any("ignored cancellation" in r.getMessage() for r in caplog.records)
     release.set()
-    await wait_for(lambda: exporter.supervisor.status()[0].finished)
+    await wait_for(lambda: task_status(exporter, "stubborn").finished)
 
 
 async def test_startup_log_lists_accounts_and_listeners_without_secrets(

@@ -18,13 +18,15 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.core.backoff import Backoff
 from exporter.core.health import HealthRegistry, UpCollector
 from exporter.http.metrics_listener import create_metrics_app
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
 from exporter.whitebit.signing import NonceSource, sign_request
+from exporter.whitebit.websocket.collector import WebSocketCollector
 from exporter.whitebit.websocket.orders import SIDE_NAMES, TYPE_NAMES, TYPE_OTHER
-from exporter.whitebit.websocket.source import WebSocketCollector, WebSocketSource
+from exporter.whitebit.websocket.source import WebSocketSource
 from tests.helpers import Scrape, scrape
 
 MARKETS = ("BTC_USDT", "ETH_USDT")
@@ -34,8 +36,7 @@ TOKEN_PATH = "/api/v4/profile/websocket_token"
 FAST = {
     "ping_interval": 1.0,
     "pong_timeout": 2.0,
-    "backoff_initial": 0.05,
-    "backoff_max": 0.2,
+    "backoff": Backoff(0.05, 0.2),
 }
 
 

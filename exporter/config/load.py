@@ -35,6 +35,8 @@ from exporter.config.schema import (
     DEFAULT_WEBHOOKS_ADDRESS,
     DOCUMENTED_LIMITS,
     FAMILIES,
+    NONCE_POLICIES,
+    RESERVED_ACCOUNT_NAME,
     Config,
     ListenAddress,
     PollConfig,
@@ -81,9 +83,6 @@ _ZEROHASH_WEBHOOK_KEYS = (
     "participants",
 )
 
-NONCE_POLICIES = ("count", "strict")
-# "unknown" is the account label of a delivery whose key matches no configured account (spec).
-RESERVED_ACCOUNT_NAME = "unknown"
 
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _MARKET = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)+")
@@ -518,7 +517,7 @@ class _Loader:
         if webhook is None:
             return None
         hmac_secrets = self.secret_list(webhook, "hmac_secrets", location)
-        rsa_file = self.rsa_public_keys_file(webhook, location)
+        rsa_keys = self.rsa_public_keys(webhook, location)
         tolerance = self.duration(webhook, "timestamp_tolerance", location)
         participants = self.string_list(webhook, "participants", location) or ()
         seen: set[str] = set()
@@ -540,7 +539,8 @@ class _Loader:
         return ZerohashConfig(
             webhook=ZerohashWebhookConfig(
                 hmac_secrets=hmac_secrets or (),
-                rsa_public_keys_file=rsa_file,
+                rsa_public_keys_file=None if rsa_keys is None else rsa_keys[0],
+                rsa_public_keys=() if rsa_keys is None else rsa_keys[1],
                 timestamp_tolerance=(ZerohashWebhookConfig.timestamp_tolerance if tolerance is None else tolerance),
                 participants=participants,
             )
@@ -814,8 +814,8 @@ class _Loader:
             return None
         return secret
 
-    def rsa_public_keys_file(self, fields: Mapping[str, Any], location: str) -> str | None:
-        """The resolved path of a PEM file whose every block is an RSA public key."""
+    def rsa_public_keys(self, fields: Mapping[str, Any], location: str) -> tuple[str, tuple[rsa.RSAPublicKey, ...]] | None:
+        """The resolved path of ``rsa_public_keys_file`` and every RSA public key in it (each PEM block must be one)."""
         path = self.string_field(fields, "rsa_public_keys_file", location)
         if path is None:
             return None
@@ -832,14 +832,15 @@ class _Loader:
             wanted = "want BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY"
             self.problem(where, f'"{path}" holds no PEM block ({wanted})')
             return None
-        valid = True
+        keys: list[rsa.RSAPublicKey] = []
         for number, block in enumerate(blocks, start=1):
             try:
                 key = serialization.load_pem_public_key(block.group(0))
             except (ValueError, UnsupportedAlgorithm):
                 key = None
-            if not isinstance(key, rsa.RSAPublicKey):
+            if isinstance(key, rsa.RSAPublicKey):
+                keys.append(key)
+            else:
                 label = block.group(1).decode("ascii")
                 self.problem(where, f'"{path}": PEM block {number} ({label}) is not an RSA public key')
-                valid = False
-        return resolved if valid else None
+        return (resolved, tuple(keys)) if len(keys) == len(blocks) else None

@@ -1,7 +1,8 @@
 """The configuration as the rest of the exporter sees it: frozen dataclasses and their defaults.
 
-Nothing here reads a file or an environment variable (that is :mod:`exporter.config.load`), and
-nothing here imports the rest of the exporter: every other module depends on this one, never the
+Nothing here reads a file or an environment variable (that is :mod:`exporter.config.load`, which
+also reads the secret and key files, so nothing reads them later), and nothing here imports the rest
+of the exporter: every other module depends on this one, never the
 other way round. Durations are float seconds. Secret fields are excluded from ``repr`` so a config
 object can be logged without leaking them. The shipped ``config.yaml`` documents every key.
 """
@@ -9,6 +10,8 @@ object can be logged without leaking them. The shipped ``config.yaml`` documents
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 #: Request duration buckets (seconds): WhiteBIT answers in tens to hundreds of milliseconds when
 #: healthy; the upper buckets separate a slow exchange from one that times out (default 10 s).
@@ -35,14 +38,10 @@ class RateLimit:
     limit: int
     window: float
 
-    def __post_init__(self) -> None:
-        if self.limit < 1 or not self.window > 0:
-            raise ValueError(f"a rate limit needs limit >= 1 and window > 0, got {self.limit}/{self.window}s")
 
-
-#: WhiteBIT's documented REST limits per IP (reference 3.1), by endpoint family. Where the old and
-#: new docs disagree the stricter figure is kept: ``orders`` is 12,000 in the new docs but 1,000 in
-#: the old ones (reference 8.3), and a limiter that is too strict only costs a little waiting.
+#: WhiteBIT's documented REST limits per IP, by endpoint family (docs/protocol.md#rest-rate-limits).
+#: Where the old and new docs disagree the stricter figure is kept: ``orders`` is 12,000 in the new
+#: docs but 1,000 in the old ones, and a limiter that is too strict only costs a little waiting.
 DOCUMENTED_LIMITS: dict[str, RateLimit] = {
     "default": RateLimit(10_000, 10.0),
     "main-account": RateLimit(1_000, 10.0),
@@ -55,6 +54,12 @@ DOCUMENTED_LIMITS: dict[str, RateLimit] = {
 }
 
 FAMILIES: tuple[str, ...] = tuple(DOCUMENTED_LIMITS)
+
+#: The ``account`` label of a webhook delivery whose key matches no configured account, so no account
+#: may be called that.
+RESERVED_ACCOUNT_NAME = "unknown"
+#: What ``webhook.nonce_policy`` may be.
+NONCE_POLICIES = ("count", "strict")
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9945"
 DEFAULT_WEBHOOKS_ADDRESS = "0.0.0.0:9946"
@@ -153,7 +158,9 @@ class ZerohashWebhookConfig:
     """Zero Hash webhook verification and aggregation settings."""
 
     hmac_secrets: tuple[str, ...] = field(default=(), repr=False)
+    #: Where the RSA public keys came from (for the log); the loader has read them into ``rsa_public_keys``.
     rsa_public_keys_file: str | None = None
+    rsa_public_keys: tuple[RSAPublicKey, ...] = field(default=(), repr=False, compare=False)
     timestamp_tolerance: float = 300.0
     participants: tuple[str, ...] = ()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.metrics import WHITEBIT_UP
@@ -132,11 +132,7 @@ class UpCollector(Collector):
         self._accounts = tuple(accounts)
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            WHITEBIT_UP,
-            "1 when every data source of the WhiteBIT account is connected and fresh, else 0.",
-            labels=["account"],
-        )
+        family = WHITEBIT_UP.family()
         for account in self._accounts:
             family.add_metric([account], 1.0 if self._health.account_ok(account) else 0.0)
         yield family

@@ -1,143 +1,393 @@
-"""Metric family names (the spec's Metrics table, one constant each) and the build_info collector.
+"""Every metric the exporter exposes, defined once: name, type, help text and label names.
 
-Names are defined once here and reused by the collectors, the tests and the docs. Counter
-families are named WITHOUT ``_total``: ``CounterMetricFamily`` (and ``Counter``) append the
-suffix themselves, so ``WHITEBIT_ORDER_EVENTS`` is exposed as ``whitebit_order_events_total``.
-:data:`METRIC_TYPES` maps every family to its type; :func:`exposed_name` gives the sample name
-a scrape shows for a counter.
+The collectors build their families from these definitions (``WHITEBIT_BALANCE.family()``), the
+README's metric tables are checked against :data:`METRICS` by a test, and so is the monitoring
+bundle (every name the alert rules and dashboards read must be defined here). Adding a metric means
+adding a definition here, rendering it in a collector, and a row in the README.
+
+Counter names are given WITHOUT ``_total``: ``CounterMetricFamily`` appends it, so
+``WHITEBIT_ORDER_EVENTS`` is scraped as ``whitebit_order_events_total`` (see
+:attr:`MetricDef.sample_names`). Label values that a sender or an exchange could invent are mapped
+onto a bounded set by the module that reads them, with :data:`OTHER` for anything undocumented.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-# --- WhiteBIT accounts -------------------------------------------------------------------
-WHITEBIT_UP = "whitebit_up"
-WHITEBIT_BALANCE = "whitebit_balance"
-WHITEBIT_BALANCE_FROZEN = "whitebit_balance_frozen"
-WHITEBIT_COLLATERAL_BORROWED = "whitebit_collateral_borrowed"
-WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS = "whitebit_balance_last_update_timestamp_seconds"
-WHITEBIT_OPEN_ORDERS = "whitebit_open_orders"
-WHITEBIT_OPEN_ORDERS_LEFT = "whitebit_open_orders_left"
-WHITEBIT_ORDER_EVENTS = "whitebit_order_events"  # counter: exposed as ..._total
-WHITEBIT_WEBSOCKET_CONNECTED = "whitebit_websocket_connected"
-WHITEBIT_WEBSOCKET_RECONNECTS = "whitebit_websocket_reconnects"  # counter
-WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS = "whitebit_websocket_last_message_timestamp_seconds"
+#: The label value of anything undocumented (a method, a payload type, a status), so a sender
+#: cannot mint series.
+OTHER = "other"
 
-# --- WhiteBIT webhooks and history reconciliation -----------------------------------------
-WHITEBIT_WEBHOOKS_RECEIVED = "whitebit_webhooks_received"  # counter
-WHITEBIT_WEBHOOKS_VERIFIED = "whitebit_webhooks_verified"  # counter
-WHITEBIT_WEBHOOKS_REJECTED = "whitebit_webhooks_rejected"  # counter
-WHITEBIT_WEBHOOKS_DUPLICATE = "whitebit_webhooks_duplicate"  # counter
-WHITEBIT_WEBHOOK_NONCE_REGRESSIONS = "whitebit_webhook_nonce_regressions"  # counter
-WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = "whitebit_webhook_last_received_timestamp_seconds"
-WHITEBIT_WEBHOOKS_MISSED = "whitebit_webhooks_missed"  # counter
-WHITEBIT_TRANSFERS_IN_FLIGHT = "whitebit_transfers_in_flight"
-WHITEBIT_TRANSFERS = "whitebit_transfers"  # counter
+#: The values of one sample's labels, in the order of :attr:`MetricDef.labels`.
+LabelValues = tuple[str, ...]
 
-# --- WhiteBIT REST ------------------------------------------------------------------------
-WHITEBIT_REST_REQUEST_DURATION_SECONDS = "whitebit_rest_request_duration_seconds"  # histogram
-WHITEBIT_REST_REQUESTS = "whitebit_rest_requests"  # counter
-WHITEBIT_REST_RATE_LIMITED = "whitebit_rest_rate_limited"  # counter
-WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO = "whitebit_rest_rate_limit_usage_ratio"
 
-# --- WhiteBIT collateral account summary (REST /collateral-account/summary; not in the spec table) --
-WHITEBIT_COLLATERAL_EQUITY = "whitebit_collateral_equity"
-WHITEBIT_COLLATERAL_MARGIN = "whitebit_collateral_margin"
-WHITEBIT_COLLATERAL_FREE_MARGIN = "whitebit_collateral_free_margin"
-WHITEBIT_COLLATERAL_MARGIN_FRACTION = "whitebit_collateral_margin_fraction"
-WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS = "whitebit_collateral_account_last_update_timestamp_seconds"
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric family: what a scrape calls it, what it means and what it is labelled by."""
 
-# --- Zero Hash ----------------------------------------------------------------------------
-ZEROHASH_BALANCE = "zerohash_balance"
-ZEROHASH_PARTICIPANT_BALANCE = "zerohash_participant_balance"
-ZEROHASH_ACCOUNTS = "zerohash_accounts"
-ZEROHASH_BALANCE_MOVEMENTS = "zerohash_balance_movements"  # counter
-ZEROHASH_WEBHOOKS_RECEIVED = "zerohash_webhooks_received"  # counter
-ZEROHASH_WEBHOOKS_VERIFIED = "zerohash_webhooks_verified"  # counter
-ZEROHASH_WEBHOOKS_REJECTED = "zerohash_webhooks_rejected"  # counter
-ZEROHASH_WEBHOOKS_DUPLICATE = "zerohash_webhooks_duplicate"  # counter
-ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = "zerohash_webhook_last_received_timestamp_seconds"
+    type: ClassVar[str]
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
 
-# --- The exporter itself ------------------------------------------------------------------
-EXPORTER_BUILD_INFO = "whitebit_exporter_build_info"
-EXPORTER_TASK_RESTARTS = "whitebit_exporter_task_restarts"  # counter
-EXPORTER_TASK_RUNNING = "whitebit_exporter_task_running"
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """The names its samples carry in a scrape (``_total`` for counters, three for a histogram)."""
+        return (self.name,)
 
-GAUGE = "gauge"
-COUNTER = "counter"
-HISTOGRAM = "histogram"
 
-METRIC_TYPES: dict[str, str] = {
-    WHITEBIT_UP: GAUGE,
-    WHITEBIT_BALANCE: GAUGE,
-    WHITEBIT_BALANCE_FROZEN: GAUGE,
-    WHITEBIT_COLLATERAL_BORROWED: GAUGE,
-    WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS: GAUGE,
-    WHITEBIT_OPEN_ORDERS: GAUGE,
-    WHITEBIT_OPEN_ORDERS_LEFT: GAUGE,
-    WHITEBIT_ORDER_EVENTS: COUNTER,
-    WHITEBIT_WEBSOCKET_CONNECTED: GAUGE,
-    WHITEBIT_WEBSOCKET_RECONNECTS: COUNTER,
-    WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS: GAUGE,
-    WHITEBIT_WEBHOOKS_RECEIVED: COUNTER,
-    WHITEBIT_WEBHOOKS_VERIFIED: COUNTER,
-    WHITEBIT_WEBHOOKS_REJECTED: COUNTER,
-    WHITEBIT_WEBHOOKS_DUPLICATE: COUNTER,
-    WHITEBIT_WEBHOOK_NONCE_REGRESSIONS: COUNTER,
-    WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS: GAUGE,
-    WHITEBIT_WEBHOOKS_MISSED: COUNTER,
-    WHITEBIT_TRANSFERS_IN_FLIGHT: GAUGE,
-    WHITEBIT_TRANSFERS: COUNTER,
-    WHITEBIT_REST_REQUEST_DURATION_SECONDS: HISTOGRAM,
-    WHITEBIT_REST_REQUESTS: COUNTER,
-    WHITEBIT_REST_RATE_LIMITED: COUNTER,
-    WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO: GAUGE,
-    WHITEBIT_COLLATERAL_EQUITY: GAUGE,
-    WHITEBIT_COLLATERAL_MARGIN: GAUGE,
-    WHITEBIT_COLLATERAL_FREE_MARGIN: GAUGE,
-    WHITEBIT_COLLATERAL_MARGIN_FRACTION: GAUGE,
-    WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS: GAUGE,
-    ZEROHASH_BALANCE: GAUGE,
-    ZEROHASH_PARTICIPANT_BALANCE: GAUGE,
-    ZEROHASH_ACCOUNTS: GAUGE,
-    ZEROHASH_BALANCE_MOVEMENTS: COUNTER,
-    ZEROHASH_WEBHOOKS_RECEIVED: COUNTER,
-    ZEROHASH_WEBHOOKS_VERIFIED: COUNTER,
-    ZEROHASH_WEBHOOKS_REJECTED: COUNTER,
-    ZEROHASH_WEBHOOKS_DUPLICATE: COUNTER,
-    ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS: GAUGE,
-    EXPORTER_BUILD_INFO: GAUGE,
-    EXPORTER_TASK_RESTARTS: COUNTER,
-    EXPORTER_TASK_RUNNING: GAUGE,
-}
+@dataclass(frozen=True)
+class GaugeDef(MetricDef):
+    """A gauge."""
 
-# --- Label values the spec fixes (counters with known label values start at 0) -------------
-WALLETS = ("main", "spot", "collateral")
-ORDER_SIDES = ("buy", "sell")
-ORDER_EVENTS = ("new", "update", "finish", "modify", "stop_activated")
-TRANSFER_KINDS = ("deposit", "withdraw")
-WHITEBIT_REJECT_REASONS = (
-    "missing_header",
-    "unknown_key",
-    "payload_mismatch",
-    "bad_signature",
-    "bad_json",
-    "body_too_large",
-    "nonce_regression",
+    type: ClassVar[str] = "gauge"
+
+    def family(self) -> GaugeMetricFamily:
+        """An empty family of this gauge, to be filled by a collector."""
+        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+    def render(self, values: Mapping[LabelValues, float]) -> GaugeMetricFamily:
+        """The family with one sample per ``label values -> value``."""
+        family = self.family()
+        for labels, value in values.items():
+            family.add_metric(labels, value)
+        return family
+
+
+@dataclass(frozen=True)
+class CounterDef(MetricDef):
+    """A counter (``name`` without ``_total``)."""
+
+    type: ClassVar[str] = "counter"
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        return (f"{self.name}_total",)
+
+    def family(self) -> CounterMetricFamily:
+        """An empty family of this counter, to be filled by a collector."""
+        return CounterMetricFamily(self.name, self.help, labels=self.labels)
+
+    def render(self, values: Mapping[LabelValues, float]) -> CounterMetricFamily:
+        """The family with one sample per ``label values -> value``."""
+        family = self.family()
+        for labels, value in values.items():
+            family.add_metric(labels, value)
+        return family
+
+
+@dataclass(frozen=True)
+class HistogramDef(MetricDef):
+    """A histogram; its buckets are chosen where it is observed."""
+
+    type: ClassVar[str] = "histogram"
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        return tuple(f"{self.name}_{suffix}" for suffix in ("bucket", "sum", "count"))
+
+    def family(self) -> HistogramMetricFamily:
+        """An empty family of this histogram, to be filled by a collector."""
+        return HistogramMetricFamily(self.name, self.help, labels=self.labels)
+
+
+# --- the exporter itself ----------------------------------------------------------------------------
+
+EXPORTER_BUILD_INFO = GaugeDef(
+    "whitebit_exporter_build_info", "The exporter's version and the Python it runs on; value 1.", ("version", "python")
 )
-ZEROHASH_REJECT_REASONS = (*WHITEBIT_REJECT_REASONS, "stale_timestamp")
-UNKNOWN_ACCOUNT = "unknown"  # the `account` of a delivery that names no configured key
-OTHER = "other"  # the `method`/`payload_type` of anything undocumented
+WHITEBIT_UP = GaugeDef(
+    "whitebit_up", "1 when every data source of the WhiteBIT account is connected and fresh, else 0.", ("account",)
+)
+EXPORTER_TASK_RUNNING = GaugeDef(
+    "whitebit_exporter_task_running",
+    "1 while the supervised task runs, 0 while it waits to restart or has ended.",
+    ("task",),
+)
+EXPORTER_TASK_RESTARTS = CounterDef(
+    "whitebit_exporter_task_restarts", "Times a supervised task crashed or ended and was restarted.", ("task",)
+)
+
+# --- balances and open orders (private WebSocket and REST) -------------------------------------------
+
+WHITEBIT_BALANCE = GaugeDef(
+    "whitebit_balance",
+    "Balance per wallet and asset in whole units: main from REST, spot available + freeze, "
+    "collateral B from balanceMargin.",
+    ("account", "wallet", "asset"),
+)
+WHITEBIT_BALANCE_FROZEN = GaugeDef(
+    "whitebit_balance_frozen", "Spot balance held by open orders (freeze), in whole units.", ("account", "asset")
+)
+WHITEBIT_COLLATERAL_BORROWED = GaugeDef(
+    "whitebit_collateral_borrowed",
+    "Borrowed amount of a collateral asset (balanceMargin b), in whole units.",
+    ("account", "asset"),
+)
+WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_balance_last_update_timestamp_seconds",
+    "Unix time of the last update of the wallet's balances (kept while disconnected).",
+    ("account", "wallet"),
+)
+WHITEBIT_OPEN_ORDERS = GaugeDef(
+    "whitebit_open_orders", "Open orders per market, side and type.", ("account", "market", "side", "type")
+)
+WHITEBIT_OPEN_ORDERS_LEFT = GaugeDef(
+    "whitebit_open_orders_left",
+    "Sum of the amount still open (left, in base units) of the open orders per market and side.",
+    ("account", "market", "side"),
+)
+WHITEBIT_ORDER_EVENTS = CounterDef(
+    "whitebit_order_events",
+    "Order events from ordersPending: new, update, finish, modify (finish + new with the same "
+    "client_order_id, counted once), stop_activated.",
+    ("account", "market", "event"),
+)
+WHITEBIT_WEBSOCKET_CONNECTED = GaugeDef(
+    "whitebit_websocket_connected",
+    "1 while the private WebSocket is authorized, subscribed and synced, else 0.",
+    ("account",),
+)
+WHITEBIT_WEBSOCKET_RECONNECTS = CounterDef(
+    "whitebit_websocket_reconnects", "Connection attempts after the first one.", ("account",)
+)
+WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_websocket_last_message_timestamp_seconds",
+    "Unix time of the last frame received on the private WebSocket.",
+    ("account",),
+)
+WHITEBIT_WEBSOCKET_MESSAGES_INVALID = CounterDef(
+    "whitebit_websocket_messages_invalid",
+    "WebSocket frames skipped because they could not be used, by reason.",
+    ("account", "reason"),
+)
+WHITEBIT_WEBSOCKET_ERRORS = CounterDef(
+    "whitebit_websocket_errors",
+    "WebSocket requests (and token requests) that failed: an error reply or no reply in time.",
+    ("account", "method"),
+)
+_COLLATERAL_CURRENCY = "in the collateral valuation currency (USDT)"
+WHITEBIT_COLLATERAL_EQUITY = GaugeDef(
+    "whitebit_collateral_equity", f"Collateral account equity {_COLLATERAL_CURRENCY}.", ("account",)
+)
+WHITEBIT_COLLATERAL_MARGIN = GaugeDef(
+    "whitebit_collateral_margin", f"Margin tied up by positions and borrowing {_COLLATERAL_CURRENCY}.", ("account",)
+)
+WHITEBIT_COLLATERAL_FREE_MARGIN = GaugeDef(
+    "whitebit_collateral_free_margin", f"Free margin {_COLLATERAL_CURRENCY}.", ("account",)
+)
+WHITEBIT_COLLATERAL_MARGIN_FRACTION = GaugeDef(
+    "whitebit_collateral_margin_fraction",
+    "Margin fraction of the collateral account (ratio); +Inf without open positions.",
+    ("account",),
+)
+WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_collateral_account_last_update_timestamp_seconds",
+    "Unix time the last successful collateral summary poll started.",
+    ("account",),
+)
+
+# --- WhiteBIT webhooks, transfers and history reconciliation ------------------------------------------
+
+WHITEBIT_WEBHOOKS_RECEIVED = CounterDef(
+    "whitebit_webhooks_received",
+    "WhiteBIT webhook deliveries that reached the receiver (method other until verified).",
+    ("account", "method"),
+)
+WHITEBIT_WEBHOOKS_VERIFIED = CounterDef(
+    "whitebit_webhooks_verified",
+    "WhiteBIT webhook deliveries whose payload and signature checks passed and whose JSON parsed.",
+    ("account", "method"),
+)
+WHITEBIT_WEBHOOKS_REJECTED = CounterDef(
+    "whitebit_webhooks_rejected", "WhiteBIT webhook deliveries rejected, by reason.", ("account", "reason")
+)
+WHITEBIT_WEBHOOKS_DUPLICATE = CounterDef(
+    "whitebit_webhooks_duplicate",
+    "WhiteBIT webhook deliveries whose signed id was seen before (answered 200, not processed).",
+    ("account",),
+)
+WHITEBIT_WEBHOOK_NONCE_REGRESSIONS = CounterDef(
+    "whitebit_webhook_nonce_regressions",
+    "Verified WhiteBIT deliveries whose nonce was not above the highest seen.",
+    ("account",),
+)
+WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_webhook_last_received_timestamp_seconds",
+    "When the last verified WhiteBIT webhook delivery was received (absent before the first).",
+    ("account",),
+)
+WHITEBIT_WEBHOOKS_MISSED = CounterDef(
+    "whitebit_webhooks_missed",
+    "Deposits and withdrawals whose webhook did not arrive within reconcile_grace of history showing them.",
+    ("account", "kind"),
+)
+WHITEBIT_TRANSFERS_IN_FLIGHT = GaugeDef(
+    "whitebit_transfers_in_flight",
+    "Deposits and withdrawals not yet final, by the meaning of their status code.",
+    ("account", "kind", "status"),
+)
+WHITEBIT_TRANSFERS = CounterDef(
+    "whitebit_transfers",
+    "Deposits and withdrawals that reached a final outcome, each counted once.",
+    ("account", "kind", "outcome", "asset"),
+)
+WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_transfers_oldest_in_flight_timestamp_seconds",
+    "Creation time of the oldest deposit or withdrawal still in flight (absent when none).",
+    ("account", "kind"),
+)
+WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS = GaugeDef(
+    "whitebit_deposits_awaiting_confirmations",
+    "Deposits in flight whose confirmations.actual is below confirmations.required.",
+    ("account",),
+)
+
+# --- Zero Hash -------------------------------------------------------------------------------------
+
+ZEROHASH_BALANCE = GaugeDef(
+    "zerohash_balance",
+    "Zero Hash balance summed over participants, in whole asset units.",
+    ("account_group", "account_label", "account_type", "asset"),
+)
+ZEROHASH_PARTICIPANT_BALANCE = GaugeDef(
+    "zerohash_participant_balance",
+    "Zero Hash balance of an allow-listed participant, in whole asset units.",
+    ("participant", "account_group", "account_label", "account_type", "asset"),
+)
+ZEROHASH_ACCOUNTS = GaugeDef(
+    "zerohash_accounts",
+    "Zero Hash participants holding a non-zero balance.",
+    ("account_group", "account_type", "asset"),
+)
+ZEROHASH_BALANCE_MOVEMENTS = CounterDef(
+    "zerohash_balance_movements",
+    "Zero Hash balance movements reported by account_balance.changed, by movement type.",
+    ("account_type", "asset", "movement_type"),
+)
+ZEROHASH_WEBHOOKS_RECEIVED = CounterDef(
+    "zerohash_webhooks_received", "Zero Hash webhook deliveries that reached the receiver.", ("payload_type",)
+)
+ZEROHASH_WEBHOOKS_VERIFIED = CounterDef(
+    "zerohash_webhooks_verified",
+    "Zero Hash webhook deliveries whose signature and timestamp checks passed and whose JSON parsed.",
+    ("payload_type",),
+)
+ZEROHASH_WEBHOOKS_REJECTED = CounterDef(
+    "zerohash_webhooks_rejected", "Zero Hash webhook deliveries rejected, by reason.", ("reason",)
+)
+ZEROHASH_WEBHOOKS_DUPLICATE = CounterDef(
+    "zerohash_webhooks_duplicate",
+    "Zero Hash webhook deliveries whose signed content was seen before (answered 200, not processed).",
+)
+ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = GaugeDef(
+    "zerohash_webhook_last_received_timestamp_seconds",
+    "When the last verified Zero Hash webhook delivery was received (absent before the first).",
+)
+
+# --- WhiteBIT REST -----------------------------------------------------------------------------------
+
+WHITEBIT_REST_REQUEST_DURATION_SECONDS = HistogramDef(
+    "whitebit_rest_request_duration_seconds",
+    "Duration of each private REST attempt (the HTTP exchange, not the wait for a rate-limit slot).",
+    ("account", "endpoint"),
+)
+WHITEBIT_REST_REQUESTS = CounterDef(
+    "whitebit_rest_requests",
+    'Private REST attempts by HTTP status code (code="error": no answer), retries included.',
+    ("account", "endpoint", "code"),
+)
+WHITEBIT_REST_RATE_LIMITED = CounterDef(
+    "whitebit_rest_rate_limited",
+    "Private REST attempts answered 429 Too many requests (a rate limit or a reused nonce).",
+    ("account", "endpoint"),
+)
+WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO = GaugeDef(
+    "whitebit_rest_rate_limit_usage_ratio",
+    "This account's requests to the endpoint in its rate-limit window divided by the limit of the"
+    " endpoint's family; sum over accounts and a family's endpoints for the whole IP's usage.",
+    ("account", "endpoint"),
+)
+
+#: Every metric the exporter defines, in the order of the README's tables.
+METRICS: tuple[MetricDef, ...] = (
+    EXPORTER_BUILD_INFO,
+    WHITEBIT_UP,
+    EXPORTER_TASK_RUNNING,
+    EXPORTER_TASK_RESTARTS,
+    WHITEBIT_BALANCE,
+    WHITEBIT_BALANCE_FROZEN,
+    WHITEBIT_COLLATERAL_BORROWED,
+    WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS,
+    WHITEBIT_OPEN_ORDERS,
+    WHITEBIT_OPEN_ORDERS_LEFT,
+    WHITEBIT_ORDER_EVENTS,
+    WHITEBIT_WEBSOCKET_CONNECTED,
+    WHITEBIT_WEBSOCKET_RECONNECTS,
+    WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS,
+    WHITEBIT_WEBSOCKET_MESSAGES_INVALID,
+    WHITEBIT_WEBSOCKET_ERRORS,
+    WHITEBIT_COLLATERAL_EQUITY,
+    WHITEBIT_COLLATERAL_MARGIN,
+    WHITEBIT_COLLATERAL_FREE_MARGIN,
+    WHITEBIT_COLLATERAL_MARGIN_FRACTION,
+    WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS,
+    WHITEBIT_WEBHOOKS_RECEIVED,
+    WHITEBIT_WEBHOOKS_VERIFIED,
+    WHITEBIT_WEBHOOKS_REJECTED,
+    WHITEBIT_WEBHOOKS_DUPLICATE,
+    WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
+    WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
+    WHITEBIT_WEBHOOKS_MISSED,
+    WHITEBIT_TRANSFERS_IN_FLIGHT,
+    WHITEBIT_TRANSFERS,
+    WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
+    WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
+    ZEROHASH_BALANCE,
+    ZEROHASH_PARTICIPANT_BALANCE,
+    ZEROHASH_ACCOUNTS,
+    ZEROHASH_BALANCE_MOVEMENTS,
+    ZEROHASH_WEBHOOKS_RECEIVED,
+    ZEROHASH_WEBHOOKS_VERIFIED,
+    ZEROHASH_WEBHOOKS_REJECTED,
+    ZEROHASH_WEBHOOKS_DUPLICATE,
+    ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
+    WHITEBIT_REST_REQUEST_DURATION_SECONDS,
+    WHITEBIT_REST_REQUESTS,
+    WHITEBIT_REST_RATE_LIMITED,
+    WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
+)
 
 
-def exposed_name(family: str) -> str:
-    """The sample name a scrape shows for ``family`` (counters gain ``_total``)."""
-    return f"{family}_total" if METRIC_TYPES.get(family) == COUNTER else family
+class SeriesValues(Collector):
+    """Values of some gauge and counter families, kept by their owner as plain dicts and rendered on scrape.
+
+    ``received = values.series(WHITEBIT_WEBHOOKS_RECEIVED, known_label_values)`` hands out the dict of one
+    family (every known series at 0, so ``increase()`` sees the first event); the owner updates it in
+    place (``received[labels] += 1``), which costs a dict operation on a hot path, and a scrape renders
+    every family from its dict.
+    """
+
+    def __init__(self) -> None:
+        self._families: list[tuple[GaugeDef | CounterDef, dict[LabelValues, float]]] = []
+
+    def series(self, metric: GaugeDef | CounterDef, known: Iterable[LabelValues] = ()) -> dict[LabelValues, float]:
+        """The values of ``metric``, starting with every series in ``known`` at 0."""
+        values = dict.fromkeys(known, 0.0)
+        self._families.append((metric, values))
+        return values
+
+    def collect(self) -> Iterator[Metric]:
+        for metric, values in self._families:
+            yield metric.render(values)
 
 
 class BuildInfoCollector(Collector):
@@ -154,95 +404,4 @@ class BuildInfoCollector(Collector):
         self._python = python_version if python_version is not None else platform.python_version()
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            EXPORTER_BUILD_INFO,
-            "The exporter's version and the Python it runs on; value 1.",
-            labels=["version", "python"],
-        )
-        family.add_metric([self._version, self._python], 1.0)
-        yield family
-
-
-# --- Webhook intake and transfers (issue 4) ---------------------------------------------------
-# Families beyond the spec's table, added by the webhook receivers and the transfer lifecycle.
-WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS = "whitebit_transfers_oldest_in_flight_timestamp_seconds"
-WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS = "whitebit_deposits_awaiting_confirmations"
-METRIC_TYPES.update(
-    {
-        WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS: GAUGE,
-        WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS: GAUGE,
-    }
-)
-
-#: Every documented WhiteBIT webhook method (reference 5.4); ``deposit.update`` is counted as
-#: ``deposit.updated`` and anything else as ``other``.
-WHITEBIT_WEBHOOK_METHODS = (
-    "deposit.accepted",
-    "deposit.updated",
-    "deposit.processed",
-    "deposit.canceled",
-    "withdraw.unconfirmed",
-    "withdraw.pending",
-    "withdraw.canceled",
-    "withdraw.successful",
-    "withdraw.partial_successful",
-    "code.apply",
-    "refund.successful",
-    "refund.failed",
-)
-#: Every documented Zero Hash ``x-zh-hook-payload-type`` (reference zerohash.md section 5, both
-#: spellings where Zero Hash's pages disagree); anything else is ``other``.
-ZEROHASH_PAYLOAD_TYPES = (
-    "account_balance.changed",
-    "trade.status_changed",
-    "trade_status_changed",
-    "deposit.status_changed",
-    "participant_status_changed",
-    "participant_updated",
-    "payment_status_changed",
-    "external_account_status_changed",
-    "deposit_fund_complete",
-    "asset_mover_update",
-    "asset_mover_updated",
-    "trade_strategy.operation.status_changed",
-    "trade_strategy.execution.status_changed",
-    "trade_strategy.trader.created",
-    "token_signature_request",
-    "token_status_update",
-    "unspecified",
-)
-#: Zero Hash movement types (reference zerohash.md section 8, the REST enum); anything else is ``other``.
-ZEROHASH_MOVEMENT_TYPES = (
-    "deposit",
-    "withdrawal_pending",
-    "withdrawal_confirmed",
-    "withdrawal",
-    "transfer",
-    "final_settlement",
-    "final_settlement_outstanding",
-    "final_settlement_default",
-    "final_settlement_default_fallback",
-    "final_settlement_default_partial",
-    "otc_final_settlement",
-    "execution_fee",
-    "network_fee",
-    "transaction_fee",
-    "bank_fee",
-    "commission",
-    "initial_margin",
-    "variation_margin",
-    "variation_margin_call",
-    "interest_payment",
-    "principal_swap",
-    "repayment",
-    "collateralize_loan",
-    "loan_collateral_return",
-)
-#: Zero Hash account types (REST); the webhook covers ``available`` and ``collateral``.
-ZEROHASH_ACCOUNT_TYPES = ("available", "collateral", "payable", "receivable", "collateral_deficiency", "staked")
-
-# --- WhiteBIT private WebSocket: the exporter's own view of the connection (issue 3) --------
-WHITEBIT_WEBSOCKET_MESSAGES_INVALID = "whitebit_websocket_messages_invalid"  # counter {account, reason}
-WHITEBIT_WEBSOCKET_ERRORS = "whitebit_websocket_errors"  # counter {account, method}
-METRIC_TYPES[WHITEBIT_WEBSOCKET_MESSAGES_INVALID] = COUNTER
-METRIC_TYPES[WHITEBIT_WEBSOCKET_ERRORS] = COUNTER
+        yield EXPORTER_BUILD_INFO.render({(self._version, self._python): 1.0})

@@ -15,15 +15,30 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.core.backoff import Backoff
 from exporter.core.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
 
 log = logging.getLogger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+
+class Source(Protocol):
+    """A long-lived data source (a WebSocket, a REST poller, the state clean-up) run under the supervisor."""
+
+    @property
+    def name(self) -> str:
+        """The supervisor task name, e.g. ``websocket:main``; unique per exporter."""
+        ...
+
+    async def run(self) -> None:
+        """Run until cancelled; raising gets the source restarted with backoff."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,24 +66,20 @@ class _Supervised:
 class Supervisor:
     """Runs named coroutines, restarting them with backoff until :meth:`stop`.
 
-    The backoff before a restart is ``initial_backoff`` doubled per consecutive failure,
-    capped at ``max_backoff``, with ±10 % jitter so several failing sources do not retry in
-    lock-step; it resets once a run lasted ``reset_after`` seconds.
+    The wait before a restart follows ``backoff`` (:class:`~exporter.core.backoff.Backoff`: 1 s
+    doubling per consecutive failure up to 30 s, each cut at random so several failing sources do
+    not retry in lock-step); it starts over once a run lasted ``reset_after`` seconds.
     """
 
     def __init__(
         self,
         *,
-        initial_backoff: float = 1.0,
-        max_backoff: float = 30.0,
+        backoff: Backoff = Backoff(),
         reset_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if initial_backoff < 0 or max_backoff < initial_backoff:
-            raise ValueError("need 0 <= initial_backoff <= max_backoff")
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
+        self._backoff = backoff
         self._reset_after = reset_after
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -157,7 +168,7 @@ class Supervisor:
 
             if self._clock() - started >= self._reset_after:
                 consecutive_failures = 0
-            delay = self._backoff(consecutive_failures)
+            delay = self._backoff.delay(consecutive_failures, self._rng)
             consecutive_failures += 1
             supervised.restarts += 1
             fields = {
@@ -170,11 +181,6 @@ class Supervisor:
             else:
                 log.error("task crashed; restarting", exc_info=error, extra=fields)
             await asyncio.sleep(delay)
-
-    def _backoff(self, consecutive_failures: int) -> float:
-        # Cap the exponent so a long outage does not overflow the float.
-        base = self._initial_backoff * 2 ** min(consecutive_failures, 32)
-        return min(self._max_backoff, base * self._rng.uniform(0.9, 1.1))
 
     def _runner_done(self, runner: asyncio.Task[None]) -> None:
         # The runner loop catches everything its task raises; reaching here with an error
@@ -198,18 +204,6 @@ class SupervisorCollector(Collector):
         self._supervisor = supervisor
 
     def collect(self) -> Iterator[Metric]:
-        restarts = CounterMetricFamily(
-            EXPORTER_TASK_RESTARTS,
-            "Times a supervised task crashed or ended and was restarted.",
-            labels=["task"],
-        )
-        running = GaugeMetricFamily(
-            EXPORTER_TASK_RUNNING,
-            "1 while the supervised task runs, 0 while it waits to restart or has ended.",
-            labels=["task"],
-        )
-        for status in self._supervisor.status():
-            restarts.add_metric([status.name], float(status.restarts))
-            running.add_metric([status.name], 1.0 if status.running else 0.0)
-        yield restarts
-        yield running
+        tasks = self._supervisor.status()
+        yield EXPORTER_TASK_RESTARTS.render({(task.name,): task.restarts for task in tasks})
+        yield EXPORTER_TASK_RUNNING.render({(task.name,): 1.0 if task.running else 0.0 for task in tasks})

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from exporter.config.schema import Config
+from exporter.config.schema import WebhooksConfig, WhitebitAccountConfig
 
 VERIFICATION_PATH = "/whiteBIT-verification"
 
@@ -32,10 +32,10 @@ class WebhookReceiver(Protocol):
         ...
 
 
-def verification_keys(config: Config) -> list[str]:
+def verification_keys(accounts: Sequence[WhitebitAccountConfig]) -> list[str]:
     """Every configured WhiteBIT webhook public key, in config order, without repeats."""
     keys: list[str] = []
-    for account in config.whitebit:
+    for account in accounts:
         if account.webhook is not None and account.webhook.public_key not in keys:
             keys.append(account.webhook.public_key)
     return keys
@@ -58,15 +58,19 @@ def add_receivers(app: web.Application, receivers: Sequence[WebhookReceiver]) ->
         app.router.add_route("HEAD", receiver.path, _head_ok)
 
 
-def create_webhook_app(config: Config, receivers: Sequence[WebhookReceiver] = ()) -> web.Application:
-    """The webhook listener's aiohttp application."""
-    keys = verification_keys(config)
+def create_webhook_app(
+    config: WebhooksConfig,
+    accounts: Sequence[WhitebitAccountConfig],
+    receivers: Sequence[WebhookReceiver] = (),
+) -> web.Application:
+    """The webhook listener's aiohttp application; ``accounts`` give the domain-verification keys."""
+    keys = verification_keys(accounts)
 
     async def verification(_: web.Request) -> web.Response:
         # Public keys only: WhiteBIT's domain-ownership check expects exactly this array.
         return web.json_response(keys)
 
-    app = web.Application(client_max_size=config.webhooks.max_body_bytes)
+    app = web.Application(client_max_size=config.max_body_bytes)
     app.on_response_prepare.append(_hide_server_version)
     app.router.add_get(VERIFICATION_PATH, verification)  # GET and HEAD
     add_receivers(app, receivers)

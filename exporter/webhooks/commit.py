@@ -1,6 +1,6 @@
-"""What both receivers share: group commit of delivery state and rate-limited rejection logs.
+"""Group commit: the state work of deliveries that arrive together, committed together before their 200s.
 
-**Group commit.** A delivery may be answered 200 only once what it taught us is committed to the
+ A delivery may be answered 200 only once what it taught us is committed to the
 state file. Committing each delivery on its own costs one SQLite commit per request; under load
 (WhiteBIT retries, a burst of deposits, a flood of replays) the deliveries that arrive together
 are instead committed together: each receiver hands its synchronous state work to
@@ -14,17 +14,12 @@ wakes the callers. Nothing awaits
 inside the transaction, and a failed commit fails every caller of the batch (they answer 503 and
 the sender retries). A delivery is therefore never answered 200 before its batch has committed.
 
-**Rejection logs.** Every rejection is counted, but a flood of forged deliveries must not flood the
-log (nor spend the CPU formatting it): per (provider, account, reason) the first rejection is
-logged at once and later ones at most once per ``interval`` seconds, with the number suppressed
-in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -37,8 +32,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 512
 #: Loop turns a batch may wait for more deliveries while they keep arriving (bounds the added latency).
 MAX_WAIT_TURNS = 4
-#: Seconds between two log lines for the same (provider, account, reason).
-REJECTION_LOG_INTERVAL = 10.0
 
 
 class GroupCommitter:
@@ -122,39 +115,3 @@ class GroupCommitter:
                 future.set_exception(exc)
             else:
                 future.set_result(value)
-
-
-class RejectionLog:
-    """Logs rejections at most once per ``interval`` per (provider, account, reason), counting the rest."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        *,
-        interval: float = REJECTION_LOG_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._log = logger
-        self._interval = interval
-        self._clock = clock
-        self._next: dict[tuple[str, ...], float] = {}
-        self._suppressed: dict[tuple[str, ...], int] = {}
-
-    def rejected(self, fields: dict[str, Any]) -> None:
-        """Log (or count as suppressed) one rejection described by ``fields`` (never a secret)."""
-        key = (str(fields.get("provider")), str(fields.get("account", "")), str(fields.get("reason")))
-        self.rejected_lazily(key, lambda: fields)
-
-    def rejected_lazily(self, key: tuple[str, str, str], describe: Callable[[], dict[str, Any]]) -> None:
-        """:meth:`rejected` for (provider, account, reason) ``key``; ``describe()`` builds the fields
-        only when the line is written (a suppressed rejection of a flood costs a dict lookup)."""
-        now = self._clock()
-        if now < self._next.get(key, float("-inf")):
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        self._next[key] = now + self._interval
-        fields = describe()
-        suppressed = self._suppressed.pop(key, 0)
-        if suppressed:
-            fields = {**fields, "suppressed": suppressed}
-        self._log.warning("webhook rejected", extra=fields)

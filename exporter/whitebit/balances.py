@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.metrics import (
@@ -150,27 +150,10 @@ class BalancesCollector(Collector):
         self._accounts.append(balances)
 
     def collect(self) -> Iterator[Metric]:
-        balance = GaugeMetricFamily(
-            WHITEBIT_BALANCE,
-            "Balance per wallet and asset in whole units: main from REST, spot available + freeze, "
-            "collateral B from balanceMargin.",
-            labels=["account", "wallet", "asset"],
-        )
-        frozen = GaugeMetricFamily(
-            WHITEBIT_BALANCE_FROZEN,
-            "Spot balance held by open orders (freeze), in whole units.",
-            labels=["account", "asset"],
-        )
-        borrowed = GaugeMetricFamily(
-            WHITEBIT_COLLATERAL_BORROWED,
-            "Borrowed amount of a collateral asset (balanceMargin b), in whole units.",
-            labels=["account", "asset"],
-        )
-        updated = GaugeMetricFamily(
-            WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS,
-            "Unix time of the last update of the wallet's balances (kept while disconnected).",
-            labels=["account", "wallet"],
-        )
+        balance = WHITEBIT_BALANCE.family()
+        frozen = WHITEBIT_BALANCE_FROZEN.family()
+        borrowed = WHITEBIT_COLLATERAL_BORROWED.family()
+        updated = WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS.family()
         for account in self._accounts:
             name = account.account
             for asset, total in account._main.items():

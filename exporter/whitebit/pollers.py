@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.config.schema import PollConfig
 from exporter.core.health import HealthRegistry, SourceHealth
 from exporter.core.metrics import (
     WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS,
@@ -75,7 +76,6 @@ STALE_SLACK = 120.0
 #: WhiteBIT's ``marginFraction`` when the account holds no position (old docs); exported as +Inf.
 NO_POSITIONS_MARGIN_FRACTION = Decimal(1000000000000000000000)
 
-WEBSOCKET_SOURCE = "websocket"  # the health source name of an account's private WebSocket
 
 
 class BalanceStore(Protocol):
@@ -86,15 +86,6 @@ class BalanceStore(Protocol):
     def replace_spot(self, balances: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool: ...
 
     def replace_collateral(self, balances: Mapping[str, tuple[Decimal, Decimal]], timestamp: float) -> bool: ...
-
-
-def websocket_supplies(health: HealthRegistry, account: str) -> Callable[[], bool]:
-    """True while ``account`` has a healthy WebSocket source (then REST need not fill its wallets)."""
-
-    def healthy() -> bool:
-        return any(h.is_ok for h in health.sources() if h.source == WEBSOCKET_SOURCE and h.account == account)
-
-    return healthy
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -391,42 +382,14 @@ class CollateralSummaries(Collector):
         return self._latest.get(account)
 
     def collect(self) -> Iterator[Metric]:
-        currency = "in the collateral valuation currency (USDT)"
-        families = (
-            (
-                WHITEBIT_COLLATERAL_EQUITY,
-                f"Collateral account equity {currency}.",
-                "equity",
-            ),
-            (
-                WHITEBIT_COLLATERAL_MARGIN,
-                f"Margin tied up by positions and borrowing {currency}.",
-                "margin",
-            ),
-            (
-                WHITEBIT_COLLATERAL_FREE_MARGIN,
-                f"Free margin {currency}.",
-                "free_margin",
-            ),
-            (
-                WHITEBIT_COLLATERAL_MARGIN_FRACTION,
-                "Margin fraction of the collateral account (ratio); +Inf without open positions.",
-                "margin_fraction",
-            ),
+        latest = sorted(self._latest.items())
+        yield WHITEBIT_COLLATERAL_EQUITY.render({(account, ): float(s.equity) for account, s in latest})
+        yield WHITEBIT_COLLATERAL_MARGIN.render({(account,): float(s.margin) for account, s in latest})
+        yield WHITEBIT_COLLATERAL_FREE_MARGIN.render({(account,): float(s.free_margin) for account, s in latest})
+        yield WHITEBIT_COLLATERAL_MARGIN_FRACTION.render({(account,): s.margin_fraction for account, s in latest})
+        yield WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS.render(
+            {(account,): s.timestamp for account, s in latest}
         )
-        for name, documentation, field in families:
-            family = GaugeMetricFamily(name, documentation, labels=["account"])
-            for account, summary in sorted(self._latest.items()):
-                family.add_metric([account], float(getattr(summary, field)))
-            yield family
-        updated = GaugeMetricFamily(
-            WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS,
-            "Unix time the last successful collateral summary poll started.",
-            labels=["account"],
-        )
-        for account, summary in sorted(self._latest.items()):
-            updated.add_metric([account], summary.timestamp)
-        yield updated
 
 
 # --- wiring -----------------------------------------------------------------------------------
@@ -435,34 +398,31 @@ class CollateralSummaries(Collector):
 def build_pollers(
     client: RestClient,
     balances: BalanceStore,
+    poll: PollConfig,
     *,
     health: HealthRegistry,
     summaries: CollateralSummaries,
-    main_balance_interval: float,
-    collateral_interval: float,
-    trade_balance_interval: float,
-    websocket_ok: Callable[[], bool] | None = None,
+    websocket_ok: Callable[[], bool],
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.time,
 ) -> list[Poller]:
-    """The three pollers of one account, each registered with ``health`` as ``rest:<kind>``."""
+    """The three balance pollers of one account, each registered with ``health`` as ``rest:<kind>``.
+
+    ``websocket_ok`` tells whether the account's WebSocket supplies the spot and collateral wallets
+    right now (then the pollers leave them alone).
+    """
     account = client.account
-    ws_ok = websocket_ok if websocket_ok is not None else websocket_supplies(health, account)
     polls: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
-        (
-            MainBalancePoll.kind,
-            main_balance_interval,
-            MainBalancePoll(client, balances, clock=clock),
-        ),
+        (MainBalancePoll.kind, poll.main_balance, MainBalancePoll(client, balances, clock=clock)),
         (
             CollateralPoll.kind,
-            collateral_interval,
-            CollateralPoll(client, balances, summaries, websocket_ok=ws_ok, clock=clock),
+            poll.collateral,
+            CollateralPoll(client, balances, summaries, websocket_ok=websocket_ok, clock=clock),
         ),
         (
             TradeBalancePoll.kind,
-            trade_balance_interval,
-            TradeBalancePoll(client, balances, websocket_ok=ws_ok, clock=clock),
+            poll.trade_balance,
+            TradeBalancePoll(client, balances, websocket_ok=websocket_ok, clock=clock),
         ),
     ]
     shared_rng = rng if rng is not None else random.Random()
@@ -471,13 +431,9 @@ def build_pollers(
             account=account,
             kind=kind,
             interval=interval,
-            poll=poll,
-            health=health.register(
-                f"rest:{kind}",
-                account,
-                max_age=STALE_INTERVALS * interval + STALE_SLACK,
-            ),
+            poll=run_poll,
+            health=health.register(f"rest:{kind}", account, max_age=STALE_INTERVALS * interval + STALE_SLACK),
             rng=shared_rng,
         )
-        for kind, interval, poll in polls
+        for kind, interval, run_poll in polls
     ]

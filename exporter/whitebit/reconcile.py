@@ -80,17 +80,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.health import HealthRegistry
-from exporter.core.metrics import TRANSFER_KINDS, WHITEBIT_WEBHOOKS_MISSED
+from exporter.core.metrics import WHITEBIT_WEBHOOKS_MISSED, LabelValues
 from exporter.core.state import StateError, StateStore, TransferRecord
 from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
 from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient
 from exporter.whitebit.transfers import (
     DEPOSIT,
     FINAL_OUTCOMES,
+    TRANSFER_KINDS,
     WITHDRAW,
     WITHDRAW_PENDING_CODES,
     ObservationError,
@@ -230,37 +231,22 @@ class HistoryCursor:
 
 
 class MissedWebhooks(Collector):
-    """``whitebit_webhooks_missed_total{account,kind}``, from 0 for every reconciled account.
+    """``whitebit_webhooks_missed_total{account,kind}``, from 0 for every account with a webhook to miss.
 
     ::
 
         whitebit_webhooks_missed_total{account="main",kind="deposit"} 1.0
     """
 
-    def __init__(self, accounts: Iterable[str] = ()) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
-        for account in accounts:
-            self.add_account(account)
-
-    def add_account(self, account: str) -> None:
-        for kind in TRANSFER_KINDS:
-            self._counts.setdefault((account, kind), 0)
+    def __init__(self, accounts: Iterable[str]) -> None:
+        self._counts: dict[LabelValues, float] = {(account, kind): 0 for account in accounts for kind in TRANSFER_KINDS}
 
     def bump(self, account: str, kind: str) -> None:
-        self._counts[(account, kind)] = self._counts.get((account, kind), 0) + 1
-
-    def value(self, account: str, kind: str) -> int:
-        return self._counts.get((account, kind), 0)
+        """Count one transfer whose webhook was missed."""
+        self._counts[(account, kind)] += 1
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            WHITEBIT_WEBHOOKS_MISSED,
-            "Deposits and withdrawals whose webhook did not arrive within reconcile_grace of history showing them.",
-            labels=["account", "kind"],
-        )
-        for (account, kind), value in sorted(self._counts.items()):
-            family.add_metric([account, kind], float(value))
-        yield family
+        yield WHITEBIT_WEBHOOKS_MISSED.render(self._counts)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -315,7 +301,6 @@ class HistoryPoll:
         self._clock = clock
         self._watch: set[tuple[str, str]] | None = None  # (kind, key) of transfers awaiting a webhook
         self._loose_logged: set[tuple[str, str]] = set()
-        self.invalid_records = 0
 
     async def __call__(self) -> None:
         cursor = HistoryCursor.decode(self._store.get_cursor(self.account, CURSOR_NAME))
@@ -369,7 +354,6 @@ class HistoryPoll:
             try:
                 observations.append(observation_from_history(self.account, raw, now))
             except ObservationError as exc:
-                self.invalid_records += 1
                 log.warning("history record skipped", extra={"account": self.account, "reason": str(exc)})
         newest = cursor.newest if cursor is not None else None
         for obs in observations:
@@ -515,8 +499,6 @@ def build_history_poller(
     ``missed`` is None for an account without a webhook: its history still feeds the lifecycle,
     but nothing can be missed.
     """
-    if missed is not None:
-        missed.add_account(client.account)
     return Poller(
         account=client.account,
         kind=HistoryPoll.kind,

@@ -16,8 +16,9 @@ message, treating the body's ``code`` as a hint only because codes are reused ac
 (reference 3.2): :class:`AuthError`, :class:`PermissionDeniedError`, :class:`ValidationError`,
 :class:`NonceError`, :class:`RateLimitedError`, :class:`UnavailableError` and
 :class:`ResponseError` (a success answer that is not what the endpoint documents). Only 429, 5xx and
-network failures are retried, with exponential backoff and jitter from ``initial_backoff`` (1 s)
-doubling to ``max_backoff`` (30 s), at most ``max_retries`` times; then the last error is raised.
+network failures are retried, after delays from ``backoff`` (:class:`~exporter.core.backoff.Backoff`:
+1 s doubling to 30 s, each cut by up to 20 % at random), at most ``max_retries`` times; then the last
+error is raised.
 A 429 also pauses the whole endpoint family in the shared limiter for the backoff, since the limit
 it signals belongs to the IP, not to the caller.
 
@@ -43,14 +44,12 @@ from typing import Any, ClassVar
 
 import aiohttp
 from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from exporter.config.schema import DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from exporter.core.backoff import Backoff
 from exporter.core.logs import redact
 from exporter.core.metrics import (
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
@@ -84,11 +83,6 @@ OTHER_ENDPOINT = "other"
 #: The `code` label of an attempt that got no HTTP answer (refused, reset, timed out).
 NO_ANSWER = "error"
 
-DEFAULT_INITIAL_BACKOFF = 1.0
-DEFAULT_MAX_BACKOFF = 30.0
-#: Each backoff is shortened by up to this fraction at random, so callers that failed together
-#: do not retry together; the nominal delay (1 s, 2 s, … 30 s) is never exceeded.
-DEFAULT_JITTER = 0.2
 
 _MESSAGE_LIMIT = 300  # characters of WhiteBIT's message kept in an error (and on /-/ready)
 
@@ -302,11 +296,7 @@ class RestMetrics(Collector):
         return self._requests.get((account, endpoint, code), 0)
 
     def collect(self) -> Iterator[Metric]:
-        duration = HistogramMetricFamily(
-            WHITEBIT_REST_REQUEST_DURATION_SECONDS,
-            "Duration of each private REST attempt (the HTTP exchange, not the wait for a rate-limit slot).",
-            labels=["account", "endpoint"],
-        )
+        duration = WHITEBIT_REST_REQUEST_DURATION_SECONDS.family()
         for (account, endpoint), counts in sorted(self._durations.items()):
             cumulative = 0
             buckets: list[tuple[str, float]] = []
@@ -320,28 +310,15 @@ class RestMetrics(Collector):
                 )
             duration.add_metric([account, endpoint], buckets, self._duration_sums[(account, endpoint)])
         yield duration
-        requests = CounterMetricFamily(
-            WHITEBIT_REST_REQUESTS,
-            'Private REST attempts by HTTP status code (code="error": no answer), retries included.',
-            labels=["account", "endpoint", "code"],
-        )
+        requests = WHITEBIT_REST_REQUESTS.family()
         for (account, endpoint, code), value in sorted(self._requests.items()):
             requests.add_metric([account, endpoint, code], float(value))
         yield requests
-        limited = CounterMetricFamily(
-            WHITEBIT_REST_RATE_LIMITED,
-            "Private REST attempts answered 429 Too many requests (a rate limit or a reused nonce).",
-            labels=["account", "endpoint"],
-        )
+        limited = WHITEBIT_REST_RATE_LIMITED.family()
         for (account, endpoint), value in sorted(self._rate_limited.items()):
             limited.add_metric([account, endpoint], float(value))
         yield limited
-        usage = GaugeMetricFamily(
-            WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
-            "This account's requests to the endpoint in its rate-limit window divided by the limit of the"
-            " endpoint's family; sum over accounts and a family's endpoints for the whole IP's usage.",
-            labels=["account", "endpoint"],
-        )
+        usage = WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO.family()
         by_key: dict[Any, int] = {}
         for family in self._limiter.families():
             for key, count in family.usage_by_key().items():
@@ -360,12 +337,9 @@ class RestMetrics(Collector):
 class RestTransport:
     """What every account's client shares: one HTTP session, the rate limiter and the metrics.
 
-    The session is opened on first use (inside the running loop) and closed by :meth:`close`.
-    Under the exporter's supervisor the transport also runs as the source ``rest:session`` whose only
-    job is to close the session when the exporter stops.
+    The session is opened on first use (inside the running loop) and closed by :meth:`close`, which
+    the exporter calls once every source that uses it has stopped.
     """
-
-    name = "rest:session"
 
     def __init__(
         self,
@@ -401,12 +375,6 @@ class RestTransport:
             await self._session.close()
             self._session = None
 
-    async def run(self) -> None:
-        """Hold the session until cancelled (the exporter stopping), then close it."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.close()
 
 
 # --- client -----------------------------------------------------------------------------------
@@ -426,15 +394,11 @@ class RestClient:
         nonce_window: bool = True,
         nonces: NonceSource | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        initial_backoff: float = DEFAULT_INITIAL_BACKOFF,
-        max_backoff: float = DEFAULT_MAX_BACKOFF,
-        jitter: float = DEFAULT_JITTER,
+        backoff: Backoff = Backoff(),
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_retries < 0 or initial_backoff < 0 or max_backoff < initial_backoff or not 0 <= jitter < 1:
-            raise ValueError("need max_retries >= 0, 0 <= initial_backoff <= max_backoff and 0 <= jitter < 1")
         self.account = account
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
@@ -445,9 +409,7 @@ class RestClient:
         self._nonces = nonces if nonces is not None else NonceSource()
         self._sequential = None if nonce_window else asyncio.Lock()
         self.max_retries = max_retries
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._jitter = jitter
+        self.backoff = backoff
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
@@ -455,11 +417,6 @@ class RestClient:
 
     def __repr__(self) -> str:
         return f"RestClient(account={self.account!r}, base_url={self.base_url!r}, api_key={redact(self._api_key)!r})"
-
-    def backoff(self, retry: int) -> float:
-        """The wait before retry number ``retry`` (0-based): nominal 1, 2, 4 … 30 s, minus jitter."""
-        nominal = min(self._max_backoff, self._initial_backoff * 2 ** min(retry, 32))
-        return nominal * (1.0 - self._jitter * self._rng.random())
 
     async def post(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """Call the private endpoint ``path`` with ``params``; the decoded JSON answer.
@@ -475,7 +432,7 @@ class RestClient:
             except RestError as error:
                 if not error.retryable or retry >= self.max_retries:
                     raise
-                delay = self.backoff(retry)
+                delay = self.backoff.delay(retry, self._rng)
                 retry += 1
                 if isinstance(error, RateLimitedError):
                     self.transport.limiter.family(path).pause(delay)

@@ -39,19 +39,33 @@ def payload_matches_body(body: bytes, payload_header: str) -> bool:
     return hmac.compare_digest(encode_payload(body).encode("ascii"), payload_header.encode("utf-8", "replace"))
 
 
-def signature_matches(payload_header: str, signature_header: str, secrets: Iterable[str]) -> int | None:
-    """Return the index of the first secret whose signature equals ``signature_header``, else None.
+class Secrets:
+    """A key's secrets, each prepared once as a keyed HMAC-SHA512 state.
 
-    Every secret is compared in constant time and all of them are tried, so the time taken does
-    not reveal which slot matched.
+    Verifying a signature copies a prepared state instead of hashing the key again. Every secret is
+    compared in constant time and all of them are tried, so the time taken does not reveal which
+    slot matched (several secrets are configured while one is being rotated).
     """
-    presented = signature_header.strip().lower().encode("utf-8", "replace")
-    matched: int | None = None
-    for index, secret in enumerate(secrets):
-        expected = sign_payload(payload_header, secret).encode("ascii")
-        if hmac.compare_digest(expected, presented) and matched is None:
-            matched = index
-    return matched
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._macs = tuple(hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha512) for secret in secrets)
+
+    def match(self, payload_header: str, signature_header: str) -> int | None:
+        """The index of the first secret whose signature of the payload equals ``signature_header``, else None."""
+        presented = signature_header.strip().lower().encode("utf-8", "replace")
+        data = payload_header.encode("utf-8", "replace")
+        matched: int | None = None
+        for index, base in enumerate(self._macs):
+            mac = base.copy()
+            mac.update(data)
+            if hmac.compare_digest(mac.hexdigest().encode("ascii"), presented) and matched is None:
+                matched = index
+        return matched
+
+
+def signature_matches(payload_header: str, signature_header: str, secrets: Iterable[str]) -> int | None:
+    """The index of the first of ``secrets`` whose signature equals ``signature_header``, else None."""
+    return Secrets(secrets).match(payload_header, signature_header)
 
 
 def compact_json(document: Mapping[str, Any]) -> bytes:

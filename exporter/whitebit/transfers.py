@@ -48,11 +48,10 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.metrics import (
-    TRANSFER_KINDS,
     WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
     WHITEBIT_TRANSFERS,
     WHITEBIT_TRANSFERS_IN_FLIGHT,
@@ -67,6 +66,9 @@ SOURCES: tuple[TransferSource, ...] = ("webhook", "history")
 
 DEPOSIT: TransferKind = "deposit"
 WITHDRAW: TransferKind = "withdraw"
+TRANSFER_KINDS: tuple[TransferKind, ...] = (DEPOSIT, WITHDRAW)
+#: Final transfers are kept this long so late deliveries and history rows are recognized as known.
+FINAL_TRANSFER_RETENTION = 30 * 86400.0
 
 # Final outcomes (the `outcome` label of whitebit_transfers_total).
 SUCCESSFUL = "successful"
@@ -374,10 +376,10 @@ def observation_from_history(account: str, record: Mapping[str, Any], observed_a
 
     Accepts both ``transactionId``/``uniqueId`` and the new OpenAPI's ``transaction_id``/``unique_id``.
     """
-    method = _int_or_none(record.get("method"))
+    method = int_or_none(record.get("method"))
     if method not in (1, 2):
         raise ObservationError(f"history record method must be 1 or 2, not {record.get('method')!r}")
-    status = _int_or_none(record.get("status"))
+    status = int_or_none(record.get("status"))
     if status is None:
         raise ObservationError("history record has no integer status")
     return _observation(account, DEPOSIT if method == 1 else WITHDRAW, "history", status, record, observed_at)
@@ -386,7 +388,7 @@ def observation_from_history(account: str, record: Mapping[str, Any], observed_a
 def _webhook_status(kind: TransferKind, implied: int, raw: Any) -> int:
     # WhiteBIT's examples carry placeholder statuses, so the method decides and the payload's code is
     # used only where it tells the same story (e.g. 7 instead of 3 for a credited deposit).
-    given = _int_or_none(raw)
+    given = int_or_none(raw)
     if given is None or given not in STATUS_NAMES[kind]:
         return implied
     implied_outcome = final_outcome(kind, implied)
@@ -413,8 +415,8 @@ def _observation(
     confirmations = fields.get("confirmations")
     actual = required = None
     if isinstance(confirmations, Mapping):
-        actual = _int_or_none(confirmations.get("actual"))
-        required = _int_or_none(confirmations.get("required"))
+        actual = int_or_none(confirmations.get("actual"))
+        required = int_or_none(confirmations.get("required"))
     created = fields.get("createdAt")
     created_at = float(created) if _is_number(created) and math.isfinite(float(created)) and created >= 0 else None
     return TransferObservation(
@@ -442,7 +444,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _int_or_none(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -605,26 +607,10 @@ class TransferCollector(Collector):
         self._book = book
 
     def collect(self) -> Iterator[Metric]:
-        in_flight = GaugeMetricFamily(
-            WHITEBIT_TRANSFERS_IN_FLIGHT,
-            "Deposits and withdrawals not yet final, by the meaning of their status code.",
-            labels=["account", "kind", "status"],
-        )
-        totals = CounterMetricFamily(
-            WHITEBIT_TRANSFERS,
-            "Deposits and withdrawals that reached a final outcome, each counted once.",
-            labels=["account", "kind", "outcome", "asset"],
-        )
-        oldest = GaugeMetricFamily(
-            WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
-            "Creation time of the oldest deposit or withdrawal still in flight (absent when none).",
-            labels=["account", "kind"],
-        )
-        awaiting = GaugeMetricFamily(
-            WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS,
-            "Deposits in flight whose confirmations.actual is below confirmations.required.",
-            labels=["account"],
-        )
+        in_flight = WHITEBIT_TRANSFERS_IN_FLIGHT.family()
+        totals = WHITEBIT_TRANSFERS.family()
+        oldest = WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS.family()
+        awaiting = WHITEBIT_DEPOSITS_AWAITING_CONFIRMATIONS.family()
         counts: dict[tuple[str, str, str], int] = {}
         first: dict[tuple[str, str], float] = {}
         waiting: dict[str, int] = dict.fromkeys(self._book.accounts, 0)

@@ -1,6 +1,7 @@
 """The WhiteBIT webhook receiver at ``POST /webhooks/whitebit``.
 
-Order of checks, each rejection counted by reason (spec "Webhook behaviour", conventions W2):
+Order of checks, each rejection counted by reason (the README's "Webhooks and transfers" lists the
+answers; docs/protocol.md#webhook-envelope-and-signature the scheme):
 
 1. read the raw body once, bounded by ``webhooks.max_body_bytes``  -> 413 ``body_too_large``
 2. ``X-TXC-APIKEY``, ``X-TXC-PAYLOAD`` and ``X-TXC-SIGNATURE`` present  -> 401 ``missing_header``
@@ -26,46 +27,38 @@ sender sent is echoed back, and logs show at most a 4-character prefix of a key.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from exporter.config.schema import Config, WhitebitAccountConfig
+from exporter.config.schema import RESERVED_ACCOUNT_NAME, WhitebitAccountConfig
 from exporter.core.logs import redact
 from exporter.core.metrics import (
     OTHER,
-    UNKNOWN_ACCOUNT,
-    WHITEBIT_REJECT_REASONS,
     WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
-    WHITEBIT_WEBHOOK_METHODS,
     WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
     WHITEBIT_WEBHOOKS_DUPLICATE,
     WHITEBIT_WEBHOOKS_RECEIVED,
     WHITEBIT_WEBHOOKS_REJECTED,
     WHITEBIT_WEBHOOKS_VERIFIED,
+    SeriesValues,
 )
 from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
-from exporter.webhooks.commit import GroupCommitter, RejectionLog
-from exporter.whitebit.signing import (
-    HEADER_APIKEY,
-    HEADER_PAYLOAD,
-    HEADER_SIGNATURE,
-    payload_matches_body,
-)
+from exporter.webhooks.commit import GroupCommitter
+from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies
+from exporter.whitebit.signing import HEADER_APIKEY, HEADER_PAYLOAD, HEADER_SIGNATURE, Secrets, payload_matches_body
 from exporter.whitebit.transfers import (
     WEBHOOK_TRANSFER_EVENTS,
     ObservationError,
     TransferBook,
     TransferObservation,
     TransferUpdate,
+    int_or_none,
     observation_from_webhook,
 )
 
@@ -73,12 +66,24 @@ log = logging.getLogger(__name__)
 
 PATH = "/webhooks/whitebit"
 PROVIDER = "whitebit"
+#: Every documented WhiteBIT webhook method (docs/protocol.md#webhook-methods); ``deposit.update``
+#: is counted as ``deposit.updated`` and anything else as ``other``.
+METHODS = (
+    "deposit.accepted",
+    "deposit.updated",
+    "deposit.processed",
+    "deposit.canceled",
+    "withdraw.unconfirmed",
+    "withdraw.pending",
+    "withdraw.canceled",
+    "withdraw.successful",
+    "withdraw.partial_successful",
+    "code.apply",
+    "refund.successful",
+    "refund.failed",
+)
 #: The old spelling WhiteBIT used from March 2022 to December 2024.
 METHOD_ALIASES = {"deposit.update": "deposit.updated"}
-#: How often expired delivery ids and old final transfers are purged (from inside a delivery).
-PURGE_INTERVAL = 3600.0
-#: Final transfers are kept this long so late deliveries and history rows are recognized as known.
-FINAL_TRANSFER_RETENTION = 30 * 86400.0
 
 
 def method_label(method: Any) -> str:
@@ -86,86 +91,43 @@ def method_label(method: Any) -> str:
     if not isinstance(method, str):
         return OTHER
     method = METHOD_ALIASES.get(method, method)
-    return method if method in WHITEBIT_WEBHOOK_METHODS else OTHER
+    return method if method in METHODS else OTHER
 
 
-class WhitebitWebhookStats:
-    """The receiver's counters, per account (``unknown`` for an unconfigured key); all start at 0."""
+class Envelope(NamedTuple):
+    """A verified delivery's ``id``, bounded method label and ``params``."""
 
-    def __init__(self, accounts: Sequence[str]) -> None:
-        self.accounts = tuple(dict.fromkeys(accounts))
-        methods = (*WHITEBIT_WEBHOOK_METHODS, OTHER)
-        self.received = {(a, m): 0 for a in (*self.accounts, UNKNOWN_ACCOUNT) for m in methods}
-        self.verified = {(a, m): 0 for a in self.accounts for m in methods}
-        self.rejected = {(a, r): 0 for a in (*self.accounts, UNKNOWN_ACCOUNT) for r in WHITEBIT_REJECT_REASONS}
-        self.duplicate = dict.fromkeys(self.accounts, 0)
-        self.nonce_regressions = dict.fromkeys(self.accounts, 0)
-        self.last_received: dict[str, float] = {}
-
-    @staticmethod
-    def bump(counts: dict[Any, int], key: Any) -> None:
-        counts[key] = counts.get(key, 0) + 1
+    delivery_id: str
+    method: str
+    params: dict[str, Any]
 
 
-class WhitebitWebhookCollector(Collector):
-    """Renders :class:`WhitebitWebhookStats`.
+def parse_envelope(body: bytes, account: str) -> Envelope:
+    """The envelope of a verified body; raises :class:`RejectedDelivery` (400 ``bad_json``) otherwise."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RejectedDelivery(Rejection(400, "bad_json", account, detail="not JSON")) from None
+    if not isinstance(document, dict):
+        raise RejectedDelivery(Rejection(400, "bad_json", account, detail="not a JSON object"))
+    method = method_label(document.get("method"))
+    delivery_id = document.get("id")
+    params = document.get("params")
+    if not isinstance(document.get("method"), str):
+        raise RejectedDelivery(Rejection(400, "bad_json", account, detail="no method"))
+    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > 256:
+        raise RejectedDelivery(Rejection(400, "bad_json", account, method, detail="no usable id"))
+    if not isinstance(params, dict):
+        raise RejectedDelivery(Rejection(400, "bad_json", account, method, detail="params is not an object"))
+    return Envelope(delivery_id, method, params)
 
-    ::
 
-        whitebit_webhooks_received_total{account="main",method="deposit.processed"} 3.0
-        whitebit_webhooks_rejected_total{account="unknown",reason="unknown_key"} 1.0
+class Rejection(NamedTuple):
+    """Why a delivery is refused, and how: HTTP status, ``reason`` label, ``account`` label.
+
+    A NamedTuple, not a frozen dataclass: a flood of forged deliveries builds one per request.
     """
 
-    def __init__(self, stats: WhitebitWebhookStats) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._stats
-        received = CounterMetricFamily(
-            WHITEBIT_WEBHOOKS_RECEIVED,
-            "WhiteBIT webhook deliveries that reached the receiver (method other until verified).",
-            labels=["account", "method"],
-        )
-        verified = CounterMetricFamily(
-            WHITEBIT_WEBHOOKS_VERIFIED,
-            "WhiteBIT webhook deliveries whose payload and signature checks passed and whose JSON parsed.",
-            labels=["account", "method"],
-        )
-        rejected = CounterMetricFamily(
-            WHITEBIT_WEBHOOKS_REJECTED, "WhiteBIT webhook deliveries rejected, by reason.", labels=["account", "reason"]
-        )
-        duplicate = CounterMetricFamily(
-            WHITEBIT_WEBHOOKS_DUPLICATE,
-            "WhiteBIT webhook deliveries whose signed id was seen before (answered 200, not processed).",
-            labels=["account"],
-        )
-        regressions = CounterMetricFamily(
-            WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
-            "Verified WhiteBIT deliveries whose nonce was not above the highest seen.",
-            labels=["account"],
-        )
-        last = GaugeMetricFamily(
-            WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
-            "When the last verified WhiteBIT webhook delivery was received (absent before the first).",
-            labels=["account"],
-        )
-        for (account, method), value in s.received.items():
-            received.add_metric([account, method], value)
-        for (account, method), value in s.verified.items():
-            verified.add_metric([account, method], value)
-        for (account, reason), value in s.rejected.items():
-            rejected.add_metric([account, reason], value)
-        for account, value in s.duplicate.items():
-            duplicate.add_metric([account], value)
-        for account, value in s.nonce_regressions.items():
-            regressions.add_metric([account], value)
-        for account, value in s.last_received.items():
-            last.add_metric([account], value)
-        yield from (received, verified, rejected, duplicate, regressions, last)
-
-
-class _Rejection(NamedTuple):
-    # A NamedTuple, not a frozen dataclass: a flood of forged deliveries builds one per request.
     status: int
     reason: str
     account: str
@@ -173,83 +135,118 @@ class _Rejection(NamedTuple):
     detail: str = ""
 
 
+class RejectedDelivery(Exception):
+    """Raised while processing a verified delivery that must still be refused."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.reason)
+        self.rejection = rejection
+
+
 class _NonceRejected(Exception):
     """Raised inside the delivery transaction to roll it back under the strict nonce policy."""
 
 
+@dataclass(frozen=True)
+class AccountWebhook:
+    """What the receiver needs of one account: its label, its secrets (prepared) and its nonce policy."""
+
+    account: str
+    secrets: Secrets
+    strict_nonces: bool
+
+    @classmethod
+    def of(cls, account: WhitebitAccountConfig) -> AccountWebhook:
+        """The receiver's view of an account that has a ``webhook`` section."""
+        if account.webhook is None:
+            raise ValueError(f"account {account.name!r} has no webhook section")
+        return cls(account.name, Secrets(account.webhook.secrets), account.webhook.nonce_policy == "strict")
+
+
 class WhitebitReceiver:
-    """Verifies, deduplicates and records WhiteBIT webhook deliveries for every configured account."""
+    """Verifies, deduplicates and records WhiteBIT webhook deliveries for the accounts with a webhook key.
+
+    ``collector`` renders its counters::
+
+        whitebit_webhooks_received_total{account="main",method="deposit.processed"} 3.0
+        whitebit_webhooks_rejected_total{account="unknown",reason="unknown_key"} 1.0
+    """
 
     path = PATH
 
     def __init__(
         self,
-        config: Config,
+        accounts: Sequence[WhitebitAccountConfig],
         store: StateStore,
         transfers: TransferBook,
+        committer: GroupCommitter,
         *,
         clock: Callable[[], float] = time.time,
         delivery_ttl: float = DEFAULT_DELIVERY_TTL,
-        committer: GroupCommitter | None = None,
     ) -> None:
         self._store = store
-        self._committer = committer if committer is not None else GroupCommitter(store)
-        self._rejection_log = RejectionLog(log)
+        self._committer = committer
         self._transfers = transfers
         self._clock = clock
         self._ttl = delivery_ttl
-        self._by_key: dict[str, list[WhitebitAccountConfig]] = {}
-        # Keyed HMAC-SHA512 states, one per secret, prepared once: a delivery copies one instead
-        # of hashing the key again (the same digest as signing.sign_payload).
-        self._macs: dict[str, tuple[Any, ...]] = {}
-        for account in config.whitebit:
-            if account.webhook is not None:
-                self._by_key.setdefault(account.webhook.public_key, []).append(account)
-                self._macs[account.name] = tuple(
-                    hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha512) for secret in account.webhook.secrets
-                )
-        self.stats = WhitebitWebhookStats([a.name for a in config.whitebit if a.webhook is not None])
-        self.collector = WhitebitWebhookCollector(self.stats)
-        self._next_purge = 0.0
+        self._rejection_log = RejectionLog(log)
+        self._replies = Replies(REJECT_REASONS)
+        # Public keys are unique across accounts (the config loader checks), so a key names one account.
+        self._by_key = {
+            account.webhook.public_key: AccountWebhook.of(account) for account in accounts if account.webhook
+        }
+        names = [webhook.account for webhook in self._by_key.values()]
+        labelled = [*names, RESERVED_ACCOUNT_NAME]
+        methods = (*METHODS, OTHER)
+        self.collector = SeriesValues()
+        self._received = self.collector.series(WHITEBIT_WEBHOOKS_RECEIVED, ((a, m) for a in labelled for m in methods))
+        self._verified = self.collector.series(WHITEBIT_WEBHOOKS_VERIFIED, ((a, m) for a in names for m in methods))
+        self._rejected = self.collector.series(
+            WHITEBIT_WEBHOOKS_REJECTED, ((a, r) for a in labelled for r in REJECT_REASONS)
+        )
+        self._duplicate = self.collector.series(WHITEBIT_WEBHOOKS_DUPLICATE, ((a,) for a in names))
+        self._nonce_regressions = self.collector.series(WHITEBIT_WEBHOOK_NONCE_REGRESSIONS, ((a,) for a in names))
+        self._last_received = self.collector.series(WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Verify and record one delivery; see the module docstring for the order of checks."""
         key = request.headers.get(HEADER_APIKEY)
-        candidates = self._by_key.get(key) if key else None
-        label = candidates[0].name if candidates else UNKNOWN_ACCOUNT
+        webhook = self._by_key.get(key) if key else None
+        label = webhook.account if webhook is not None else RESERVED_ACCOUNT_NAME
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return self._reject(_Rejection(413, "body_too_large", label), request)
+            return self._reject(Rejection(413, "body_too_large", label), request)
         # The checks before the signature's are what a flood of forged deliveries costs: they
         # return their rejection instead of raising it.
         headers = request.headers
         payload = headers.get(HEADER_PAYLOAD)
         signature = headers.get(HEADER_SIGNATURE)
         if not key or not payload or not signature:
-            return self._reject(_Rejection(401, "missing_header", label), request)
-        if candidates is None:
-            return self._reject(_Rejection(401, "unknown_key", UNKNOWN_ACCOUNT, detail=redact(key)), request)
+            return self._reject(Rejection(401, "missing_header", label), request)
+        if webhook is None:
+            return self._reject(Rejection(401, "unknown_key", RESERVED_ACCOUNT_NAME, detail=redact(key)), request)
         if not payload_matches_body(body, payload):
-            return self._reject(_Rejection(401, "payload_mismatch", label), request)
-        account = self._verify(candidates, payload, signature)
-        if account is None:
-            return self._reject(_Rejection(401, "bad_signature", label), request)
+            return self._reject(Rejection(401, "payload_mismatch", label), request)
+        if webhook.secrets.match(payload, signature) is None:
+            return self._reject(Rejection(401, "bad_signature", label), request)
         try:
-            return await self._process(account, body)
-        except _RejectedDelivery as rejected:
+            return await self._process(webhook, body)
+        except RejectedDelivery as rejected:
             return self._reject(rejected.rejection, request)
 
-    async def _process(self, account: WhitebitAccountConfig, body: bytes) -> web.StreamResponse:
-        name = account.name
-        delivery_id, method, params = _parse(body, name)
+    def reply(self, status: int, word: str) -> web.Response:
+        """One of the receiver's fixed answers (``ok``, ``duplicate``, ``unavailable`` or a reason)."""
+        return self._replies.reply(status, word)
+
+    async def _process(self, webhook: AccountWebhook, body: bytes) -> web.StreamResponse:
+        name = webhook.account
+        delivery_id, method, params = parse_envelope(body, name)
         now = self._clock()
         observation = self._observation(name, method, params, now)
-        nonce = _nonce(params.get("nonce"))
-        self.stats.bump(self.stats.verified, (name, method))
-        self._purge_if_due(now)
-        assert account.webhook is not None
-        strict = account.webhook.nonce_policy == "strict"
+        nonce = int_or_none(params.get("nonce"))
+        self._verified[(name, method)] += 1
+        strict = webhook.strict_nonces
 
         def record() -> tuple[bool, bool, TransferUpdate | None]:
             # Runs inside the batch transaction: dedupe, nonce and transfer commit together.
@@ -267,14 +264,14 @@ class WhitebitReceiver:
 
         def committed(result: tuple[bool, bool, TransferUpdate | None]) -> None:
             fresh, regression, update = result
-            self.stats.bump(self.stats.received, (name, method))
-            self.stats.last_received[name] = now
+            self._received[(name, method)] += 1
+            self._last_received[(name,)] = now
             if not fresh:
-                self.stats.bump(self.stats.duplicate, name)
+                self._duplicate[(name,)] += 1
                 log.info("duplicate webhook ignored", extra={"provider": PROVIDER, "account": name, "method": method})
                 return
             if regression:
-                self.stats.bump(self.stats.nonce_regressions, name)
+                self._nonce_regressions[(name,)] += 1
                 log.info(
                     "webhook nonce regression accepted (nonce_policy count)",
                     extra={"provider": PROVIDER, "account": name, "method": method},
@@ -289,32 +286,16 @@ class WhitebitReceiver:
         try:
             fresh, _, _ = await self._committer.run(record, committed)
         except _NonceRejected:
-            self.stats.bump(self.stats.nonce_regressions, name)
-            raise _RejectedDelivery(_Rejection(409, "nonce_regression", name, method)) from None
+            self._nonce_regressions[(name,)] += 1
+            raise RejectedDelivery(Rejection(409, "nonce_regression", name, method)) from None
         except StateError as exc:
-            self.stats.bump(self.stats.received, (name, method))
+            self._received[(name, method)] += 1
             log.error(
                 "webhook not recorded; answering 503 so it is retried",
                 extra={"provider": PROVIDER, "account": name, "method": method, "error": str(exc)},
             )
-            return _reply(503, "unavailable")
-        return _reply(200, "ok" if fresh else "duplicate")
-
-    def _verify(
-        self, candidates: list[WhitebitAccountConfig], payload: str, signature: str
-    ) -> WhitebitAccountConfig | None:
-        # Every candidate's every secret is tried and compared in constant time, so timing does
-        # not tell which one matched (as signing.signature_matches, with prepared keys).
-        presented = signature.strip().lower().encode("utf-8", "replace")
-        data = payload.encode("ascii")  # base64 of the body: checked before this
-        matched: WhitebitAccountConfig | None = None
-        for account in candidates:
-            for base in self._macs[account.name]:
-                mac = base.copy()
-                mac.update(data)
-                if hmac.compare_digest(mac.hexdigest().encode("ascii"), presented) and matched is None:
-                    matched = account
-        return matched
+            return self.reply(503, "unavailable")
+        return self.reply(200, "ok" if fresh else "duplicate")
 
     def _observation(self, account: str, method: str, params: dict[str, Any], now: float) -> TransferObservation | None:
         if method not in WEBHOOK_TRANSFER_EVENTS:
@@ -322,24 +303,11 @@ class WhitebitReceiver:
         try:
             return observation_from_webhook(account, method, params, now)
         except ObservationError as exc:
-            raise _RejectedDelivery(_Rejection(400, "bad_json", account, method, detail=str(exc))) from None
+            raise RejectedDelivery(Rejection(400, "bad_json", account, method, detail=str(exc))) from None
 
-    def _purge_if_due(self, now: float) -> None:
-        if now < self._next_purge:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        try:
-            deliveries = self._store.purge_expired_deliveries()
-            transfers = self._transfers.purge_final(now - FINAL_TRANSFER_RETENTION)
-        except StateError as exc:
-            log.warning("purging old webhook state failed", extra={"error": str(exc)})
-            return
-        if deliveries or transfers:
-            log.info("purged old webhook state", extra={"delivery_ids": deliveries, "final_transfers": transfers})
-
-    def _reject(self, rejection: _Rejection, request: web.Request) -> web.Response:
-        self.stats.bump(self.stats.received, (rejection.account, rejection.method))
-        self.stats.bump(self.stats.rejected, (rejection.account, rejection.reason))
+    def _reject(self, rejection: Rejection, request: web.Request) -> web.Response:
+        self._received[(rejection.account, rejection.method)] += 1
+        self._rejected[(rejection.account, rejection.reason)] += 1
 
         def describe() -> dict[str, Any]:
             fields: dict[str, Any] = {
@@ -353,61 +321,5 @@ class WhitebitReceiver:
                 fields["detail"] = rejection.detail
             return fields
 
-        self._rejection_log.rejected_lazily((PROVIDER, rejection.account, rejection.reason), describe)
-        return _reply(rejection.status, rejection.reason)
-
-
-def _reply(status: int, word: str) -> web.Response:
-    """A small fixed JSON answer; it never echoes anything the sender sent."""
-    return web.Response(status=status, body=_REPLIES[word], headers=_JSON)
-
-
-_JSON = {"Content-Type": "application/json"}
-
-
-_REPLIES = {
-    word: json.dumps(
-        {"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}
-    ).encode()
-    for word in ("ok", "duplicate", *WHITEBIT_REJECT_REASONS)
-}
-_REPLIES["unavailable"] = b'{"status":"error","reason":"unavailable"}'
-
-
-class _RejectedDelivery(Exception):
-    def __init__(self, rejection: _Rejection) -> None:
-        super().__init__(rejection.reason)
-        self.rejection = rejection
-
-
-def _parse(body: bytes, account: str) -> tuple[str, str, dict[str, Any]]:
-    """The envelope's ``id``, bounded method label and ``params``; a 400 ``bad_json`` otherwise."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise _RejectedDelivery(_Rejection(400, "bad_json", account, detail="not JSON")) from None
-    if not isinstance(document, dict):
-        raise _RejectedDelivery(_Rejection(400, "bad_json", account, detail="not a JSON object"))
-    method = method_label(document.get("method"))
-    delivery_id = document.get("id")
-    params = document.get("params")
-    if not isinstance(document.get("method"), str):
-        raise _RejectedDelivery(_Rejection(400, "bad_json", account, detail="no method"))
-    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > 256:
-        raise _RejectedDelivery(_Rejection(400, "bad_json", account, method, detail="no usable id"))
-    if not isinstance(params, dict):
-        raise _RejectedDelivery(_Rejection(400, "bad_json", account, method, detail="params is not an object"))
-    return delivery_id, method, params
-
-
-def _nonce(value: Any) -> int | None:
-    """The nonce as an integer; None when missing, null or not an integer (all accepted)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if -(2**63) <= value < 2**63 else None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if isinstance(value, str) and value.isdigit() and len(value) < 19:
-        return int(value)
-    return None
+        self._rejection_log.rejected((PROVIDER, rejection.account, rejection.reason), describe)
+        return self.reply(rejection.status, rejection.reason)

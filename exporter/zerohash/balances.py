@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.metrics import (
@@ -30,11 +30,38 @@ from exporter.core.metrics import (
     ZEROHASH_ACCOUNTS,
     ZEROHASH_BALANCE,
     ZEROHASH_BALANCE_MOVEMENTS,
-    ZEROHASH_MOVEMENT_TYPES,
     ZEROHASH_PARTICIPANT_BALANCE,
 )
 from exporter.core.state import ZerohashBalance
 from exporter.zerohash.signing import timestamp_to_seconds
+
+#: Zero Hash movement types (reference zerohash.md section 8, the REST enum); anything else is ``other``.
+MOVEMENT_TYPES = (
+    "deposit",
+    "withdrawal_pending",
+    "withdrawal_confirmed",
+    "withdrawal",
+    "transfer",
+    "final_settlement",
+    "final_settlement_outstanding",
+    "final_settlement_default",
+    "final_settlement_default_fallback",
+    "final_settlement_default_partial",
+    "otc_final_settlement",
+    "execution_fee",
+    "network_fee",
+    "transaction_fee",
+    "bank_fee",
+    "commission",
+    "initial_margin",
+    "variation_margin",
+    "variation_margin_call",
+    "interest_payment",
+    "principal_swap",
+    "repayment",
+    "collateralize_loan",
+    "loan_collateral_return",
+)
 
 #: Movement types whose counters start at 0 for every (account_type, asset) held: the ones Zero
 #: Hash's deposit, withdrawal, transfer and settlement guide explains. Others appear when first seen.
@@ -112,7 +139,7 @@ def parse_balance_event(document: Any) -> BalanceEvent:
 
 def movement_type_label(value: Any) -> str:
     """A documented movement type, or ``other``."""
-    return value if isinstance(value, str) and value in ZEROHASH_MOVEMENT_TYPES else OTHER
+    return value if isinstance(value, str) and value in MOVEMENT_TYPES else OTHER
 
 
 _AccountKey = tuple[str, str, str, str, str]
@@ -174,26 +201,10 @@ class ZerohashBalanceCollector(Collector):
         self._balances = balances
 
     def collect(self) -> Iterator[Metric]:
-        total = GaugeMetricFamily(
-            ZEROHASH_BALANCE,
-            "Zero Hash balance summed over participants, in whole asset units.",
-            labels=["account_group", "account_label", "account_type", "asset"],
-        )
-        per_participant = GaugeMetricFamily(
-            ZEROHASH_PARTICIPANT_BALANCE,
-            "Zero Hash balance of an allow-listed participant, in whole asset units.",
-            labels=["participant", "account_group", "account_label", "account_type", "asset"],
-        )
-        accounts = GaugeMetricFamily(
-            ZEROHASH_ACCOUNTS,
-            "Zero Hash participants holding a non-zero balance.",
-            labels=["account_group", "account_type", "asset"],
-        )
-        movements = CounterMetricFamily(
-            ZEROHASH_BALANCE_MOVEMENTS,
-            "Zero Hash balance movements reported by account_balance.changed, by movement type.",
-            labels=["account_type", "asset", "movement_type"],
-        )
+        total = ZEROHASH_BALANCE.family()
+        per_participant = ZEROHASH_PARTICIPANT_BALANCE.family()
+        accounts = ZEROHASH_ACCOUNTS.family()
+        movements = ZEROHASH_BALANCE_MOVEMENTS.family()
         sums: dict[tuple[str, str, str, str], Decimal] = {}
         holders: dict[tuple[str, str, str], set[str]] = {}
         for b in self._balances.held():

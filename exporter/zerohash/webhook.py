@@ -35,38 +35,27 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from exporter.config.schema import ZerohashWebhookConfig
 from exporter.core.metrics import (
     OTHER,
-    ZEROHASH_PAYLOAD_TYPES,
-    ZEROHASH_REJECT_REASONS,
     ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
     ZEROHASH_WEBHOOKS_DUPLICATE,
     ZEROHASH_WEBHOOKS_RECEIVED,
     ZEROHASH_WEBHOOKS_REJECTED,
     ZEROHASH_WEBHOOKS_VERIFIED,
+    SeriesValues,
 )
 from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
-from exporter.webhooks.commit import GroupCommitter, RejectionLog
-from exporter.zerohash.balances import (
-    BalanceEvent,
-    BalancePayloadError,
-    ZerohashBalances,
-    parse_balance_event,
-)
+from exporter.webhooks.commit import GroupCommitter
+from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
+from exporter.webhooks.intake import RejectionLog, Replies
+from exporter.zerohash.balances import BalanceEvent, BalancePayloadError, ZerohashBalances, parse_balance_event
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
     HEADER_PAYLOAD_TYPE,
@@ -83,111 +72,37 @@ from exporter.zerohash.signing import (
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/zerohash"
+#: Why a delivery was rejected: the reasons both receivers share plus a timestamp outside the tolerance.
+REJECT_REASONS = (*SHARED_REJECT_REASONS, "stale_timestamp")
+#: Every documented Zero Hash ``x-zh-hook-payload-type`` (docs/protocol.md#zero-hash-payload-types,
+#: both spellings where Zero Hash's pages disagree); anything else is ``other``.
+PAYLOAD_TYPES = (
+    "account_balance.changed",
+    "trade.status_changed",
+    "trade_status_changed",
+    "deposit.status_changed",
+    "participant_status_changed",
+    "participant_updated",
+    "payment_status_changed",
+    "external_account_status_changed",
+    "deposit_fund_complete",
+    "asset_mover_update",
+    "asset_mover_updated",
+    "trade_strategy.operation.status_changed",
+    "trade_strategy.execution.status_changed",
+    "trade_strategy.trader.created",
+    "token_signature_request",
+    "token_status_update",
+    "unspecified",
+)
 PROVIDER = "zerohash"
 ACCOUNT_BALANCE_CHANGED = "account_balance.changed"
 _SIGNATURE_HEADERS = (HEADER_SIGNATURE, HEADER_RSA_SIGNATURE, HEADER_SIGNATURE_LEGACY, HEADER_RSA_SIGNATURE_LEGACY)
-_PEM_BLOCK = re.compile(rb"-----BEGIN (RSA PUBLIC KEY|PUBLIC KEY)-----.+?-----END \1-----", re.DOTALL)
-PURGE_INTERVAL = 3600.0
 
 
 def payload_type_label(value: str | None) -> str:
     """The bounded ``payload_type`` label: a documented name, else ``other``."""
-    return value if value in ZEROHASH_PAYLOAD_TYPES else OTHER
-
-
-def load_rsa_public_keys(path: str | Path) -> list[rsa.RSAPublicKey]:
-    """Every RSA public key in a PEM file (``BEGIN PUBLIC KEY`` or ``BEGIN RSA PUBLIC KEY`` blocks).
-
-    The config loader has already validated the file; a block that does not load raises ValueError.
-    """
-    content = Path(path).read_bytes()
-    keys: list[rsa.RSAPublicKey] = []
-    for match in _PEM_BLOCK.finditer(content):
-        try:
-            key = serialization.load_pem_public_key(match.group(0))
-        except UnsupportedAlgorithm as exc:
-            raise ValueError(f"{path}: unsupported key: {exc}") from exc
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise ValueError(f"{path}: a PEM block is not an RSA public key")
-        keys.append(key)
-    return keys
-
-
-class ZerohashWebhookStats:
-    """The receiver's counters; every label value starts at 0."""
-
-    def __init__(self) -> None:
-        types = (*ZEROHASH_PAYLOAD_TYPES, OTHER)
-        self.received = dict.fromkeys(types, 0)
-        self.verified = dict.fromkeys(types, 0)
-        self.rejected = dict.fromkeys(ZEROHASH_REJECT_REASONS, 0)
-        self.duplicate = 0
-        self.last_received: float | None = None
-
-
-class ZerohashWebhookCollector(Collector):
-    """Renders :class:`ZerohashWebhookStats`.
-
-    ::
-
-        zerohash_webhooks_received_total{payload_type="account_balance.changed"} 12.0
-        zerohash_webhooks_rejected_total{reason="stale_timestamp"} 1.0
-    """
-
-    def __init__(self, stats: ZerohashWebhookStats) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._stats
-        received = CounterMetricFamily(
-            ZEROHASH_WEBHOOKS_RECEIVED,
-            "Zero Hash webhook deliveries that reached the receiver.",
-            labels=["payload_type"],
-        )
-        verified = CounterMetricFamily(
-            ZEROHASH_WEBHOOKS_VERIFIED,
-            "Zero Hash webhook deliveries whose signature and timestamp checks passed and whose JSON parsed.",
-            labels=["payload_type"],
-        )
-        rejected = CounterMetricFamily(
-            ZEROHASH_WEBHOOKS_REJECTED, "Zero Hash webhook deliveries rejected, by reason.", labels=["reason"]
-        )
-        duplicate = CounterMetricFamily(
-            ZEROHASH_WEBHOOKS_DUPLICATE,
-            "Zero Hash webhook deliveries whose signed content was seen before (answered 200, not processed).",
-        )
-        last = GaugeMetricFamily(
-            ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
-            "When the last verified Zero Hash webhook delivery was received (absent before the first).",
-        )
-        for payload_type, value in s.received.items():
-            received.add_metric([payload_type], value)
-        for payload_type, value in s.verified.items():
-            verified.add_metric([payload_type], value)
-        for reason, value in s.rejected.items():
-            rejected.add_metric([reason], value)
-        duplicate.add_metric([], s.duplicate)
-        yield from (received, verified, rejected, duplicate)
-        if s.last_received is not None:
-            last.add_metric([], s.last_received)
-            yield last
-
-
-def _reply(status: int, word: str) -> web.Response:
-    """A small fixed JSON answer; it never echoes anything the sender sent."""
-    return web.Response(status=status, body=_REPLIES[word], headers=_JSON)
-
-
-_JSON = {"Content-Type": "application/json"}
-
-
-_REPLIES = {
-    word: json.dumps(
-        {"status": word} if word in ("ok", "duplicate") else {"status": "rejected", "reason": word}
-    ).encode()
-    for word in ("ok", "duplicate", *ZEROHASH_REJECT_REASONS)
-}
-_REPLIES["unavailable"] = b'{"status":"error","reason":"unavailable"}'
+    return value if value in PAYLOAD_TYPES else OTHER
 
 
 class _Rejected(Exception):
@@ -199,7 +114,13 @@ class _Rejected(Exception):
 
 
 class ZerohashReceiver:
-    """Verifies, deduplicates and applies Zero Hash webhook deliveries."""
+    """Verifies, deduplicates and applies Zero Hash webhook deliveries.
+
+    ``collector`` renders its counters::
+
+        zerohash_webhooks_received_total{payload_type="account_balance.changed"} 12.0
+        zerohash_webhooks_rejected_total{reason="stale_timestamp"} 1.0
+    """
 
     path = PATH
 
@@ -208,31 +129,33 @@ class ZerohashReceiver:
         config: ZerohashWebhookConfig,
         store: StateStore,
         balances: ZerohashBalances,
+        committer: GroupCommitter,
         *,
         clock: Callable[[], float] = time.time,
-        rsa_public_keys: Sequence[rsa.RSAPublicKey] | None = None,
         delivery_ttl: float = DEFAULT_DELIVERY_TTL,
-        committer: GroupCommitter | None = None,
     ) -> None:
-        self._committer = committer if committer is not None else GroupCommitter(store)
+        self._committer = committer
         self._rejection_log = RejectionLog(log)
-        self._secrets = tuple(config.hmac_secrets)
-        if rsa_public_keys is None:
-            rsa_public_keys = load_rsa_public_keys(config.rsa_public_keys_file) if config.rsa_public_keys_file else []
-        self._rsa_keys = tuple(rsa_public_keys)
+        self._replies = Replies(REJECT_REASONS)
+        self._secrets = config.hmac_secrets
+        self._rsa_keys = config.rsa_public_keys
         self._tolerance = config.timestamp_tolerance
         self._store = store
         self._balances = balances
         self._clock = clock
         self._ttl = delivery_ttl
-        self.stats = ZerohashWebhookStats()
-        self.collector = ZerohashWebhookCollector(self.stats)
-        self._next_purge = 0.0
+        types = [(payload_type,) for payload_type in (*PAYLOAD_TYPES, OTHER)]
+        self.collector = SeriesValues()
+        self._received = self.collector.series(ZEROHASH_WEBHOOKS_RECEIVED, types)
+        self._verified = self.collector.series(ZEROHASH_WEBHOOKS_VERIFIED, types)
+        self._rejected = self.collector.series(ZEROHASH_WEBHOOKS_REJECTED, ((reason,) for reason in REJECT_REASONS))
+        self._duplicate = self.collector.series(ZEROHASH_WEBHOOKS_DUPLICATE, [()])
+        self._last_received = self.collector.series(ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Verify and record one delivery; see the module docstring for the order of checks."""
         payload_type = payload_type_label(request.headers.get(HEADER_PAYLOAD_TYPE))
-        self.stats.received[payload_type] += 1
+        self._received[(payload_type,)] += 1
         try:
             try:
                 body = await request.read()
@@ -240,7 +163,7 @@ class ZerohashReceiver:
                 raise _Rejected(413, "body_too_large") from None
             return await self._process(request, payload_type, body)
         except _Rejected as rejected:
-            self.stats.rejected[rejected.reason] = self.stats.rejected.get(rejected.reason, 0) + 1
+            self._rejected[(rejected.reason,)] += 1
 
             def describe(rejected: _Rejected = rejected) -> dict[str, Any]:
                 fields: dict[str, Any] = {
@@ -254,9 +177,9 @@ class ZerohashReceiver:
                     fields["detail"] = rejected.detail
                 return fields
 
-            # Zero Hash has no account: the rate limit is per (provider, reason), as before.
-            self._rejection_log.rejected_lazily((PROVIDER, "", rejected.reason), describe)
-            return _reply(rejected.status, rejected.reason)
+            # Zero Hash has no account: one log budget per (provider, reason).
+            self._rejection_log.rejected((PROVIDER, "", rejected.reason), describe)
+            return self._replies.reply(rejected.status, rejected.reason)
 
     async def _process(self, request: web.Request, payload_type: str, body: bytes) -> web.StreamResponse:
         headers = request.headers
@@ -286,8 +209,7 @@ class ZerohashReceiver:
                 event = parse_balance_event(document)
             except BalancePayloadError as exc:
                 raise _Rejected(400, "bad_json", str(exc)) from None
-        self.stats.verified[payload_type] += 1
-        self._purge_if_due(now)
+        self._verified[(payload_type,)] += 1
         digest = hashlib.sha256(body).hexdigest()
 
         def record() -> tuple[bool, bool]:
@@ -298,9 +220,9 @@ class ZerohashReceiver:
 
         def committed(result: tuple[bool, bool]) -> None:
             fresh, applied = result
-            self.stats.last_received = now
+            self._last_received[()] = now
             if not fresh:
-                self.stats.duplicate += 1
+                self._duplicate[()] += 1
                 log.info("duplicate webhook ignored", extra={"provider": PROVIDER, "payload_type": payload_type})
                 return
             if event is not None:
@@ -318,8 +240,8 @@ class ZerohashReceiver:
                 "webhook not recorded; answering 503 so it is retried",
                 extra={"provider": PROVIDER, "payload_type": payload_type, "error": str(exc)},
             )
-            return _reply(503, "unavailable")
-        return _reply(200, "ok" if fresh else "duplicate")
+            return self._replies.reply(503, "unavailable")
+        return self._replies.reply(200, "ok" if fresh else "duplicate")
 
     def _verify(self, body: bytes, timestamp: str | None, signatures: dict[str, str | None]) -> bool:
         sig, rsa_sig = signatures[HEADER_SIGNATURE], signatures[HEADER_RSA_SIGNATURE]
@@ -339,12 +261,3 @@ class ZerohashReceiver:
         except (ValueError, OverflowError):
             return False
         return math.isfinite(seconds) and abs(now - seconds) <= self._tolerance
-
-    def _purge_if_due(self, now: float) -> None:
-        if now < self._next_purge:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        try:
-            self._store.purge_expired_deliveries()
-        except StateError as exc:
-            log.warning("purging old webhook state failed", extra={"error": str(exc)})

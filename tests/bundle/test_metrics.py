@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.core.metrics import METRIC_TYPES, exposed_name
+from exporter.core.metrics import METRICS
 from tests.bundle.harness import (
     SYNTHETIC,
     alert_rules,
@@ -39,13 +39,7 @@ def used_metric_names() -> dict[str, set[str]]:
 def test_the_bundle_reads_only_metrics_of_the_contract() -> None:
     used = used_metric_names()
     records = {rule["record"] for rule in recording_rules()}
-    contract = {exposed_name(family) for family in METRIC_TYPES}
-    contract |= {
-        f"{family}_{suffix}"
-        for family, kind in METRIC_TYPES.items()
-        if kind == "histogram"
-        for suffix in ("bucket", "sum", "count")
-    }
+    contract = {name for metric in METRICS for name in metric.sample_names}
     unknown = {name: where for name, where in used.items() if name not in contract | records | SYNTHETIC}
     assert unknown == {}
     # The bundle covers every source: WebSocket, webhooks, REST, transfers, Zero Hash, the exporter.

@@ -86,7 +86,7 @@ def test_source_with_max_age_turns_stale_without_fresh_ok() -> None:
 
 
 def _up(registry: CollectorRegistry, account: str) -> float | None:
-    return registry.get_sample_value(WHITEBIT_UP, {"account": account})
+    return registry.get_sample_value(WHITEBIT_UP.name, {"account": account})
 
 
 def test_whitebit_up_per_configured_account() -> None:
@@ -115,4 +115,4 @@ def test_whitebit_up_only_for_configured_accounts() -> None:
     registry.register(UpCollector(health, ["main"]))
     health.register("websocket", "stray").ok()
     samples = [s for m in registry.collect() for s in m.samples]
-    assert [(s.name, s.labels, s.value) for s in samples] == [(WHITEBIT_UP, {"account": "main"}, 1.0)]
+    assert [(s.name, s.labels, s.value) for s in samples] == [(WHITEBIT_UP.name, {"account": "main"}, 1.0)]

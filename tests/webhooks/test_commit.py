@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter.core.state import StateError, StateStore
-from exporter.webhooks.commit import GroupCommitter, RejectionLog
+from exporter.webhooks.commit import GroupCommitter
 
 
 @pytest.fixture
@@ -61,19 +60,3 @@ async def test_batches_are_bounded(store: StateStore) -> None:
     committer = GroupCommitter(store, max_batch=4)
     await asyncio.gather(*(committer.run(lambda i=i: i) for i in range(10)))
     assert committer.batches == 3 and committer.jobs == 10
-
-
-def test_rejections_are_logged_at_most_once_per_interval_with_the_suppressed_count(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [0.0]
-    limiter = RejectionLog(logging.getLogger("test.rejections"), interval=10.0, clock=lambda: now[0])
-    caplog.set_level(logging.WARNING, logger="test.rejections")
-    fields = {"provider": "whitebit", "account": "main", "reason": "bad_signature"}
-    for _ in range(5):
-        limiter.rejected(fields)
-    limiter.rejected({**fields, "reason": "payload_mismatch"})
-    now[0] = 10.0
-    limiter.rejected(fields)
-    records = [(r.__dict__["reason"], r.__dict__.get("suppressed")) for r in caplog.records]
-    assert records == [("bad_signature", None), ("payload_mismatch", None), ("bad_signature", 4)]

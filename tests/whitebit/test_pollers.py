@@ -35,7 +35,6 @@ from exporter.whitebit.pollers import (
     parse_collateral_summary,
     parse_main_balance,
     parse_trade_balance,
-    websocket_supplies,
 )
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import (
@@ -48,6 +47,7 @@ from exporter.whitebit.rest import (
     RestMetrics,
     RestTransport,
 )
+from exporter.whitebit.websocket.source import WebSocketSource
 from tests.helpers import scrape, wait_for
 
 KEY, SECRET = "poller-key", "poller-secret"
@@ -238,16 +238,18 @@ async def test_a_trade_balance_answer_is_dropped_if_the_websocket_came_back_mean
 
 def test_the_websocket_counts_as_supplying_only_while_its_health_is_ok() -> None:
     health = HealthRegistry()
-    supplies = websocket_supplies(health, "acct")
-    assert not supplies()  # no WebSocket source at all
-    websocket = health.register("websocket", "acct")
-    assert not supplies()  # starting
-    websocket.ok()
-    assert supplies()
+
+    async def no_token() -> str:
+        raise AssertionError("never connected in this test")
+
+    websocket = WebSocketSource("acct", "ws://127.0.0.1:1/ws", (), no_token, AccountBalances("acct"), health)
+    assert not websocket.supplies_wallets()  # starting
+    websocket.health.ok()
+    assert websocket.supplies_wallets()
     health.register("websocket", "other").failing("down")
-    assert supplies()
-    websocket.failing("disconnected")
-    assert not supplies()
+    assert websocket.supplies_wallets()  # another account's WebSocket is not this one's
+    websocket.health.failing("disconnected")
+    assert not websocket.supplies_wallets()
 
 
 # --- scheduling and health ---------------------------------------------------------------------
@@ -258,11 +260,10 @@ async def test_pollers_register_health_and_start_at_spread_out_offsets(client) -
     pollers = build_pollers(
         client,
         AccountBalances("acct"),
+        PollConfig(main_balance=30.0, collateral=2.0, trade_balance=30.0),
         health=health,
         summaries=CollateralSummaries(),
-        main_balance_interval=30.0,
-        collateral_interval=2.0,
-        trade_balance_interval=30.0,
+        websocket_ok=lambda: False,
         rng=random.Random(5),
     )
     assert [p.name for p in pollers] == [

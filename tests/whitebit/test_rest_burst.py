@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config.schema import DOCUMENTED_LIMITS
+from exporter.config.schema import DOCUMENTED_LIMITS, PollConfig
 from exporter.core.health import HealthRegistry
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.balances import AccountBalances
@@ -63,11 +63,9 @@ class Rig:
             self.pollers += build_pollers(
                 client,
                 AccountBalances(name),
+                PollConfig(main_balance=INTERVAL, collateral=INTERVAL, trade_balance=INTERVAL),
                 health=self.health,
                 summaries=self.summaries,
-                main_balance_interval=INTERVAL,
-                collateral_interval=INTERVAL,
-                trade_balance_interval=INTERVAL,
                 websocket_ok=lambda: False,  # no WebSocket here: every poll has work to do
                 rng=rng,
             )

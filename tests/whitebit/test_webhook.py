@@ -14,15 +14,15 @@ import pytest
 
 from exporter.app import Exporter
 from exporter.config.schema import Config, WhitebitAccountConfig, WhitebitWebhookConfig
-from exporter.core.metrics import WHITEBIT_REJECT_REASONS, WHITEBIT_WEBHOOK_METHODS
 from exporter.core.state import StateStore
+from exporter.webhooks.intake import REJECT_REASONS
 from exporter.whitebit.signing import (
     compact_json,
     encode_payload,
     sign_body,
     sign_payload,
 )
-from exporter.whitebit.webhook import method_label
+from exporter.whitebit.webhook import METHODS, method_label
 from tests.helpers import Scrape, scrape
 
 KEY = "whk-main-PUBLIC-0001"
@@ -464,11 +464,11 @@ async def test_a_duplicate_with_an_old_nonce_is_a_duplicate_not_a_regression(sta
 
 def test_method_labels_are_bounded() -> None:
     assert method_label("deposit.update") == "deposit.updated"
-    assert [method_label(m) for m in WHITEBIT_WEBHOOK_METHODS] == list(WHITEBIT_WEBHOOK_METHODS)
+    assert [method_label(m) for m in METHODS] == list(METHODS)
     assert method_label("deposit.processed\x00") == "other" and method_label(None) == "other"
 
 
-@pytest.mark.parametrize("method", WHITEBIT_WEBHOOK_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 async def test_every_documented_method_is_accepted(start: StartHarness, method: str) -> None:
     h = await start()
     if method.startswith("deposit."):
@@ -499,14 +499,14 @@ async def test_counters_start_at_zero_for_every_method_reason_and_account(start:
     h = await start()
     result = await scrape(h.exporter.metrics_url)
     for account in ("main", "strict"):
-        for method in (*WHITEBIT_WEBHOOK_METHODS, "other"):
+        for method in (*METHODS, "other"):
             assert result.value("whitebit_webhooks_received_total", account=account, method=method) == 0
             assert result.value("whitebit_webhooks_verified_total", account=account, method=method) == 0
         assert result.value("whitebit_webhooks_duplicate_total", account=account) == 0
         assert result.value("whitebit_webhook_nonce_regressions_total", account=account) == 0
-        for reason in WHITEBIT_REJECT_REASONS:
+        for reason in REJECT_REASONS:
             assert result.value("whitebit_webhooks_rejected_total", account=account, reason=reason) == 0
-    for reason in WHITEBIT_REJECT_REASONS:
+    for reason in REJECT_REASONS:
         assert result.value("whitebit_webhooks_rejected_total", account="unknown", reason=reason) == 0
     # An account without a webhook key gets no webhook series; transfers are shown for every account.
     assert result.value("whitebit_webhooks_duplicate_total", account="trading") is None

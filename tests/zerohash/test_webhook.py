@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.app import Exporter
+from exporter.config.load import load_config
 from exporter.config.schema import Config, ZerohashConfig, ZerohashWebhookConfig
-from exporter.core.metrics import ZEROHASH_PAYLOAD_TYPES, ZEROHASH_REJECT_REASONS
 from exporter.zerohash.signing import hmac_signature, rsa_signature
-from exporter.zerohash.webhook import load_rsa_public_keys, payload_type_label
+from exporter.zerohash.webhook import PAYLOAD_TYPES, REJECT_REASONS, payload_type_label
 from tests.helpers import Scrape, scrape
 
 NOW = 1_760_000_000.0
@@ -187,6 +187,7 @@ def zh_config(keys_file: Path) -> ZerohashConfig:
         ZerohashWebhookConfig(
             hmac_secrets=(OLD_SECRET, NEW_SECRET),
             rsa_public_keys_file=str(keys_file),
+            rsa_public_keys=rsa_keys_in(keys_file),
             timestamp_tolerance=TOLERANCE,
             participants=("CUST42",),
         )
@@ -223,8 +224,17 @@ def test_hmac_signatures_match_known_answers() -> None:
     )
 
 
+def rsa_keys_in(keys_file: Path) -> tuple[rsa.RSAPublicKey, ...]:
+    """The RSA public keys of ``keys_file`` as the config loader reads them."""
+    config_file = keys_file.parent / "zerohash-keys.yaml"
+    config_file.write_text(f"zerohash:\n  webhook:\n    rsa_public_keys_file: {keys_file.name}\n")
+    zerohash = load_config(config_file, {}).zerohash
+    assert zerohash is not None
+    return zerohash.webhook.rsa_public_keys
+
+
 def test_rsa_keys_load_in_both_pem_forms(keys_file: Path, zh_key: rsa.RSAPrivateKey) -> None:
-    loaded = load_rsa_public_keys(keys_file)
+    loaded = rsa_keys_in(keys_file)
     assert len(loaded) == 2
     assert loaded[1].public_numbers() == zh_key.public_key().public_numbers()
 
@@ -417,10 +427,10 @@ async def test_replay_after_a_restart_is_a_duplicate(
 async def test_counters_start_at_zero(start: StartHarness) -> None:
     h = await start()
     result = await scrape(h.exporter.metrics_url)
-    for payload_type in (*ZEROHASH_PAYLOAD_TYPES, "other"):
+    for payload_type in (*PAYLOAD_TYPES, "other"):
         assert result.value("zerohash_webhooks_received_total", payload_type=payload_type) == 0
         assert result.value("zerohash_webhooks_verified_total", payload_type=payload_type) == 0
-    for reason in ZEROHASH_REJECT_REASONS:
+    for reason in REJECT_REASONS:
         assert result.value("zerohash_webhooks_rejected_total", reason=reason) == 0
     assert result.value("zerohash_webhooks_duplicate_total") == 0
     assert result.samples("zerohash_webhook_last_received_timestamp_seconds") == []

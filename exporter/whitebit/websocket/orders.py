@@ -27,12 +27,23 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from decimal import Context, Decimal, InvalidOperation
+from collections.abc import Callable, Iterable
+from decimal import Context, Decimal
 from typing import Any
 
-from exporter.core.metrics import ORDER_EVENTS, ORDER_SIDES
+from exporter.whitebit.websocket.parsing import (
+    INVALID_BAD_VALUE,
+    INVALID_MISSING_FIELD,
+    INVALID_UNKNOWN_MARKET,
+    INVALID_WRONG_TYPE,
+    InvalidMessage,
+    parse_amount,
+)
+
+#: The ``side`` label values.
+ORDER_SIDES = ("buy", "sell")
+#: The ``event`` label values of ``whitebit_order_events_total``.
+ORDER_EVENTS = ("new", "update", "finish", "modify", "stop_activated")
 
 #: WebSocket ``ordersPending_update`` event ids.
 EVENT_NEW = 1
@@ -86,19 +97,8 @@ _sub = _EXACT.subtract
 _SCALARS = (int, str)
 
 
-class InvalidOrder(ValueError):
-    """An order object that cannot be applied; ``reason`` is a bounded label value."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
-#: Bounded reasons an order object is refused with.
-INVALID_MISSING_FIELD = "missing_field"
-INVALID_WRONG_TYPE = "wrong_type"
-INVALID_BAD_VALUE = "bad_value"
-INVALID_UNKNOWN_MARKET = "unknown_market"
 
 
 class _Left:
@@ -125,39 +125,6 @@ class _Series:
         self.left = left
 
 
-@dataclass(frozen=True)
-class OpenOrdersSeries:
-    """One ``whitebit_open_orders`` sample."""
-
-    market: str
-    side: str
-    type: str
-    count: int
-
-
-@dataclass(frozen=True)
-class OpenOrdersLeft:
-    """One ``whitebit_open_orders_left`` sample."""
-
-    market: str
-    side: str
-    left: Decimal
-
-
-def parse_amount(value: Any, field: str) -> Decimal:
-    """A decimal string (or, defensively, a JSON number) as an exact Decimal; never NaN or infinite."""
-    if isinstance(value, str):
-        try:
-            amount = Decimal(value)
-        except InvalidOperation:
-            raise InvalidOrder(INVALID_BAD_VALUE, f"{field} is not a decimal: {value[:32]!r}") from None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        amount = Decimal(str(value))
-    else:
-        raise InvalidOrder(INVALID_WRONG_TYPE, f"{field} has type {type(value).__name__}")
-    if not amount.is_finite():
-        raise InvalidOrder(INVALID_BAD_VALUE, f"{field} is not finite")
-    return amount
 
 
 class OrderEvents:
@@ -257,11 +224,6 @@ class OrderEvents:
                 del waiting[key]
             self.count(entry[2], entry[1])
 
-    def pending(self) -> int:
-        """Events still waiting for a possible modify partner (after flushing what has expired)."""
-        self.flush()
-        return sum(1 for entry in self._queue if not entry[5])
-
     def counts(self) -> dict[tuple[str, str], int]:
         """``(market, event) -> count`` after flushing what has expired."""
         self.flush()
@@ -314,23 +276,6 @@ class OrderBook:
     def __len__(self) -> int:
         return len(self._orders)
 
-    def __contains__(self, order_id: object) -> bool:
-        return order_id in self._orders
-
-    def order_ids(self) -> set[int]:
-        """Every open order id (tests and diagnostics)."""
-        return set(self._orders)
-
-    def open_orders(self) -> Iterator[OpenOrdersSeries]:
-        """Every ``whitebit_open_orders`` series (O(series))."""
-        for s in self._series.values():
-            yield OpenOrdersSeries(s.market, s.side, s.type, s.count)
-
-    def open_orders_left(self) -> Iterator[OpenOrdersLeft]:
-        """Every ``whitebit_open_orders_left`` series (O(series))."""
-        for left in self._lefts.values():
-            yield OpenOrdersLeft(left.market, left.side, left.total)
-
     def series_values(
         self,
     ) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, str, Decimal]]]:
@@ -354,20 +299,20 @@ class OrderBook:
     def _resolve(self, market: Any, side: Any, type_: Any) -> _Series:
         # True == 1 and 1.0 == 1 in a dict key: refuse them before the cache could match them.
         if side.__class__ not in _SCALARS or type_.__class__ not in _SCALARS:
-            raise InvalidOrder(INVALID_WRONG_TYPE, "side or type is not an integer or a string")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "side or type is not an integer or a string")
         try:
             return self._raw[(market, side, type_)]
         except KeyError:
             pass
         except TypeError:  # an unhashable value (a list, an object) where a scalar belongs
-            raise InvalidOrder(INVALID_WRONG_TYPE, "market, side or type is not a scalar") from None
+            raise InvalidMessage(INVALID_WRONG_TYPE, "market, side or type is not a scalar") from None
         if not isinstance(market, str) or not market:
-            raise InvalidOrder(INVALID_WRONG_TYPE, "market is not a non-empty string")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "market is not a non-empty string")
         if self._restrict and market not in self._markets:
-            raise InvalidOrder(INVALID_UNKNOWN_MARKET, f"market {market[:32]!r} is not configured")
+            raise InvalidMessage(INVALID_UNKNOWN_MARKET, f"market {market[:32]!r} is not configured")
         side_name = SIDE_NAMES.get(side)
         if side_name is None:
-            raise InvalidOrder(INVALID_BAD_VALUE, f"unknown side {str(side)[:16]!r}")
+            raise InvalidMessage(INVALID_BAD_VALUE, f"unknown side {str(side)[:16]!r}")
         type_name = TYPE_NAMES.get(type_, TYPE_OTHER)
         series = self._series_for(market, side_name, type_name)
         self._raw[(market, side, type_)] = series
@@ -375,7 +320,7 @@ class OrderBook:
 
     def _parse(self, order: Any) -> tuple[int, _Series, Decimal, str]:
         if not isinstance(order, dict):
-            raise InvalidOrder(INVALID_WRONG_TYPE, "order is not an object")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "order is not an object")
         try:
             order_id = order["id"]
             market = order["market"]
@@ -383,18 +328,18 @@ class OrderBook:
             type_ = order["type"]
             left_raw = order["left"]
         except KeyError as exc:
-            raise InvalidOrder(INVALID_MISSING_FIELD, f"order has no {exc.args[0]!r}") from None
+            raise InvalidMessage(INVALID_MISSING_FIELD, f"order has no {exc.args[0]!r}") from None
         if order_id.__class__ is not int:
-            raise InvalidOrder(INVALID_WRONG_TYPE, "id is not an integer")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "id is not an integer")
         series = self._resolve(market, side, type_)
         left = parse_amount(left_raw, "left")
         if left < 0:
-            raise InvalidOrder(INVALID_BAD_VALUE, "left is negative")
+            raise InvalidMessage(INVALID_BAD_VALUE, "left is negative")
         client_order_id = order.get("client_order_id")
         if client_order_id is None:
             client_order_id = order.get("clientOrderId") or ""
         elif client_order_id.__class__ is not str:
-            raise InvalidOrder(INVALID_WRONG_TYPE, "client_order_id is not a string")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "client_order_id is not a string")
         return order_id, series, left, client_order_id
 
     def _put(self, order_id: int, series: _Series, left: Decimal, client_order_id: str) -> bool:
@@ -427,7 +372,7 @@ class OrderBook:
 
     def apply(self, event_id: Any, order: Any) -> str:
         """Apply one ``ordersPending_update``; returns what it was (``new``, ``update``, ``finish``,
-        ``stop_activated``). Raises :class:`InvalidOrder` (state untouched) for a bad event."""
+        ``stop_activated``). Raises :class:`InvalidMessage` (state untouched) for a bad event."""
         order_id, series, left, client_order_id = self._parse(order)
         events = self.events
         if event_id == EVENT_NEW and event_id.__class__ is int:
@@ -447,7 +392,7 @@ class OrderBook:
             filled = status == "FILLED" or (status is None and left == 0)
             events.finish(series.market, order_id, client_order_id, filled=filled)
             return "finish"
-        raise InvalidOrder(INVALID_BAD_VALUE, f"unknown event id {str(event_id)[:16]!r}")
+        raise InvalidMessage(INVALID_BAD_VALUE, f"unknown event id {str(event_id)[:16]!r}")
 
     def upsert(self, order: Any) -> int:
         """Apply one snapshot record (no event counted); returns its id."""
@@ -455,9 +400,6 @@ class OrderBook:
         self._put(order_id, series, left, client_order_id)
         return order_id
 
-    def remove(self, order_id: int) -> bool:
-        """Forget an order without counting an event; True when it was open."""
-        return self._drop(order_id)
 
     def replace_with(self, other: OrderBook) -> None:
         """Take ``other``'s orders as the whole truth (after a resync), keeping every series seen.
@@ -488,21 +430,3 @@ class OrderBook:
     def staging(self) -> OrderBook:
         """An empty book sharing this one's event counters, to be filled during a resync."""
         return OrderBook(self._markets, self.events, restrict=self._restrict)
-
-
-def aggregate(
-    orders: Iterable[Mapping[str, Any]],
-) -> tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], Decimal]]:
-    """The spec aggregates of a plain list of order objects, computed from scratch.
-
-    The reference model for tests: counts per (market, side, type) and ``left`` per (market, side),
-    only for groups that have orders.
-    """
-    counts: dict[tuple[str, str, str], int] = {}
-    lefts: dict[tuple[str, str], Decimal] = {}
-    for order in orders:
-        side = SIDE_NAMES[order["side"]]
-        key = (order["market"], side, TYPE_NAMES.get(order["type"], TYPE_OTHER))
-        counts[key] = counts.get(key, 0) + 1
-        lefts[(order["market"], side)] = lefts.get((order["market"], side), ZERO) + Decimal(str(order["left"]))
-    return counts, lefts

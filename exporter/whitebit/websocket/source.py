@@ -31,9 +31,10 @@ One :class:`WebSocketSource` per account with API credentials keeps one connecti
 4. **Keepalive.** A JSON ``ping`` every ``ping_interval`` (25 s; WhiteBIT closes after 60 s of client
    silence) and a reconnect when no ``pong`` comes within ``pong_timeout`` (10 s). Every request has
    the same deadline; a connection also paces its requests under WhiteBIT's 200 per minute.
-5. **Backoff** from 1 s doubling to 30 s with jitter between attempts; it resets only after a
-   connection stayed synced for ``stable_after`` seconds, so a server that accepts and drops at once
-   cannot make the source hammer it.
+5. **Backoff** between attempts (:class:`~exporter.core.backoff.Backoff`: 1 s doubling to 30 s, each
+   cut by up to 20 % at random); it resets only after a connection stayed synced for
+   ``stable_after`` seconds, so a server that accepts and drops at once cannot make the source
+   hammer it.
 
 Every reply's ``error`` is checked: a failed ``authorize`` or subscription is logged, counted in
 ``whitebit_websocket_errors_total{method}`` and retried through a reconnect, never ignored. Frames
@@ -48,44 +49,38 @@ While disconnected, balances and orders keep their values and timestamps,
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from exporter.core.backoff import Backoff
 from exporter.core.health import HealthRegistry, SourceHealth
-from exporter.core.metrics import (
-    WHITEBIT_OPEN_ORDERS,
-    WHITEBIT_OPEN_ORDERS_LEFT,
-    WHITEBIT_ORDER_EVENTS,
-    WHITEBIT_WEBSOCKET_CONNECTED,
-    WHITEBIT_WEBSOCKET_ERRORS,
-    WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS,
-    WHITEBIT_WEBSOCKET_MESSAGES_INVALID,
-    WHITEBIT_WEBSOCKET_RECONNECTS,
-)
+from exporter.core.window import SlidingWindow
 from exporter.whitebit.balances import AccountBalances
-from exporter.whitebit.websocket.orders import (
-    EVENT_FINISH,
-    INVALID_BAD_VALUE,
-    INVALID_MISSING_FIELD,
-    INVALID_UNKNOWN_MARKET,
+from exporter.whitebit.websocket.orders import EVENT_FINISH, MODIFY_WINDOW, OrderBook, OrderEvents
+from exporter.whitebit.websocket.parsing import (
+    INVALID_BAD_JSON,
+    INVALID_BINARY,
+    INVALID_NOT_OBJECT,
+    INVALID_REASONS,
+    INVALID_UNEXPECTED_REPLY,
+    INVALID_UNKNOWN_METHOD,
     INVALID_WRONG_TYPE,
-    MODIFY_WINDOW,
-    InvalidOrder,
-    OrderBook,
-    OrderEvents,
-    parse_amount,
+    METHOD_MARGIN,
+    METHOD_ORDERS,
+    METHOD_SPOT,
+    InvalidMessage,
+    parse_margin_snapshot,
+    parse_margin_update,
+    parse_spot_snapshot,
+    parse_spot_update,
 )
 
 log = logging.getLogger(__name__)
@@ -109,23 +104,6 @@ PAGING_ATTEMPTS = 3
 #: The ``authorize`` second parameter as documented.
 AUTHORIZE_SOURCE = "public"
 
-# Reasons a frame is skipped (``whitebit_websocket_messages_invalid_total{reason}``).
-INVALID_BAD_JSON = "bad_json"
-INVALID_BINARY = "binary_frame"
-INVALID_NOT_OBJECT = "not_an_object"
-INVALID_UNKNOWN_METHOD = "unknown_method"
-INVALID_UNEXPECTED_REPLY = "unexpected_reply"
-INVALID_REASONS = (
-    INVALID_BAD_JSON,
-    INVALID_BINARY,
-    INVALID_NOT_OBJECT,
-    INVALID_UNKNOWN_METHOD,
-    INVALID_MISSING_FIELD,
-    INVALID_WRONG_TYPE,
-    INVALID_BAD_VALUE,
-    INVALID_UNKNOWN_MARKET,
-    INVALID_UNEXPECTED_REPLY,
-)
 
 # Requests whose failures are counted (``whitebit_websocket_errors_total{method}``); "token" is the
 # REST token request.
@@ -141,9 +119,6 @@ ERROR_METHODS = (
     "ordersPending_request",
 )
 
-METHOD_ORDERS = "ordersPending_update"
-METHOD_SPOT = "balanceSpot_update"
-METHOD_MARGIN = "balanceMargin_update"
 
 
 class Disconnect(Exception):
@@ -157,112 +132,6 @@ class ReplyError(Disconnect):
         super().__init__(f"{method} failed: error {str(code)[:16]} {str(message)[:120]}")
         self.method = method
         self.code = code
-
-
-class _Invalid(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def _amount(value: Any, field: str) -> Decimal:
-    try:
-        return parse_amount(value, field)
-    except InvalidOrder as exc:
-        raise _Invalid(exc.reason, str(exc)) from None
-
-
-def parse_spot_update(params: Any) -> dict[str, tuple[Decimal, Decimal]]:
-    """``balanceSpot_update`` params (a list of ``{asset: {available, freeze}}``) as changes."""
-    if not isinstance(params, list):
-        raise _Invalid(INVALID_WRONG_TYPE, "params is not an array")
-    changes: dict[str, tuple[Decimal, Decimal]] = {}
-    for item in params:
-        if not isinstance(item, dict):
-            raise _Invalid(INVALID_WRONG_TYPE, "balance item is not an object")
-        changes.update(parse_spot_snapshot(item))
-    return changes
-
-
-def parse_spot_snapshot(result: Any) -> dict[str, tuple[Decimal, Decimal]]:
-    """``{asset: {available, freeze}}`` (``balanceSpot_request`` result) as ``(available, freeze)``."""
-    if not isinstance(result, dict):
-        raise _Invalid(INVALID_WRONG_TYPE, "balances are not an object")
-    out: dict[str, tuple[Decimal, Decimal]] = {}
-    for asset, values in result.items():
-        if not isinstance(values, dict):
-            raise _Invalid(INVALID_WRONG_TYPE, f"balance of {asset[:16]!r} is not an object")
-        if "available" not in values or "freeze" not in values:
-            raise _Invalid(
-                INVALID_MISSING_FIELD,
-                f"balance of {asset[:16]!r} lacks available or freeze",
-            )
-        out[asset] = (
-            _amount(values["available"], "available"),
-            _amount(values["freeze"], "freeze"),
-        )
-    return out
-
-
-def parse_margin_update(params: Any) -> dict[str, tuple[Decimal, Decimal]]:
-    """``balanceMargin_update`` params (``[{a, B, b, av, ab}, …]``) as ``(B, b)`` changes."""
-    if not isinstance(params, list):
-        raise _Invalid(INVALID_WRONG_TYPE, "params is not an array")
-    changes: dict[str, tuple[Decimal, Decimal]] = {}
-    for item in params:
-        if not isinstance(item, dict):
-            raise _Invalid(INVALID_WRONG_TYPE, "collateral item is not an object")
-        if "a" not in item or "B" not in item or "b" not in item:
-            raise _Invalid(INVALID_MISSING_FIELD, "collateral item lacks a, B or b")
-        asset = item["a"]
-        if not isinstance(asset, str) or not asset:
-            raise _Invalid(INVALID_WRONG_TYPE, "collateral asset is not a string")
-        changes[asset] = (_amount(item["B"], "B"), _amount(item["b"], "b"))
-    return changes
-
-
-def parse_margin_snapshot(result: Any) -> dict[str, tuple[Decimal, Decimal]]:
-    """``balanceMargin_request`` result (``{asset: {balance, borrow, …}}``) as ``(B, b)``."""
-    if not isinstance(result, dict):
-        raise _Invalid(INVALID_WRONG_TYPE, "collateral balances are not an object")
-    out: dict[str, tuple[Decimal, Decimal]] = {}
-    for asset, values in result.items():
-        if not isinstance(values, dict):
-            raise _Invalid(INVALID_WRONG_TYPE, f"collateral of {asset[:16]!r} is not an object")
-        if "balance" not in values or "borrow" not in values:
-            raise _Invalid(
-                INVALID_MISSING_FIELD,
-                f"collateral of {asset[:16]!r} lacks balance or borrow",
-            )
-        out[asset] = (
-            _amount(values["balance"], "balance"),
-            _amount(values["borrow"], "borrow"),
-        )
-    return out
-
-
-class _Window:
-    """At most ``limit`` acquisitions per ``window`` seconds of ``clock`` (a sliding window)."""
-
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
-        self.limit = limit
-        self.window = window
-        self._clock = clock
-        self._times: collections.deque[float] = collections.deque()
-
-    def delay(self) -> float:
-        """Seconds to wait before the next acquisition is allowed (0 when it is now)."""
-        now = self._clock()
-        while self._times and now - self._times[0] >= self.window:
-            self._times.popleft()
-        if len(self._times) < self.limit:
-            return 0.0
-        return self._times[0] + self.window - now
-
-    async def acquire(self) -> None:
-        while (wait := self.delay()) > 0:
-            await asyncio.sleep(wait)
-        self._times.append(self._clock())
 
 
 @dataclass
@@ -283,7 +152,7 @@ class _Paging:
 class _Connection:
     """One open socket: request ids, the replies awaited, and the request pace."""
 
-    def __init__(self, ws: ClientConnection, pace: _Window) -> None:
+    def __init__(self, ws: ClientConnection, pace: SlidingWindow) -> None:
         self.ws = ws
         self.pace = pace
         self.next_id = 1
@@ -319,8 +188,7 @@ class WebSocketSource:
         monotonic: Callable[[], float] = time.monotonic,
         ping_interval: float = 25.0,
         pong_timeout: float = 10.0,
-        backoff_initial: float = 1.0,
-        backoff_max: float = 30.0,
+        backoff: Backoff = Backoff(),
         stable_after: float = 60.0,
         token_budget: int = TOKEN_BUDGET,
         token_window: float = TOKEN_WINDOW,
@@ -341,10 +209,9 @@ class WebSocketSource:
         self._monotonic = monotonic
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff = backoff
         self.stable_after = stable_after
-        self._tokens = _Window(token_budget, token_window, monotonic)
+        self._tokens = SlidingWindow(token_budget, token_window, clock=monotonic)
         self._request_budget = request_budget
         self.page_limit = page_limit
         self._rng = rng if rng is not None else random.Random()
@@ -370,6 +237,10 @@ class WebSocketSource:
         """The supervisor task name."""
         return f"websocket:{self.account}"
 
+    def supplies_wallets(self) -> bool:
+        """True while this connection keeps the spot and collateral wallets current (REST need not)."""
+        return self.health.is_ok
+
     # --- supervision ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -393,7 +264,7 @@ class WebSocketSource:
                     self._disconnected()
                 if self._synced_at is not None and self._monotonic() - self._synced_at >= self.stable_after:
                     attempt = 0
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self._rng)
                 attempt += 1
                 self.health.failing(f"disconnected: {reason}; reconnecting in {delay:.1f}s")
                 log.warning(
@@ -408,13 +279,6 @@ class WebSocketSource:
         finally:
             self._disconnected()
             self.health.failing("stopped")
-
-    def _backoff(self, attempt: int) -> float:
-        base = min(self.backoff_max, self.backoff_initial * (2 ** min(attempt, 30)))
-        return min(
-            self.backoff_max,
-            max(self.backoff_initial, base * self._rng.uniform(0.8, 1.2)),
-        )
 
     def _disconnected(self) -> None:
         self.connected = False
@@ -454,7 +318,7 @@ class WebSocketSource:
             max_size=16 * 2**20,
             max_queue=None,
         ) as ws:
-            conn = _Connection(ws, _Window(self._request_budget, REQUEST_WINDOW, self._monotonic))
+            conn = _Connection(ws, SlidingWindow(self._request_budget, REQUEST_WINDOW, clock=self._monotonic))
             reader = asyncio.create_task(self._read(conn), name=f"{self.name}:reader")
             driver = asyncio.create_task(self._drive(conn, token), name=f"{self.name}:driver")
             try:
@@ -554,7 +418,7 @@ class WebSocketSource:
     def _on_spot_snapshot(self, result: Any) -> None:
         try:
             snapshot = parse_spot_snapshot(result)
-        except _Invalid as exc:
+        except InvalidMessage as exc:
             self.invalid[exc.reason] += 1
             raise Disconnect(f"unusable balanceSpot_request result: {exc}") from None
         self.balances.replace_spot(snapshot, self._clock())
@@ -563,7 +427,7 @@ class WebSocketSource:
     def _on_margin_snapshot(self, result: Any) -> None:
         try:
             snapshot = parse_margin_snapshot(result)
-        except _Invalid as exc:
+        except InvalidMessage as exc:
             self.invalid[exc.reason] += 1
             raise Disconnect(f"unusable balanceMargin_request result: {exc}") from None
         self.balances.replace_collateral(snapshot, self._clock())
@@ -616,7 +480,7 @@ class WebSocketSource:
         for record in records:
             try:
                 order_id = staging.upsert(record)
-            except InvalidOrder as exc:
+            except InvalidMessage as exc:
                 self.invalid[exc.reason] += 1
                 raise Disconnect(f"unusable order in ordersPending_request: {exc}") from None
             paging.read.add(order_id)
@@ -673,9 +537,9 @@ class WebSocketSource:
                     self.balances.update_collateral(changes, self._clock())
             else:
                 self._skip(INVALID_UNKNOWN_METHOD, f"unknown method {str(method)[:40]!r}")
-        except _Invalid as exc:
+        except InvalidMessage as exc:
             self._skip(exc.reason, str(exc))
-        except InvalidOrder as exc:
+        except InvalidMessage as exc:
             self._skip(exc.reason, str(exc))
 
     def _skip(self, reason: str, detail: str) -> None:
@@ -687,7 +551,7 @@ class WebSocketSource:
 
     def _on_order_update(self, params: Any) -> None:
         if params.__class__ is not list or len(params) < 2:
-            raise _Invalid(INVALID_WRONG_TYPE, "ordersPending_update params is not [event, order]")
+            raise InvalidMessage(INVALID_WRONG_TYPE, "ordersPending_update params is not [event, order]")
         event_id, order = params[0], params[1]
         staging = self._staging
         if staging is None:
@@ -704,7 +568,7 @@ class WebSocketSource:
         request_id = doc.get("id")
         entry = conn.pending.get(request_id) if request_id.__class__ is int else None
         if entry is None or entry[1].done():
-            raise _Invalid(
+            raise InvalidMessage(
                 INVALID_UNEXPECTED_REPLY,
                 f"reply to unknown request id {str(request_id)[:20]}",
             )
@@ -722,89 +586,3 @@ class WebSocketSource:
             future.set_exception(exc)
             return
         future.set_result(value)
-
-
-class WebSocketCollector(Collector):
-    """The WebSocket, open-order and order-event families of every source added.
-
-    ::
-
-        whitebit_websocket_connected{account="main"} 1.0
-        whitebit_open_orders{account="main",market="BTC_USDT",side="buy",type="limit"} 3.0
-        whitebit_order_events_total{account="main",event="modify",market="BTC_USDT"} 1.0
-    """
-
-    def __init__(self, sources: Iterable[WebSocketSource] = ()) -> None:
-        self._sources: list[WebSocketSource] = list(sources)
-
-    def add(self, source: WebSocketSource) -> None:
-        """Render ``source`` too."""
-        self._sources.append(source)
-
-    def collect(self) -> Iterator[Metric]:
-        connected = GaugeMetricFamily(
-            WHITEBIT_WEBSOCKET_CONNECTED,
-            "1 while the private WebSocket is authorized, subscribed and synced, else 0.",
-            labels=["account"],
-        )
-        reconnects = CounterMetricFamily(
-            WHITEBIT_WEBSOCKET_RECONNECTS,
-            "Connection attempts after the first one.",
-            labels=["account"],
-        )
-        last_message = GaugeMetricFamily(
-            WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS,
-            "Unix time of the last frame received on the private WebSocket.",
-            labels=["account"],
-        )
-        open_orders = GaugeMetricFamily(
-            WHITEBIT_OPEN_ORDERS,
-            "Open orders per market, side and type.",
-            labels=["account", "market", "side", "type"],
-        )
-        left = GaugeMetricFamily(
-            WHITEBIT_OPEN_ORDERS_LEFT,
-            "Sum of the amount still open (left, in base units) of the open orders per market and side.",
-            labels=["account", "market", "side"],
-        )
-        events = CounterMetricFamily(
-            WHITEBIT_ORDER_EVENTS,
-            "Order events from ordersPending: new, update, finish, modify (finish + new with the same "
-            "client_order_id, counted once), stop_activated.",
-            labels=["account", "market", "event"],
-        )
-        invalid = CounterMetricFamily(
-            WHITEBIT_WEBSOCKET_MESSAGES_INVALID,
-            "WebSocket frames skipped because they could not be used, by reason.",
-            labels=["account", "reason"],
-        )
-        errors = CounterMetricFamily(
-            WHITEBIT_WEBSOCKET_ERRORS,
-            "WebSocket requests (and token requests) that failed: an error reply or no reply in time.",
-            labels=["account", "method"],
-        )
-        for source in self._sources:
-            account = source.account
-            connected.add_metric([account], 1.0 if source.connected else 0.0)
-            reconnects.add_metric([account], source.reconnects)
-            if source.last_message_at is not None:
-                last_message.add_metric([account], source.last_message_at)
-            counts, lefts = source.book.series_values()
-            for market, side, type_, count in counts:
-                open_orders.add_metric([account, market, side, type_], count)
-            for market, side, total in lefts:
-                left.add_metric([account, market, side], float(total))
-            for (market, event), count in source.book.events.counts().items():
-                events.add_metric([account, market, event], count)
-            for reason, count in source.invalid.items():
-                invalid.add_metric([account, reason], count)
-            for method, count in source.errors.items():
-                errors.add_metric([account, method], count)
-        yield connected
-        yield reconnects
-        yield last_message
-        yield open_orders
-        yield left
-        yield events
-        yield invalid
-        yield errors

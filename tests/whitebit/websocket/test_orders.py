@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from exporter.whitebit.websocket.orders import InvalidOrder, OrderBook, OrderEvents
+from exporter.whitebit.websocket.orders import OrderBook, OrderEvents
+from exporter.whitebit.websocket.parsing import InvalidMessage
+from tests.whitebit.websocket.book import open_ids, pending_events
 
 
 class Clock:
@@ -113,7 +115,7 @@ def test_finish_and_new_with_the_same_client_order_id_are_one_modify(
         ("BTC_USDT", "modify"): 1,
         ("BTC_USDT", "stop_activated"): 0,
     }
-    assert b.order_ids() == {2}
+    assert open_ids(b) == {2}
     assert lefts(b) == {("BTC_USDT", "buy"): D("0.5")}
 
 
@@ -150,7 +152,7 @@ def test_orders_without_client_order_id_are_counted_at_once() -> None:
     b.apply(3, order(1, status="CANCELED"))
     assert b.events.counts()[("BTC_USDT", "new")] == 1
     assert b.events.counts()[("BTC_USDT", "finish")] == 1
-    assert b.events.pending() == 0
+    assert pending_events(b.events) == 0
 
 
 @pytest.mark.parametrize(
@@ -173,24 +175,24 @@ def test_orders_without_client_order_id_are_counted_at_once() -> None:
 def test_bad_orders_are_refused_with_a_reason_and_change_nothing(doc: Any, reason: str) -> None:
     b, _ = book()
     b.apply(1, order(42, left="3"))
-    with pytest.raises(InvalidOrder) as caught:
+    with pytest.raises(InvalidMessage) as caught:
         b.apply(1, doc)
     assert caught.value.reason == reason
-    assert b.order_ids() == {42} and lefts(b) == {("BTC_USDT", "buy"): D(3)}
+    assert open_ids(b) == {42} and lefts(b) == {("BTC_USDT", "buy"): D(3)}
 
 
 def test_unknown_event_id_is_refused() -> None:
     b, _ = book()
-    with pytest.raises(InvalidOrder):
+    with pytest.raises(InvalidMessage):
         b.apply(4, order(1))
-    with pytest.raises(InvalidOrder):
+    with pytest.raises(InvalidMessage):
         b.apply(True, order(1))
     assert len(b) == 0
 
 
 def test_a_restricted_book_refuses_markets_it_was_not_configured_for() -> None:
     b = OrderBook(("BTC_USDT",), restrict=True)
-    with pytest.raises(InvalidOrder) as caught:
+    with pytest.raises(InvalidMessage) as caught:
         b.apply(1, order(1, market="ETH_USDT"))
     assert caught.value.reason == "unknown_market"
 
@@ -212,7 +214,7 @@ def test_replace_with_takes_the_staged_orders_and_keeps_every_series() -> None:
     staged.upsert(order(2, left="0.25"))
     staged.upsert(order(3, side=1, left="0.75"))
     live.replace_with(staged)
-    assert live.order_ids() == {2, 3}
+    assert open_ids(live) == {2, 3}
     assert counts(live) == {
         ("BTC_USDT", "buy", "limit"): 1,
         ("BTC_USDT", "sell", "limit"): 1,

@@ -26,7 +26,9 @@ from exporter.simulator.model import (
     ExchangeError,
     OrderEvent,
 )
-from exporter.whitebit.websocket.orders import OrderBook, OrderEvents, aggregate
+from exporter.whitebit.websocket.orders import OrderBook, OrderEvents
+from tests.whitebit.websocket.book import aggregate
+from tests.whitebit.websocket.book import open_ids as book_ids
 
 MARKETS = ("BTC_USDT", "ETH_USDT")
 
@@ -166,4 +168,4 @@ def test_aggregates_equal_a_plain_model_of_the_final_state(ops: list[tuple[Any, 
             got_lefts = {(m, s): v for m, s, v in conn.book.series_values()[1] if v}
             assert got_counts == want_counts
             assert got_lefts == {k: v for k, v in want_lefts.items() if v}
-            assert conn.book.order_ids() == set(open_ids())
+            assert book_ids(conn.book) == set(open_ids())

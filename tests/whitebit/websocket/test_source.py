@@ -19,6 +19,7 @@ from exporter.simulator.model import (
     TYPE_STOP_MARKET,
 )
 from tests.helpers import wait_for
+from tests.whitebit.websocket.book import open_ids, pending_events
 from tests.ws_harness import assert_matches, running
 
 
@@ -45,7 +46,7 @@ async def test_snapshot_on_connect_matches_orders_placed_before_the_exporter_con
             activation_price=D(60500),
         )
         result = await assert_matches(h)
-        assert h.sources["main"].book.order_ids() >= set(ids)
+        assert open_ids(h.sources["main"].book) >= set(ids)
         assert (
             result.value(
                 "whitebit_open_orders",
@@ -104,10 +105,10 @@ async def test_modify_counts_one_modify_event_when_finish_comes_first() -> None:
             price=D(50000),
             client_order_id="bot-1",
         )
-        await wait_for(lambda: order.id in h.sources["main"].book)
+        await wait_for(lambda: order.id in open_ids(h.sources["main"].book))
         replacement = ex.modify_order("main", order.id, price=D(50100), amount=D("0.4"))
         result = await assert_matches(h)
-        assert h.sources["main"].book.order_ids() == {replacement.id}
+        assert open_ids(h.sources["main"].book) == {replacement.id}
         assert (
             result.value(
                 "whitebit_open_orders_left",
@@ -117,7 +118,7 @@ async def test_modify_counts_one_modify_event_when_finish_comes_first() -> None:
             )
             == 0.4
         )
-        await wait_for(lambda: h.sources["main"].book.events.pending() == 0)
+        await wait_for(lambda: pending_events(h.sources["main"].book.events) == 0)
         counted = events(await h.scrape())
         assert counted == {
             "new": 1,
@@ -133,11 +134,11 @@ async def test_modify_counts_one_modify_event_when_new_comes_first() -> None:
         await assert_matches(h)
         ex = h.sim.exchange
         order = ex.place_order("main", "ETH_USDT", SIDE_SELL, D(2), price=D(3200), client_order_id="mm-7")
-        await wait_for(lambda: order.id in h.sources["main"].book)
+        await wait_for(lambda: order.id in open_ids(h.sources["main"].book))
         replacement = ex.modify_order("main", order.id, price=D(3150), new_first=True)
         await assert_matches(h)
-        assert h.sources["main"].book.order_ids() == {replacement.id}
-        await wait_for(lambda: h.sources["main"].book.events.pending() == 0)
+        assert open_ids(h.sources["main"].book) == {replacement.id}
+        await wait_for(lambda: pending_events(h.sources["main"].book.events) == 0)
         counted = events(await h.scrape(), "ETH_USDT")
         assert counted == {
             "new": 1,
@@ -160,7 +161,7 @@ async def test_stop_activation_is_a_second_new_with_the_same_id_and_keeps_one_or
             order_type=TYPE_STOP_MARKET,
             activation_price=D(61000),
         )
-        await wait_for(lambda: stop.id in h.sources["main"].book)
+        await wait_for(lambda: stop.id in open_ids(h.sources["main"].book))
         ex.activate_stop("main", stop.id)
         await wait_for(lambda: h.sources["main"].book.events.counts()[("BTC_USDT", "stop_activated")] == 1)
         result = await assert_matches(h)
@@ -187,7 +188,7 @@ async def test_stop_activation_is_a_second_new_with_the_same_id_and_keeps_one_or
             )
             == 0
         )
-        await wait_for(lambda: h.sources["main"].book.events.pending() == 0)
+        await wait_for(lambda: pending_events(h.sources["main"].book.events) == 0)
         assert events(await h.scrape()) == {
             "new": 1,
             "update": 1,
@@ -246,7 +247,7 @@ async def test_partial_fill_then_cancel_leaves_nothing_open() -> None:
             )
             == 0
         )
-        await wait_for(lambda: h.sources["main"].book.events.pending() == 0)
+        await wait_for(lambda: pending_events(h.sources["main"].book.events) == 0)
         assert events(await h.scrape(), "ETH_USDT") == {
             "new": 1,
             "update": 1,
@@ -276,7 +277,7 @@ async def test_orders_filled_and_cancelled_while_disconnected_disappear_after_re
         ex.borrow("main", "USDT", D(50))
         await wait_for(lambda: source.reconnects >= 1)
         result = await assert_matches(h)
-        assert source.book.order_ids() == {keep.id, partly.id, added.id}
+        assert open_ids(source.book) == {keep.id, partly.id, added.id}
         assert result.value("whitebit_websocket_reconnects_total", account="main") >= 1
         assert result.value("whitebit_collateral_borrowed", account="main", asset="USDT") == 50
 
@@ -440,7 +441,7 @@ async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_conne
             )
         assert source.reconnects == 0
         # Nothing from the garbage reached the state: the balance is untouched, order 7 does not exist.
-        assert 7 not in source.book and 1 not in source.book
+        assert 7 not in open_ids(source.book) and 1 not in open_ids(source.book)
         assert result.value("whitebit_balance", account="main", wallet="spot", asset="USDT") == 250000
 
 

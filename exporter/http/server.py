@@ -1,0 +1,96 @@
+"""One HTTP listener: an aiohttp application bound to an address, with a bounded stop.
+
+Both the metrics and the webhook listener are a :class:`Listener`; they differ only in their
+application and in how long a stop waits for the requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from exporter.config.schema import ListenAddress
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The listener cannot bind its address; the message says which and why."""
+
+
+class DebugAccessLogger(AbstractAccessLogger):
+    """One structured line per request, at debug level: scrapes every 15 s would drown info."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        # request.path carries no query string, so nothing a client sent as a parameter is logged.
+        self.logger.debug(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status,
+                "duration_seconds": round(time, 6),
+                "remote": request.remote,
+            },
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+class Listener:
+    """Serves ``app`` on ``address`` between :meth:`start` and :meth:`stop`.
+
+    ``shutdown_timeout`` bounds how long :meth:`stop` lets requests in flight finish.
+    """
+
+    def __init__(self, name: str, app: web.Application, address: ListenAddress, *, shutdown_timeout: float) -> None:
+        self.name = name
+        self._address = address
+        self._shutdown_timeout = shutdown_timeout
+        self._runner = web.AppRunner(
+            app,
+            access_log_class=DebugAccessLogger,
+            access_log=logging.getLogger(f"exporter.access.{name}"),
+            shutdown_timeout=shutdown_timeout,
+        )
+        self._url: str | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` the listener is bound to (the real port when 0 was asked)."""
+        if self._url is None:
+            raise RuntimeError(f"the {self.name} listener is not started")
+        return self._url
+
+    async def start(self) -> None:
+        """Bind and serve; raises :class:`ListenError` when the address cannot be bound."""
+        await self._runner.setup()
+        # An empty host means every interface, as in Prometheus' ":9945".
+        site = web.TCPSite(self._runner, self._address.host or None, self._address.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            # asyncio's own strerror repeats the address; the errno text alone reads better.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {self._address} for the {self.name} listener: {reason}") from exc
+        self._url = _url(self._runner.addresses[0])
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish within the shutdown timeout, close."""
+        self._url = None
+        try:
+            # shutdown_timeout already bounds in-flight requests; this bounds the rest.
+            await asyncio.wait_for(self._runner.cleanup(), timeout=self._shutdown_timeout + 0.25)
+        except TimeoutError:
+            log.error("listener did not stop in time", extra={"listener": self.name})
+
+
+def _url(address: tuple[object, ...]) -> str:
+    host, port = str(address[0]), int(str(address[1]))
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
