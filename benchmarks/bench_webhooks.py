@@ -36,20 +36,25 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import inspect
 import itertools
 import json
 import multiprocessing
 import os
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import closing
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
 from exporter.config.schema import (
@@ -324,10 +329,6 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
 
 def _durability(path: Path) -> str:
     """How the exporter's state file commits: the production default, stated from the code."""
-    import inspect
-    import sqlite3
-    from contextlib import closing
-
     default = inspect.signature(StateStore.open).parameters["durability"].default
     with closing(sqlite3.connect(path)) as conn:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -338,9 +339,6 @@ def _durability(path: Path) -> str:
 
 
 async def _scrape_counts(exporter: Exporter) -> str:
-    import aiohttp
-    from prometheus_client.parser import text_string_to_metric_families
-
     async with aiohttp.ClientSession() as http, http.get(exporter.metrics_url + "/metrics") as response:
         text = await response.text()
     wanted = {

@@ -252,10 +252,9 @@ class Exporter:
             },
         )
         for account in self.config.whitebit:
+            mode = "webhooks-only"
             if account.has_api:
                 mode = "api+webhooks" if account.webhook is not None else "api"
-            else:
-                mode = "webhooks-only"
             fields: dict[str, object] = {"account": account.name, "mode": mode}
             if account.has_api:
                 fields.update(

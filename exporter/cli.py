@@ -34,7 +34,7 @@ def _listen_address(text: str) -> ListenAddress:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags of spec.md "Command line"."""
+    """The command-line flags, as the README's "Command line" section lists them."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Prometheus exporter for WhiteBIT accounts and Zero Hash balance webhooks. "

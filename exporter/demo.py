@@ -38,7 +38,7 @@ from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulat
 log = logging.getLogger(__name__)
 
 DEMO_ACCOUNT = "demo"
-#: Paths of the exporter's receivers (spec "HTTP endpoints").
+#: Paths of the exporter's receivers (the README's "HTTP endpoints").
 WHITEBIT_WEBHOOK_PATH = "/webhooks/whitebit"
 ZEROHASH_WEBHOOK_PATH = "/webhooks/zerohash"
 #: Zero Hash participants that get their own series in the demo (the simulator uses PART01…PART05).

@@ -3,6 +3,7 @@
 - ``await wait_for(lambda: cond(), timeout=5)``: poll a condition instead of sleeping.
 - ``await scrape(client_or_url)``: fetch ``/metrics`` and parse it into a :class:`Scrape`.
 - ``parse_logfmt(line)``: one logfmt line as a dict.
+- ``collected(collector, sample_name, **labels)``: what a scrape of one collector shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
 
 
 async def wait_for(
@@ -115,3 +117,10 @@ def parse_logfmt(line: str) -> dict[str, str]:
             fields[key] = line[i:end]
             i = end
     return fields
+
+
+def collected(collector: Collector, sample_name: str, **labels: str) -> float | None:
+    """The value a scrape of ``collector`` alone would show for this sample, or None when absent."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry.get_sample_value(sample_name, labels)

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import closing
 from typing import Any
@@ -124,7 +123,9 @@ def task_status(exporter: Exporter, name: str) -> TaskStatus:
 async def test_metrics_expose_build_info_with_version_and_python(start_exporter: StartExporter) -> None:
     exporter = await start_exporter()
     result = await scrape(exporter.metrics_url)
-    assert result.samples(EXPORTER_BUILD_INFO.name) == [({"version": __version__, "python": platform.python_version()}, 1.0)]
+    assert result.samples(EXPORTER_BUILD_INFO.name) == [
+        ({"version": __version__, "python": platform.python_version()}, 1.0)
+    ]
 
 
 async def test_metrics_have_no_created_series(start_exporter: StartExporter) -> None:
@@ -162,10 +163,16 @@ async def test_metrics_pass_promtool_check_metrics(start_exporter: StartExporter
     text = await scrape_text(exporter.metrics_url)
     promtool = shutil.which("promtool")
     assert promtool is not None
-    result = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
+    check = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
+    out, err = await asyncio.wait_for(check.communicate(text.encode()), timeout=30)
+    assert (check.returncode, out, err) == (0, b"", b"")
 
 
 async def test_metrics_show_supervised_tasks(start_exporter: StartExporter) -> None:

@@ -7,7 +7,6 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -69,8 +68,16 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
         assert result.value("whitebit_up", account=DEMO_ACCOUNT) is not None
         if sig is signal.SIGTERM:
             text = await scrape_text(metrics_url)
-            lint = subprocess.run([promtool(), "check", "metrics"], input=text.encode(), capture_output=True)
-            assert lint.returncode == 0 and lint.stdout == b"" and lint.stderr == b"", lint
+            lint = await asyncio.create_subprocess_exec(
+                promtool(),
+                "check",
+                "metrics",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await lint.communicate(text.encode())
+            assert (lint.returncode, out, err) == (0, b"", b"")
         proc.send_signal(sig)
         status = await asyncio.wait_for(proc.wait(), timeout=5)
     finally:
@@ -82,7 +89,7 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
     log_text = "\n".join(lines) + (await proc.stderr.read()).decode()
     assert "Traceback" not in log_text
     # The demo writes nothing outside its temporary directory.
-    assert list(tmp_path.iterdir()) == []
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
 
 
 async def test_demo_points_the_simulator_at_the_exporter_and_makes_activity(tmp_path: Path) -> None:

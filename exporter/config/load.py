@@ -237,17 +237,16 @@ class _YamlLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.duplicates: list[tuple[yaml.Mark, Any]] = []
 
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                # A "<<" merge may be overridden by an explicit key; only compare plain scalar keys.
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node)
-                if key in seen:
-                    self.duplicates.append((key_node.start_mark, key))
-                seen.add(key)
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            # A "<<" merge may be overridden by an explicit key; only compare plain scalar keys.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                self.duplicates.append((key_node.start_mark, key))
+            seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
 
@@ -814,7 +813,9 @@ class _Loader:
             return None
         return secret
 
-    def rsa_public_keys(self, fields: Mapping[str, Any], location: str) -> tuple[str, tuple[rsa.RSAPublicKey, ...]] | None:
+    def rsa_public_keys(
+        self, fields: Mapping[str, Any], location: str
+    ) -> tuple[str, tuple[rsa.RSAPublicKey, ...]] | None:
         """The resolved path of ``rsa_public_keys_file`` and every RSA public key in it (each PEM block must be one)."""
         path = self.string_field(fields, "rsa_public_keys_file", location)
         if path is None:

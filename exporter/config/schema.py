@@ -182,10 +182,3 @@ class Config:
     whitebit: tuple[WhitebitAccountConfig, ...]
     zerohash: ZerohashConfig | None = None
     rest: RestConfig = RestConfig()
-
-    def account(self, name: str) -> WhitebitAccountConfig:
-        """The account called ``name`` (names are unique; the loader checks)."""
-        for account in self.whitebit:
-            if account.name == name:
-                return account
-        raise KeyError(name)

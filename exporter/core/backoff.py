@@ -9,6 +9,7 @@ cap is a real cap.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -31,8 +32,12 @@ class Backoff:
     def nominal(self, attempt: int) -> float:
         """The delay before retry number ``attempt`` (0-based) without jitter."""
         # The exponent is capped so a long outage cannot overflow the float.
-        return min(self.maximum, self.initial * 2 ** min(attempt, 32))
+        return min(self.maximum, math.ldexp(self.initial, min(attempt, 32)))
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """The delay before retry number ``attempt``: the nominal one, shortened by up to ``jitter``."""
         return self.nominal(attempt) * (1.0 - self.jitter * rng.random())
+
+
+#: 1 s doubling to 30 s, each cut by up to 20 %: every retry in the exporter unless a test says otherwise.
+DEFAULT_BACKOFF = Backoff()

@@ -20,7 +20,7 @@ from typing import Protocol
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.core.backoff import Backoff
+from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
 from exporter.core.metrics import EXPORTER_TASK_RESTARTS, EXPORTER_TASK_RUNNING
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Supervisor:
     def __init__(
         self,
         *,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         reset_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,

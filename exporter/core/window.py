@@ -48,7 +48,8 @@ class SlidingWindow:
 
     async def acquire(self) -> None:
         """Wait until the window has room, then count one event."""
-        while (wait := self.delay()) > 0:
+        # Not a poll: each sleep lasts exactly until the oldest event leaves the window.
+        while (wait := self.delay()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
         self._times.append(self._clock())
 

@@ -47,7 +47,8 @@ async def _hide_server_version(_: web.Request, response: web.StreamResponse) -> 
 
 
 async def _head_ok(_: web.Request) -> web.Response:
-    # WhiteBIT probes a webhook URL with HEAD when the key is generated and wants a 200.
+    # A HEAD on a receiver path answers 200 so a sender or a proxy can probe the URL without posting;
+    # WhiteBIT's first webhook docs probed this way (docs/protocol.md#webhook-setup).
     return web.Response()
 
 

@@ -103,7 +103,7 @@ class GroupCommitter:
             return
         self.batches += 1
         self.jobs += len(outcomes)
-        for future, on_commit, value, exc in outcomes:
+        for future, on_commit, value, failure in outcomes:
             if on_commit is not None:
                 try:
                     on_commit(value)
@@ -111,7 +111,7 @@ class GroupCommitter:
                     log.exception("after-commit bookkeeping failed")
             if future.done():  # the caller went away (client disconnected); the state is committed anyway
                 continue
-            if exc is not None:
-                future.set_exception(exc)
+            if failure is not None:
+                future.set_exception(failure)
             else:
                 future.set_result(value)

@@ -40,6 +40,7 @@ from exporter.core.metrics import (
 WALLET_MAIN = "main"
 WALLET_SPOT = "spot"
 WALLET_COLLATERAL = "collateral"
+WALLETS = (WALLET_MAIN, WALLET_SPOT, WALLET_COLLATERAL)
 
 ZERO = Decimal(0)
 
@@ -156,16 +157,18 @@ class BalancesCollector(Collector):
         updated = WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS.family()
         for account in self._accounts:
             name = account.account
-            for asset, total in account._main.items():
+            for asset, total in account.main().items():
                 balance.add_metric([name, WALLET_MAIN, asset], float(total))
-            for asset, (available, freeze) in account._spot.items():
+            for asset, (available, freeze) in account.spot().items():
                 balance.add_metric([name, WALLET_SPOT, asset], float(available + freeze))
                 frozen.add_metric([name, asset], float(freeze))
-            for asset, (total, debt) in account._collateral.items():
+            for asset, (total, debt) in account.collateral().items():
                 balance.add_metric([name, WALLET_COLLATERAL, asset], float(total))
                 borrowed.add_metric([name, asset], float(debt))
-            for wallet, timestamp in account._updated.items():
-                updated.add_metric([name, wallet], timestamp)
+            for wallet in WALLETS:
+                timestamp = account.updated_at(wallet)
+                if timestamp is not None:
+                    updated.add_metric([name, wallet], timestamp)
         yield balance
         yield frozen
         yield borrowed

@@ -10,8 +10,8 @@ bunching up) the ticks a slow poll overran. The shared rate limiter evens out wh
 What each poll does:
 
 - **main balance** (``poll.main_balance``): ``/api/v4/main-account/balance`` replaces the ``main``
-  wallet. WhiteBIT leaves zero balances out of the answer (reference 2.1: "assets left out have a
-  zero balance"), so an asset that disappears is exported as **0**, not dropped: an alert such as
+  wallet. WhiteBIT may leave zero balances out of the answer (the sources disagree,
+  docs/protocol.md#main-balance), so an asset that disappears is exported as **0**, not dropped: an alert such as
   ``whitebit_balance{wallet="main",asset="USDT"} < 1000`` must fire when the balance is emptied,
   and a vanished series would make it silently go quiet. Assets seen once stay (at 0) until restart.
 - **collateral** (``poll.collateral``): ``/api/v4/collateral-account/summary`` every time, for the
@@ -77,7 +77,6 @@ STALE_SLACK = 120.0
 NO_POSITIONS_MARGIN_FRACTION = Decimal(1000000000000000000000)
 
 
-
 class BalanceStore(Protocol):
     """The writes the pollers make (:class:`exporter.whitebit.balances.AccountBalances`)."""
 
@@ -92,7 +91,7 @@ class BalanceStore(Protocol):
 
 
 def _amount(endpoint: str, where: str, value: Any) -> Decimal:
-    """A finite decimal from a string or JSON number (reference 6.16: parse with Decimal(str(x)))."""
+    """A finite decimal from a string or JSON number (parsed as ``Decimal(str(x))``, docs/protocol.md#rest-basics)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ResponseError(endpoint, f"{where}: expected a decimal, got {type(value).__name__}")
     try:
@@ -302,8 +301,6 @@ class Poller:
         monotonic: Callable[[], float] = time.monotonic,
         start_spread: float = START_SPREAD,
     ) -> None:
-        if not interval > 0:
-            raise ValueError("the poll interval must be greater than zero")
         self.account = account
         self.kind = kind
         self.interval = interval
@@ -312,7 +309,6 @@ class Poller:
         self._monotonic = monotonic
         #: Seconds from the start of ``run()`` to the first poll: random, so polls do not coincide.
         self.start_offset = (rng if rng is not None else random.Random()).uniform(0.0, min(interval, start_spread))
-        self.polls = 0  # completed polls, successful or not (for tests and logs)
 
     @property
     def name(self) -> str:
@@ -352,8 +348,6 @@ class Poller:
             raise
         else:
             self.health.ok()
-        finally:
-            self.polls += 1
 
 
 # --- the collateral summary gauges -------------------------------------------------------------
@@ -377,13 +371,9 @@ class CollateralSummaries(Collector):
         if current is None or summary.timestamp >= current.timestamp:
             self._latest[account] = summary
 
-    def get(self, account: str) -> CollateralSummary | None:
-        """The account's latest summary, if any poll succeeded."""
-        return self._latest.get(account)
-
     def collect(self) -> Iterator[Metric]:
         latest = sorted(self._latest.items())
-        yield WHITEBIT_COLLATERAL_EQUITY.render({(account, ): float(s.equity) for account, s in latest})
+        yield WHITEBIT_COLLATERAL_EQUITY.render({(account,): float(s.equity) for account, s in latest})
         yield WHITEBIT_COLLATERAL_MARGIN.render({(account,): float(s.margin) for account, s in latest})
         yield WHITEBIT_COLLATERAL_FREE_MARGIN.render({(account,): float(s.free_margin) for account, s in latest})
         yield WHITEBIT_COLLATERAL_MARGIN_FRACTION.render({(account,): s.margin_fraction for account, s in latest})

@@ -1,7 +1,7 @@
 """The exporter's own REST rate limiter: WhiteBIT's documented limits, per endpoint family.
 
 WhiteBIT counts private REST requests per client IP and endpoint family in windows of 10 s (60 s
-for the WebSocket token) and answers 429 over the limit (reference 3.1); repeated 429s may get the
+for the WebSocket token) and answers 429 over the limit (docs/protocol.md#rest-rate-limits); repeated 429s may get the
 IP or key restricted. The exporter therefore never sends a request the limit would refuse: every
 request first takes a slot from its family's :class:`FamilyLimiter`, and a caller that finds the
 family full *waits* for a slot instead of failing. One :class:`RateLimiter` serves the whole process
@@ -25,6 +25,7 @@ nonce state may be confused) closes the whole family for the backoff the caller 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -121,10 +122,8 @@ class FamilyLimiter:
                 # Only open slots block: wait for a release. Otherwise the oldest answer ages out
                 # at a known time, or an open slot is answered (and ages out later) before that.
                 timeout = self._released[0][0] + self.limit.window - now if self._released else None
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._release_event.wait(), timeout)
-                except TimeoutError:
-                    pass
 
     def release(self, slot: _Slot) -> None:
         """The request's answer arrived (or it failed): its slot now ages out of the window."""
@@ -148,11 +147,6 @@ class FamilyLimiter:
     def paused_until(self) -> float:
         """The clock time before which nothing is admitted (in the past when not paused)."""
         return self._paused_until
-
-    def usage(self) -> int:
-        """Requests counted in the window now (in flight, or answered less than ``window`` ago)."""
-        self._expire(self._clock())
-        return self._in_flight + len(self._released)
 
     def usage_by_key(self) -> dict[Hashable, int]:
         """:meth:`usage` split by the ``key`` each slot was taken with."""

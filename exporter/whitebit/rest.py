@@ -13,7 +13,7 @@ until the answer, so one key has one request in flight. Every retry is signed ag
 
 Errors. WhiteBIT's error bodies are mapped to :class:`RestError` subclasses by HTTP status and
 message, treating the body's ``code`` as a hint only because codes are reused across endpoints
-(reference 3.2): :class:`AuthError`, :class:`PermissionDeniedError`, :class:`ValidationError`,
+(docs/protocol.md#rest-errors): :class:`AuthError`, :class:`PermissionDeniedError`, :class:`ValidationError`,
 :class:`NonceError`, :class:`RateLimitedError`, :class:`UnavailableError` and
 :class:`ResponseError` (a success answer that is not what the endpoint documents). Only 429, 5xx and
 network failures are retried, after delays from ``backoff`` (:class:`~exporter.core.backoff.Backoff`:
@@ -49,7 +49,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from exporter.config.schema import DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from exporter.core.backoff import Backoff
+from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
 from exporter.core.logs import redact
 from exporter.core.metrics import (
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
@@ -251,9 +251,8 @@ class RestMetrics(Collector):
         buckets: Sequence[float] = DEFAULT_DURATION_BUCKETS,
         accounts: Iterable[str] = (),
     ) -> None:
+        # rest.request_duration_buckets: the config loader has checked they are positive and distinct.
         bounds = sorted(float(b) for b in buckets)
-        if not bounds or any(b <= 0 for b in bounds) or len(set(bounds)) != len(bounds):
-            raise ValueError("histogram buckets must be distinct positive numbers")
         self._limiter = limiter
         self.buckets: tuple[float, ...] = tuple(bounds)
         self._accounts: list[str] = []
@@ -290,10 +289,6 @@ class RestMetrics(Collector):
         self._duration_sums[pair] = self._duration_sums.get(pair, 0.0) + seconds
         if code == "429":
             self._rate_limited[pair] = self._rate_limited.get(pair, 0) + 1
-
-    def requests(self, account: str, endpoint: str, code: str) -> int:
-        """Attempts counted so far (for tests and logs)."""
-        return self._requests.get((account, endpoint, code), 0)
 
     def collect(self) -> Iterator[Metric]:
         duration = WHITEBIT_REST_REQUEST_DURATION_SECONDS.family()
@@ -376,7 +371,6 @@ class RestTransport:
             self._session = None
 
 
-
 # --- client -----------------------------------------------------------------------------------
 
 
@@ -394,7 +388,7 @@ class RestClient:
         nonce_window: bool = True,
         nonces: NonceSource | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,

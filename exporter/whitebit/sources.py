@@ -71,7 +71,9 @@ def build_sources(
     sources: list[Source] = []
     nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
     for account in api_accounts:
-        assert account.api_key is not None and account.api_secret is not None  # has_api
+        # has_api: the loader sets both or neither.
+        assert account.api_key is not None
+        assert account.api_secret is not None
         client = RestClient(
             account=account.name,
             base_url=account.rest_url,

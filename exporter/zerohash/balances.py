@@ -35,7 +35,7 @@ from exporter.core.metrics import (
 from exporter.core.state import ZerohashBalance
 from exporter.zerohash.signing import timestamp_to_seconds
 
-#: Zero Hash movement types (reference zerohash.md section 8, the REST enum); anything else is ``other``.
+#: Zero Hash movement types (docs/protocol.md#movement-and-account-types); anything else is ``other``.
 MOVEMENT_TYPES = (
     "deposit",
     "withdrawal_pending",
@@ -217,12 +217,12 @@ class ZerohashBalanceCollector(Collector):
                 per_participant.add_metric(
                     [b.participant_code, b.account_group, b.account_label, b.account_type, b.asset], float(b.balance)
                 )
-        for labels, value in sorted(sums.items()):
-            total.add_metric(list(labels), float(value))
-        for labels, participants in sorted(holders.items()):
-            accounts.add_metric(list(labels), len(participants))
-        for labels, count in sorted(self._balances.movements().items()):
-            movements.add_metric(list(labels), count)
+        for group, value in sorted(sums.items()):
+            total.add_metric(list(group), float(value))
+        for holding_key, participants in sorted(holders.items()):
+            accounts.add_metric(list(holding_key), len(participants))
+        for movement_key, count in sorted(self._balances.movements().items()):
+            movements.add_metric(list(movement_key), count)
         yield total
         yield per_participant
         yield accounts

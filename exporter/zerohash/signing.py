@@ -1,6 +1,6 @@
 """Zero Hash webhook signatures.
 
-Zero Hash signs a delivery in one of four ways (reference ``zerohash.md`` section 4):
+Zero Hash signs a delivery in one of four ways (docs/protocol.md#zero-hash-signatures):
 
 * ``x-zh-hook-signature``: hex HMAC-SHA256 of ``raw body + x-zh-hook-timestamp`` (no separator);
 * ``x-zh-hook-signature-256``: the legacy hex HMAC-SHA256 of the raw body alone;

@@ -93,11 +93,12 @@ def test_every_query_selects_on_job_and_instance_and_rates_use_rate_interval() -
 
 def test_every_dashboard_query_is_valid_promql_to_promtool(tmp_path: Path) -> None:
     rules = []
-    for index, (name, title, expr) in enumerate(dashboard_queries()):
+    for index, (_, title, expr) in enumerate(dashboard_queries()):
+        query = expr
         if title.startswith("$"):
             # label_values(selector, label) is Grafana's: its selector must still be valid PromQL.
-            expr = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr).group(1)  # type: ignore[union-attr]
-        rules.append({"record": f"dashboard_query_{index}", "expr": substitute_variables(expr)})
+            query = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr).group(1)  # type: ignore[union-attr]
+        rules.append({"record": f"dashboard_query_{index}", "expr": substitute_variables(query)})
     assert all("$" not in rule["expr"] for rule in rules), [r for r in rules if "$" in r["expr"]]
     path = tmp_path / "dashboard_queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))

@@ -22,8 +22,8 @@ def instructions() -> list[tuple[str, str]]:
     """``(INSTRUCTION, arguments)`` of the Dockerfile, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     result = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
             result.append((keyword.upper(), rest.strip()))

@@ -90,7 +90,7 @@ class Prometheus:
 
 @contextlib.asynccontextmanager
 async def running_prometheus(directory: Path, target: str) -> AsyncIterator[Prometheus]:
-    directory.mkdir()
+    await asyncio.to_thread(directory.mkdir)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": write_rules(directory),

@@ -45,6 +45,11 @@ EXAMPLE_ENV = {
 ACCOUNT = "whitebit:\n  - name: main\n    api_key: key\n    api_secret: secret\n"
 
 
+def account_named(config: Config, name: str) -> WhitebitAccountConfig:
+    """The account called ``name`` (names are unique; the loader checks)."""
+    return next(account for account in config.whitebit if account.name == name)
+
+
 def write(directory: Path, text: str, name: str = "config.yaml") -> Path:
     path = directory / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +181,7 @@ def test_lone_dollar_signs_are_left_alone(tmp_path: Path) -> None:
 
 def test_env_defaults_to_the_process_environment(tmp_path: Path) -> None:
     name, value = next((k, v) for k, v in sorted(os.environ.items()) if v and "${" not in v)
-    path = write(tmp_path, "zerohash:\n  webhook:\n    hmac_secrets: [s]\n    participants: ['${%s}']\n" % name)
+    path = write(tmp_path, f"zerohash:\n  webhook:\n    hmac_secrets: [s]\n    participants: ['${{{name}}}']\n")
 
     assert load_config(path).zerohash == ZerohashConfig(
         webhook=ZerohashWebhookConfig(hmac_secrets=("s",), participants=(value,))
@@ -300,7 +305,7 @@ def test_account_run_on_webhooks_alone_has_no_api(tmp_path: Path) -> None:
         "      nonce_policy: strict\n",
     )
 
-    account = load_config(path, {}).account("payments")
+    account = account_named(load_config(path, {}), "payments")
 
     assert not account.has_api
     assert (account.api_key, account.api_secret) == (None, None)
@@ -337,7 +342,7 @@ def test_several_accounts_listen_addresses_sizes_and_durations_load(tmp_path: Pa
     assert config.web.listen_address == ListenAddress("0.0.0.0", 0)
     assert config.webhooks == WebhooksConfig(listen_address=ListenAddress("::1", 0), max_body_bytes=1048576)
     assert config.state.path == "data/state.db"
-    first = config.account("spot.eu-1_a")
+    first = account_named(config, "spot.eu-1_a")
     assert first.rest_url == "http://127.0.0.1:8080"
     assert first.markets == ("BTC_USDT", "ETH_BTC", "BTC_PERP")
     assert first.poll == PollConfig(main_balance=0.5, collateral=1.5, history=5400.0)
@@ -414,7 +419,7 @@ def test_parse_duration_accepts(value: str | float, seconds: float) -> None:
     ],
 )
 def test_parse_duration_rejects(value: str | float, message: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="duration") as caught:
         parse_duration(value)
     assert str(caught.value) == message
 
@@ -452,7 +457,7 @@ def test_parse_listen_address_accepts(text: str, address: ListenAddress) -> None
     ],
 )
 def test_parse_listen_address_rejects(text: str, message: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="invalid listen address") as caught:
         parse_listen_address(text)
     assert str(caught.value) == message
 
@@ -466,7 +471,7 @@ def test_parse_byte_size_accepts(value: str | int, size: int) -> None:
 
 @pytest.mark.parametrize("value", ["64kb", "1.5KiB", "-1", "", "64 KiB", True])
 def test_parse_byte_size_rejects(value: str | bool) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid size"):
         parse_byte_size(value)
 
 
@@ -493,7 +498,7 @@ def test_rest_settings_and_rest_account_keys_load(tmp_path: Path) -> None:
             ("profile/websocket_token", RateLimit(10, 120.0)),
         ),
     )
-    account = config.account("main")
+    account = account_named(config, "main")
     assert account.nonce_window is False
     assert account.poll == PollConfig(main_balance=30.0, collateral=30.0, history=60.0, trade_balance=10.0)
 
@@ -503,7 +508,7 @@ def test_rest_settings_default_to_the_documented_limits_and_nonce_window_on(tmp_
 
     assert config.rest == RestConfig(timeout=10.0, max_retries=5, rate_limits=())
     assert config.rest.request_duration_buckets == (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-    assert config.account("main").nonce_window is True
-    assert config.account("main").poll.trade_balance == 30.0
+    assert account_named(config, "main").nonce_window is True
+    assert account_named(config, "main").poll.trade_balance == 30.0
     # The shipped example spells out the same defaults.
     assert load_config(EXAMPLE, EXAMPLE_ENV).rest == config.rest

@@ -36,7 +36,9 @@ def test_a_failing_purge_is_logged_and_the_others_still_run(caplog: pytest.LogCa
 
     housekeeping = Housekeeping({"broken": broken, "ids": lambda now: 1})
     assert housekeeping.purge_once() == {"ids": 1}
-    assert any(r.getMessage() == "purging old state failed" and r.__dict__["records"] == "broken" for r in caplog.records)
+    assert any(
+        r.getMessage() == "purging old state failed" and r.__dict__["records"] == "broken" for r in caplog.records
+    )
 
 
 async def test_the_task_purges_at_start_and_then_every_interval() -> None:

@@ -32,7 +32,7 @@ async def supervisor() -> AsyncIterator[Supervisor]:
     await sup.stop(timeout=5)
 
 
-def status(sup: Supervisor, name: str):  # noqa: ANN201 - TaskStatus
+def status(sup: Supervisor, name: str):
     return next(s for s in sup.status() if s.name == name)
 
 

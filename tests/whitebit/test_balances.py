@@ -65,7 +65,7 @@ def test_replace_wallet_sets_main_and_collateral_totals_and_refuses_spot() -> No
     assert b.collateral() == {"USDT": (D(12), D(3))}
     with pytest.raises(ValueError, match="replace_spot"):
         b.replace_wallet("spot", {"USDT": D(1)}, 5.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown wallet"):
         b.replace_wallet("savings", {}, 5.0)
 
 
@@ -78,7 +78,7 @@ def test_one_collector_renders_every_account_once() -> None:
     assert result.value("whitebit_balance", account="c", wallet="main", asset="USDT") == 2.0
     assert result.text.count("# TYPE whitebit_balance gauge") == 1
     collector = BalancesCollector([a])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="already collected"):
         collector.add(AccountBalances("a"))
 
 

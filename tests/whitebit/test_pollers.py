@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from prometheus_client.registry import CollectorRegistry
 
 from exporter.app import Exporter
 from exporter.config.schema import Config, PollConfig, WhitebitAccountConfig
@@ -48,7 +47,7 @@ from exporter.whitebit.rest import (
     RestTransport,
 )
 from exporter.whitebit.websocket.source import WebSocketSource
-from tests.helpers import scrape, wait_for
+from tests.helpers import collected, scrape, wait_for
 
 KEY, SECRET = "poller-key", "poller-secret"
 
@@ -80,12 +79,6 @@ def requests_to(sim: Simulator, path: str) -> int:
     return 0 if entry is None else int(entry["requests"])
 
 
-def gauge(collector: Any, name: str, **labels: str) -> float | None:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return registry.get_sample_value(name, labels)
-
-
 # --- main balance ------------------------------------------------------------------------------
 
 
@@ -95,7 +88,7 @@ async def test_main_balance_poll_replaces_the_main_wallet(simulator, client) -> 
     assert balances.main() == {"BTC": D("1.5"), "ETH": D(20), "USDT": D(25000)}
     assert balances.updated_at("main") == 1234.0
     collector = BalancesCollector([balances])
-    assert gauge(collector, "whitebit_balance", account="acct", wallet="main", asset="USDT") == 25000.0
+    assert collected(collector, "whitebit_balance", account="acct", wallet="main", asset="USDT") == 25000.0
 
 
 async def test_an_asset_that_leaves_the_main_balance_answer_is_exported_as_zero(simulator, client) -> None:
@@ -106,7 +99,7 @@ async def test_an_asset_that_leaves_the_main_balance_answer_is_exported_as_zero(
     await poll()
     assert balances.main()["ETH"] == D(0)
     assert (
-        gauge(
+        collected(
             BalancesCollector([balances]),
             "whitebit_balance",
             account="acct",
@@ -118,7 +111,7 @@ async def test_an_asset_that_leaves_the_main_balance_answer_is_exported_as_zero(
 
 
 async def test_a_malformed_answer_is_rejected_whole_and_the_wallet_keeps_its_values() -> None:
-    with pytest.raises(ResponseError, match="BTC.main_balance: not a decimal"):
+    with pytest.raises(ResponseError, match=r"BTC\.main_balance: not a decimal"):
         parse_main_balance({"USDT": {"main_balance": "5"}, "BTC": {"main_balance": "1,5"}})
     with pytest.raises(ResponseError, match="not a finite decimal"):
         parse_main_balance({"BTC": {"main_balance": "NaN"}})
@@ -151,23 +144,17 @@ async def test_collateral_summary_gauges_come_from_every_poll(simulator, client)
         clock=lambda: 99.0,
     )
     await poll()
-    summary = summaries.get("acct")
-    assert summary is not None
+
+    def shown(name: str) -> float | None:
+        return collected(summaries, name, account="acct")
+
     # 5000 USDT + 0.25 BTC at the simulator's BTC_USDT price, no borrowing, no positions.
     price = simulator.exchange.prices["BTC_USDT"]
-    assert summary.equity == D(5000) + D("0.25") * price
-    assert (summary.margin, summary.free_margin) == (D(0), summary.equity)
-    assert summary.margin_fraction == math.inf
-    assert gauge(summaries, "whitebit_collateral_margin_fraction", account="acct") == math.inf
-    assert gauge(summaries, "whitebit_collateral_equity", account="acct") == float(summary.equity)
-    assert (
-        gauge(
-            summaries,
-            "whitebit_collateral_account_last_update_timestamp_seconds",
-            account="acct",
-        )
-        == 99.0
-    )
+    assert shown("whitebit_collateral_equity") == float(D(5000) + D("0.25") * price)
+    assert shown("whitebit_collateral_margin") == 0.0
+    assert shown("whitebit_collateral_free_margin") == shown("whitebit_collateral_equity")
+    assert shown("whitebit_collateral_margin_fraction") == math.inf
+    assert shown("whitebit_collateral_account_last_update_timestamp_seconds") == 99.0
 
 
 def test_collateral_summary_keeps_a_real_margin_fraction() -> None:
@@ -220,8 +207,8 @@ async def test_trade_balance_fills_the_spot_wallet_while_the_websocket_is_down(s
     await poll()
     assert balances.spot()["BTC"] == (D(3), D(1))
     collector = BalancesCollector([balances])
-    assert gauge(collector, "whitebit_balance", account="acct", wallet="spot", asset="BTC") == 4.0
-    assert gauge(collector, "whitebit_balance_frozen", account="acct", asset="BTC") == 1.0
+    assert collected(collector, "whitebit_balance", account="acct", wallet="spot", asset="BTC") == 4.0
+    assert collected(collector, "whitebit_balance_frozen", account="acct", asset="BTC") == 1.0
 
     del simulator.exchange.accounts["acct"].spot["ETH"]
     await poll()

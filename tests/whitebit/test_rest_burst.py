@@ -25,16 +25,24 @@ from exporter.whitebit.balances import AccountBalances
 from exporter.whitebit.pollers import CollateralSummaries, Poller, build_pollers
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import (
+    COLLATERAL_SUMMARY,
     MAIN_BALANCE,
+    TRADE_BALANCE,
     WEBSOCKET_TOKEN,
     RestClient,
     RestMetrics,
     RestTransport,
 )
-from tests.helpers import wait_for
+from tests.helpers import collected, wait_for
 
 BURST_SECONDS = float(os.environ.get("WHITEBIT_BURST_SECONDS", "60"))
 INTERVAL = 0.1
+#: What each kind of poll requests (the collateral poll reads both while no WebSocket supplies the wallet).
+POLL_ENDPOINTS = {
+    "main_balance": (MAIN_BALANCE,),
+    "collateral": (COLLATERAL_SUMMARY,),
+    "trade_balance": (TRADE_BALANCE,),
+}
 ACCOUNTS = ("alpha", "beta")
 
 
@@ -88,9 +96,20 @@ class Rig:
 
     def client_429s(self) -> int:
         return sum(
-            self.metrics.requests(account, endpoint, "429")
+            collected(self.metrics, "whitebit_rest_requests_total", account=account, endpoint=endpoint, code="429") or 0
             for account in self.clients
             for endpoint in self.sim.rest.stats()
+        )
+
+    def attempts(self, poller: Poller) -> float:
+        """Requests the poller's account sent to the endpoints of the poller's kind (its polls, with retries)."""
+        return sum(
+            collected(
+                self.metrics, "whitebit_rest_requests_total", account=poller.account, endpoint=endpoint, code=code
+            )
+            or 0
+            for endpoint in POLL_ENDPOINTS[poller.kind]
+            for code in ("200", "429")
         )
 
 
@@ -124,7 +143,7 @@ async def test_pollers_at_100ms_and_callers_at_the_limits_never_get_a_429(
     async def watch_usage() -> None:
         nonlocal peak
         while True:
-            peak = max(peak, main_family.usage())
+            peak = max(peak, sum(main_family.usage_by_key().values()))
             await asyncio.sleep(0.05)
 
     alpha = rig.clients["alpha"]
@@ -145,8 +164,9 @@ async def test_pollers_at_100ms_and_callers_at_the_limits_never_get_a_429(
     assert peak >= main_limit * 0.9, f"main-account usage peaked at {peak}/{main_limit}"
     # Tokens: half the limit at once, then one per window / limit (6 s) until the limit is reached.
     assert rig.sim.rest.stats()[WEBSOCKET_TOKEN]["requests"] >= DOCUMENTED_LIMITS["profile/websocket_token"].limit // 2
-    assert rig.limiter.family(WEBSOCKET_TOKEN).usage() <= DOCUMENTED_LIMITS["profile/websocket_token"].limit
-    assert all(p.polls >= 10 for p in rig.pollers), [(p.name, p.polls) for p in rig.pollers]
+    token_usage = sum(rig.limiter.family(WEBSOCKET_TOKEN).usage_by_key().values())
+    assert token_usage <= DOCUMENTED_LIMITS["profile/websocket_token"].limit
+    assert all(rig.attempts(p) >= 10 for p in rig.pollers), [(p.name, rig.attempts(p)) for p in rig.pollers]
     ready, failing = rig.health.readiness()
     assert ready, failing
 
@@ -166,7 +186,7 @@ async def test_forced_429s_are_backed_off_then_polling_recovers(rig: Rig) -> Non
     def rate_limited() -> int:
         return rig.statuses().get(MAIN_BALANCE, {}).get("429", 0)
 
-    collateral_before = collateral_poller.polls
+    collateral_before = rig.attempts(collateral_poller)
     forced = 3
     rig.sim.rest.force_rate_limit(MAIN_BALANCE, forced)
     # The next main-balance poll gets the first 429 and retries inside the same poll: ~1 s later
@@ -180,12 +200,15 @@ async def test_forced_429s_are_backed_off_then_polling_recovers(rig: Rig) -> Non
     elapsed = time.monotonic() - observed
 
     assert rate_limited() == forced
-    assert rig.metrics.requests("alpha", MAIN_BALANCE, "429") == forced
+    assert (
+        collected(rig.metrics, "whitebit_rest_requests_total", account="alpha", endpoint=MAIN_BALANCE, code="429")
+        == forced
+    )
     # 429 number seen+1 had not come when we looked, so every backoff after it lies in `elapsed`:
     # each at least 0.8 × its nominal 1, 2, 4 s.
     assert elapsed >= sum(0.8 * 2 ** (number - 1) for number in range(seen + 1, forced + 1))
     # The other polls went on meanwhile, on their own schedule.
-    assert collateral_poller.polls > collateral_before
+    assert rig.attempts(collateral_poller) > collateral_before
     # Recovered: polling resumes at its interval and no further 429 comes.
     await wait_for(lambda: successes() > successes_then + 5, timeout=10)
     assert main_poller.health.is_ok

@@ -1,12 +1,12 @@
 """The open orders of one WhiteBIT account as a pure state machine, fed by ``ordersPending``.
 
-:class:`OrderBook` keeps every open order by id and, alongside, the aggregates the spec exposes
+:class:`OrderBook` keeps every open order by id and, alongside, the aggregates the exporter exposes
 (``whitebit_open_orders{market,side,type}`` and ``whitebit_open_orders_left{market,side}``). Every
 event changes the aggregates by the order's old and new contribution, so an event costs O(1) and a
 scrape walks the series, never the orders. Sums of ``left`` are exact :class:`~decimal.Decimal`
 arithmetic: a float sum drifts after millions of add/subtract pairs, and users page on these numbers.
 
-WhiteBIT's rules (reference §4.4 and §6), all handled here:
+WhiteBIT's rules (docs/protocol.md#order-lifecycle-events), all handled here:
 
 - event 1 is "new"; a second 1 for an id already open is a **stop activation** (type and status do
   not change), so orders are always upserted by id, never appended;
@@ -56,7 +56,8 @@ EVENT_FINISH = 3
 #: bot needs to cancel an order and deliberately reuse its client order id for another.
 MODIFY_WINDOW = 1.0
 
-#: WebSocket order ``type`` codes (reference §4.4) and the REST spellings, as the spec's ``type``.
+#: WebSocket order ``type`` codes (docs/protocol.md#orderspending-channel) and the REST spellings, as the
+#: ``type`` label values.
 TYPE_NAMES: dict[Any, str] = {
     1: "limit",
     2: "market",
@@ -85,7 +86,6 @@ TYPE_NAMES: dict[Any, str] = {
 TYPE_OTHER = "other"
 #: WebSocket ``side``: **1 = sell, 2 = buy**; REST sends the words.
 SIDE_NAMES: dict[Any, str] = {1: "sell", 2: "buy", "sell": "sell", "buy": "buy"}
-STOP_TYPE_NAMES = frozenset({"stop_limit", "stop_market", "margin_stop_limit", "margin_stop_market"})
 
 ZERO = Decimal(0)
 # Enough digits that no realistic sum of amounts is ever rounded.
@@ -95,10 +95,6 @@ _sub = _EXACT.subtract
 
 
 _SCALARS = (int, str)
-
-
-
-
 
 
 class _Left:
@@ -123,8 +119,6 @@ class _Series:
         self.type = type_
         self.count = 0
         self.left = left
-
-
 
 
 class OrderEvents:
@@ -400,7 +394,6 @@ class OrderBook:
         self._put(order_id, series, left, client_order_id)
         return order_id
 
-
     def replace_with(self, other: OrderBook) -> None:
         """Take ``other``'s orders as the whole truth (after a resync), keeping every series seen.
 
@@ -412,12 +405,12 @@ class OrderBook:
         for left in self._lefts.values():
             left.total = ZERO
         mapping: dict[int, _Series] = {}
-        for key, theirs in other._series.items():
-            mine = self._series_for(*key)
+        for series_key, theirs in other._series.items():
+            mine = self._series_for(*series_key)
             mine.count = theirs.count
             mapping[id(theirs)] = mine
-        for key, theirs_left in other._lefts.items():
-            self._lefts_for(key).total = theirs_left.total
+        for left_key, theirs_left in other._lefts.items():
+            self._lefts_for(left_key).total = theirs_left.total
         self._orders = {oid: (mapping[id(s)], left, coid) for oid, (s, left, coid) in other._orders.items()}
         self._raw = {raw: mapping[id(s)] for raw, s in other._raw.items()}
 

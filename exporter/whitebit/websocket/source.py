@@ -6,8 +6,8 @@ One :class:`WebSocketSource` per account with API credentials keeps one connecti
    ``RestClient.websocket_token``, i.e. ``/api/v4/profile/websocket_token``). That endpoint allows
    10 requests per 60 s, so the source never asks more than :data:`TOKEN_BUDGET` times per 60 s,
    whatever the reconnect rate: a reconnect storm waits instead of exhausting it.
-2. **Connect** with protocol-level ping frames off (WhiteBIT answers them unreliably, reference §4.2)
-   and **authorize** with ``[token, "public"]``.
+2. **Connect** with protocol-level ping frames off (WhiteBIT answers them unreliably,
+   docs/protocol.md#websocket-connection) and **authorize** with ``[token, "public"]``.
 3. **Subscribe first, then read the state**, and apply everything in the order the socket delivers
    it. WhiteBIT's server handles one connection's requests and pushes in one sequence, so a reply
    (a snapshot page, a balance snapshot) sits in the stream exactly where the server computed it:
@@ -49,6 +49,7 @@ While disconnected, balances and orders keep their values and timestamps,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -60,7 +61,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from exporter.core.backoff import Backoff
+from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
 from exporter.core.health import HealthRegistry, SourceHealth
 from exporter.core.window import SlidingWindow
 from exporter.whitebit.balances import AccountBalances
@@ -118,7 +119,6 @@ ERROR_METHODS = (
     "balanceMargin_request",
     "ordersPending_request",
 )
-
 
 
 class Disconnect(Exception):
@@ -188,7 +188,7 @@ class WebSocketSource:
         monotonic: Callable[[], float] = time.monotonic,
         ping_interval: float = 25.0,
         pong_timeout: float = 10.0,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         stable_after: float = 60.0,
         token_budget: int = TOKEN_BUDGET,
         token_window: float = TOKEN_WINDOW,
@@ -262,7 +262,7 @@ class WebSocketSource:
                     reason = f"cannot connect: {type(exc).__name__}: {str(exc)[:160]}"
                 finally:
                     self._disconnected()
-                if self._synced_at is not None and self._monotonic() - self._synced_at >= self.stable_after:
+                if self._was_stable():
                     attempt = 0
                 delay = self.backoff.delay(attempt, self._rng)
                 attempt += 1
@@ -279,6 +279,10 @@ class WebSocketSource:
         finally:
             self._disconnected()
             self.health.failing("stopped")
+
+    def _was_stable(self) -> bool:
+        """True when the connection that just ended stayed synced for ``stable_after`` seconds."""
+        return self._synced_at is not None and self._monotonic() - self._synced_at >= self.stable_after
 
     def _disconnected(self) -> None:
         self.connected = False
@@ -304,7 +308,7 @@ class WebSocketSource:
             raise
         # Whatever the injected provider raises (a RestError, a network error) is a failed token
         # request to retry after backoff, never the end of the source.
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.errors["token"] += 1
             raise Disconnect(f"token request failed: {type(exc).__name__}: {str(exc)[:160]}") from None
         if not isinstance(token, str) or not token:
@@ -400,7 +404,8 @@ class WebSocketSource:
         await self._call(conn, "balanceSpot_subscribe", [])
         await self._call(conn, "balanceMargin_subscribe", [])
         if self.markets:
-            # [U] an empty list is undocumented for this channel, so it is never sent.
+            # An empty market list is undocumented for this channel (docs/protocol.md#orderspending-channel),
+            # so it is never sent.
             await self._call(conn, "ordersPending_subscribe", list(self.markets))
         await self._call(conn, "balanceSpot_request", [], self._on_spot_snapshot)
         await self._call(conn, "balanceMargin_request", [], self._on_margin_snapshot)
@@ -442,7 +447,7 @@ class WebSocketSource:
                     conn,
                     "ordersPending_request",
                     [market, offset, self.page_limit],
-                    lambda result, offset=offset, paging=paging: self._on_page(paging, offset, result),
+                    functools.partial(self._on_page, paging, offset),
                 )
                 if page is None:  # skipped orders: read from the corrected cursor
                     continue
@@ -537,8 +542,6 @@ class WebSocketSource:
                     self.balances.update_collateral(changes, self._clock())
             else:
                 self._skip(INVALID_UNKNOWN_METHOD, f"unknown method {str(method)[:40]!r}")
-        except InvalidMessage as exc:
-            self._skip(exc.reason, str(exc))
         except InvalidMessage as exc:
             self._skip(exc.reason, str(exc))
 
