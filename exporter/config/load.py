@@ -13,6 +13,7 @@ problem), so later cross-checks skip values that are already reported instead of
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import difflib
 import ipaddress
@@ -20,10 +21,10 @@ import math
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -69,7 +70,11 @@ _ACCOUNT_KEYS = (
     "webhook",
     "nonce_window",
 )
-_POLL_KEYS = ("main_balance", "collateral", "history", "trade_balance")
+#: A quantity the loader parses: seconds or bytes.
+N = TypeVar("N", int, float)
+
+# Every field of PollConfig is a poll interval: a new poll needs no change here.
+_POLL_KEYS = tuple(poll.name for poll in dataclasses.fields(PollConfig))
 _REST_KEYS = ("timeout", "max_retries", "request_duration_buckets", "rate_limits")
 _RATE_LIMIT_KEYS = ("limit", "window")
 MAX_RETRIES_LIMIT = 20
@@ -643,6 +648,18 @@ class _Loader:
 
     def duration(self, fields: Mapping[str, Any], key: str, location: str) -> float | None:
         """A duration that must be above zero (every duration in the config is an interval or a window)."""
+        return self.positive(fields, key, location, parse_duration, (int, float), "a duration like 30s")
+
+    def positive(
+        self,
+        fields: Mapping[str, Any],
+        key: str,
+        location: str,
+        parse: Callable[[Any], N],
+        numbers: tuple[type, ...],
+        expected: str,
+    ) -> N | None:
+        """A quantity above zero given as a number or as text (``${ENV}`` allowed) that ``parse`` reads."""
         if not _present(fields, key):
             return None
         where = _at(location, key)
@@ -651,19 +668,19 @@ class _Loader:
             value = self.string(value, where)
             if value is None:
                 return None
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.problem(where, f"expected a duration like 30s, got {_kind(value)}")
+        elif isinstance(value, bool) or not isinstance(value, numbers):
+            self.problem(where, f"expected {expected}, got {_kind(value)}")
             return None
         try:
-            seconds = parse_duration(value)
+            quantity = parse(value)
         except ValueError as error:
             self.problem(where, str(error))
             return None
-        if seconds <= 0:
+        if quantity <= 0:
             shown = f'"{value}"' if isinstance(value, str) else str(value)
             self.problem(where, f"must be greater than zero, got {shown}")
             return None
-        return seconds
+        return quantity
 
     def boolean(self, fields: Mapping[str, Any], key: str, location: str) -> bool | None:
         if not _present(fields, key):
@@ -708,26 +725,7 @@ class _Loader:
         return tuple(bounds)
 
     def byte_size(self, fields: Mapping[str, Any], key: str, location: str) -> int | None:
-        if not _present(fields, key):
-            return None
-        where = _at(location, key)
-        value = fields[key]
-        if isinstance(value, str):
-            value = self.string(value, where)
-            if value is None:
-                return None
-        elif isinstance(value, bool) or not isinstance(value, int):
-            self.problem(where, f"expected a number of bytes, got {_kind(value)}")
-            return None
-        try:
-            size = parse_byte_size(value)
-        except ValueError as error:
-            self.problem(where, str(error))
-            return None
-        if size <= 0:
-            self.problem(where, f"must be greater than zero, got {value}")
-            return None
-        return size
+        return self.positive(fields, key, location, parse_byte_size, (int,), "a number of bytes")
 
     # --- secrets and files -----------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ onto a bounded set by the module that reads them, with :data:`OTHER` for anythin
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -44,17 +44,24 @@ class MetricDef:
         return (self.name,)
 
 
+class _ValueFamily(Protocol):
+    """A family whose samples are one value per label set (a gauge or a counter)."""
+
+    def add_metric(self, labels: Sequence[str], value: float) -> None: ...
+
+
+F = TypeVar("F", bound=_ValueFamily)
+
+
 @dataclass(frozen=True)
-class GaugeDef(MetricDef):
-    """A gauge."""
+class _ValueDef(MetricDef, Generic[F]):
+    """A gauge or a counter: one value per label set, so a dict of values renders it."""
 
-    type: ClassVar[str] = "gauge"
+    def family(self) -> F:
+        """An empty family of this metric, to be filled by a collector."""
+        raise NotImplementedError
 
-    def family(self) -> GaugeMetricFamily:
-        """An empty family of this gauge, to be filled by a collector."""
-        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
-
-    def render(self, values: Mapping[LabelValues, float]) -> GaugeMetricFamily:
+    def render(self, values: Mapping[LabelValues, float]) -> F:
         """The family with one sample per ``label values -> value``."""
         family = self.family()
         for labels, value in values.items():
@@ -63,7 +70,17 @@ class GaugeDef(MetricDef):
 
 
 @dataclass(frozen=True)
-class CounterDef(MetricDef):
+class GaugeDef(_ValueDef[GaugeMetricFamily]):
+    """A gauge."""
+
+    type: ClassVar[str] = "gauge"
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.help, labels=self.labels)
+
+
+@dataclass(frozen=True)
+class CounterDef(_ValueDef[CounterMetricFamily]):
     """A counter (``name`` without ``_total``)."""
 
     type: ClassVar[str] = "counter"
@@ -73,15 +90,7 @@ class CounterDef(MetricDef):
         return (f"{self.name}_total",)
 
     def family(self) -> CounterMetricFamily:
-        """An empty family of this counter, to be filled by a collector."""
         return CounterMetricFamily(self.name, self.help, labels=self.labels)
-
-    def render(self, values: Mapping[LabelValues, float]) -> CounterMetricFamily:
-        """The family with one sample per ``label values -> value``."""
-        family = self.family()
-        for labels, value in values.items():
-            family.add_metric(labels, value)
-        return family
 
 
 @dataclass(frozen=True)

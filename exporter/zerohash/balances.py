@@ -64,15 +64,9 @@ MOVEMENT_TYPES = (
 )
 
 #: Movement types whose counters start at 0 for every (account_type, asset) held: the ones Zero
-#: Hash's deposit, withdrawal, transfer and settlement guide explains. Others appear when first seen.
-CORE_MOVEMENT_TYPES = (
-    "deposit",
-    "withdrawal_pending",
-    "withdrawal_confirmed",
-    "withdrawal",
-    "transfer",
-    "final_settlement",
-)
+#: Hash's deposit, withdrawal, transfer and settlement guide explains (the first six above). Others
+#: appear when first seen.
+CORE_MOVEMENT_TYPES = MOVEMENT_TYPES[: MOVEMENT_TYPES.index("final_settlement") + 1]
 
 _KEY_FIELDS = ("participant_code", "account_group", "account_label", "account_type", "asset")
 

@@ -76,21 +76,20 @@ def parse_spot_update(params: Any) -> dict[str, tuple[Decimal, Decimal]]:
 
 def parse_spot_snapshot(result: Any) -> dict[str, tuple[Decimal, Decimal]]:
     """``{asset: {available, freeze}}`` (``balanceSpot_request`` result) as ``(available, freeze)``."""
+    return _pairs_by_asset(result, "balance", "available", "freeze")
+
+
+def _pairs_by_asset(result: Any, what: str, first: str, second: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """``{asset: {first, second, …}}`` as ``{asset: (first, second)}``; ``what`` names it in errors."""
     if not isinstance(result, dict):
-        raise InvalidMessage(INVALID_WRONG_TYPE, "balances are not an object")
+        raise InvalidMessage(INVALID_WRONG_TYPE, f"{what} values are not an object")
     out: dict[str, tuple[Decimal, Decimal]] = {}
     for asset, values in result.items():
         if not isinstance(values, dict):
-            raise InvalidMessage(INVALID_WRONG_TYPE, f"balance of {asset[:16]!r} is not an object")
-        if "available" not in values or "freeze" not in values:
-            raise InvalidMessage(
-                INVALID_MISSING_FIELD,
-                f"balance of {asset[:16]!r} lacks available or freeze",
-            )
-        out[asset] = (
-            parse_amount(values["available"], "available"),
-            parse_amount(values["freeze"], "freeze"),
-        )
+            raise InvalidMessage(INVALID_WRONG_TYPE, f"{what} of {asset[:16]!r} is not an object")
+        if first not in values or second not in values:
+            raise InvalidMessage(INVALID_MISSING_FIELD, f"{what} of {asset[:16]!r} lacks {first} or {second}")
+        out[asset] = (parse_amount(values[first], first), parse_amount(values[second], second))
     return out
 
 
@@ -113,19 +112,4 @@ def parse_margin_update(params: Any) -> dict[str, tuple[Decimal, Decimal]]:
 
 def parse_margin_snapshot(result: Any) -> dict[str, tuple[Decimal, Decimal]]:
     """``balanceMargin_request`` result (``{asset: {balance, borrow, …}}``) as ``(B, b)``."""
-    if not isinstance(result, dict):
-        raise InvalidMessage(INVALID_WRONG_TYPE, "collateral balances are not an object")
-    out: dict[str, tuple[Decimal, Decimal]] = {}
-    for asset, values in result.items():
-        if not isinstance(values, dict):
-            raise InvalidMessage(INVALID_WRONG_TYPE, f"collateral of {asset[:16]!r} is not an object")
-        if "balance" not in values or "borrow" not in values:
-            raise InvalidMessage(
-                INVALID_MISSING_FIELD,
-                f"collateral of {asset[:16]!r} lacks balance or borrow",
-            )
-        out[asset] = (
-            parse_amount(values["balance"], "balance"),
-            parse_amount(values["borrow"], "borrow"),
-        )
-    return out
+    return _pairs_by_asset(result, "collateral", "balance", "borrow")
