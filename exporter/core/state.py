@@ -1,9 +1,10 @@
 """Durable state: everything a restart must not lose, in one SQLite file.
 
-The spec's "Nothing lost" list lives here: webhook delivery ids seen (with an expiry), the highest
-webhook nonce per account, deposits and withdrawals with their lifecycle status, history
-reconciliation cursors and Zero Hash balances per participant. Prometheus counters are *not*
-stored; they restart at 0 as Prometheus expects.
+What a restart must not lose (README.md#durable-state) lives here: webhook delivery ids seen (with
+an expiry), the highest webhook nonce per account, deposits and withdrawals with their lifecycle
+status and what history reconciliation knows about each, history reconciliation cursors and Zero
+Hash balances per participant. Prometheus counters are *not* stored; they restart at 0 as
+Prometheus expects.
 
 Why synchronous calls on the event loop: the store uses one connection from the asyncio
 event-loop thread, and every call is a short indexed read or write. In WAL mode with
@@ -46,7 +47,7 @@ Durability = Literal["process", "power"]
 #: database given by mistake is refused instead of having tables added to it.
 APPLICATION_ID = 0x57424558
 
-#: Webhook ids must be remembered across restarts for at least 48 h (spec, "Webhook behaviour").
+#: Webhook ids must be remembered across restarts for at least 48 h (README.md#durable-state; default 7 days).
 MIN_DELIVERY_TTL = 48 * 3600.0
 DEFAULT_DELIVERY_TTL = 7 * 86400.0
 
@@ -112,9 +113,69 @@ CREATE TABLE zerohash_balances (
 );
 """
 
+
+def _reconciliation_columns_v2(conn: sqlite3.Connection) -> None:
+    """Schema v2: history reconciliation's fields of a transfer get columns of their own.
+
+    Schema v1 kept them in the ``details`` JSON: ``webhook_status`` (an int), ``history_levels``
+    (``{"1": first seen, "2": first seen}``, 1 the pending level and 2 the final one) and
+    ``history_waived`` (an int). Each is moved into its column and removed from ``details``, read
+    the way the v1 code read it so that no transfer's missed-webhook outcome changes: a value that
+    code ignored (a status that is not an int, a time that is not a number) stays unset, and a
+    ``history_waived`` that is there but not an int waives both levels, as it did there. A level
+    other than "1" and "2" was never written by any version and is dropped. A row with
+    ``webhook_seen`` and no ``webhook_status`` keeps the column empty: nothing recorded how far its
+    webhooks went, and the reader, not a made-up status, decides what that means. A row whose
+    ``details`` cannot be parsed is left as it is rather than refusing the whole file. This is a
+    snapshot of the v1 format, so it uses no helper that may change later.
+    """
+    conn.execute("ALTER TABLE transfers ADD COLUMN webhook_status INTEGER")
+    conn.execute("ALTER TABLE transfers ADD COLUMN history_pending_at REAL")
+    conn.execute("ALTER TABLE transfers ADD COLUMN history_final_at REAL")
+    conn.execute(
+        "ALTER TABLE transfers ADD COLUMN history_waived INTEGER NOT NULL DEFAULT 0 CHECK (history_waived IN (0, 1, 2))"
+    )
+    moved = ("webhook_status", "history_levels", "history_waived")
+    for rowid, text in conn.execute("SELECT rowid, details FROM transfers").fetchall():
+        try:
+            details = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(details, dict) or not any(name in details for name in moved):
+            continue
+        status = details.pop("webhook_status", None)
+        if isinstance(status, bool) or not isinstance(status, int) or not -(2**63) <= status < 2**63:
+            status = None
+        first_seen: dict[int, float] = {}
+        levels = details.pop("history_levels", None)
+        if isinstance(levels, dict):
+            for name, at in levels.items():
+                try:
+                    level = int(name)
+                except (TypeError, ValueError):
+                    continue
+                number = isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at)
+                if level in (1, 2) and number:
+                    first_seen[level] = min(float(at), first_seen.get(level, math.inf))
+        waived = details.pop("history_waived", 0)
+        waived = min(max(int(waived), 0), 2) if isinstance(waived, int) else 2
+        conn.execute(
+            "UPDATE transfers SET webhook_status = ?, history_pending_at = ?, history_final_at = ?,"
+            " history_waived = ?, details = ? WHERE rowid = ?",
+            (
+                status,
+                first_seen.get(1),
+                first_seen.get(2),
+                waived,
+                json.dumps(details, sort_keys=True, separators=(",", ":")),
+                rowid,
+            ),
+        )
+
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
 #: migration that has shipped, since files in the field were built by it.
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _reconciliation_columns_v2)
 
 
 class _Rerun(Exception):
@@ -127,7 +188,18 @@ class StateError(Exception):
 
 @dataclass(frozen=True)
 class TransferRecord:
-    """One deposit or withdrawal as the lifecycle state machine last left it."""
+    """One deposit or withdrawal as the lifecycle state machine last left it.
+
+    Besides the lifecycle, it carries what history reconciliation compares (written by the same
+    state machine, read by :mod:`exporter.whitebit.reconcile`): ``webhook_status``, the furthest
+    status any webhook reported; ``history_pending_at`` and ``history_final_at``, when history first
+    showed a status whose pending or final webhook WhiteBIT sends; ``history_waived``, the level up
+    to which the baseline poll waived those webhooks (0 none, 1 pending, 2 final). A row migrated
+    from schema v1 may have ``webhook_seen`` without ``webhook_status``, because it was written
+    without one; the field stays empty rather than guessed. ``details`` holds the identity the
+    payloads gave (``transaction_id``, ``unique_id``, ``transaction_hash``, ``network``,
+    ``last_event``).
+    """
 
     account: str
     kind: TransferKind
@@ -145,6 +217,10 @@ class TransferRecord:
     missed_counted: bool = False
     confirmations_actual: int | None = None
     confirmations_required: int | None = None
+    webhook_status: int | None = None
+    history_pending_at: float | None = None
+    history_final_at: float | None = None
+    history_waived: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -438,10 +514,11 @@ class StateStore:
             )
             return cur.rowcount
 
-    def transfer_assets(self) -> list[tuple[str, str, str]]:
+    def transfer_assets(self) -> list[tuple[str, TransferKind, str]]:
         """Every distinct (account, kind, ticker) among stored transfers, final ones included."""
         rows = self._query("SELECT DISTINCT account, kind, ticker FROM transfers ORDER BY account, kind, ticker")
-        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+        # The column's CHECK constraint admits only the two TransferKind values.
+        return [(str(r[0]), r[1], str(r[2])) for r in rows]
 
     # -- cursors -----------------------------------------------------------------------------
 
@@ -550,14 +627,16 @@ class StateStore:
 
 _TRANSFER_COLUMNS = (
     "account, kind, key, status, status_name, ticker, amount, created_at, updated_at, final, outcome,"
-    " webhook_seen, history_seen, missed_counted, confirmations_actual, confirmations_required, details"
+    " webhook_seen, history_seen, missed_counted, confirmations_actual, confirmations_required,"
+    " webhook_status, history_pending_at, history_final_at, history_waived, details"
 )
+_TRANSFER_PLACEHOLDERS = ", ".join("?" * len(_TRANSFER_COLUMNS.split(",")))
 _ZEROHASH_COLUMNS = "participant_code, account_group, account_label, account_type, asset, balance, timestamp, run_id"
 #: json.dumps(sort_keys=True, separators=(",", ":"), allow_nan=False), without building an encoder per call.
 _DETAILS_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
-_PUT_TRANSFER = f"INSERT OR REPLACE INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+_PUT_TRANSFER = f"INSERT OR REPLACE INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({_TRANSFER_PLACEHOLDERS})"
 _ADD_TRANSFER = (
-    f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+    f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({_TRANSFER_PLACEHOLDERS})"
     " ON CONFLICT (account, kind, key) DO NOTHING"
 )
 
@@ -572,7 +651,9 @@ def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
         details = _DETAILS_JSON.encode(record.details)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"transfer details are not plain JSON: {exc}") from exc
-    row = (
+    if _int(record.history_waived, "history_waived") not in (0, 1, 2):
+        raise ValueError(f"history_waived must be a level 0, 1 or 2, not {record.history_waived!r}")
+    return (
         record.account,
         record.kind,
         record.key,
@@ -589,9 +670,12 @@ def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
         int(record.missed_counted),
         _optional_int(record.confirmations_actual, "confirmations_actual"),
         _optional_int(record.confirmations_required, "confirmations_required"),
+        _optional_int(record.webhook_status, "webhook_status"),
+        _optional_finite(record.history_pending_at, "history_pending_at"),
+        _optional_finite(record.history_final_at, "history_final_at"),
+        record.history_waived,
         details,
     )
-    return row
 
 
 def _transfer(r: Sequence[Any]) -> TransferRecord:
@@ -612,7 +696,11 @@ def _transfer(r: Sequence[Any]) -> TransferRecord:
         missed_counted=bool(r[13]),
         confirmations_actual=r[14],
         confirmations_required=r[15],
-        details=json.loads(r[16]),
+        webhook_status=r[16],
+        history_pending_at=r[17],
+        history_final_at=r[18],
+        history_waived=int(r[19]),
+        details=json.loads(r[20]),
     )
 
 
@@ -631,6 +719,10 @@ def _int(value: int, name: str) -> int:
 
 def _optional_int(value: int | None, name: str) -> int | None:
     return None if value is None else _int(value, name)
+
+
+def _optional_finite(value: float | None, name: str) -> float | None:
+    return None if value is None else _finite(value, name)
 
 
 def _finite(value: float, name: str) -> float:

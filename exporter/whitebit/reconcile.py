@@ -8,8 +8,9 @@ in ``whitebit_transfers_in_flight`` from history alone, and then decides which t
 are missing.
 
 **What a poll reads.** History has no date filter and comes newest first, ordered by ``createdAt``.
-A poll pages from offset 0 with ``limit`` 100 (the old docs' maximum; the new docs' 500 is
-unconfirmed) and stops at the first page that reaches back past
+A poll pages from offset 0 with ``limit`` 100 (the previous docs' maximum; the current docs' 500 is
+unconfirmed, docs/protocol.md#deposit-and-withdrawal-history) and stops at the first page that
+reaches back past
 
 - the *cursor* minus :data:`CURSOR_OVERLAP` seconds: the cursor is the newest ``createdAt`` any poll
   has read, persisted in the state file. Everything newer is new; the overlap re-reads the last few
@@ -28,13 +29,14 @@ unconfirmed) and stops at the first page that reaches back past
 and never beyond ``offset + limit = 10000``, the documented cap (more than 10,000 new records
 between two polls are logged as a gap).
 
-**The first poll** (no cursor in the state file: a fresh install or a state file from before this
-feature) is the *baseline*: it reads as deep as the cap allows, feeds only the transfers still in
-flight (the final ones happened before the exporter watched; counting them in
-``whitebit_transfers_total`` would be a spike of old news) and waives, for those, every webhook they
-should already have produced. Later polls likewise ignore a *final* record they do not know whose
-``createdAt`` is at or before the baseline's newest record, or below the overlap window (read by an
-earlier poll: skipped by the baseline, or forgotten when final records are purged after 30 days). A fresh install therefore never pages on its account's past; a
+**The first poll** (no cursor in the state file, or one that cannot be read) is the *baseline*: it
+reads as deep as the cap allows, feeds only the transfers still in flight (the final ones happened
+before the exporter watched; counting them in ``whitebit_transfers_total`` would be a spike of old
+news) and waives, for those, every webhook they should already have produced (the lifecycle records
+the waiver: ``TransferBook.stage(obs, baseline=True)``). Later polls likewise ignore a *final*
+record they do not know whose ``createdAt`` is at or before the baseline's newest record, or below
+the overlap window (read by an earlier poll: skipped by the baseline, or forgotten when final
+records are purged after 30 days). A fresh install therefore never pages on its account's past; a
 baseline deposit that is credited *after* the first poll is expected to bring its
 ``deposit.processed`` like any other.
 
@@ -47,19 +49,22 @@ addresses) are two transfers; two records whose fingerprints collide too are sti
 when their ``transactionId`` differs.
 
 **Missed webhooks.** Each history status that WhiteBIT announces by webhook sets an *expectation
-level*: deposits 15 → 1 (``deposit.accepted``/``updated``), 3, 7, 4, 9 → 2 (``processed``/
-``canceled``); withdrawals 1, 2, 6, 10–17 → 1 (``withdraw.pending``), 3, 7, 4, 18 → 2 (final). Deposit
-5, 21, 22, 27, 28 and withdrawal 5 and 21 set none (no webhook is documented for them, or the
-status of ``withdraw.unconfirmed`` is not). The exporter records when history *first* showed each
-level; the webhooks received for the transfer reach a level too (the furthest status any webhook
-reported). A transfer is counted in ``whitebit_webhooks_missed_total{account,kind}`` once, when a
-level history showed has waited ``reconcile_grace`` seconds without a webhook reaching it. So a lost
-``deposit.processed`` counts even after ``deposit.accepted`` came, while a lost ``deposit.updated``
-(one confirmation tick) of a deposit whose other webhooks came does not: the receiver knew the
-deposit was pending, and a payment team must not be paged for a tick. The *counted* flag lives in
-the state file with the transfer, and the time each level was first seen with it, so neither a
-restart nor a late webhook counts a transfer twice, and a restart does not restart the grace. A
-webhook that comes after it was counted is processed as usual.
+level* (:func:`~exporter.whitebit.transfers.expected_level`, docs/protocol.md#webhook-methods):
+deposits 15 → 1 (``deposit.accepted``/``updated``), 3, 7, 4, 9 → 2 (``processed``/``canceled``);
+withdrawals 1, 2, 6, 10–17 → 1 (``withdraw.pending``), 3, 7, 4, 18 → 2 (final). Deposit 5, 21, 22,
+27, 28 and withdrawal 5 and 21 set none (no webhook is documented for them, or the status of
+``withdraw.unconfirmed`` is not). The lifecycle records, with the transfer, when history *first*
+showed each level (``history_pending_at``, ``history_final_at``); the webhooks received for the
+transfer reach a level too (:func:`webhook_level` of ``webhook_status``, the furthest status any
+webhook reported). A transfer is counted in ``whitebit_webhooks_missed_total{account,kind}`` once,
+when a level history showed has waited ``reconcile_grace`` seconds without a webhook reaching it. So
+a lost ``deposit.processed`` counts even after ``deposit.accepted`` came, while a lost
+``deposit.updated`` (one confirmation tick) of a deposit whose other webhooks came does not: the
+receiver knew the deposit was pending, and a payment team must not be paged for a tick. The
+*counted* flag lives in the state file with the transfer (set through
+``TransferBook.mark_missed``), and so do the first-seen times, so neither a restart nor a late
+webhook counts a transfer twice, and a restart does not restart the grace. A webhook that comes
+after it was counted is processed as usual.
 
 False positives are what this counter must not have. Besides the baseline rule: a record is only
 ever counted for accounts with a webhook configured; grace runs from when *this exporter* first saw
@@ -89,11 +94,11 @@ from exporter.core.state import StateError, StateStore, TransferRecord
 from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
 from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient
 from exporter.whitebit.transfers import (
-    DEPOSIT,
+    FINAL_LEVEL,
     FINAL_OUTCOMES,
+    PENDING_LEVEL,
     TRANSFER_KINDS,
     WITHDRAW,
-    WITHDRAW_PENDING_CODES,
     ObservationError,
     TransferBook,
     TransferObservation,
@@ -105,9 +110,10 @@ from exporter.whitebit.transfers import (
 
 log = logging.getLogger(__name__)
 
-#: Records per page: the old docs' maximum (the new docs' 500 is unconfirmed, reference 8.2).
+#: Records per page: the previous docs' maximum (the current docs' 500 is unconfirmed,
+#: docs/protocol.md#deposit-and-withdrawal-history).
 PAGE_LIMIT = 100
-#: ``offset + limit`` may not exceed this (reference 2.4).
+#: ``offset + limit`` may not exceed this (docs/protocol.md#deposit-and-withdrawal-history).
 MAX_OFFSET = 10_000
 #: Seconds of history re-read below the cursor on every poll (see the module docstring).
 CURSOR_OVERLAP = 300.0
@@ -119,64 +125,32 @@ CURSOR_NAME = "history"
 #: loose match (see the module docstring).
 LOOSE_MATCH_WINDOW = 86400.0
 
-# Expectation levels: which webhook a status implies (0: none needed).
-PENDING_LEVEL = 1
-FINAL_LEVEL = 2
-
-
-def expected_level(kind: str, status: int) -> int | None:
-    """The webhook level a *history* status implies, or None where WhiteBIT sends no webhook."""
-    if status in FINAL_OUTCOMES[kind]:  # type: ignore[index]
-        return FINAL_LEVEL
-    if (kind == DEPOSIT and status == 15) or (kind == WITHDRAW and status in WITHDRAW_PENDING_CODES):
-        return PENDING_LEVEL
-    return None
-
 
 def webhook_level(record: TransferRecord) -> int:
     """How far the webhooks received for ``record`` went (0: none, or only ``withdraw.unconfirmed``)."""
-    status = record.details.get("webhook_status")
-    if isinstance(status, int) and not isinstance(status, bool):
-        if status in FINAL_OUTCOMES[record.kind]:
-            return FINAL_LEVEL
-        if record.kind == WITHDRAW and status == 5:
-            return 0
-        return PENDING_LEVEL
-    # A record from before webhook_status was kept: its webhook came, so it is never counted.
-    return FINAL_LEVEL if record.webhook_seen else 0
+    status = record.webhook_status
+    if status is None:
+        # Only a row migrated from schema v1 has webhook_seen without a status: its webhook came
+        # but how far it went was not kept, so it is taken as final and never counted as missed.
+        return FINAL_LEVEL if record.webhook_seen else 0
+    if status in FINAL_OUTCOMES[record.kind]:
+        return FINAL_LEVEL
+    if record.kind == WITHDRAW and status == 5:
+        return 0
+    return PENDING_LEVEL
+
+
+def _levels_seen(record: TransferRecord) -> list[tuple[int, float]]:
+    """(level, first seen) for every expectation level history has shown for ``record``."""
+    seen = ((PENDING_LEVEL, record.history_pending_at), (FINAL_LEVEL, record.history_final_at))
+    return [(level, at) for level, at in seen if at is not None]
 
 
 def due_since(record: TransferRecord) -> float | None:
     """When history first showed a level no webhook has reached yet (None: nothing is awaited)."""
-    levels = record.details.get("history_levels")
-    if not isinstance(levels, dict):
-        return None
-    waived = record.details.get("history_waived", 0)
-    floor = max(webhook_level(record), waived if isinstance(waived, int) else FINAL_LEVEL)
-    times = [float(t) for level, t in levels.items() if _level(level) > floor and isinstance(t, (int, float))]
+    floor = max(webhook_level(record), record.history_waived)
+    times = [at for level, at in _levels_seen(record) if level > floor]
     return min(times) if times else None
-
-
-def _level(text: Any) -> int:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return 0
-
-
-def annotate(record: TransferRecord, obs: TransferObservation, now: float, *, baseline: bool) -> TransferRecord:
-    """``record`` with the expectation ``obs`` (a history observation) sets. Pure."""
-    level = expected_level(obs.kind, obs.status)
-    details = dict(record.details)
-    levels = dict(details.get("history_levels") or {})
-    if level is not None:
-        for k in range(PENDING_LEVEL, level + 1):
-            levels.setdefault(str(k), now)
-        details["history_levels"] = levels
-    if baseline:
-        waived = details.get("history_waived", 0)
-        details["history_waived"] = max(waived if isinstance(waived, int) else 0, level or 0)
-    return record if details == record.details else replace(record, details=details)
 
 
 # --- the cursor -------------------------------------------------------------------------------
@@ -369,15 +343,11 @@ class HistoryPoll:
                     # Final before the exporter watched (the baseline), or read and forgotten (a final
                     # record purged after its retention): old news, neither an outcome nor a miss.
                     continue
-                update = self._book.stage(obs)
-                record = update.transition.record
-                annotated = annotate(record, obs, now, baseline=baseline)
-                if annotated is not record:
-                    self._store.put_transfer(annotated)
-                    update = TransferUpdate(replace(update.transition, record=annotated), obs)
+                update = self._book.stage(obs, baseline=baseline)
                 updates.append(update)
-                if self._missed is not None and not annotated.missed_counted and due_since(annotated) is not None:
-                    watch.add((annotated.kind, annotated.key))
+                record = update.transition.record
+                if self._missed is not None and not record.missed_counted and due_since(record) is not None:
+                    watch.add((record.kind, record.key))
             if cursor is None:
                 cursor = HistoryCursor(newest, now, newest)
             self._store.set_cursor(self.account, CURSOR_NAME, replace(cursor, newest=newest).encode())
@@ -424,9 +394,8 @@ class HistoryPoll:
                         continue
                     if now - due < self.grace or self._loosely_matched(record):
                         continue
-                    self._store.put_transfer(replace(record, missed_counted=True))
+                    counted.append(self._book.mark_missed(record))
                     watch.discard((kind, key))
-                    counted.append(record)
         except StateError as exc:
             log.warning("missed-webhook check not recorded", extra={"account": self.account, "error": str(exc)})
             return
@@ -448,10 +417,8 @@ class HistoryPoll:
     def _loosely_matched(self, record: TransferRecord) -> bool:
         """True when an unmatched webhook-only record looks like ``record``'s own webhook."""
         due = due_since(record)
-        needed = max(
-            (_level(k) for k, t in (record.details.get("history_levels") or {}).items() if t == due),
-            default=FINAL_LEVEL,
-        )
+        # The level that fell due: a webhook-only record that reached it would have been this one's.
+        needed = max((level for level, at in _levels_seen(record) if at == due), default=FINAL_LEVEL)
         for other in self._store.transfers(self.account):
             if (
                 other.key != record.key

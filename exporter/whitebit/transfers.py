@@ -1,6 +1,6 @@
 """The deposit and withdrawal lifecycle: a pure state machine over persisted transfer records.
 
-Webhook deliveries (``deposit.*``, ``withdraw.*``) and, later, REST history records are first
+Webhook deliveries (``deposit.*``, ``withdraw.*``) and REST history records are first
 normalized into a :class:`TransferObservation` with its ``source`` (``"webhook"`` or
 ``"history"``); :func:`advance` then decides, without any I/O, what the stored
 :class:`~exporter.core.state.TransferRecord` becomes. :class:`TransferBook` does the I/O around it
@@ -27,14 +27,30 @@ record names a different ``transactionId`` or ``uniqueId`` (then it is another t
 keeps the key it was created under. A record first seen in history is created under its fingerprint
 (see :func:`new_key`), so the webhook that comes after it, without a ``transactionId``, finds it.
 
-**Statuses.** Status codes mean different things per method (reference 2.4), so names come from two
-tables; webhook status values are placeholders in WhiteBIT's docs (all 15), so a webhook's *method*
-decides whether it is final (``deposit.processed`` is successful whatever status it carries) and
-the payload status is used only where it agrees with the method. A final record never changes
-status again; a non-final one never moves back to an earlier stage (a late retry of
-``withdraw.unconfirmed`` after ``withdraw.pending`` changes nothing); confirmations only grow. Each
-record's final outcome is counted once, when it becomes final, however many deliveries report it;
-the ``final`` flag is in the state file, so a restart does not count it again.
+**Statuses.** Status codes mean different things per method (docs/protocol.md#transfer-status-codes),
+so names come from two tables; webhook status values are placeholders in WhiteBIT's examples (all
+15, docs/protocol.md#webhook-payload-fields), so a webhook's *method* decides whether it is final
+(``deposit.processed`` is successful whatever status it carries) and the payload status is used only
+where it agrees with the method. A final record never changes status again; a non-final one never
+moves back to an earlier stage (a late retry of ``withdraw.unconfirmed`` after ``withdraw.pending``
+changes nothing); confirmations only grow. Each record's final outcome is counted once, when it
+becomes final, however many deliveries report it; the ``final`` flag is in the state file, so a
+restart does not count it again.
+
+**What reconciliation compares.** The same state machine keeps, in typed fields of each record,
+what :mod:`exporter.whitebit.reconcile` needs to tell a missed webhook, so that the lifecycle is
+computed, and written, in one place:
+
+- ``webhook_status``, the furthest status any *webhook* reported. A late retry of an earlier event
+  (``deposit.accepted`` after ``deposit.processed``) never lowers it, and a final one never changes.
+- For *history* observations, the *expectation level* their status implies (:func:`expected_level`:
+  :data:`PENDING_LEVEL` or :data:`FINAL_LEVEL`, none for a status WhiteBIT sends no webhook for) and
+  when history first showed each level (``history_pending_at``, ``history_final_at``). A first
+  sighting is never moved, so the grace period runs from it across polls and restarts.
+- ``history_waived``: the first history poll of an account is the *baseline*
+  (``stage(obs, baseline=True)``), and the levels its records already show are waived.
+
+Every write of a transfer row goes through :class:`TransferBook`, the counted-missed flag included.
 """
 
 from __future__ import annotations
@@ -46,7 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -81,7 +97,8 @@ OUTCOMES: dict[TransferKind, tuple[str, ...]] = {
 
 OTHER_STATUS = "other"
 
-# Reference 2.4, deposit status codes: code -> meaning name (the `status` label while in flight).
+# Deposit status codes (docs/protocol.md#transfer-status-codes): code -> meaning name, the `status`
+# label while in flight.
 DEPOSIT_STATUS_NAMES: dict[int, str] = {
     3: SUCCESSFUL,
     7: SUCCESSFUL,
@@ -94,7 +111,7 @@ DEPOSIT_STATUS_NAMES: dict[int, str] = {
     27: "travel_rule_frozen",
     28: "travel_rule_processing",
 }
-# Reference 2.4, withdrawal status codes.
+# Withdrawal status codes (docs/protocol.md#transfer-status-codes).
 WITHDRAW_PENDING_CODES = (1, 2, 6, 10, 11, 12, 13, 14, 15, 16, 17)
 WITHDRAW_STATUS_NAMES: dict[int, str] = {
     **dict.fromkeys(WITHDRAW_PENDING_CODES, "pending"),
@@ -116,7 +133,7 @@ IN_FLIGHT_STATUSES: dict[TransferKind, tuple[str, ...]] = {
         *dict.fromkeys(name for code, name in STATUS_NAMES[kind].items() if code not in FINAL_OUTCOMES[kind]),
         OTHER_STATUS,
     )
-    for kind in TRANSFER_KINDS  # type: ignore[misc]
+    for kind in TRANSFER_KINDS
 }
 
 #: Webhook methods that move a transfer: method -> (kind, the status code the method implies).
@@ -145,6 +162,27 @@ def status_name(kind: TransferKind, status: int) -> str:
 def final_outcome(kind: TransferKind, status: int) -> str | None:
     """The final outcome ``status`` means for ``kind``, or None while the transfer is in flight."""
     return FINAL_OUTCOMES[kind].get(status)
+
+
+#: Expectation levels: which webhook a history status says WhiteBIT has sent. 0 stands for none, and
+#: ``webhook_status`` and ``history_waived`` are compared on the same scale.
+PENDING_LEVEL = 1
+FINAL_LEVEL = 2
+
+
+def expected_level(kind: TransferKind, status: int) -> int | None:
+    """The webhook level a *history* status implies, or None where WhiteBIT sends no webhook.
+
+    Deposit 15 → pending (``deposit.accepted``/``updated``), withdrawal 1, 2, 6, 10–17 → pending
+    (``withdraw.pending``), every final status → final. Deposit 5, 21, 22, 27, 28 and withdrawal 5
+    and 21 have no webhook, or one whose status is not documented
+    (docs/protocol.md#webhook-methods), so they expect none.
+    """
+    if final_outcome(kind, status) is not None:
+        return FINAL_LEVEL
+    if (kind == DEPOSIT and status == 15) or (kind == WITHDRAW and status in WITHDRAW_PENDING_CODES):
+        return PENDING_LEVEL
+    return None
 
 
 @dataclass(frozen=True)
@@ -258,8 +296,16 @@ def _stage(kind: TransferKind, status: int) -> int:
     return 1
 
 
-def advance(record: TransferRecord | None, obs: TransferObservation, key: str, now: float) -> Transition:
-    """The record after ``obs`` (``record`` None: first sighting, stored under ``key``). Pure."""
+def advance(
+    record: TransferRecord | None, obs: TransferObservation, key: str, now: float, *, baseline: bool = False
+) -> Transition:
+    """The record after ``obs`` (``record`` None: first sighting, stored under ``key``). Pure.
+
+    ``baseline``: ``obs`` is a record of an account's first history poll, whose expectations are
+    waived (see the module docstring); only a history observation can be one.
+    """
+    if baseline and obs.source != "history":
+        raise ValueError("only a history observation can belong to the baseline")
     outcome = final_outcome(obs.kind, obs.status)
     identity = _identity(obs)
     if record is None:
@@ -279,9 +325,10 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
             history_seen=obs.source == "history",
             confirmations_actual=obs.confirmations_actual,
             confirmations_required=obs.confirmations_required,
-            details=_with_webhook_status(identity, None, obs),
+            webhook_status=_furthest_webhook_status(obs.kind, None, obs),
+            details=identity,
         )
-        return Transition(None, created, counted_outcome=outcome)
+        return Transition(None, _expect(created, obs, baseline=baseline), counted_outcome=outcome)
 
     status, final, new_outcome, counted, conflict = record.status, record.final, record.outcome, None, False
     if record.final:
@@ -293,7 +340,6 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
     actual = _max_optional(record.confirmations_actual, obs.confirmations_actual)
     required = obs.confirmations_required if obs.confirmations_required is not None else record.confirmations_required
     details = {**record.details, **{k: v for k, v in identity.items() if v is not None}}
-    details = _with_webhook_status(details, record, obs)
     updated = replace(
         record,
         status=status,
@@ -304,30 +350,49 @@ def advance(record: TransferRecord | None, obs: TransferObservation, key: str, n
         history_seen=record.history_seen or obs.source == "history",
         confirmations_actual=actual,
         confirmations_required=required,
+        webhook_status=_furthest_webhook_status(record.kind, record.webhook_status, obs),
         details=details,
     )
     if updated != record:
         updated = replace(updated, updated_at=now)
+    # updated_at dates the transfer's own last change and times the purge of a final record; the
+    # first sighting of a level in history is reconciliation's bookkeeping and leaves it alone.
+    updated = _expect(updated, obs, baseline=baseline)
     return Transition(record, updated, counted_outcome=counted, conflict=conflict)
 
 
-def _with_webhook_status(
-    details: dict[str, Any], record: TransferRecord | None, obs: TransferObservation
-) -> dict[str, Any]:
-    """``details`` with ``webhook_status``: the furthest status any *webhook* reported for the transfer.
+def _furthest_webhook_status(kind: TransferKind, seen: int | None, obs: TransferObservation) -> int | None:
+    """The furthest status any *webhook* reported, ``seen`` before ``obs``.
 
-    History reconciliation compares it with what history shows to tell a missed webhook; a late
-    retry of an earlier event (``deposit.accepted`` after ``deposit.processed``) never lowers it.
+    A late retry of an earlier event (``deposit.accepted`` after ``deposit.processed``) never lowers
+    it, and a final one is kept, so reconciliation never expects a webhook that already came.
     """
     if obs.source != "webhook":
-        return details
-    kind = record.kind if record is not None else obs.kind
-    seen = record.details.get("webhook_status") if record is not None else None
-    if isinstance(seen, int) and (
-        final_outcome(kind, seen) is not None or _stage(kind, obs.status) < _stage(kind, seen)
-    ):
-        return details
-    return {**details, "webhook_status": obs.status}
+        return seen
+    if seen is not None and (final_outcome(kind, seen) is not None or _stage(kind, obs.status) < _stage(kind, seen)):
+        return seen
+    return obs.status
+
+
+def _expect(record: TransferRecord, obs: TransferObservation, *, baseline: bool) -> TransferRecord:
+    """``record`` with the webhooks a *history* ``obs`` says WhiteBIT has sent.
+
+    A level's first sighting is ``obs.observed_at``, when this exporter read the record, not
+    ``createdAt``: a webhook still in WhiteBIT's retry schedule gets the whole grace period. A
+    final status reached directly also marks the pending level, since the transfer passed it.
+    """
+    if obs.source != "history":
+        return record
+    level = expected_level(obs.kind, obs.status) or 0
+    pending_at, final_at = record.history_pending_at, record.history_final_at
+    if level >= PENDING_LEVEL and pending_at is None:
+        pending_at = obs.observed_at
+    if level >= FINAL_LEVEL and final_at is None:
+        final_at = obs.observed_at
+    waived = max(record.history_waived, level) if baseline else record.history_waived
+    if (pending_at, final_at, waived) == (record.history_pending_at, record.history_final_at, record.history_waived):
+        return record
+    return replace(record, history_pending_at=pending_at, history_final_at=final_at, history_waived=waived)
 
 
 def _identity(obs: TransferObservation) -> dict[str, Any]:
@@ -440,7 +505,7 @@ def _observation(
     )
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -494,11 +559,11 @@ class TransferUpdate:
 class TransferBook:
     """Every account's transfers: the persisted records and the counts rendered as metrics.
 
-    ``stage(obs)`` looks the record up and writes its new state inside the caller's
+    ``stage(obs)`` looks the record up and writes its new state, once, inside the caller's
     :meth:`StateStore.transaction`; once that transaction has committed, ``apply(update)`` brings
     the in-memory view (in-flight records, outcome counters) up to date. ``observe(obs)`` does both
-    in a transaction of its own, for callers such as history reconciliation; it must not be called
-    inside another transaction.
+    in a transaction of its own, so it must not be called inside another one. ``mark_missed`` sets
+    reconciliation's counted flag. These are the only writers of a transfer row.
     """
 
     def __init__(self, store: StateStore, accounts: Iterable[str], *, clock: Callable[[], float] = time.time) -> None:
@@ -515,14 +580,17 @@ class TransferBook:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def stage(self, obs: TransferObservation) -> TransferUpdate:
-        """Find ``obs``'s record, advance it and write it (call inside a state transaction)."""
+    def stage(self, obs: TransferObservation, *, baseline: bool = False) -> TransferUpdate:
+        """Find ``obs``'s record, advance it and write it once (call inside a state transaction).
+
+        ``baseline``: ``obs`` is a record of the account's first history poll (see :func:`advance`).
+        """
         keys = candidate_keys(obs)
         if len(keys) == 1 and (obs.account, obs.kind, keys[0]) not in self._open:
             # Not in flight, so most likely a first sighting (a webhook's usual case): insert it in
             # one statement. Only if a record was stored after all (final, or staged earlier in
             # this transaction) does the lookup below run, exactly as without this shortcut.
-            transition = advance(None, obs, keys[0], self._clock())
+            transition = advance(None, obs, keys[0], self._clock(), baseline=baseline)
             if self._store.add_transfer(transition.record):
                 return TransferUpdate(transition, obs)
         existing: TransferRecord | None = None
@@ -535,7 +603,7 @@ class TransferBook:
                     break
                 taken.add(key)
         key = existing.key if existing is not None else new_key(obs, keys, taken)
-        transition = advance(existing, obs, key, self._clock())
+        transition = advance(existing, obs, key, self._clock(), baseline=baseline)
         if transition.changed:
             self._store.put_transfer(transition.record)
         return TransferUpdate(transition, obs)
@@ -572,6 +640,19 @@ class TransferBook:
         self.apply(update)
         return update.transition
 
+    def mark_missed(self, record: TransferRecord) -> TransferRecord:
+        """Store ``record`` as counted in ``whitebit_webhooks_missed_total`` (call inside a state transaction).
+
+        ``record`` must have been read in that same transaction, so that nothing newer is overwritten.
+        The in-memory view is left as it is: the flag shows in no metric, and reconciliation reads it
+        from the state file.
+        """
+        if record.missed_counted:
+            return record
+        marked = replace(record, missed_counted=True)
+        self._store.put_transfer(marked)
+        return marked
+
     def purge_final(self, older_than: float) -> int:
         """Forget final records last updated before ``older_than`` (unix s); returns how many."""
         return self._store.purge_final_transfers(older_than)
@@ -586,9 +667,9 @@ class TransferBook:
         """Final outcomes counted since start: (account, kind, outcome, asset) -> count."""
         return dict(self._totals)
 
-    def _init_totals(self, account: str, kind: str, asset: str) -> None:
+    def _init_totals(self, account: str, kind: TransferKind, asset: str) -> None:
         # A counter series starts at 0 as soon as its asset is known, so increase() sees the first one.
-        for outcome in OUTCOMES[kind]:  # type: ignore[index]
+        for outcome in OUTCOMES[kind]:
             self._totals.setdefault((account, kind, outcome, asset), 0)
 
 
@@ -616,7 +697,7 @@ class TransferCollector(Collector):
         waiting: dict[str, int] = dict.fromkeys(self._book.accounts, 0)
         for account in self._book.accounts:
             for kind in TRANSFER_KINDS:
-                for name in IN_FLIGHT_STATUSES[kind]:  # type: ignore[index]
+                for name in IN_FLIGHT_STATUSES[kind]:
                     counts[(account, kind, name)] = 0
         for record in self._book.in_flight():
             ident = (record.account, record.kind, record.status_name)
@@ -629,14 +710,14 @@ class TransferCollector(Collector):
                 and (record.confirmations_actual or 0) < record.confirmations_required
             ):
                 waiting[record.account] = waiting.get(record.account, 0) + 1
-        for (account, kind, name), value in counts.items():
-            in_flight.add_metric([account, kind, name], value)
-        for (account, kind, outcome, asset), value in sorted(self._book.totals().items()):
-            totals.add_metric([account, kind, outcome, asset], value)
-        for (account, kind), value in sorted(first.items()):
-            oldest.add_metric([account, kind], value)
-        for account, value in waiting.items():
-            awaiting.add_metric([account], value)
+        for in_flight_labels, count in counts.items():
+            in_flight.add_metric(list(in_flight_labels), count)
+        for total_labels, total in sorted(self._book.totals().items()):
+            totals.add_metric(list(total_labels), total)
+        for oldest_labels, created_at in sorted(first.items()):
+            oldest.add_metric(list(oldest_labels), created_at)
+        for account, count in waiting.items():
+            awaiting.add_metric([account], count)
         yield in_flight
         yield totals
         yield oldest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,7 +167,7 @@ def test_reopening_keeps_everything_that_was_written(db_path: Path, clock: FakeC
         s.put_transfer(transfer(details={"address": "bc1q", "memo": None}))
         s.set_cursor("main", "history", "offset=100")
         s.apply_zerohash_balance(zh_balance("7.000000001"))
-    clock.now += 2 * DAY  # the spec asks for at least 48 h of dedupe memory across restarts
+    clock.now += 2 * DAY  # at least 48 h of dedupe memory across restarts (README.md#durable-state)
     with StateStore.open(db_path, clock=clock) as s:
         assert s.delivery_seen("whitebit", "main", "d-1")
         assert not s.remember_delivery("whitebit", "main", "d-1")
@@ -211,6 +212,74 @@ def test_migrating_a_hand_made_v1_file_keeps_its_data(db_path: Path) -> None:
     with raw(db_path) as conn:
         assert conn.execute("SELECT note FROM transfers").fetchall() == [("none",)]
         assert conn.execute("SELECT count(*) FROM extra").fetchone() == (0,)
+
+
+def _v1_transfer(conn: sqlite3.Connection, key: str, details: str, *, webhook_seen: int = 0) -> None:
+    conn.execute(
+        "INSERT INTO transfers VALUES ('main', 'deposit', ?, 15, 'pending', 'USDT', '5', 1.0, 2.0,"
+        " 0, NULL, ?, 1, 0, NULL, NULL, ?)",
+        (key, webhook_seen, details),
+    )
+
+
+def test_schema_v2_moves_reconciliation_fields_out_of_the_details_of_a_v1_file(db_path: Path) -> None:
+    identity = {"transaction_id": "T-1", "unique_id": None, "network": "TRC20", "last_event": "history:15"}
+    db_path.parent.mkdir(parents=True)
+    with raw(db_path) as conn:
+        conn.executescript(MIGRATIONS[0])  # type: ignore[arg-type]
+        conn.execute("PRAGMA user_version = 1")
+        rows = {
+            "full": {**identity, "webhook_status": 3, "history_levels": {"1": 100.5, "2": 200}, "history_waived": 1},
+            # Its webhook came before v1 kept how far: the status stays unknown, not made up.
+            "legacy": {**identity, "history_levels": {"1": 100.0}},
+            "plain": identity,
+            # What the v1 reader ignored, and a level no version wrote, stay unset; a waiver that is
+            # there but not an int waived every level.
+            "odd": {"webhook_status": "3", "history_levels": {"1": "soon", "x": 5, "3": 7}, "history_waived": None},
+            "huge-waiver": {"history_levels": [], "history_waived": 9},
+        }
+        for key, details in rows.items():
+            _v1_transfer(conn, key, json.dumps(details), webhook_seen=int(key == "legacy"))
+        _v1_transfer(conn, "unreadable", "{not json")
+
+    with StateStore.open(db_path) as s:
+        assert s.schema_version == len(MIGRATIONS) >= 2
+        full = s.get_transfer("main", "deposit", "full")
+        assert full is not None and full.details == identity
+        assert (full.webhook_status, full.history_pending_at, full.history_final_at, full.history_waived) == (
+            3,
+            100.5,
+            200.0,
+            1,
+        )
+        legacy = s.get_transfer("main", "deposit", "legacy")
+        assert legacy is not None and legacy.details == identity and legacy.webhook_seen
+        assert (legacy.webhook_status, legacy.history_pending_at, legacy.history_final_at) == (None, 100.0, None)
+        assert s.get_transfer("main", "deposit", "plain") == transfer(
+            "plain",
+            ticker="USDT",
+            amount=Decimal(5),
+            created_at=1.0,
+            updated_at=2.0,
+            history_seen=True,
+            details=identity,
+        )
+        odd = s.get_transfer("main", "deposit", "odd")
+        assert odd is not None and odd.details == {}
+        assert (odd.webhook_status, odd.history_pending_at, odd.history_final_at, odd.history_waived) == (
+            None,
+            None,
+            None,
+            2,
+        )
+        huge = s.get_transfer("main", "deposit", "huge-waiver")
+        assert huge is not None and (huge.history_pending_at, huge.history_waived) == (None, 2)
+    with raw(db_path) as conn:
+        # A row whose details cannot be parsed is left as it was instead of refusing the file.
+        assert conn.execute("SELECT details, history_waived FROM transfers WHERE key = 'unreadable'").fetchone() == (
+            "{not json",
+            0,
+        )
 
 
 @pytest.mark.parametrize(
@@ -320,6 +389,10 @@ def test_put_transfer_round_trips_every_field(store: StateStore) -> None:
         missed_counted=True,
         confirmations_actual=3,
         confirmations_required=6,
+        webhook_status=7,
+        history_pending_at=1_700_000_020.5,
+        history_final_at=1_700_000_030.0,
+        history_waived=2,
         details={"hash": "0xabc", "network": "ERC20", "fee": "0.1", "nested": [1, {"k": None}]},
     )
     store.put_transfer(record)
@@ -385,6 +458,11 @@ def test_purge_final_transfers_removes_only_old_final_records(store: StateStore)
         ({"updated_at": float("inf")}, "updated_at"),
         ({"details": {"amount": Decimal("1")}}, "details"),
         ({"details": {"x": float("nan")}}, "details"),
+        ({"webhook_status": "3"}, "webhook_status"),
+        ({"history_pending_at": float("nan")}, "history_pending_at"),
+        ({"history_final_at": "200"}, "history_final_at"),
+        ({"history_waived": 3}, "history_waived"),
+        ({"history_waived": True}, "history_waived"),
     ],
 )
 def test_put_transfer_rejects_bad_records_without_writing(
@@ -474,10 +552,13 @@ def test_nothing_inside_a_transaction_is_committed_before_it_ends(store: StateSt
 
 
 def test_an_exception_inside_a_transaction_rolls_all_of_it_back(store: StateStore) -> None:
-    with pytest.raises(RuntimeError, match="boom"):
+    def write_then_fail() -> None:
         with store.transaction():
             write_one_of_everything(store)
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_then_fail()
     assert not store.delivery_seen("whitebit", "main", "d-1")
     assert store.highest_nonce("main") is None
     assert store.transfers() == []
@@ -492,12 +573,15 @@ def test_an_exception_inside_a_transaction_rolls_all_of_it_back(store: StateStor
 def test_an_exception_in_a_nested_transaction_caught_outside_undoes_only_the_nested_part(
     store: StateStore,
 ) -> None:
+    def nested_then_fail() -> None:
+        with store.transaction():
+            store.set_cursor("main", "undone", "1")
+            raise KeyError("inner")
+
     with store.transaction():
         store.set_cursor("main", "kept", "1")
-        with pytest.raises(KeyError):
-            with store.transaction():
-                store.set_cursor("main", "undone", "1")
-                raise KeyError("inner")
+        with pytest.raises(KeyError, match="inner"):
+            nested_then_fail()
         store.set_cursor("main", "after", "1")
     assert store.get_cursor("main", "kept") == "1"
     assert store.get_cursor("main", "undone") is None
@@ -507,7 +591,7 @@ def test_an_exception_in_a_nested_transaction_caught_outside_undoes_only_the_nes
 def test_a_failed_call_inside_a_transaction_leaves_earlier_calls_in_it(store: StateStore) -> None:
     with store.transaction():
         store.raise_nonce("main", 7)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="kind"):
             store.put_transfer(transfer(kind="bogus"))
     assert store.highest_nonce("main") == 7
 

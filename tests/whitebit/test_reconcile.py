@@ -7,10 +7,13 @@ simulator's request log), never after a sleep. The simulator keeps real time for
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, replace
 from decimal import Decimal as D
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.registry import CollectorRegistry
 
 from exporter.app import Exporter
 from exporter.config.schema import (
@@ -30,20 +34,21 @@ from exporter.config.schema import (
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
 )
-from exporter.core.state import TransferRecord
+from exporter.core.state import MIGRATIONS, StateStore, TransferRecord
 from exporter.simulator.model import Transfer
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
-from exporter.whitebit.reconcile import (
-    FINAL_LEVEL,
-    PENDING_LEVEL,
-    annotate,
-    due_since,
-    expected_level,
-    webhook_level,
-)
+from exporter.whitebit.reconcile import CURSOR_NAME, HistoryPoll, MissedWebhooks, due_since, webhook_level
 from exporter.whitebit.rest import MAIN_HISTORY
 from exporter.whitebit.signing import compact_json, sign_body
-from exporter.whitebit.transfers import observation_from_history
+from exporter.whitebit.transfers import (
+    FINAL_LEVEL,
+    PENDING_LEVEL,
+    TransferBook,
+    advance,
+    expected_level,
+    observation_from_history,
+    observation_from_webhook,
+)
 from tests.helpers import wait_for
 
 ACCOUNT = "main"
@@ -456,8 +461,8 @@ def _history(status: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _record(**details: Any) -> TransferRecord:
-    return TransferRecord(
+def _record(**changes: Any) -> TransferRecord:
+    record = TransferRecord(
         account=ACCOUNT,
         kind="deposit",
         key="fp:x",
@@ -467,26 +472,235 @@ def _record(**details: Any) -> TransferRecord:
         amount=D(5),
         created_at=1.0,
         updated_at=1.0,
-        details=details,
     )
+    return replace(record, **changes)
+
+
+def _seen(record: TransferRecord, status: int, at: float, *, baseline: bool = False) -> TransferRecord:
+    """``record`` after history showed it with ``status`` at ``at``, through the lifecycle's state machine."""
+    obs = observation_from_history(ACCOUNT, _history(status), at)
+    return advance(record, obs, record.key, at, baseline=baseline).record
 
 
 def test_due_since_is_the_first_sighting_of_the_lowest_level_no_webhook_reached() -> None:
-    record = annotate(_record(), observation_from_history(ACCOUNT, _history(15), 100.0), 100.0, baseline=False)
-    record = annotate(record, observation_from_history(ACCOUNT, _history(3), 200.0), 200.0, baseline=False)
+    record = _seen(_record(), 15, 100.0)
+    record = _seen(record, 3, 200.0)
     assert due_since(record) == 100.0
-    accepted = replace(record, webhook_seen=True, details={**record.details, "webhook_status": 15})
+    accepted = replace(record, webhook_seen=True, webhook_status=15)
     assert webhook_level(accepted) == PENDING_LEVEL and due_since(accepted) == 200.0
-    processed = replace(record, webhook_seen=True, details={**record.details, "webhook_status": 3})
+    processed = replace(record, webhook_seen=True, webhook_status=3)
     assert due_since(processed) is None
     # A baseline sighting waives what was already due then, not what comes after.
-    base = annotate(_record(), observation_from_history(ACCOUNT, _history(15), 100.0), 100.0, baseline=True)
+    base = _seen(_record(), 15, 100.0, baseline=True)
     assert due_since(base) is None
-    later = annotate(base, observation_from_history(ACCOUNT, _history(7), 300.0), 300.0, baseline=False)
+    later = _seen(base, 7, 300.0)
     assert due_since(later) == 300.0
     # Statuses without a webhook set nothing to wait for.
-    frozen = annotate(_record(), observation_from_history(ACCOUNT, _history(27), 100.0), 100.0, baseline=False)
+    frozen = _seen(_record(), 27, 100.0)
     assert due_since(frozen) is None
+
+
+def test_a_transfer_whose_webhook_came_before_its_status_was_kept_is_never_due() -> None:
+    # A row migrated from schema v1 may say a webhook came without saying how far it went.
+    legacy = replace(_seen(_seen(_record(), 15, 100.0), 3, 200.0), webhook_seen=True, webhook_status=None)
+    assert webhook_level(legacy) == FINAL_LEVEL and due_since(legacy) is None
+    assert webhook_level(replace(legacy, webhook_seen=False)) == 0
+    assert due_since(replace(legacy, webhook_seen=False)) == 100.0
+    # Its next webhook says how far it went, as for any other transfer.
+    obs = observation_from_webhook(ACCOUNT, "deposit.updated", _history(15), 300.0)
+    hooked = advance(legacy, obs, legacy.key, 300.0).record
+    assert hooked.webhook_status == 15 and due_since(hooked) == 200.0
+
+
+def test_a_withdrawal_whose_only_webhook_was_unconfirmed_still_awaits_withdraw_pending() -> None:
+    record = _record(kind="withdraw", key="uid:w", status=5, status_name="unconfirmed", webhook_seen=True)
+    record = replace(record, webhook_status=5)
+    obs = observation_from_history(ACCOUNT, {**_history(12), "method": 2, "uniqueId": "w"}, 100.0)
+    record = advance(record, obs, record.key, 100.0).record
+    assert webhook_level(record) == 0 and due_since(record) == 100.0
+
+
+# --- one write per record, and state files from schema v1 ------------------------------------------
+
+
+class FakeHistory:
+    """Stands in for the RestClient: answers the history endpoint with ``records`` (newest first)."""
+
+    def __init__(self, records: list[Mapping[str, Any]]) -> None:
+        self.account = ACCOUNT
+        self.records = records
+
+    async def post(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        assert path == MAIN_HISTORY
+        offset, limit = params["offset"], params["limit"]
+        page = self.records[offset : offset + limit]
+        return {"limit": limit, "offset": offset, "total": len(self.records), "records": page}
+
+
+def history_poll(store: StateStore, client: FakeHistory, clock: Clock) -> tuple[HistoryPoll, MissedWebhooks]:
+    book = TransferBook(store, [ACCOUNT], clock=clock)
+    missed = MissedWebhooks([ACCOUNT])
+    # HistoryPoll uses nothing of its client but ``account`` and ``post``.
+    poll = HistoryPoll(client, book, store, grace=GRACE, missed=missed, clock=clock)  # type: ignore[arg-type]
+    return poll, missed
+
+
+def missed_counts(missed: MissedWebhooks) -> list[float | None]:
+    """[deposit, withdraw] values of ``whitebit_webhooks_missed_total``."""
+    registry = CollectorRegistry()
+    registry.register(missed)
+    return [
+        registry.get_sample_value("whitebit_webhooks_missed_total", {"account": ACCOUNT, "kind": kind})
+        for kind in ("deposit", "withdraw")
+    ]
+
+
+def count_row_writes(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, str]]:
+    """Count every transfer row the store writes, by (kind, key)."""
+    writes: Counter[tuple[str, str]] = Counter()
+    put, add = store.put_transfer, store.add_transfer
+
+    def counted_put(record: TransferRecord) -> None:
+        put(record)
+        writes[(record.kind, record.key)] += 1
+
+    def counted_add(record: TransferRecord) -> bool:
+        inserted = add(record)
+        writes[(record.kind, record.key)] += inserted
+        return inserted
+
+    monkeypatch.setattr(store, "put_transfer", counted_put)
+    monkeypatch.setattr(store, "add_transfer", counted_add)
+    return writes
+
+
+async def test_a_history_poll_writes_each_transfer_row_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    deposit = _history(15, transactionId="D-1", createdAt=1_700_000_100)
+    withdrawal = {**_history(1, transactionId="W-1", uniqueId="w-1", createdAt=1_700_000_200), "method": 2}
+    client = FakeHistory([deposit])
+    with StateStore.open(tmp_path / "state.db", clock=clock) as store:
+        poll, missed = history_poll(store, client, clock)
+        writes = count_row_writes(store, monkeypatch)
+        changes = store._conn().total_changes  # white-box: rows SQLite wrote, the cursor included
+
+        def rows_written_by_next_poll() -> tuple[dict[tuple[str, str], int], int]:
+            nonlocal changes
+            rows = dict(writes)
+            writes.clear()
+            before, changes = changes, store._conn().total_changes
+            return rows, changes - before
+
+        await poll()  # the baseline: the lifecycle, the first sighting and the waiver in one write
+        [record] = store.transfers(ACCOUNT)
+        assert (record.history_pending_at, record.history_waived) == (clock.now, PENDING_LEVEL)
+        assert rows_written_by_next_poll() == ({("deposit", record.key): 1}, 2)
+
+        clock.advance(1)
+        client.records = [withdrawal, {**deposit, "status": 3}]
+        await poll()
+        by_kind = {r.kind: r for r in store.transfers(ACCOUNT)}
+        assert by_kind["deposit"].final and by_kind["deposit"].history_final_at == clock.now
+        assert by_kind["withdraw"].history_pending_at == clock.now
+        assert rows_written_by_next_poll() == (
+            {("deposit", record.key): 1, ("withdraw", by_kind["withdraw"].key): 1},
+            3,
+        )
+
+        await poll()  # nothing new: no transfer row is written at all
+        assert rows_written_by_next_poll() == ({}, 1)
+
+        clock.advance(GRACE + 1)
+        await poll()  # both fall due: each row is written once more, with its counted flag
+        assert rows_written_by_next_poll() == (
+            {("deposit", record.key): 1, ("withdraw", by_kind["withdraw"].key): 1},
+            3,
+        )
+        assert [r.missed_counted for r in store.transfers(ACCOUNT)] == [True, True]
+        assert missed_counts(missed) == [1, 1]
+
+
+def _v1_transfer(conn: sqlite3.Connection, kind: str, key: str, status: int, **fields: Any) -> None:
+    row = {
+        "account": ACCOUNT,
+        "kind": kind,
+        "key": key,
+        "status": status,
+        "status_name": "x",
+        "ticker": "USDT",
+        "amount": fields.pop("amount"),
+        "created_at": 1_700_000_000.0,
+        "updated_at": 1_700_000_000.0,
+        "final": int(status in (3, 7, 4, 9, 18)),
+        "outcome": None,
+        "webhook_seen": 0,
+        "history_seen": 1,
+        "missed_counted": 0,
+        "confirmations_actual": None,
+        "confirmations_required": None,
+        "details": json.dumps({"transaction_id": f"T-{key}", **fields.pop("details")}),
+        **fields,
+    }
+    conn.execute(f"INSERT INTO transfers ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+
+async def test_a_v1_state_file_keeps_its_missed_webhook_outcomes(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "state.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executescript(MIGRATIONS[0])  # type: ignore[arg-type]
+        conn.execute("PRAGMA user_version = 1")
+        seen = {"1": clock.now - 50, "2": clock.now - 30}
+        # Its webhook came before v1 kept how far: never counted, however long history showed it.
+        _v1_transfer(conn, "deposit", "legacy", 3, amount="1", webhook_seen=1, details={"history_levels": seen})
+        # Only deposit.accepted came: the lost deposit.processed falls due when history showed it final.
+        _v1_transfer(
+            conn,
+            "deposit",
+            "accepted",
+            3,
+            amount="2",
+            webhook_seen=1,
+            details={"webhook_status": 15, "history_levels": seen},
+        )
+        # The baseline waived what history showed then.
+        _v1_transfer(
+            conn, "deposit", "waived", 15, amount="3", details={"history_levels": {"1": 1.0}, "history_waived": 1}
+        )
+        # No webhook at all.
+        _v1_transfer(
+            conn, "withdraw", "history-only", 12, amount="4", details={"history_levels": {"1": clock.now - 40}}
+        )
+        # An unreadable waiver waived every level in v1.
+        _v1_transfer(conn, "withdraw", "odd", 3, amount="5", details={"history_levels": seen, "history_waived": "x"})
+        conn.execute(
+            "INSERT INTO cursors VALUES (?, ?, ?, ?)",
+            (ACCOUNT, CURSOR_NAME, json.dumps({"newest": 1.7e9, "baseline_at": 1.0, "baseline_newest": 1.7e9}), 1.0),
+        )
+
+    with StateStore.open(path, clock=clock) as store:
+        records = {r.key: r for r in store.transfers(ACCOUNT)}
+        assert {key: due_since(r) for key, r in records.items()} == {
+            "legacy": None,
+            "accepted": clock.now - 30,
+            "waived": None,
+            "history-only": clock.now - 40,
+            "odd": None,
+        }
+        poll, missed = history_poll(store, FakeHistory([]), clock)
+        await poll()
+        assert missed_counts(missed) == [0, 0]  # the grace has not passed
+        clock.advance(GRACE)
+        await poll()
+        assert missed_counts(missed) == [1, 1]
+        counted = sorted(r.key for r in store.transfers(ACCOUNT) if r.missed_counted)
+        assert counted == ["accepted", "history-only"]
+    # Counted once, across a restart too.
+    with StateStore.open(path, clock=clock) as store:
+        clock.advance(GRACE)
+        poll, missed = history_poll(store, FakeHistory([]), clock)
+        await poll()
+        assert missed_counts(missed) == [0, 0]
 
 
 # --- the demo -------------------------------------------------------------------------------------

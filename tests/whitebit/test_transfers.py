@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,14 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.core.state import StateStore
 from exporter.whitebit.transfers import (
+    FINAL_LEVEL,
     IN_FLIGHT_STATUSES,
+    PENDING_LEVEL,
     ObservationError,
     TransferBook,
     TransferCollector,
     TransferObservation,
+    TransferUpdate,
     advance,
     candidate_keys,
     fingerprint,
@@ -202,6 +206,67 @@ def test_status_names_differ_by_method() -> None:
     assert "other" in IN_FLIGHT_STATUSES["deposit"] and "successful" not in IN_FLIGHT_STATUSES["withdraw"]
 
 
+# -- what reconciliation compares, kept by the same state machine -------------------------------------
+
+
+def seen_in_history(status: int, at: float, **overrides: Any) -> TransferObservation:
+    return observation_from_history("main", {**deposit_params(status=status), "transactionId": "T-1", **overrides}, at)
+
+
+def test_webhook_status_is_the_furthest_a_webhook_reported_and_history_leaves_it_alone() -> None:
+    record = advance(None, hook("deposit.accepted", deposit_params()), "k", NOW).record
+    assert record.webhook_status == 15 and "webhook_status" not in record.details
+    record = advance(record, hook("deposit.processed", deposit_params(status=7)), "k", NOW + 1).record
+    assert record.webhook_status == 7
+    for late in ("deposit.accepted", "deposit.updated", "deposit.canceled"):  # a final one never changes
+        assert advance(record, hook(late, deposit_params()), "k", NOW + 2).record.webhook_status == 7
+    history_only = advance(None, seen_in_history(3, NOW), "k", NOW).record
+    assert history_only.webhook_status is None
+    assert advance(record, seen_in_history(15, NOW + 3), "k", NOW + 3).record.webhook_status == 7
+    # A withdrawal moves on within a stage, never back to an earlier one.
+    pending = advance(None, hook("withdraw.pending", withdraw_params(status=2)), "k", NOW).record
+    unconfirmed = advance(pending, hook("withdraw.unconfirmed", withdraw_params()), "k", NOW + 1).record
+    moved_on = advance(pending, hook("withdraw.pending", withdraw_params(status=12)), "k", NOW + 1).record
+    assert (unconfirmed.webhook_status, moved_on.webhook_status) == (2, 12)
+
+
+def test_history_records_when_it_first_showed_each_level_and_never_moves_it() -> None:
+    record = advance(None, seen_in_history(15, 100.0), "k", 100.0).record
+    assert (record.history_pending_at, record.history_final_at, record.history_waived) == (100.0, None, 0)
+    again = advance(record, seen_in_history(15, 150.0), "k", 150.0)
+    assert not again.changed and again.record.history_pending_at == 100.0
+    record = advance(record, seen_in_history(3, 200.0), "k", 200.0).record
+    assert (record.history_pending_at, record.history_final_at) == (100.0, 200.0)
+    # A final status seen first marks the pending level too; a status without a webhook marks none.
+    direct = advance(None, seen_in_history(7, 300.0), "k", 300.0).record
+    assert (direct.history_pending_at, direct.history_final_at) == (300.0, 300.0)
+    frozen = advance(None, seen_in_history(27, 300.0), "k", 300.0).record
+    assert (frozen.history_pending_at, frozen.history_final_at) == (None, None)
+    # Webhooks set no history level.
+    hooked = advance(record, hook("deposit.processed", deposit_params()), "k", 400.0).record
+    assert (hooked.history_pending_at, hooked.history_final_at) == (100.0, 200.0)
+    assert PENDING_LEVEL < FINAL_LEVEL
+
+
+def test_the_baseline_waives_the_levels_its_history_records_show() -> None:
+    base = advance(None, seen_in_history(15, 100.0), "k", 100.0, baseline=True).record
+    assert base.history_waived == PENDING_LEVEL and base.history_pending_at == 100.0
+    later = advance(base, seen_in_history(3, 200.0), "k", 200.0).record
+    assert later.history_waived == PENDING_LEVEL and later.history_final_at == 200.0
+    assert advance(None, seen_in_history(27, 100.0), "k", 100.0, baseline=True).record.history_waived == 0
+    assert advance(None, seen_in_history(3, 100.0), "k", 100.0, baseline=True).record.history_waived == FINAL_LEVEL
+    with pytest.raises(ValueError, match="history observation"):
+        advance(None, hook("deposit.accepted", deposit_params()), "k", NOW, baseline=True)
+
+
+def test_a_first_sighting_in_history_alone_does_not_move_updated_at() -> None:
+    # updated_at times the purge of final records; history's bookkeeping is no change of the transfer.
+    record = advance(None, seen_in_history(15, 100.0), "k", 100.0).record
+    unmarked = replace(record, history_pending_at=None)
+    t = advance(unmarked, seen_in_history(15, 500.0), "k", 500.0)
+    assert t.changed and t.record.history_pending_at == 500.0 and t.record.updated_at == 100.0
+
+
 # -- the book: persisted records, lookups, metrics -----------------------------------------------------
 
 
@@ -249,7 +314,7 @@ def test_a_webhook_after_history_finds_the_record_history_created(store: StateSt
     t = book.observe(hook("deposit.processed", deposit_params()))
     assert t.previous is not None and t.counted_outcome == "successful"
     [record] = store.transfers("main")
-    assert record.webhook_seen and record.history_seen and record.details["webhook_status"] == 3
+    assert record.webhook_seen and record.history_seen and record.webhook_status == 3
 
 
 def test_webhook_status_keeps_the_furthest_status_a_webhook_reported(store: StateStore) -> None:
@@ -258,7 +323,7 @@ def test_webhook_status_keeps_the_furthest_status_a_webhook_reported(store: Stat
     book.observe(hook("deposit.accepted", deposit_params()))  # a late retry of an earlier event
     book.observe(observation_from_history("main", {**deposit_params(status=15), "transactionId": "T-1"}, NOW))
     [record] = store.transfers("main")
-    assert record.details["webhook_status"] == 3
+    assert record.webhook_status == 3
 
 
 def test_metrics_show_in_flight_by_status_and_outcomes_by_asset_from_zero(store: StateStore) -> None:
@@ -312,15 +377,55 @@ def test_records_survive_a_restart_and_a_final_one_is_not_counted_again(tmp_path
 
 def test_stage_writes_only_inside_the_callers_transaction(store: StateStore) -> None:
     book = TransferBook(store, ["main"], clock=lambda: NOW)
-    with pytest.raises(RuntimeError), store.transaction():
-        update = book.stage(hook("deposit.processed", deposit_params()))
-        raise RuntimeError("rolled back")
+    staged: list[TransferUpdate] = []
+
+    def stage_then_fail() -> None:
+        with store.transaction():
+            staged.append(book.stage(hook("deposit.processed", deposit_params())))
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        stage_then_fail()
+    [update] = staged
     assert store.transfers() == [] and update.transition.counted_outcome == "successful"
     # Nothing was applied, so nothing is counted.
     assert (
         value(book, "whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
         is None
     )
+
+
+def test_stage_passes_the_baseline_through_and_writes_the_record_once(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    writes = store._conn().total_changes  # white-box: every row SQLite wrote on this connection
+    with store.transaction():
+        update = book.stage(seen_in_history(15, NOW), baseline=True)
+    assert store._conn().total_changes - writes == 1
+    [record] = store.transfers()
+    assert record == update.transition.record
+    assert (record.history_pending_at, record.history_waived) == (NOW, PENDING_LEVEL)
+
+
+def test_mark_missed_writes_the_counted_flag_once_in_the_callers_transaction(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    book.observe(seen_in_history(15, NOW))
+    [record] = store.transfers()
+
+    def mark_then_fail() -> None:
+        with store.transaction():
+            book.mark_missed(record)
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        mark_then_fail()
+    assert store.transfers() == [record]
+    with store.transaction():
+        marked = book.mark_missed(record)
+    assert marked == replace(record, missed_counted=True) and store.transfers() == [marked]
+    writes = store._conn().total_changes
+    with store.transaction():
+        assert book.mark_missed(marked) == marked
+    assert store._conn().total_changes == writes
 
 
 def test_amounts_are_kept_exact(store: StateStore) -> None:
