@@ -22,7 +22,6 @@ a server that stops answering, and frames the client does not expect.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from exporter.core.window import SlidingWindow
 from exporter.simulator.model import (
     Event,
     Exchange,
@@ -106,10 +106,11 @@ class _Connection:
     ws: web.WebSocketResponse
     request: web.Request
     queue: asyncio.Queue[tuple[str, Any]]
+    # Requests served, against WhiteBIT's per-connection limit.
+    requests: SlidingWindow
     account: str | None = None
     # channel -> subscribed names; None means "all" (an empty subscribe list).
     subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
-    request_times: collections.deque[float] = field(default_factory=collections.deque)
     sender: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     peer: str = "?"
@@ -258,7 +259,13 @@ class WebSocketHub:
         # Protocol pings are answered by hand so that silence() also silences them.
         ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
-        conn = _Connection(ws=ws, request=request, queue=asyncio.Queue(self.queue_size), peer=str(request.remote))
+        conn = _Connection(
+            ws=ws,
+            request=request,
+            queue=asyncio.Queue(self.queue_size),
+            peer=str(request.remote),
+            requests=SlidingWindow(self.request_limit_per_minute, RATE_WINDOW_SECONDS, clock=self._clock),
+        )
         conn.sender = asyncio.create_task(self._send_loop(conn), name=f"sim-ws-sender-{conn.peer}")
         self._connections.add(conn)
         log.debug("ws open peer=%s", conn.peer)
@@ -389,19 +396,13 @@ class WebSocketHub:
         return True
 
     def _within_rate_limit(self, conn: _Connection) -> bool:
-        """200 requests per 60 s per connection; every request counts, pings too ([I] in the reference).
+        """200 requests per 60 s per connection; every request counts, pings too
+        (docs/protocol.md#websocket-limits-and-errors).
 
         Only requests that were served occupy the window, so a client that backs off recovers once
         its served requests age out.
         """
-        now = self._clock()
-        times = conn.request_times
-        while times and now - times[0] >= RATE_WINDOW_SECONDS:
-            times.popleft()
-        if len(times) >= self.request_limit_per_minute:
-            return False
-        times.append(now)
-        return True
+        return conn.requests.try_acquire()
 
     def _dispatch(self, conn: _Connection, doc: dict[str, Any]) -> Any:
         request_id = doc.get("id")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.simulator.ratelimit import DEFAULT_LIMITS, RateLimits, SlidingWindowLimiter, family_for
+from exporter.simulator.ratelimit import DEFAULT_LIMITS, RateLimits, family_for
 
 
 class FakeClock:
@@ -51,72 +51,6 @@ def test_default_limits_are_the_documented_ones():
 )
 def test_paths_map_to_their_documented_family(path, family):
     assert family_for(path) == family
-
-
-def test_limiter_admits_up_to_the_limit_then_refuses():
-    clock = FakeClock()
-    limiter = SlidingWindowLimiter(3, 10.0, clock=clock)
-    assert [limiter.try_acquire("ip") for _ in range(4)] == [True, True, True, False]
-    assert limiter.usage("ip") == 3
-
-
-def test_window_slides_so_each_admission_expires_window_seconds_after_it_was_made():
-    clock = FakeClock(0.0)
-    limiter = SlidingWindowLimiter(2, 10.0, clock=clock)
-    assert limiter.try_acquire("ip")
-    clock.now = 4.0
-    assert limiter.try_acquire("ip")
-    clock.now = 9.999
-    assert not limiter.try_acquire("ip")
-    clock.now = 10.0  # the first admission (t=0) leaves the window, the second (t=4) stays
-    assert limiter.try_acquire("ip")
-    assert not limiter.try_acquire("ip")
-    clock.now = 14.0
-    assert limiter.usage("ip") == 1
-    assert limiter.try_acquire("ip")
-
-
-def test_refused_requests_do_not_extend_the_wait():
-    clock = FakeClock(0.0)
-    limiter = SlidingWindowLimiter(1, 10.0, clock=clock)
-    assert limiter.try_acquire("ip")
-    for step in range(1, 10):
-        clock.now = float(step)
-        assert not limiter.try_acquire("ip")
-    clock.now = 10.0
-    assert limiter.try_acquire("ip")
-
-
-def test_explicit_now_overrides_the_clock():
-    limiter = SlidingWindowLimiter(1, 10.0, clock=lambda: 0.0)
-    assert limiter.try_acquire("ip", now=100.0)
-    assert not limiter.try_acquire("ip", now=105.0)
-    assert limiter.try_acquire("ip", now=110.0)
-
-
-def test_keys_are_independent():
-    limiter = SlidingWindowLimiter(1, 10.0, clock=FakeClock())
-    assert limiter.try_acquire("a")
-    assert limiter.try_acquire("b")
-    assert not limiter.try_acquire("a")
-
-
-def test_idle_keys_are_forgotten_so_memory_follows_active_clients():
-    clock = FakeClock(0.0)
-    limiter = SlidingWindowLimiter(5, 10.0, clock=clock)
-    for n in range(3000):
-        limiter.try_acquire(f"ip-{n}")
-    clock.now = 100.0
-    for _ in range(2048):
-        limiter.try_acquire("active")
-    assert limiter.keys() == 1
-
-
-def test_limiter_rejects_nonsense_limits():
-    with pytest.raises(ValueError):
-        SlidingWindowLimiter(0, 10.0)
-    with pytest.raises(ValueError):
-        SlidingWindowLimiter(1, 0.0)
 
 
 def test_limits_count_per_client_ip_and_family():

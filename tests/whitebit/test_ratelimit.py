@@ -14,7 +14,7 @@ import time
 import pytest
 
 from exporter.config.schema import DOCUMENTED_LIMITS, RateLimit
-from exporter.simulator.ratelimit import SlidingWindowLimiter
+from exporter.core.window import KeyedSlidingWindows
 from exporter.whitebit.ratelimit import FamilyLimiter, RateLimiter, family_for
 
 
@@ -115,7 +115,7 @@ async def test_no_arrival_order_lets_whitebits_sliding_window_refuse_a_request()
         arrivals.append(rng.uniform(sent, answered))
 
     await asyncio.wait_for(asyncio.gather(*(call() for _ in range(40))), timeout=30)
-    server = SlidingWindowLimiter(limit.limit, limit.window)
+    server = KeyedSlidingWindows(limit.limit, limit.window)
     assert all(server.try_acquire("ip", now=t) for t in sorted(arrivals))
 
 
