@@ -26,6 +26,9 @@ from exporter.config.schema import (
     ZerohashConfig,
 )
 
+#: Fixtures that start Exporters (start_exporter, http) live in their own module.
+pytest_plugins = ["tests.exporters"]
+
 LOOPBACK_ANY_PORT = ListenAddress("127.0.0.1", 0)
 TESTS = Path(__file__).resolve().parent
 SLOW_FOLDERS = frozenset({"bundle", "e2e"})

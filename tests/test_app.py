@@ -1,10 +1,9 @@
-"""The Exporter over loopback: both listeners, their endpoints, startup failures, signals."""
+"""The Exporter over loopback: what /metrics holds, startup failures, bounded shutdown, signals."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -12,13 +11,12 @@ import shutil
 import signal
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from exporter import __version__
 from exporter.app import STOP_TIMEOUT, Exporter, StartupError, run_until_signal
@@ -26,80 +24,14 @@ from exporter.config.schema import (
     Config,
     ListenAddress,
     StateConfig,
-    WhitebitAccountConfig,
-    WhitebitWebhookConfig,
-    ZerohashConfig,
-    ZerohashWebhookConfig,
 )
 from exporter.core.backoff import Backoff
 from exporter.core.logs import LogfmtFormatter
 from exporter.core.metrics import EXPORTER_BUILD_INFO, WHITEBIT_UP
 from exporter.core.state import MIN_DELIVERY_TTL, StateStore
 from exporter.core.supervisor import Supervisor, TaskStatus
-from exporter.http.webhook_listener import create_webhook_app
+from tests.exporters import ACCOUNTS, API_ACCOUNTS, API_KEY, API_SECRET, HOOK_SECRET, ZEROHASH, ZH_SECRET, StartExporter
 from tests.helpers import scrape, scrape_text, wait_for
-
-API_KEY = "apikey-0123456789-SECRET-abcdef"
-API_SECRET = "apisecret-0123456789-SECRET-abcdef"
-HOOK_SECRET = "hooksecret-0123456789-SECRET"
-ZH_SECRET = "zerohash-hmac-0123456789-SECRET"
-
-# Webhook-only accounts: these tests are about the runtime's listeners and health plumbing, so nothing may
-# dial out (API accounts would connect to WhiteBIT; their sources are tested against the simulator elsewhere).
-ACCOUNTS = (
-    WhitebitAccountConfig(
-        name="main",
-        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-MAIN", secrets=(HOOK_SECRET,)),
-    ),
-    WhitebitAccountConfig(
-        name="trading",
-        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-TRADING", secrets=(HOOK_SECRET + "1",)),
-    ),
-    WhitebitAccountConfig(
-        name="payments",
-        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-PAYMENTS", secrets=(HOOK_SECRET + "2",)),
-    ),
-)
-# API accounts for the few tests that need one: pointed at a closed loopback port, so their sources fail
-# fast instead of dialing WhiteBIT.
-CLOSED_PORT_URLS = {"rest_url": "http://127.0.0.1:9", "ws_url": "ws://127.0.0.1:9/ws"}
-API_ACCOUNTS = (
-    WhitebitAccountConfig(
-        name="main",
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        markets=("BTC_USDT",),
-        webhook=WhitebitWebhookConfig(public_key="PUBLIC-KEY-MAIN", secrets=(HOOK_SECRET,)),
-        **CLOSED_PORT_URLS,
-    ),
-    WhitebitAccountConfig(name="trading", api_key=API_KEY + "2", api_secret=API_SECRET + "2", **CLOSED_PORT_URLS),
-    ACCOUNTS[2],
-)
-ZEROHASH = ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,)))
-
-StartExporter = Callable[..., Awaitable[Exporter]]
-
-
-@pytest.fixture
-async def start_exporter(make_config: Callable[..., Config]) -> AsyncIterator[StartExporter]:
-    """Start Exporters on loopback port 0; every one is stopped after the test."""
-    started: list[Exporter] = []
-
-    async def start(config: Config | None = None, **kwargs: Any) -> Exporter:
-        exporter = Exporter(config or make_config(ACCOUNTS, zerohash=ZEROHASH), **kwargs)
-        started.append(exporter)
-        await exporter.start()
-        return exporter
-
-    yield start
-    for exporter in started:
-        await exporter.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
@@ -182,176 +114,6 @@ async def test_metrics_show_supervised_tasks(start_exporter: StartExporter) -> N
     result = await scrape(exporter.metrics_url)
     assert result.value("whitebit_exporter_task_restarts_total", task="idle") == 0.0
     assert result.value("whitebit_exporter_task_running", task="idle") == 1.0
-
-
-# -- landing page and health ----------------------------------------------------------------
-
-
-async def test_landing_page_links_to_endpoints_and_shows_version(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    async with http.get(exporter.metrics_url + "/") as response:
-        assert response.status == 200
-        assert response.content_type == "text/html"
-        body = await response.text()
-    for link in ('href="metrics"', 'href="-/healthy"', 'href="-/ready"'):
-        assert link in body
-    assert __version__ in body
-    # The relative links resolve to working endpoints.
-    for path in ("/metrics", "/-/healthy", "/-/ready"):
-        async with http.get(exporter.metrics_url + path) as response:
-            assert response.status == 200, path
-
-
-async def test_healthy_answers_ok_even_when_not_ready(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    exporter.health.register("websocket", "main")
-    async with http.get(exporter.metrics_url + "/-/healthy") as response:
-        assert response.status == 200
-        assert (await response.text()).strip() == "OK"
-
-
-async def test_ready_is_503_with_a_line_per_failing_source_then_200(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    websocket = exporter.health.register("websocket", "main")
-    rest = exporter.health.register("rest", "trading")
-    websocket.failing("disconnected (connection refused)")
-    async with http.get(exporter.metrics_url + "/-/ready") as response:
-        assert response.status == 503
-        lines = (await response.text()).splitlines()
-    assert lines == ["websocket main: disconnected (connection refused)", "rest trading: starting"]
-
-    websocket.ok()
-    rest.ok()
-    async with http.get(exporter.metrics_url + "/-/ready") as response:
-        assert response.status == 200
-        assert (await response.text()).strip() == "ready"
-
-
-@pytest.mark.parametrize("path", ["/-/healthy", "/-/ready", "/metrics", "/"])
-async def test_other_methods_on_metrics_listener_paths_get_405(
-    start_exporter: StartExporter, http: aiohttp.ClientSession, path: str
-) -> None:
-    exporter = await start_exporter()
-    async with http.post(exporter.metrics_url + path) as response:
-        assert response.status == 405
-    async with http.head(exporter.metrics_url + path) as response:
-        assert response.status == 200
-
-
-async def test_metrics_listener_does_not_serve_webhook_paths(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    async with http.get(exporter.metrics_url + "/whiteBIT-verification") as response:
-        assert response.status == 404
-
-
-# -- webhook listener -------------------------------------------------------------------------
-
-
-async def test_verification_lists_every_configured_webhook_public_key(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
-        assert response.status == 200
-        assert response.content_type == "application/json"
-        assert json.loads(await response.text()) == ["PUBLIC-KEY-MAIN", "PUBLIC-KEY-TRADING", "PUBLIC-KEY-PAYMENTS"]
-
-
-async def test_verification_answers_head_with_200_and_no_body(
-    start_exporter: StartExporter, http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter()
-    async with http.head(exporter.webhooks_url + "/whiteBIT-verification") as response:
-        assert response.status == 200
-        assert await response.read() == b""
-
-
-async def test_verification_is_an_empty_array_without_webhook_accounts(
-    start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
-) -> None:
-    exporter = await start_exporter(
-        make_config([WhitebitAccountConfig(name="solo", api_key=API_KEY, api_secret=API_SECRET, **CLOSED_PORT_URLS)])
-    )
-    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
-        assert json.loads(await response.text()) == []
-
-
-async def test_verification_lists_a_shared_public_key_once(
-    start_exporter: StartExporter, make_config: Callable[..., Config], http: aiohttp.ClientSession
-) -> None:
-    hook = WhitebitWebhookConfig(public_key="SHARED", secrets=(HOOK_SECRET,))
-    config = make_config([WhitebitAccountConfig(name="a", webhook=hook), WhitebitAccountConfig(name="b", webhook=hook)])
-    exporter = await start_exporter(config)
-    async with http.get(exporter.webhooks_url + "/whiteBIT-verification") as response:
-        assert json.loads(await response.text()) == ["SHARED"]
-
-
-@pytest.mark.parametrize("path", ["/metrics", "/", "/-/healthy", "/-/ready"])
-async def test_webhook_listener_serves_nothing_else(
-    start_exporter: StartExporter, http: aiohttp.ClientSession, path: str
-) -> None:
-    exporter = await start_exporter()
-    async with http.get(exporter.webhooks_url + path) as response:
-        assert response.status == 404
-
-
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [("GET", "/whiteBIT-verification"), ("GET", "/nope"), ("PUT", "/whiteBIT-verification")],
-)
-async def test_webhook_listener_does_not_reveal_software_versions(
-    start_exporter: StartExporter, http: aiohttp.ClientSession, method: str, path: str
-) -> None:
-    exporter = await start_exporter()
-    async with http.request(method, exporter.webhooks_url + path) as response:
-        assert response.headers["Server"] == "whitebit-exporter"
-
-
-async def test_post_to_verification_is_405(start_exporter: StartExporter, http: aiohttp.ClientSession) -> None:
-    exporter = await start_exporter()
-    async with http.post(exporter.webhooks_url + "/whiteBIT-verification", data=b"{}") as response:
-        assert response.status == 405
-
-
-class EchoReceiver:
-    """A receiver used only to test how the listener routes receivers and caps bodies."""
-
-    path = "/webhooks/echo"
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.bodies.append(body)
-        return web.Response(text=str(len(body)))
-
-
-async def test_receivers_get_post_and_a_head_probe_and_bodies_are_capped(
-    aiohttp_client: Any, make_config: Callable[..., Config]
-) -> None:
-    receiver = EchoReceiver()
-    config = make_config(ACCOUNTS, max_body_bytes=1024)
-    client = await aiohttp_client(create_webhook_app(config.webhooks, config.whitebit, [receiver]))
-
-    response = await client.post(receiver.path, data=b"x" * 1024)
-    assert response.status == 200 and await response.text() == "1024"
-    response = await client.post(receiver.path, data=b"x" * 1025)
-    assert response.status == 413
-    assert receiver.bodies == [b"x" * 1024]
-
-    response = await client.head(receiver.path)
-    assert response.status == 200
-    response = await client.get(receiver.path)
-    assert response.status == 405
 
 
 # -- startup, shutdown ----------------------------------------------------------------------------

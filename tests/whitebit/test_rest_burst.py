@@ -1,6 +1,6 @@
 """Every poller at 100 ms against the simulator's real per-IP limits: no 429 ever; forced 429s back off.
 
-The burst runs for ``WHITEBIT_BURST_SECONDS`` (default 60, as the issue requires; set it lower for a
+The burst runs for ``WHITEBIT_BURST_SECONDS`` (default 60, a full minute of load; set it lower for a
 quick local run). Besides the pollers of two accounts, extra callers push two families to their
 documented limits through the same shared limiter: the main-account family (1,000 / 10 s) and the
 WebSocket token (10 / 60 s), so the test shows callers waiting for room at the real limits, not
