@@ -3,8 +3,9 @@
 A private request is a POST whose JSON body carries ``request`` (the URL path) and ``nonce``
 (optionally ``nonceWindow``), with three headers: ``X-TXC-APIKEY``, ``X-TXC-PAYLOAD`` =
 base64(body) byte for byte, and ``X-TXC-SIGNATURE`` = hex HMAC-SHA512 of that payload keyed by the
-API secret (reference 1.2–1.4). :class:`RequestAuthenticator` checks them in a fixed order and
-returns the account or the first failure, with WhiteBIT's message for it (reference 1.5).
+API secret (docs/protocol.md#rest-authentication, #nonces). :class:`RequestAuthenticator` checks them in a
+fixed order and returns the account or the first failure, with WhiteBIT's message for it
+(docs/protocol.md#rest-errors).
 
 Where a client has recorded WhiteBIT's exact body (ccxt's error table: code 9 "Invalid payload.",
 code 10 "Unauthorized request.", code 2 for a key the server will not accept; ccxt PR #25353: the
@@ -58,7 +59,7 @@ class AuthFailure:
 
 
 def too_many_requests(reason: str = "rate_limited") -> AuthFailure:
-    """WhiteBIT's 429, identical for a rate limit and for a nonce that is not new (reference 1.4, 8.22)."""
+    """WhiteBIT's 429, identical for a rate limit and for a nonce that is not new (docs/protocol.md#nonces)."""
     return AuthFailure(429, {"code": 0, "message": "Too many requests.", "errors": {}}, reason)
 
 
@@ -72,7 +73,7 @@ _INVALID_PAYLOAD = {"code": 9, "message": "Invalid payload."}
 _KEY_NOT_ACCEPTED = {"code": 2, "message": "This action is unauthorized. Enable your key in API settings"}
 
 MESSAGE_NONCE_TOO_OLD = "Your nonce is more than 5 seconds lesser than the current nonce"
-# The docs are silent about a nonce too far ahead [U]; this mirrors the documented "too old" text.
+# Undocumented: a windowed nonce too far ahead (docs/protocol.md#nonces); this mirrors the documented "too old" text.
 MESSAGE_NONCE_TOO_NEW = "Your nonce is more than 5 seconds greater than the current nonce"
 
 
@@ -222,5 +223,5 @@ class RequestAuthenticator:
         return len(state.recent)
 
     def reset_key(self, api_key: str) -> None:
-        """Forget the key's nonce state, as recreating the key does on WhiteBIT (reference 1.4)."""
+        """Forget the key's nonce state, as recreating the key does on WhiteBIT (docs/protocol.md#nonces)."""
         self._nonces.pop(api_key, None)

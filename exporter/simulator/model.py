@@ -26,7 +26,7 @@ from typing import Any
 
 ZERO = Decimal(0)
 
-# WebSocket order event ids (reference 4.4).
+# WebSocket order event ids (docs/protocol.md#orderspending-channel).
 EVENT_NEW = 1
 EVENT_UPDATE = 2
 EVENT_FINISH = 3
@@ -63,7 +63,7 @@ STOP_TYPES = frozenset({TYPE_STOP_LIMIT, TYPE_STOP_MARKET, TYPE_MARGIN_STOP_LIMI
 METHOD_DEPOSIT = 1
 METHOD_WITHDRAW = 2
 
-# Deposit and withdrawal status codes (reference 2.4).
+# Deposit and withdrawal status codes (docs/protocol.md#transfer-status-codes).
 DEPOSIT_CREDITED = 3
 DEPOSIT_CANCELED = 4
 DEPOSIT_UNCONFIRMED_BY_USER = 5
@@ -499,7 +499,11 @@ class Exchange:
     # --- reads ---
 
     def open_orders(self, account_name: str, market: str | None = None) -> list[Order]:
-        """Open orders, oldest first (WhiteBIT pages them by creation)."""
+        """Open orders, oldest first.
+
+        WhiteBIT's listing order is undocumented (docs/protocol.md#reconnecting); oldest first is the
+        simulator's choice.
+        """
         orders = self._account(account_name).orders.values()
         return sorted((o for o in orders if market is None or o.market == market), key=lambda o: (o.ctime, o.id))
 
@@ -834,7 +838,7 @@ class Exchange:
     ) -> Transfer:
         """A deposit is seen on chain: status 15 and ``deposit.accepted``.
 
-        With ``travel_rule`` it waits in status 27 instead, which has no webhook (reference 5.5).
+        With ``travel_rule`` it waits in status 27 instead, which has no webhook (docs/protocol.md#webhook-methods).
         """
         account = self._account(account_name)
         extra: dict[str, Any] = {}

@@ -24,7 +24,7 @@ DEFAULT_LIMITS: dict[str, tuple[int, float]] = {
     "default": (10_000, 10.0),
     "main-account": (1_000, 10.0),
     "main-account/history": (200, 10.0),
-    "main-account/codes/apply": (60, 1.0),  # old docs
+    "main-account/codes/apply": (60, 1.0),  # the previous docs site
     "trade-account": (12_000, 10.0),
     "collateral-account": (12_000, 10.0),
     # The current docs; earlier ones said 1,000 / 10 s (docs/protocol.md#rest-rate-limits).

@@ -9,12 +9,13 @@ Every private endpoint is a POST whose signed JSON body is checked by
 3. authentication;
 4. the endpoint's own parameter validation and its answer.
 
-Shapes follow reference section 2: amounts are decimal strings except the collateral balance
-values, which are JSON numbers; balance endpoints return a flat object when ``ticker`` is given;
-history is newest first with ``limit``/``offset``/``total``; open orders are a flat array. Where the
-sources disagree the simulator takes the stricter documented rule (history ``limit`` <= 100 unless
-``history_max_limit`` raises it to the new docs' 500; orders ``offset`` <= 10000) so that a client
-that passes here passes on WhiteBIT.
+Shapes follow docs/protocol.md#whitebit-rest-api: amounts are decimal strings except the collateral
+balance values, which are JSON numbers; balance endpoints return a flat object when ``ticker`` is
+given; history is newest first with ``limit``/``offset``/``total``; open orders are a flat array.
+Where the sources disagree the simulator takes the stricter documented rule (history ``limit`` <= 100
+unless ``history_max_limit`` raises it to the current docs' 500; orders ``offset`` <= 10000;
+docs/protocol.md#deposit-and-withdrawal-history, #rest-open-orders) so that a client that passes here
+passes on WhiteBIT.
 
 Validation errors use WhiteBIT's envelope ``{"code", "message", "errors": {field: [text]}}``; main
 account endpoints answer 400 with code 0 (the history page documents HTTP 400 for them), trade
@@ -30,7 +31,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeGuard
 
 from aiohttp import web
 
@@ -62,7 +63,7 @@ UNAVAILABLE_BODY: dict[str, Any] = {
     "_token": None,
 }
 
-# History status codes valid for each transactionMethod (reference 2.4).
+# History status codes valid for each transactionMethod (docs/protocol.md#transfer-status-codes).
 DEPOSIT_STATUSES = frozenset({3, 4, 5, 7, 9, 15, 21, 22, 27, 28})
 WITHDRAW_STATUSES = frozenset({1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21})
 
@@ -74,7 +75,8 @@ _HISTORY_STRING_FILTERS = (
     ("unique_id", "unique id"),
 )
 HISTORY_MAX_ADDRESSES = 20
-# New docs allow offsets up to 4294967295, old docs 10000 (reference 8.3): the stricter one.
+# Current docs allow offsets up to 4294967295, previous docs 10000 (docs/protocol.md#rest-open-orders):
+# the stricter one.
 ORDERS_MAX_OFFSET = 10_000
 ORDERS_MAX_LIMIT = 100
 
@@ -87,7 +89,8 @@ _MIN_DEPOSIT_WITHDRAW = {"BTC": ("0.0001", "0.0003"), "ETH": ("0.001", "0.005")}
 # Collateral valuation: assets are valued in this quote currency through the `<ASSET>_USDT` price.
 _VALUATION_QUOTE = "USDT"
 _LEVERAGE = 10  # matches MarginBalance.available_with_borrow (10x collateral)
-# Old docs: marginFraction "1000000000000000000000" means no open positions; the simulator has none.
+# marginFraction "1000000000000000000000" means no open positions (previous docs; docs/protocol.md#collateral-balance);
+# the simulator has none.
 _NO_POSITIONS_MARGIN_FRACTION = "1000000000000000000000"
 
 _MISSING: Any = object()
@@ -107,7 +110,7 @@ def _json_number(amount: Decimal) -> int | float:
     return float(amount)
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -170,6 +173,8 @@ class RestApi:
         history_max_limit: int = 100,
         history_success_status: int = 200,
     ) -> None:
+        # History limit maximum: 100 (previous docs) or 500 (current docs),
+        # docs/protocol.md#deposit-and-withdrawal-history.
         if not 1 <= history_max_limit <= 500:
             raise ValueError("history_max_limit must be 1..500 (old docs 100, new docs 500)")
         if history_success_status not in (200, 201):
@@ -180,7 +185,8 @@ class RestApi:
         self.authenticator = authenticator or RequestAuthenticator(exchange.account_by_key, clock=clock)
         self.limiter = limiter or RateLimits(clock=clock)
         self.history_max_limit = history_max_limit
-        # The docs say 201 for history (apparently copied from the withdraw page, reference 8.20);
+        # The docs say 201 for history (apparently copied from the withdraw page,
+        # docs/protocol.md#deposit-and-withdrawal-history);
         # clients must accept any 2xx, and 200 is what every other endpoint answers.
         self.history_success_status = history_success_status
         self._unavailable = False
@@ -287,7 +293,7 @@ class RestApi:
 
         return handle
 
-    # --- reference data ---
+    # --- static market and asset data ---
 
     def assets(self) -> list[str]:
         """Every ticker the simulated exchange lists: market currencies, known currencies, held assets."""
@@ -311,18 +317,19 @@ class RestApi:
     def _main_balance(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         ticker = params.get("ticker", _MISSING)
         if ticker is _MISSING:
-            # Zero balances are left out (reference 2.1: "assets left out have a zero balance").
+            # Zero balances are left out (docs/protocol.md#main-balance).
             return 200, {t: {"main_balance": fmt(v)} for t, v in sorted(account.main.items()) if v != ZERO}
         if not isinstance(ticker, str) or not ticker:
             raise _validation(400, 0, "ticker", "The ticker must be a string.")
-        # New docs: an unknown ticker is a zero balance, not an error (the old docs' validation
-        # error is the laxer behaviour for a client, which must handle "0" either way).
+        # Current docs: an unknown ticker is a zero balance, not an error (the previous docs answered a
+        # validation error, the laxer behaviour for a client, which must handle "0" either way;
+        # docs/protocol.md#main-balance).
         return 200, {"main_balance": fmt(account.main.get(ticker, ZERO))}
 
     def _trade_balance(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         ticker = params.get("ticker", _MISSING)
         if ticker is _MISSING:
-            # New docs: only non-zero currencies are returned.
+            # Current docs: only non-zero currencies are returned (docs/protocol.md#trade-balance).
             return 200, {
                 t: spot_wire(b) for t, b in sorted(account.spot.items()) if b.available != ZERO or b.freeze != ZERO
             }
@@ -347,7 +354,7 @@ class RestApi:
 
     def _collateral_balance(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         ticker = self._collateral_ticker(params)
-        # JSON numbers, as the docs and OpenAPI show (reference 2.3).
+        # JSON numbers, as the docs and OpenAPI show (docs/protocol.md#collateral-balance).
         return 200, {t: _json_number(b.balance) for t, b in self._collateral_items(account, ticker)}
 
     def _collateral_balance_summary(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
@@ -393,7 +400,8 @@ class RestApi:
             elif ticker not in self.assets():
                 errors.add("ticker", "The selected ticker is invalid.")
         strings: dict[str, str] = {}
-        # Both spellings of the unique-id filter are honoured (reference 8.1); given both, both apply.
+        # Both spellings of the unique-id filter are honoured (docs/protocol.md#deposit-and-withdrawal-history);
+        # given both, both apply.
         for name, label in _HISTORY_STRING_FILTERS:
             value = params.get(name, _MISSING)
             if value is _MISSING:
@@ -423,7 +431,7 @@ class RestApi:
             )
 
         # Newest first; among equal timestamps the later-created record first.
-        newest_first = sorted(reversed(account.transfers), key=lambda t: t.created_at, reverse=True)
+        newest_first = sorted(account.transfers, key=lambda t: t.created_at)[::-1]
         matched = [t for t in newest_first if keep(t)]
         style = self.exchange.history_field_style
         return self.history_success_status, {
@@ -438,7 +446,8 @@ class RestApi:
         value = params.get("transactionMethod", _MISSING)
         if value is _MISSING:
             return None
-        # The OpenAPI types it as an integer; the old docs' example sends "1", so both are accepted.
+        # The OpenAPI types it as an integer; a previous-docs example sends "1", so both are accepted
+        # (docs/protocol.md#deposit-and-withdrawal-history).
         if _is_int(value) and value in (1, 2):
             return int(value)
         if isinstance(value, str) and value in ("1", "2"):
@@ -489,8 +498,8 @@ class RestApi:
         if client_order_id is not _MISSING and not isinstance(client_order_id, str):
             errors.add("clientOrderId", "The client order id must be a string.")
         if market is _MISSING and (order_id is not _MISSING or client_order_id is not _MISSING):
-            # "Searching across all markets only works when neither is given" (reference 2.5); the old
-            # docs' wording for a missing market.
+            # Searching across all markets only works when neither is given (docs/protocol.md#rest-open-orders);
+            # the message is the previous docs' wording for a missing market.
             errors.add("market", "The market field is required.")
         limit = _read_int(params, "limit", errors, default=50, minimum=1, maximum=ORDERS_MAX_LIMIT)
         offset = _read_int(params, "offset", errors, default=0, minimum=0, maximum=ORDERS_MAX_OFFSET)
@@ -547,7 +556,7 @@ class RestApi:
             "min_deposit": min_deposit,
             "max_deposit": "0",
             "networks": {"deposits": list(networks), "withdraws": list(networks), "default": networks[0]},
-            "confirmations": {network: "2" for network in networks},
+            "confirmations": dict.fromkeys(networks, "2"),
             "limits": {
                 "deposit": {network: {"min": min_deposit} for network in networks},
                 "withdraw": {network: {"min": min_withdraw} for network in networks},
@@ -566,7 +575,7 @@ class RestApi:
         return 200, {"status": "system maintenance" if self._unavailable else "system operational"}
 
     def _public_not_found(self, request: web.Request) -> tuple[int, Any]:
-        # The public v4 error envelope (reference 3.2).
+        # The public v4 error envelope (docs/protocol.md#rest-errors).
         return 404, {"success": False, "message": "Not found", "params": []}
 
     def _private_not_found(self, request: web.Request) -> tuple[int, Any]:

@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,7 @@ from exporter.simulator.model import (
     ExchangeError,
     Order,
 )
+from exporter.simulator.sender import Sleep, cancel_and_wait
 from exporter.simulator.webhooks import WebhookSender
 from exporter.simulator.zerohash import (
     ACCOUNT_BALANCE_CHANGED,
@@ -55,6 +56,7 @@ from exporter.simulator.zerohash import (
     TRADE_STATUS_CHANGED,
     AccountKey,
     LedgerError,
+    TradeSide,
     ZerohashLedger,
     ZerohashSender,
 )
@@ -64,8 +66,6 @@ if TYPE_CHECKING:
     from exporter.simulator.ws import WebSocketHub
 
 log = logging.getLogger(__name__)
-
-Sleep = Callable[[float], Awaitable[None]]
 
 # Relative weights of the ordinary actions (the Zero Hash ones apply only with a Zero Hash side).
 TRADING_WEIGHTS: dict[str, float] = {
@@ -137,6 +137,7 @@ ADVERSARIAL_ACTIONS: tuple[str, ...] = (
 )
 
 WITHDRAW_PENDING_STATUSES = (1, 2, 6, 10, 11, 12, 13, 14, 15, 16, 17)
+TRADE_SIDES: tuple[TradeSide, ...] = ("buy", "sell")
 ZEROHASH_PARTICIPANT_STATUSES = ("submitted", "pending_approval", "approved", "locked", "disabled")
 ZEROHASH_TRANSFER_TYPES = ("trade_allocation", "fund", "commission_allocation", "pay")
 ZEROHASH_PRICES = {"BTC": Decimal(60000), "ETH": Decimal(3000), "USDC.ETH": Decimal(1), "USD": Decimal(1)}
@@ -178,7 +179,10 @@ class ScenarioEngine:
         self.accounts = tuple(accounts)
         self.rate = rate
         self.rng = rng
-        self.ledger, self.zerohash_sender = zerohash if zerohash is not None else (None, None)
+        self.ledger: ZerohashLedger | None = None
+        self.zerohash_sender: ZerohashSender | None = None
+        if zerohash is not None:
+            self.ledger, self.zerohash_sender = zerohash
         self.webhook_sender = webhook_sender
         self.forge_every = forge_every
         self.rest = rest
@@ -260,10 +264,7 @@ class ScenarioEngine:
 
     async def aclose(self) -> None:
         """Cancel and await the deliveries (forged, replayed …) that steps started."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def drain(self) -> None:
@@ -365,7 +366,7 @@ class ScenarioEngine:
 
     def _asset_price(self, asset: str) -> Decimal:
         for market, price in self.exchange.prices.items():
-            base, quote = market.split("_")
+            base, _quote = market.split("_")
             if base == asset:
                 return price
         return Decimal(1)
@@ -713,7 +714,8 @@ class ScenarioEngine:
     # --- Zero Hash ---
 
     def _zh(self) -> tuple[ZerohashLedger, ZerohashSender]:
-        assert self.ledger is not None and self.zerohash_sender is not None
+        assert self.ledger is not None
+        assert self.zerohash_sender is not None
         return self.ledger, self.zerohash_sender
 
     def _zh_send(self, payloads: list[dict[str, Any]]) -> None:
@@ -796,7 +798,7 @@ class ScenarioEngine:
         ledger, sender = self._zh()
         asset = self.rng.choice(("BTC", "ETH"))
         price = self._zh_price(asset)
-        side = self.rng.choice(("buy", "sell"))
+        side = self.rng.choice(TRADE_SIDES)
         if side == "buy":
             funded = self._zh_funded("USD")
             if not funded:

@@ -1,12 +1,12 @@
 """The simulator's private WebSocket (``GET /ws``): WhiteBIT's JSON-RPC-style protocol, strictly.
 
-Everything a client can observe follows the reference (whitebit.md section 4): replies are
+Everything a client can observe follows WhiteBIT's documents (docs/protocol.md#whitebit-websocket): replies are
 ``{"id", "result", "error"}`` without a ``"jsonrpc"`` field, pushes carry ``"id": null``, invalid
 JSON closes the connection, the server closes after ``idle_timeout`` seconds without a message from
 the client (its own pushes do not count), private methods need ``authorize`` with a one-use token on
 this very connection, subscribing again replaces the previous subscription, and each connection may
-send ``request_limit_per_minute`` requests per 60 s. Where WhiteBIT leaves a behaviour open ([U]),
-the choice is written next to the code that makes it.
+send ``request_limit_per_minute`` requests per 60 s. Where WhiteBIT leaves a behaviour open
+(undocumented), the choice is written next to the code that makes it.
 
 The hub translates events of the pure :class:`~exporter.simulator.model.Exchange` into pushes.
 The exchange calls its listener synchronously, so each connection gets a bounded queue drained by
@@ -47,7 +47,7 @@ from exporter.simulator.tokens import TokenIssuer
 
 log = logging.getLogger(__name__)
 
-# Error codes of the reference, section 4.5.
+# WhiteBIT's WebSocket error codes (docs/protocol.md#websocket-limits-and-errors).
 ERROR_INVALID_ARGUMENT = 1
 ERROR_INTERNAL = 2
 ERROR_SERVICE_UNAVAILABLE = 3
@@ -295,7 +295,7 @@ class WebSocketHub:
                 return
             try:
                 msg = await ws.receive(timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._close_idle(conn)
                 return
             if msg.type is WSMsgType.TEXT:
@@ -308,7 +308,7 @@ class WebSocketHub:
                 await ws.close(code=CLOSE_BINARY_FRAME, message=b"binary frames are not supported")
                 return
             elif msg.type is WSMsgType.PING:
-                # [U] whether protocol pings keep the connection alive is undocumented and JKorf says
+                # Undocumented: whether protocol pings keep the connection alive; JKorf says
                 # the server handles them badly, so they are answered but do not reset the idle
                 # timer: only the JSON `ping` is a documented keepalive.
                 self._enqueue(conn, ("pong", msg.data))
@@ -375,7 +375,7 @@ class WebSocketHub:
             return False
         if not isinstance(doc, dict):
             # Valid JSON that is not a request object has no id to answer to; treated like invalid
-            # JSON ([U]: undocumented), so a client that sends it notices at once.
+            # JSON (undocumented), so a client that sends it notices at once.
             log.info("ws closing peer=%s account=%s reason=not_a_request_object", conn.peer, conn.account)
             await conn.ws.close(code=CLOSE_INVALID_JSON, message=b"request must be a JSON object")
             return False
@@ -452,7 +452,7 @@ class WebSocketHub:
         return {"status": "success"}
 
     def _authorize(self, conn: _Connection, params: list[Any]) -> dict[str, str]:
-        # [U] the second param is documented as "public" but SDKs send other strings, so any value
+        # The second param is documented as "public" but SDKs send other strings, so any value
         # is accepted; both must be present, as in every documented and SDK example.
         if len(params) != 2 or not isinstance(params[0], str):
             raise _RequestError(ERROR_INVALID_ARGUMENT)
@@ -463,7 +463,7 @@ class WebSocketHub:
             log.info("ws authorize rejected peer=%s reason=bad_token", conn.peer)
             raise _RequestError(ERROR_INVALID_ARGUMENT)
         if conn.account is not None and conn.account != account:
-            # [U] re-authorizing as another account: never let the old account's subscriptions
+            # Undocumented: re-authorizing as another account. Never let the old account's subscriptions
             # deliver the new account's data under a subscription the client did not make for it.
             conn.subscriptions.clear()
         conn.account = account
@@ -488,7 +488,8 @@ class WebSocketHub:
     def _markets(self, params: list[Any]) -> frozenset[str] | None:
         """A flat market list for ``ordersPending_subscribe``; every market must exist.
 
-        [U] an empty list is undocumented for this channel (§8.14); it means "all markets" here, as
+        An empty list is undocumented for this channel (docs/protocol.md#orderspending-channel); it means
+        "all markets" here, as
         it does for ``deals`` and the balance channels.
         """
         return frozenset(self._check_market(market) for market in params) if params else None

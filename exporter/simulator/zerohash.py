@@ -2,43 +2,46 @@
 
 :class:`ZerohashLedger` is pure (clock and randomness injected). It keeps Decimal balances of
 accounts identified as Zero Hash identifies them, (participant_code, account_group, account_label,
-account_type, asset), and books runs of movements the documented way (reference ``zerohash.md``
-sections 6 to 8): a deposit credits ``available``; a withdrawal first moves the amount from
-``available`` to ``collateral`` as ``withdrawal_pending`` (both legs share the run and the movement
-id), and on confirmation releases the hold (``withdrawal_confirmed``) and debits ``available``
-(``withdrawal_confirmed`` + ``withdrawal``, net zero there); transfers move ``available`` between
-participants; trades settle with ``final_settlement`` or ``final_settlement_outstanding``. Every run
-returns one payload per account it touched, in exactly the webhook's shape, all sharing the run id.
+account_type, asset), and books runs of movements the documented way
+(docs/protocol.md#account-balance-events and #movement-and-account-types): a deposit credits
+``available``; a withdrawal first moves the amount from ``available`` to ``collateral`` as
+``withdrawal_pending`` (both legs share the run and the movement id), and on confirmation releases
+the hold (``withdrawal_confirmed``) and debits ``available`` (``withdrawal_confirmed`` +
+``withdrawal``, net zero there); transfers move ``available`` between participants; trades settle
+with ``final_settlement`` or ``final_settlement_outstanding``. Every run returns one payload per
+account it touched, in exactly the webhook's shape, all sharing the run id.
 
-:class:`ZerohashSender` POSTs payloads with Zero Hash's headers (sections 3 and 4): a notification id,
-the payload type, the timestamp in milliseconds, the timestamped HMAC (``x-zh-hook-signature``, over
-body + timestamp) and/or the legacy one (``x-zh-hook-signature-256``, over the body), and the RSA
-variants when it has a private key. Any 2xx acknowledges. A failed delivery is retried 4 times
-250 ms apart, then 3 more times with backoff, then dropped, as the current overview page says; the
-backoff intervals are undocumented, so they are constructor arguments. Whether a retry keeps its
-timestamp (and so its signature) is unknown: by default it does, the stricter case for a receiver.
+:class:`ZerohashSender` POSTs payloads with Zero Hash's headers (docs/protocol.md#zero-hash-signatures):
+a notification id, the payload type, the timestamp in milliseconds, the timestamped HMAC
+(``x-zh-hook-signature``, over body + timestamp) and/or the legacy one (``x-zh-hook-signature-256``,
+over the body), and the RSA variants when it has a private key. Any 2xx acknowledges. A failed
+delivery is retried 4 times 250 ms apart, then 3 more times with backoff, then dropped
+(docs/protocol.md#zero-hash-delivery); the backoff intervals are undocumented, so they are
+constructor arguments. Whether a retry keeps its timestamp (and so its signature) is unknown: by
+default it does, the stricter case for a receiver. The retrying, recording and counting is
+:class:`~exporter.simulator.sender.RetryingSender`'s; this module builds and signs what it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from exporter.simulator.delivery import post_once
 from exporter.simulator.model import fmt
+from exporter.simulator.sender import KIND_FORGED, KIND_REPLAYED, KIND_TAMPERED, Delivery, RetryingSender, Sleep
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
     HEADER_PAYLOAD_TYPE,
@@ -60,8 +63,8 @@ ACCOUNT_BALANCE_CHANGED = "account_balance.changed"
 TRADE_STATUS_CHANGED = "trade.status_changed"
 PARTICIPANT_STATUS_CHANGED = "participant_status_changed"
 
-Sleep = Callable[[float], Awaitable[None]]
 Scheme = Literal["timestamped", "legacy", "both"]
+TradeSide = Literal["buy", "sell"]
 
 
 class LedgerError(Exception):
@@ -242,7 +245,7 @@ class ZerohashLedger:
         participant_code: str,
         *,
         account_group: str,
-        side: Literal["buy", "sell"],
+        side: TradeSide,
         asset: str,
         quantity: Decimal,
         quoted_currency: str,
@@ -284,7 +287,10 @@ class ZerohashLedger:
     def trade_status_payload(
         self, trade_id: str, *, trade_state: str = "terminated", settlement_state: str | None = "settled"
     ) -> dict[str, Any]:
-        """A ``trade.status_changed`` payload for a settled trade (fields per reference section 5)."""
+        """A ``trade.status_changed`` payload for a settled trade.
+
+        Fields per docs/protocol.md#zero-hash-payload-types.
+        """
         trade = self.trades.get(trade_id)
         if trade is None:
             raise LedgerError(f"unknown trade {trade_id}")
@@ -393,60 +399,22 @@ def _positive(amount: Decimal) -> None:
 
 # --- the sender -----------------------------------------------------------------------------------
 
-PENDING = "pending"
-DELIVERED = "delivered"
-GIVEN_UP = "given_up"
-DROPPED = "dropped"
-FAILED = "failed"  # a one-shot delivery (forged, tampered, stale, replayed) that was not acknowledged
-ABANDONED = "abandoned"  # the sender stopped first
-
+# Kinds of record for a notification sent with ``send()`` and for an old-timestamp one-shot.
 KIND_NOTIFICATION = "notification"
-KIND_FORGED = "forged"
-KIND_TAMPERED = "tampered"
 KIND_STALE = "stale"
-KIND_REPLAYED = "replayed"
-
-STAT_NAMES = (
-    "sent",
-    "delivered",
-    "failed_attempts",
-    "retried",
-    "dropped",
-    "forged",
-    "tampered",
-    "stale",
-    "replayed",
-    "given_up",
-)
 
 
 @dataclass
-class NotificationRecord:
-    """What happened to one notification: attempt statuses (None: no answer) and the outcome."""
+class ZerohashNotificationIdentity:
+    """Which Zero Hash notification a record is about: its payload type, notification id and timestamp.
 
-    kind: str
+    ``timestamp`` is the ``x-zh-hook-timestamp`` value (milliseconds, as a string); a one-shot sent
+    without that header has None.
+    """
+
     payload_type: str
     notification_id: str
     timestamp: str | None
-    created_at: float
-    attempts: list[int | None] = field(default_factory=list)
-    outcome: str = PENDING
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Notification:
-    record: NotificationRecord
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class _DropRule:
-    remaining: int
-    payload_type: str | None
 
 
 class ZerohashSender:
@@ -480,55 +448,62 @@ class ZerohashSender:
             raise ValueError(f"scheme must be timestamped, legacy or both, not {scheme!r}")
         if timeout <= 0 or fast_retries < 0 or fast_retry_delay < 0 or any(d < 0 for d in backoff_delays):
             raise ValueError("timeout must be positive and retry counts and delays not negative")
-        self.url = url
         self.scheme: Scheme = scheme
-        self.timeout = timeout
-        self.retry_delays = (fast_retry_delay,) * fast_retries + tuple(backoff_delays)
         self.retry_keeps_timestamp = retry_keeps_timestamp
-        self.drop_probability = 0.0
         self._hmac_secret = hmac_secret
         self._rsa_key = rsa_private_key
         self._clock = clock
         # A private stream derived from the given one (see WebhookSender): decoys are drawn at moments
         # that depend on I/O timing and must not disturb a seeded scenario sharing ``rng``.
         self._rng = random.Random(rng.getrandbits(64)) if rng is not None else random.Random()
-        self._sleep = sleep
-        self._stats = dict.fromkeys(STAT_NAMES, 0)
-        self._history: deque[NotificationRecord] = deque(maxlen=history_limit)
-        self._drop_rules: list[_DropRule] = []
-        self._backlog: deque[_Notification] = deque()
+        self._deliveries: RetryingSender[ZerohashNotificationIdentity] = RetryingSender(
+            url=url,
+            log_name="zerohash notification",
+            acknowledges=_any_2xx,
+            one_shot_kinds=(KIND_FORGED, KIND_TAMPERED, KIND_STALE, KIND_REPLAYED),
+            retry_delays=(fast_retry_delay,) * fast_retries + tuple(backoff_delays),
+            timeout=timeout,
+            clock=clock,
+            rng=self._rng,
+            sleep=sleep,
+            history_limit=history_limit,
+        )
+        self._backlog: deque[Delivery[ZerohashNotificationIdentity]] = deque()
         self._max_backlog = max_backlog
-        self._last_delivered: _Notification | None = None
         self._last_balance_payload: dict[str, Any] | None = None
         self._forger_key: rsa.RSAPrivateKey | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        """Where notifications go; settable, e.g. for a receiver that restarted on another port."""
+        return self._deliveries.url
+
+    @url.setter
+    def url(self, url: str) -> None:
+        self._deliveries.url = url
+
+    @property
+    def drop_probability(self) -> float:
+        """The share (0 to 1) of notifications never sent, decided as each one is queued."""
+        return self._deliveries.drop_probability
+
+    @drop_probability.setter
+    def drop_probability(self, share: float) -> None:
+        self._deliveries.drop_probability = share
 
     # --- lifecycle ---
 
     async def start(self) -> None:
         """Open the HTTP session and send whatever was queued before."""
-        if self._session is not None:
+        if self._deliveries.started:
             return
-        self._session = aiohttp.ClientSession()
-        self._loop = asyncio.get_running_loop()
+        await self._deliveries.start()
         while self._backlog:
-            self._launch(self._backlog.popleft())
+            self._deliveries.launch(self._backlog.popleft())
 
     async def stop(self) -> None:
         """Cancel and await every delivery in flight, close the session."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        for record in self._history:
-            if record.outcome == PENDING:
-                record.outcome = ABANDONED
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._deliveries.stop()
 
     # --- reading ---
 
@@ -540,59 +515,42 @@ class ZerohashSender:
         ``dropped``: never sent; ``given_up``: retries exhausted; ``forged``, ``tampered``, ``stale``
         and ``replayed``: those one-shot sends.
         """
-        return dict(self._stats)
+        return self._deliveries.stats()
 
     def history(self) -> list[dict[str, Any]]:
         """The most recent notification records, oldest first."""
-        return [record.to_dict() for record in self._history]
+        return self._deliveries.history()
 
     def can_replay(self) -> bool:
         """True when a notification has been acknowledged, so :meth:`replay_last` has something to resend."""
-        return self._last_delivered is not None
+        return self._deliveries.last_acknowledged() is not None
 
     # --- sending ---
 
     def send(self, payload_type: str, payload: Mapping[str, Any]) -> str:
         """Queue one notification; returns its ``x-zh-hook-notification-id``."""
         body = _compact(payload)
-        timestamp = str(int(self._clock() * 1000))
-        notification_id = self._uuid()
-        record = NotificationRecord(KIND_NOTIFICATION, payload_type, notification_id, timestamp, self._clock())
-        self._history.append(record)
+        timestamp = self._timestamp()
+        identity = ZerohashNotificationIdentity(payload_type, self._uuid(), timestamp)
+        record = self._deliveries.record(KIND_NOTIFICATION, identity)
         if payload_type == ACCOUNT_BALANCE_CHANGED:
             self._last_balance_payload = copy.deepcopy(dict(payload))
-        if self._take_drop(payload_type):
-            record.outcome = DROPPED
-            self._stats["dropped"] += 1
-            log.info("zerohash notification dropped on purpose type=%s id=%s", payload_type, notification_id)
-            return notification_id
-        notification = _Notification(record, body, self._headers(body, payload_type, notification_id, timestamp))
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if self._session is not None and running is self._loop:
-            self._launch(notification)
-        elif self._session is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._launch, notification)
-        elif len(self._backlog) < self._max_backlog:
-            self._backlog.append(notification)
-        else:
-            record.outcome = DROPPED
-            self._stats["dropped"] += 1
-            log.warning("zerohash sender not started and its backlog is full; notification dropped")
-        return notification_id
+        if self._deliveries.drop_if_due(record, payload_type):
+            return identity.notification_id
+        headers = self._headers(body, payload_type, identity.notification_id, timestamp)
+        delivery = Delivery(record, body, headers, None if self.retry_keeps_timestamp else self._restamp)
+        if not self._deliveries.call_on_loop(functools.partial(self._deliveries.launch, delivery)):
+            self._hold_until_start(delivery)
+        return identity.notification_id
 
     def drop_next(self, count: int = 1, payload_type: str | None = None) -> None:
         """Never send the next ``count`` notifications of ``payload_type`` (any type if None)."""
-        if count < 1:
-            raise ValueError("count must be at least 1")
-        self._drop_rules.append(_DropRule(count, payload_type))
+        self._deliveries.drop_next(count, lambda topic: payload_type is None or topic == payload_type)
 
     async def send_forged(self, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """POST a notification whose signatures come from a wrong secret and a wrong RSA key."""
         body = _compact(payload if payload is not None else self._decoy())
-        timestamp = str(int(self._clock() * 1000))
+        timestamp = self._timestamp()
         if self._forger_key is None and self._rsa_key is not None:
             self._forger_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         headers = self._headers(
@@ -603,15 +561,14 @@ class ZerohashSender:
             secret=f"forged-{self._rng.getrandbits(64):016x}" if self._hmac_secret is not None else None,
             rsa_key=self._forger_key,
         )
-        return await self._one_shot(KIND_FORGED, body, headers)
+        return await self._send_once(KIND_FORGED, body, headers)
 
     async def send_tampered(self, payload: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """POST a correctly signed notification whose body was changed after signing."""
         document = copy.deepcopy(dict(payload if payload is not None else self._decoy()))
-        timestamp = str(int(self._clock() * 1000))
-        headers = self._headers(_compact(document), ACCOUNT_BALANCE_CHANGED, self._uuid(), timestamp)
+        headers = self._headers(_compact(document), ACCOUNT_BALANCE_CHANGED, self._uuid(), self._timestamp())
         document["balance"] = "1" + str(document.get("balance", "0"))
-        return await self._one_shot(KIND_TAMPERED, _compact(document), headers)
+        return await self._send_once(KIND_TAMPERED, _compact(document), headers)
 
     async def send_stale(self, payload: Mapping[str, Any] | None = None, *, age: float = 600.0) -> dict[str, Any]:
         """POST a correctly signed notification whose ``x-zh-hook-timestamp`` is ``age`` seconds old.
@@ -622,14 +579,13 @@ class ZerohashSender:
         body = _compact(payload if payload is not None else self._decoy())
         timestamp = str(int((self._clock() - age) * 1000))
         headers = self._headers(body, ACCOUNT_BALANCE_CHANGED, self._uuid(), timestamp, force_timestamped=True)
-        return await self._one_shot(KIND_STALE, body, headers)
+        return await self._send_once(KIND_STALE, body, headers)
 
     async def replay_last(self) -> dict[str, Any] | None:
         """Resend the last acknowledged notification byte for byte with its original headers (None if none)."""
-        last = self._last_delivered
-        if last is None:
-            return None
-        return await self._one_shot(KIND_REPLAYED, last.body, dict(last.headers), last.record.payload_type)
+        return await self._deliveries.replay_last(
+            "", lambda last: _identity_from_headers(last.record.identity.payload_type, last.headers)
+        )
 
     # --- internals ---
 
@@ -640,8 +596,8 @@ class ZerohashSender:
         notification_id: str,
         timestamp: str,
         *,
-        secret: str | None | Literal[False] = False,
-        rsa_key: rsa.RSAPrivateKey | None | Literal[False] = False,
+        secret: str | Literal[False] | None = False,
+        rsa_key: rsa.RSAPrivateKey | Literal[False] | None = False,
         force_timestamped: bool = False,
     ) -> dict[str, str]:
         """Zero Hash's headers for ``body``; ``secret``/``rsa_key`` override the sender's own (forgery)."""
@@ -665,78 +621,23 @@ class ZerohashSender:
                 headers[HEADER_RSA_SIGNATURE_LEGACY] = rsa_signature(private_key, body, None)
         return headers
 
-    def _take_drop(self, payload_type: str) -> bool:
-        for rule in self._drop_rules:
-            if rule.payload_type is None or rule.payload_type == payload_type:
-                rule.remaining -= 1
-                if rule.remaining <= 0:
-                    self._drop_rules.remove(rule)
-                return True
-        return self.drop_probability > 0 and self._rng.random() < self.drop_probability
-
-    def _launch(self, notification: _Notification) -> None:
-        if self._session is None or self._loop is None:
-            notification.record.outcome = ABANDONED
-            return
-        task = self._loop.create_task(self._deliver(notification))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _deliver(self, notification: _Notification) -> None:
-        record = notification.record
-        self._stats["sent"] += 1
-        status = await self._attempt(notification.body, notification.headers)
-        self._note_attempt(record, status)
-        for delay in self.retry_delays:
-            if _acknowledged(status):
-                break
-            await self._sleep(delay)
-            if not self.retry_keeps_timestamp:
-                timestamp = str(int(self._clock() * 1000))
-                record.timestamp = timestamp
-                notification.headers = self._headers(
-                    notification.body, record.payload_type, record.notification_id, timestamp
-                )
-            self._stats["retried"] += 1
-            status = await self._attempt(notification.body, notification.headers)
-            self._note_attempt(record, status)
-        if _acknowledged(status):
-            record.outcome = DELIVERED
-            self._stats["delivered"] += 1
-            self._last_delivered = notification
+    def _hold_until_start(self, delivery: Delivery[ZerohashNotificationIdentity]) -> None:
+        if len(self._backlog) < self._max_backlog:
+            self._backlog.append(delivery)
         else:
-            record.outcome = GIVEN_UP
-            self._stats["given_up"] += 1
-            log.info(
-                "zerohash notification given up type=%s id=%s attempts=%d",
-                record.payload_type,
-                record.notification_id,
-                len(record.attempts),
-            )
+            self._deliveries.mark_dropped(delivery.record)
+            log.warning("zerohash sender not started and its backlog is full; notification dropped")
 
-    async def _one_shot(
-        self, kind: str, body: bytes, headers: dict[str, str], payload_type: str = ACCOUNT_BALANCE_CHANGED
-    ) -> dict[str, Any]:
-        record = NotificationRecord(
-            kind, payload_type, headers[HEADER_NOTIFICATION_ID], headers.get(HEADER_TIMESTAMP), self._clock()
+    def _restamp(self, delivery: Delivery[ZerohashNotificationIdentity]) -> None:
+        identity = delivery.record.identity
+        identity.timestamp = self._timestamp()
+        delivery.headers = self._headers(
+            delivery.body, identity.payload_type, identity.notification_id, identity.timestamp
         )
-        self._history.append(record)
-        self._stats[kind] += 1
-        status = await self._attempt(body, headers)
-        self._note_attempt(record, status)
-        record.outcome = DELIVERED if _acknowledged(status) else FAILED
-        return record.to_dict()
 
-    def _note_attempt(self, record: NotificationRecord, status: int | None) -> None:
-        record.attempts.append(status)
-        if not _acknowledged(status):
-            self._stats["failed_attempts"] += 1
-            log.debug("zerohash attempt failed id=%s status=%s", record.notification_id, status)
-
-    async def _attempt(self, body: bytes, headers: dict[str, str]) -> int | None:
-        if self._session is None:
-            raise RuntimeError("zerohash sender is not started")
-        return await post_once(self._session, self.url, body, headers, timeout=self.timeout)
+    async def _send_once(self, kind: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+        identity = _identity_from_headers(ACCOUNT_BALANCE_CHANGED, headers)
+        return await self._deliveries.send_once(kind, identity, body, headers)
 
     def _decoy(self) -> dict[str, Any]:
         """What a forger would send: a recent real balance payload, inflated, or a made-up one."""
@@ -768,11 +669,19 @@ class ZerohashSender:
             ],
         }
 
+    def _timestamp(self) -> str:
+        """``x-zh-hook-timestamp`` for the current time: Unix milliseconds as a string."""
+        return str(int(self._clock() * 1000))
+
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
 
 
-def _acknowledged(status: int | None) -> bool:
+def _identity_from_headers(payload_type: str, headers: Mapping[str, str]) -> ZerohashNotificationIdentity:
+    return ZerohashNotificationIdentity(payload_type, headers[HEADER_NOTIFICATION_ID], headers.get(HEADER_TIMESTAMP))
+
+
+def _any_2xx(status: int | None) -> bool:
     return status is not None and 200 <= status < 300
 
 

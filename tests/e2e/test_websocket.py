@@ -85,7 +85,8 @@ async def test_exporter_runs_one_websocket_per_api_account_and_its_metrics_match
 
 @pytest.mark.parametrize("name", ["whitebit_websocket_messages_invalid", "whitebit_websocket_errors"])
 def test_own_websocket_counters_are_registered_metric_names(name: str) -> None:
-    from exporter.core.metrics import COUNTER, METRIC_TYPES, exposed_name
+    from exporter.core.metrics import METRICS
 
-    assert METRIC_TYPES[name] == COUNTER
-    assert exposed_name(name) == name + "_total"
+    [metric] = [m for m in METRICS if m.name == name]
+    assert metric.type == "counter"
+    assert metric.sample_names == (name + "_total",)

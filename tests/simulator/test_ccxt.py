@@ -108,7 +108,7 @@ async def test_ccxt_with_a_wrong_secret_gets_unauthorized_request(served):
     api, base = served
     client = whitebit_client(base, secret="not-the-secret")
     try:
-        with pytest.raises(ccxt.AuthenticationError, match="Unauthorized request."):
+        with pytest.raises(ccxt.AuthenticationError, match=r"Unauthorized request\."):
             await client.fetch_balance()
     finally:
         await client.close()
@@ -120,7 +120,7 @@ async def test_ccxt_sees_a_forced_429_as_ddos_protection(served):
     api.force_rate_limit("/api/v4/trade-account/balance", 1)
     client = whitebit_client(base)
     try:
-        with pytest.raises(ccxt.DDoSProtection, match="Too many requests."):
+        with pytest.raises(ccxt.DDoSProtection, match=r"Too many requests\."):
             await client.fetch_balance()
     finally:
         await client.close()
@@ -138,10 +138,12 @@ async def test_a_nonce_not_above_ccxts_last_one_is_429(served):
     signed = sign_request(
         "/api/v4/trade-account/balance", {}, api_key=KEY, api_secret=SECRET, nonce=used, nonce_window=False
     )
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + signed.path, data=signed.body, headers=signed.headers) as response:
-            assert response.status == 429
-            assert await response.json() == {"code": 0, "message": "Too many requests.", "errors": {}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + signed.path, data=signed.body, headers=signed.headers) as response,
+    ):
+        assert response.status == 429
+        assert await response.json() == {"code": 0, "message": "Too many requests.", "errors": {}}
 
 
 async def test_a_payload_that_is_not_the_body_is_invalid_payload(served):
@@ -156,8 +158,10 @@ async def test_a_payload_that_is_not_the_body_is_invalid_payload(served):
         "X-TXC-PAYLOAD": payload,
         "X-TXC-SIGNATURE": sign_payload(payload, SECRET),
     }
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + "/api/v4/trade-account/balance", data=sent_body, headers=headers) as response:
-            assert response.status == 400
-            assert await response.json() == {"code": 9, "message": "Invalid payload."}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + "/api/v4/trade-account/balance", data=sent_body, headers=headers) as response,
+    ):
+        assert response.status == 400
+        assert await response.json() == {"code": 9, "message": "Invalid payload."}
     assert api.authenticator.highest_nonce(KEY) is None  # rejected before the nonce was looked at

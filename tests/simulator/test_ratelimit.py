@@ -101,7 +101,7 @@ def test_force_zero_cancels_and_unknown_family_is_an_error():
     limits.force("orders", 3)
     limits.force("orders", 0)
     assert limits.check("ip", "/api/v4/orders")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown rate-limit family"):
         limits.force("no-such-family", 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="count must be >= 0"):
         limits.force("orders", -1)

@@ -318,7 +318,7 @@ async def test_history_transaction_method_1_is_deposits_as_int_or_string(sim, tr
 
 
 async def test_history_transaction_method_2_is_withdrawals(sim, transfers):
-    status, body = await sim.call("/api/v4/main-account/history", {"transactionMethod": "2"})
+    _, body = await sim.call("/api/v4/main-account/history", {"transactionMethod": "2"})
     assert {r["method"] for r in body["records"]} == {2} and body["total"] == 2
 
 

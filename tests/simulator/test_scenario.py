@@ -243,9 +243,9 @@ async def test_run_steps_at_the_rate_until_cancelled() -> None:
 
 def test_rate_must_be_positive() -> None:
     exchange = build_exchange(Clock(), 6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="rate must be positive"):
         ScenarioEngine(exchange, accounts=["alpha"], rng=random.Random(), rate=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown accounts: nobody"):
         ScenarioEngine(exchange, accounts=["nobody"], rng=random.Random())
 
 

@@ -48,7 +48,10 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A webhook endpoint that verifies like the reference recipe and answers per ``policy``."""
+    """A webhook endpoint that answers per ``policy`` and verifies as the docs describe.
+
+    The recipe: docs/protocol.md#webhook-envelope-and-signature.
+    """
 
     policy: Callable[[Received, int], int] | None = None  # (request, attempt number of its id) -> status
     hold: dict[str, asyncio.Event] = field(default_factory=dict)  # code -> released when set
@@ -57,7 +60,7 @@ class Receiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items()}
+        headers = dict(request.headers.items())
         key = headers.get(HEADER_APIKEY, "")
         payload = headers.get(HEADER_PAYLOAD, "")
         payload_ok = payload_matches_body(body, payload)

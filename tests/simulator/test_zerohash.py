@@ -33,7 +33,7 @@ SECRET = "zh-webhook-secret"
 NOW = 1_760_000_000.123
 GROUP = "PLATX1"
 
-# The documented shape (reference zerohash.md 6.2, seed 004): top-level keys and each movement's keys.
+# The documented shape (docs/protocol.md#account-balance-events): top-level keys and each movement's keys.
 PAYLOAD_KEYS = {
     "participant_code",
     "account_group",
@@ -518,7 +518,7 @@ async def test_replay_last_resends_the_acknowledged_notification_byte_for_byte(
 
 
 def test_sender_needs_a_key(receiver: Receiver) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs an HMAC secret, an RSA private key, or both"):
         ZerohashSender(url="http://127.0.0.1:9/", hmac_secret=None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="scheme must be timestamped, legacy or both"):
         ZerohashSender(url="http://127.0.0.1:9/", hmac_secret=SECRET, scheme="sometimes")  # type: ignore[arg-type]
