@@ -366,3 +366,76 @@ async def _on_body_written(
 
 def _logfmt(identity: DataclassInstance) -> str:
     return " ".join(f"{name}={value}" for name, value in asdict(identity).items())
+
+
+class ProviderSender(Generic[IdentityT]):
+    """A provider's sender: its own :class:`RetryingSender`, and what it shows of it.
+
+    A subclass passes its delivery rules to this constructor and adds what is its provider's own:
+    bodies, signatures and the deliveries that only it makes.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        log_name: str,
+        acknowledges: Callable[[int | None], bool],
+        one_shot_kinds: Iterable[str],
+        replay_scope: Callable[[IdentityT], str] | None = None,
+        retry_delays: Sequence[float],
+        timeout: float,
+        clock: Callable[[], float],
+        rng: random.Random | None,
+        sleep: Sleep,
+        history_limit: int,
+    ) -> None:
+        self._clock = clock
+        # A private stream derived from the given one: forged and decoy sends draw from it at moments
+        # that depend on I/O timing, which must not disturb a seeded scenario sharing ``rng``.
+        self._rng = random.Random(rng.getrandbits(64)) if rng is not None else random.Random()
+        self._deliveries: RetryingSender[IdentityT] = RetryingSender(
+            url=url,
+            log_name=log_name,
+            acknowledges=acknowledges,
+            one_shot_kinds=one_shot_kinds,
+            replay_scope=replay_scope,
+            retry_delays=retry_delays,
+            timeout=timeout,
+            clock=clock,
+            rng=self._rng,
+            sleep=sleep,
+            history_limit=history_limit,
+        )
+
+    @property
+    def url(self) -> str:
+        """Where deliveries go; settable, e.g. for a receiver that restarted on another port."""
+        return self._deliveries.url
+
+    @url.setter
+    def url(self, url: str) -> None:
+        self._deliveries.url = url
+
+    @property
+    def drop_probability(self) -> float:
+        """The share (0 to 1) of deliveries never sent, decided as each one is made."""
+        return self._deliveries.drop_probability
+
+    @drop_probability.setter
+    def drop_probability(self, share: float) -> None:
+        self._deliveries.drop_probability = share
+
+    def stats(self) -> dict[str, int]:
+        """Delivery counts.
+
+        ``sent``: deliveries whose first attempt began; ``delivered``: acknowledged (WhiteBIT: a 200,
+        Zero Hash: any 2xx); ``failed_attempts``: attempts of any kind not acknowledged; ``retried``:
+        retry attempts; ``dropped``: never sent; ``given_up``: retries exhausted; and one counter per
+        one-shot kind (``forged``, ``tampered``, ``replayed``, and Zero Hash's ``stale``).
+        """
+        return self._deliveries.stats()
+
+    def history(self) -> list[dict[str, Any]]:
+        """The most recent delivery records, oldest first."""
+        return self._deliveries.history()

@@ -49,7 +49,7 @@ from exporter.simulator.sender import (
     KIND_REPLAYED,
     KIND_TAMPERED,
     Delivery,
-    RetryingSender,
+    ProviderSender,
     Sleep,
     cancel_and_wait,
 )
@@ -69,7 +69,7 @@ class WhitebitDeliveryIdentity:
     nonce: int
 
 
-class WebhookSender:
+class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
     """Delivers an exchange's webhook events to one URL, signed per account, with WhiteBIT's retries.
 
     ``start()`` subscribes to the exchange and opens the HTTP session; ``stop()`` unsubscribes, cancels
@@ -90,13 +90,7 @@ class WebhookSender:
         sleep: Sleep = asyncio.sleep,
         history_limit: int = 1000,
     ) -> None:
-        self.exchange = exchange
-        self.retry_keeps_body = retry_keeps_body
-        self._clock = clock
-        # A private stream derived from the given one: forged sends draw from it at moments that depend
-        # on I/O timing, which must not disturb a seeded scenario sharing ``rng``.
-        self._rng = random.Random(rng.getrandbits(64)) if rng is not None else random.Random()
-        self._deliveries: RetryingSender[WhitebitDeliveryIdentity] = RetryingSender(
+        super().__init__(
             url=url,
             log_name="webhook",
             acknowledges=_only_200,
@@ -105,32 +99,16 @@ class WebhookSender:
             retry_delays=retry_delays,
             timeout=timeout,
             clock=clock,
-            rng=self._rng,
+            rng=rng,
             sleep=sleep,
             history_limit=history_limit,
         )
+        self.exchange = exchange
+        self.retry_keeps_body = retry_keeps_body
         self._last_nonce: dict[str, int] = {}  # by webhook key
         self._unsubscribe: Callable[[], None] | None = None
         self._queues: dict[str, asyncio.Queue[Delivery[WhitebitDeliveryIdentity]]] = {}  # by webhook key
         self._dispatchers: dict[str, asyncio.Task[None]] = {}  # by webhook key
-
-    @property
-    def url(self) -> str:
-        """Where deliveries go; settable, e.g. for a receiver that restarted on another port."""
-        return self._deliveries.url
-
-    @url.setter
-    def url(self, url: str) -> None:
-        self._deliveries.url = url
-
-    @property
-    def drop_probability(self) -> float:
-        """The share (0 to 1) of events never sent, decided as each event happens."""
-        return self._deliveries.drop_probability
-
-    @drop_probability.setter
-    def drop_probability(self, share: float) -> None:
-        self._deliveries.drop_probability = share
 
     # --- lifecycle ---
 
@@ -152,19 +130,6 @@ class WebhookSender:
         await self._deliveries.stop()
 
     # --- reading ---
-
-    def stats(self) -> dict[str, int]:
-        """Delivery counts.
-
-        ``sent``: events whose delivery began; ``delivered``: answered with a 200; ``failed_attempts``:
-        attempts of any kind without a 200; ``retried``: retry attempts; ``dropped``: events never sent;
-        ``given_up``: retries exhausted; ``forged``, ``tampered`` and ``replayed``: those one-shot sends.
-        """
-        return self._deliveries.stats()
-
-    def history(self) -> list[dict[str, Any]]:
-        """The most recent delivery records, oldest first."""
-        return self._deliveries.history()
 
     def can_replay(self, account: str) -> bool:
         """True when ``account`` has a delivered webhook that :meth:`replay_last` can resend."""

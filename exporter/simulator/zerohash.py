@@ -41,7 +41,14 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.simulator.model import fmt
-from exporter.simulator.sender import KIND_FORGED, KIND_REPLAYED, KIND_TAMPERED, Delivery, RetryingSender, Sleep
+from exporter.simulator.sender import (
+    KIND_FORGED,
+    KIND_REPLAYED,
+    KIND_TAMPERED,
+    Delivery,
+    ProviderSender,
+    Sleep,
+)
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
     HEADER_PAYLOAD_TYPE,
@@ -417,7 +424,7 @@ class ZerohashNotificationIdentity:
     timestamp: str | None
 
 
-class ZerohashSender:
+class ZerohashSender(ProviderSender[ZerohashNotificationIdentity]):
     """POSTs Zero Hash notifications to one URL with Zero Hash's headers, retries and mischief on cue.
 
     ``send()`` is synchronous, so a pure booking can be followed by its delivery without awaiting;
@@ -452,11 +459,7 @@ class ZerohashSender:
         self.retry_keeps_timestamp = retry_keeps_timestamp
         self._hmac_secret = hmac_secret
         self._rsa_key = rsa_private_key
-        self._clock = clock
-        # A private stream derived from the given one (see WebhookSender): decoys are drawn at moments
-        # that depend on I/O timing and must not disturb a seeded scenario sharing ``rng``.
-        self._rng = random.Random(rng.getrandbits(64)) if rng is not None else random.Random()
-        self._deliveries: RetryingSender[ZerohashNotificationIdentity] = RetryingSender(
+        super().__init__(
             url=url,
             log_name="zerohash notification",
             acknowledges=_any_2xx,
@@ -464,7 +467,7 @@ class ZerohashSender:
             retry_delays=(fast_retry_delay,) * fast_retries + tuple(backoff_delays),
             timeout=timeout,
             clock=clock,
-            rng=self._rng,
+            rng=rng,
             sleep=sleep,
             history_limit=history_limit,
         )
@@ -472,24 +475,6 @@ class ZerohashSender:
         self._max_backlog = max_backlog
         self._last_balance_payload: dict[str, Any] | None = None
         self._forger_key: rsa.RSAPrivateKey | None = None
-
-    @property
-    def url(self) -> str:
-        """Where notifications go; settable, e.g. for a receiver that restarted on another port."""
-        return self._deliveries.url
-
-    @url.setter
-    def url(self, url: str) -> None:
-        self._deliveries.url = url
-
-    @property
-    def drop_probability(self) -> float:
-        """The share (0 to 1) of notifications never sent, decided as each one is queued."""
-        return self._deliveries.drop_probability
-
-    @drop_probability.setter
-    def drop_probability(self, share: float) -> None:
-        self._deliveries.drop_probability = share
 
     # --- lifecycle ---
 
@@ -506,20 +491,6 @@ class ZerohashSender:
         await self._deliveries.stop()
 
     # --- reading ---
-
-    def stats(self) -> dict[str, int]:
-        """Notification counts.
-
-        ``sent``: notifications whose delivery began; ``delivered``: acknowledged with a 2xx;
-        ``failed_attempts``: attempts of any kind without a 2xx; ``retried``: retry attempts;
-        ``dropped``: never sent; ``given_up``: retries exhausted; ``forged``, ``tampered``, ``stale``
-        and ``replayed``: those one-shot sends.
-        """
-        return self._deliveries.stats()
-
-    def history(self) -> list[dict[str, Any]]:
-        """The most recent notification records, oldest first."""
-        return self._deliveries.history()
 
     def can_replay(self) -> bool:
         """True when a notification has been acknowledged, so :meth:`replay_last` has something to resend."""
