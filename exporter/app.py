@@ -152,7 +152,7 @@ class Exporter:
             state = self._state = StateStore.open(config.state.path, clock=self.clock)
         except StateError as exc:
             raise StartupError(str(exc)) from exc
-        log.info("state opened", extra={"path": str(config.state.path)})
+        log.info("state opened", extra={"path": str(config.state.path), "schema_version": state.schema_version})
         # What the providers share, built before any of them: one committer for both receivers, so
         # deliveries arriving together share one commit, and one book for every account's transfers,
         # fed by the WhiteBIT receiver and by history reconciliation.

@@ -263,8 +263,6 @@ class HistoryPoll:
         missed: MissedWebhooks | None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not (math.isfinite(grace) and grace >= 0):
-            raise ValueError("reconcile_grace must be a finite number of seconds >= 0")
         self._client = client
         self.account = client.account
         self._book = book
