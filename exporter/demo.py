@@ -77,6 +77,9 @@ class DemoOptions:
     forge_every: int | None = 60
     webhook_retry_delay: float = 20.0
     reconcile_grace: float = 120.0
+    # WhiteBIT's clock is never exactly ours: the simulated one runs beyond the ±5 s nonce window, so
+    # the demo only works because the exporter measures the offset and signs on WhiteBIT's clock.
+    clock_offset: float = 6.5
     seed: int | None = None
 
 
@@ -100,6 +103,7 @@ def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> Si
         scenario_rate=options.scenario_rate,
         scenario_autostart=False,
         scenario_forge_every=options.forge_every,
+        clock_offset=options.clock_offset,
         seed=options.seed,
     )
 

@@ -458,6 +458,13 @@ CONNECTIVITY = Dashboard(
                     "s",
                     (latency("0.5", "p50"), latency("0.9", "p90"), latency("0.99", "p99")),
                 ),
+                Panel(
+                    "WhiteBIT clock offset",
+                    "WhiteBIT's clock minus this host's, as last measured (whitebit_clock_offset_seconds); nonces are "
+                    "signed on WhiteBIT's clock, so only the host's own timestamps are off by this much.",
+                    "s",
+                    (Target(f"whitebit_clock_offset_seconds{{{SEL_ACCOUNT}}}", "{{account}}"),),
+                ),
             ),
         ),
     ),

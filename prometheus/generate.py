@@ -229,6 +229,26 @@ ALERTS: tuple[Alert, ...] = (
         ("job", "instance", "account"),
     ),
     Alert(
+        "WhitebitClockOffsetLarge",
+        "abs(whitebit_clock_offset_seconds{[[selector]]}) > [[threshold]]",
+        "This host's clock is far from WhiteBIT's.",
+        "WhiteBIT's clock is {{ $value | humanize }} s away from the clock of {{ $labels.instance }} "
+        "(account {{ $labels.account }}) for [[for]]: requests still work, signed on WhiteBIT's clock, but "
+        "the host's own timestamps are off; check its time synchronisation.",
+        CONNECTIVITY,
+        ("job", "instance", "account"),
+    ),
+    Alert(
+        "WhitebitClockUnmeasured",
+        "time() - whitebit_clock_sync_timestamp_seconds{[[selector]]} > [[max_age_seconds]]",
+        "WhiteBIT's clock has not been measured for a long time.",
+        "Account {{ $labels.account }} on {{ $labels.instance }} last measured WhiteBIT's clock "
+        "{{ $value | humanizeDuration }} ago (more than [[max_age]]): /api/v4/public/time is failing, "
+        "and requests signed on a stale offset may be refused.",
+        CONNECTIVITY,
+        ("job", "instance", "account"),
+    ),
+    Alert(
         "WhitebitZerohashFeedSilent",
         "time() - zerohash_webhook_last_received_timestamp_seconds{[[selector]]} > [[max_age_seconds]]",
         "No Zero Hash webhook has arrived for a long time.",

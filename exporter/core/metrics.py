@@ -326,6 +326,17 @@ WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO = GaugeDef(
     ("account", "endpoint"),
 )
 
+WHITEBIT_CLOCK_OFFSET_SECONDS = GaugeDef(
+    "whitebit_clock_offset_seconds",
+    "WhiteBIT's clock minus ours, as last measured with /api/v4/public/time; nonces are signed on WhiteBIT's clock.",
+    ("account",),
+)
+WHITEBIT_CLOCK_SYNC_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_clock_sync_timestamp_seconds",
+    "Unix time of the last successful measurement of WhiteBIT's clock.",
+    ("account",),
+)
+
 #: Every metric the exporter defines, in the order of the README's tables.
 METRICS: tuple[MetricDef, ...] = (
     EXPORTER_BUILD_INFO,
@@ -373,6 +384,8 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_REST_REQUESTS,
     WHITEBIT_REST_RATE_LIMITED,
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
+    WHITEBIT_CLOCK_OFFSET_SECONDS,
+    WHITEBIT_CLOCK_SYNC_TIMESTAMP_SECONDS,
 )
 
 

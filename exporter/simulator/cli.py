@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--webhook-retry-delay", type=float, default=600.0, help="seconds between webhook retries")
     parser.add_argument("--webhook-drop-probability", type=float, default=0.0, help="share of webhooks never sent")
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        help="seconds the simulated exchange's clock runs ahead of this host's (negative: behind)",
+    )
     parser.add_argument("--seed", type=int, help="random seed, for a reproducible scenario")
     parser.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
@@ -80,6 +86,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         zerohash_secret=args.zerohash_secret,
         scenario_rate=args.scenario_rate,
         webhook_drop_probability=args.webhook_drop_probability,
+        clock_offset=args.clock_offset,
         seed=args.seed,
     )
 

@@ -66,6 +66,9 @@ class SimulatorSettings:
     webhook_drop_probability: float = 0.0
     ws_idle_timeout: float = 60.0
     history_field_style: str = "camel"
+    # Seconds the simulated exchange's clock runs ahead of the host's (negative: behind). A real
+    # exchange's clock is never exactly ours, and WhiteBIT checks nonceWindow nonces against its own.
+    clock_offset: float = 0.0
     seed: int | None = None
 
 
@@ -74,6 +77,8 @@ class Simulator:
 
     def __init__(self, settings: SimulatorSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        if settings.clock_offset:
+            clock = _offset_clock(clock, settings.clock_offset)
         self.clock = clock
         self.rng = random.Random(settings.seed)
         self.exchange = Exchange(
@@ -294,3 +299,12 @@ class Simulator:
             raise web.HTTPBadRequest(text="steps must be an integer from 1 to 10000")
         actions = [self.scenario.step() for _ in range(steps)]
         return web.json_response({"actions": actions})
+
+
+def _offset_clock(clock: Callable[[], float], offset: float) -> Callable[[], float]:
+    """``clock`` running ``offset`` seconds ahead: the exchange's own time."""
+
+    def now() -> float:
+        return clock() + offset
+
+    return now

@@ -70,6 +70,8 @@ TRADE_BALANCE = "/api/v4/trade-account/balance"
 COLLATERAL_BALANCE_SUMMARY = "/api/v4/collateral-account/balance-summary"
 COLLATERAL_SUMMARY = "/api/v4/collateral-account/summary"
 WEBSOCKET_TOKEN = "/api/v4/profile/websocket_token"
+#: Public, unsigned: WhiteBIT's clock (see exporter.whitebit.clock).
+PUBLIC_TIME = "/api/v4/public/time"
 ENDPOINTS: tuple[str, ...] = (
     MAIN_BALANCE,
     MAIN_HISTORY,
@@ -77,6 +79,7 @@ ENDPOINTS: tuple[str, ...] = (
     COLLATERAL_BALANCE_SUMMARY,
     COLLATERAL_SUMMARY,
     WEBSOCKET_TOKEN,
+    PUBLIC_TIME,
 )
 #: The `endpoint` label of a path outside :data:`ENDPOINTS`, so a caller cannot mint series.
 OTHER_ENDPOINT = "other"
@@ -115,6 +118,8 @@ class RestError(Exception):
         self.status = status
         self.code = code
         self.errors = dict(errors or {})
+        #: The nonce of the refused request, when it was a signed one (set by the client).
+        self.nonce: int | None = None
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -392,6 +397,7 @@ class RestClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_nonce_refused: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
         self.account = account
         self.base_url = base_url.rstrip("/")
@@ -400,13 +406,16 @@ class RestClient:
         self.transport = transport
         self.nonce_window = nonce_window
         # Share one NonceSource between clients of the same key: WhiteBIT tracks nonces per key.
-        self._nonces = nonces if nonces is not None else NonceSource()
+        self._nonces = nonces if nonces is not None else NonceSource(window=nonce_window)
         self._sequential = None if nonce_window else asyncio.Lock()
         self.max_retries = max_retries
         self.backoff = backoff
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self._clock = clock
+        # Awaited with the refused nonce when WhiteBIT refuses one; True when the request may go once
+        # more at once, signed on a newer reading of the exchange's clock (see clock.py).
+        self._on_nonce_refused = on_nonce_refused
         transport.metrics.add_account(account)
 
     def __repr__(self) -> str:
@@ -418,12 +427,29 @@ class RestClient:
         Raises a :class:`RestError` subclass; 429, 5xx and network failures only after
         ``max_retries`` retries.
         """
+        return await self._with_retries(path, lambda endpoint: self._attempt(path, endpoint, params or {}))
+
+    async def get_public(self, path: str) -> Any:
+        """Call the public endpoint ``path`` (unsigned ``GET``); the decoded JSON answer, retried as :meth:`post`."""
+        return await self._with_retries(path, lambda endpoint: self._attempt_public(path, endpoint))
+
+    async def _with_retries(self, path: str, attempt: Callable[[str], Awaitable[Any]]) -> Any:
         endpoint = endpoint_label(path)
         retry = 0
+        resynced = False
         while True:
             try:
-                return await self._attempt(path, endpoint, params or {})
+                return await attempt(endpoint)
             except RestError as error:
+                if (
+                    not resynced
+                    and self._on_nonce_refused is not None
+                    and error.nonce is not None
+                    and self._nonce_refused(error)
+                    and await self._on_nonce_refused(error.nonce)
+                ):
+                    resynced = True
+                    continue
                 if not error.retryable or retry >= self.max_retries:
                     raise
                 delay = self.backoff.delay(retry, self._rng)
@@ -442,6 +468,12 @@ class RestClient:
                 )
                 await self._sleep(delay)
 
+    def _nonce_refused(self, error: RestError) -> bool:
+        # Under nonceWindow WhiteBIT answers a nonce outside its window, or reused, with a nonce
+        # error or with the same 429 as a rate limit (docs/protocol.md#nonces): either may mean
+        # our clock drifted from WhiteBIT's.
+        return isinstance(error, NonceError) or (self.nonce_window and isinstance(error, RateLimitedError))
+
     async def websocket_token(self) -> str:
         """A fresh private WebSocket token (``POST /api/v4/profile/websocket_token``)."""
         document = await self.post(WEBSOCKET_TOKEN)
@@ -455,9 +487,36 @@ class RestClient:
         slot = await family.acquire((self.account, endpoint))
         try:
             async with self._sequential if self._sequential is not None else contextlib.nullcontext():
-                status, raw, reason = await self._exchange(path, endpoint, params)
+                # Signed only now, after the wait for a slot, so the wait never ages the nonce.
+                nonce = self._nonces.next()
+                signed = sign_request(
+                    path,
+                    params,
+                    api_key=self._api_key,
+                    api_secret=self._api_secret,
+                    nonce=nonce,
+                    nonce_window=self.nonce_window,
+                )
+                status, raw, reason = await self._exchange("POST", path, endpoint, signed.body, signed.headers)
         finally:
             family.release(slot)
+        try:
+            return self._answer(endpoint, status, raw, reason)
+        except RestError as error:
+            error.nonce = nonce
+            raise
+
+    async def _attempt_public(self, path: str, endpoint: str) -> Any:
+        family = self.transport.limiter.family(path)
+        slot = await family.acquire((self.account, endpoint))
+        try:
+            status, raw, reason = await self._exchange("GET", path, endpoint, None, {})
+        finally:
+            family.release(slot)
+        return self._answer(endpoint, status, raw, reason)
+
+    def _answer(self, endpoint: str, status: int, raw: bytes, reason: str) -> Any:
+        """The decoded JSON of a 2xx answer, or the :class:`RestError` the answer means."""
         document = _decode(raw)
         if 200 <= status < 300:
             if document is _UNDECODABLE:
@@ -471,22 +530,17 @@ class RestClient:
             )
         raise classify(endpoint, status, None if document is _UNDECODABLE else document, reason)
 
-    async def _exchange(self, path: str, endpoint: str, params: Mapping[str, Any]) -> tuple[int, bytes, str]:
-        """Sign with a fresh nonce, send, read; ``(status, body, reason)``. Records the attempt."""
-        signed = sign_request(
-            path,
-            params,
-            api_key=self._api_key,
-            api_secret=self._api_secret,
-            nonce=self._nonces.next(),
-            nonce_window=self.nonce_window,
-        )
+    async def _exchange(
+        self, method: str, path: str, endpoint: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, bytes, str]:
+        """Send, read; ``(status, body, reason)``. Records the attempt."""
         started = self._clock()
         try:
-            async with self.transport.session.post(
+            async with self.transport.session.request(
+                method,
                 self.base_url + path,
-                data=signed.body,
-                headers=signed.headers,
+                data=body,
+                headers=dict(headers),
                 allow_redirects=False,
             ) as response:
                 raw = await response.read()

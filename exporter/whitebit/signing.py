@@ -15,7 +15,8 @@ import hmac
 import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,20 +121,44 @@ def sign_body(body: bytes, *, key: str, secret: str) -> dict[str, str]:
 
 
 class NonceSource:
-    """Millisecond nonces that never repeat or go backwards within one process.
+    """Millisecond nonces for one API key, following ``clock``, never repeated.
 
-    WhiteBIT tracks the highest nonce per API key; with ``nonceWindow`` a nonce must also be
-    within 5 s of server time, so the value follows the wall clock and is bumped by one when two
-    calls land in the same millisecond. Thread-safe, because it may be shared by every caller
-    that uses one key.
+    Without ``nonceWindow`` WhiteBIT wants every nonce above the last one it took for the key, so
+    ``window=False`` never goes backwards: a nonce is the clock's millisecond, or one above the last.
+    With ``nonceWindow`` (``window=True``) a nonce must be within 5 s of *WhiteBIT's* clock and never
+    used before (docs/protocol.md#nonces); then the nonce follows ``clock`` (in the exporter,
+    WhiteBIT's clock as measured, see :mod:`exporter.whitebit.clock`) even when a new measurement
+    moves it back, and skips the values it handed out in the last :data:`RECENT_NONCES_SECONDS`.
+    Thread-safe, because it may be shared by every caller that uses one key.
     """
 
-    def __init__(self, clock: Any = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, *, window: bool = True) -> None:
         self._clock = clock
+        self._window = window
         self._last = 0
+        self._recent: set[int] = set()
+        self._recent_order: deque[int] = deque()
         self._lock = threading.Lock()
 
     def next(self) -> int:
+        """The next nonce."""
         with self._lock:
-            self._last = max(int(self._clock() * 1000), self._last + 1)
-            return self._last
+            now = int(self._clock() * 1000)
+            if not self._window:
+                self._last = max(now, self._last + 1)
+                return self._last
+            horizon = now - int(RECENT_NONCES_SECONDS * 1000)
+            while self._recent_order and self._recent_order[0] < horizon:
+                self._recent.discard(self._recent_order.popleft())
+            nonce = now
+            while nonce in self._recent:
+                nonce += 1
+            self._recent.add(nonce)
+            self._recent_order.append(nonce)
+            self._last = nonce
+            return nonce
+
+
+#: How long a ``nonceWindow`` nonce is remembered so it is never handed out twice: longer than the
+#: window on either side, and than any step a new clock reading makes.
+RECENT_NONCES_SECONDS = 30.0

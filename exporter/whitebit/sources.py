@@ -2,6 +2,7 @@
 
 Per account: the private WebSocket (spot and collateral wallets, open orders), the REST pollers
 (main balance, collateral, the spot wallet while the WebSocket is down) and history reconciliation.
+Per WhiteBIT base URL: the measurement of its clock, which every nonce of its accounts is signed on.
 Shared by every account: one rate limiter (WhiteBIT limits per IP), one HTTP session and one
 collector per metric family, so each family is exposed once whatever the number of accounts.
 Accounts run on webhooks alone need no source.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -20,10 +22,11 @@ from exporter.core.health import HealthRegistry
 from exporter.core.state import StateStore
 from exporter.core.supervisor import Source
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
+from exporter.whitebit.clock import ClockCollector, ClockSync, ExchangeClock
 from exporter.whitebit.pollers import CollateralSummaries, build_pollers
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.reconcile import MissedWebhooks, build_history_poller
-from exporter.whitebit.rest import RestClient, RestMetrics, RestTransport
+from exporter.whitebit.rest import PUBLIC_TIME, RestClient, RestMetrics, RestTransport
 from exporter.whitebit.signing import NonceSource
 from exporter.whitebit.transfers import TransferBook
 from exporter.whitebit.websocket.collector import WebSocketCollector
@@ -63,17 +66,24 @@ def build_sources(
     transport = RestTransport(limiter, rest_metrics, timeout=rest.timeout)
     summaries = CollateralSummaries()
     websockets = WebSocketCollector()
+    clocks = ClockCollector()
     # Missed webhooks are counted only for accounts that have a webhook to miss.
     missed = MissedWebhooks(account.name for account in api_accounts if account.webhook is not None)
-    for collector in (BalancesCollector(balances.values()), rest_metrics, summaries, websockets, missed):
+    for collector in (BalancesCollector(balances.values()), rest_metrics, summaries, websockets, missed, clocks):
         registry.register(collector)
 
     sources: list[Source] = []
     nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
+    exchange_clocks: dict[str, ExchangeClock] = {}  # by base URL: one exchange, one clock
     for account in api_accounts:
         # has_api: the loader sets both or neither.
         assert account.api_key is not None
         assert account.api_secret is not None
+        exchange_clock = exchange_clocks.get(account.rest_url)
+        measure = exchange_clock is None
+        if exchange_clock is None:
+            exchange_clock = exchange_clocks[account.rest_url] = ExchangeClock(clock)
+        clocks.add(account.name, exchange_clock)
         client = RestClient(
             account=account.name,
             base_url=account.rest_url,
@@ -81,9 +91,14 @@ def build_sources(
             api_secret=account.api_secret,
             transport=transport,
             nonce_window=account.nonce_window,
-            nonces=nonces.setdefault(account.api_key, NonceSource()),
+            nonces=nonces.setdefault(account.api_key, NonceSource(exchange_clock.now, window=account.nonce_window)),
             max_retries=rest.max_retries,
+            on_nonce_refused=exchange_clock.nonce_refused,
         )
+        if measure:
+            sources.append(
+                ClockSync(account.name, exchange_clock, partial(client.get_public, PUBLIC_TIME), local_clock=clock)
+            )
         websocket = WebSocketSource(
             account.name,
             account.ws_url,
