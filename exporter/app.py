@@ -32,7 +32,7 @@ from exporter.config.schema import Config
 from exporter.core.health import HealthRegistry, UpCollector
 from exporter.core.housekeeping import Housekeeping
 from exporter.core.logs import redact
-from exporter.core.metrics import BuildInfoCollector
+from exporter.core.metrics import BuildInfoCollector, SeriesValues
 from exporter.core.state import StateError, StateStore
 from exporter.core.supervisor import Supervisor, SupervisorCollector
 from exporter.http.metrics_listener import create_metrics_app
@@ -160,6 +160,8 @@ class Exporter:
         transfers = TransferBook(state, (a.name for a in config.whitebit), clock=self.clock)
         self.registry.register(TransferCollector(transfers))
         receivers = self._receivers(state, committer, transfers)
+        listener_refusals = SeriesValues()
+        self.registry.register(listener_refusals)
 
         self._metrics = Listener(
             "metrics",
@@ -169,7 +171,7 @@ class Exporter:
         )
         self._webhooks = Listener(
             "webhooks",
-            create_webhook_app(config.webhooks, config.whitebit, receivers),
+            create_webhook_app(config.webhooks, config.whitebit, receivers, collector=listener_refusals),
             config.webhooks.listen_address,
             shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT,
         )

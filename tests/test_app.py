@@ -27,9 +27,10 @@ from exporter.config.schema import (
 )
 from exporter.core.backoff import Backoff
 from exporter.core.logs import LogfmtFormatter
-from exporter.core.metrics import EXPORTER_BUILD_INFO, WHITEBIT_UP
+from exporter.core.metrics import EXPORTER_BUILD_INFO, WEBHOOK_LISTENER_REJECTED, WHITEBIT_UP
 from exporter.core.state import MIN_DELIVERY_TTL, StateStore
 from exporter.core.supervisor import Supervisor, TaskStatus
+from exporter.http.webhook_listener import REFUSAL_REASONS
 from tests.exporters import ACCOUNTS, API_ACCOUNTS, API_KEY, API_SECRET, HOOK_SECRET, ZEROHASH, ZH_SECRET, StartExporter
 from tests.helpers import scrape, scrape_text, wait_for
 
@@ -76,6 +77,22 @@ async def test_metrics_show_up_for_every_configured_account(start_exporter: Star
         ({"account": "trading"}, 0.0),
         ({"account": "payments"}, 1.0),
     ]
+
+
+async def test_the_webhook_listener_refusals_are_on_metrics_from_start(
+    start_exporter: StartExporter, http: aiohttp.ClientSession
+) -> None:
+    # The exporter registers the listener's own collector: every reason from the first scrape, and a
+    # request for an unknown path counted as not_found.
+    exporter = await start_exporter()
+    before = await scrape(exporter.metrics_url)
+    assert {
+        labels["reason"]: value for labels, value in before.samples(WEBHOOK_LISTENER_REJECTED.name + "_total")
+    } == dict.fromkeys(REFUSAL_REASONS, 0.0)
+    async with http.post(exporter.webhooks_url + "/no-such-receiver", data=b"{}") as response:
+        assert response.status == 404
+    after = await scrape(exporter.metrics_url)
+    assert ({"reason": "not_found"}, 1.0) in after.samples(WEBHOOK_LISTENER_REJECTED.name + "_total")
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="process metrics need /proc")

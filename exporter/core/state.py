@@ -49,6 +49,9 @@ APPLICATION_ID = 0x57424558
 
 #: Webhook ids must be remembered across restarts for at least 48 h (README.md#durable-state; default 7 days).
 MIN_DELIVERY_TTL = 48 * 3600.0
+# Cursor-name suffixes (table ``cursors``) of what the freshness of a webhook feed is restored from.
+_LAST_DELIVERY = ":last_delivery"
+_FIRST_WATCHED = ":first_watched"
 DEFAULT_DELIVERY_TTL = 7 * 86400.0
 
 BUSY_TIMEOUT_MS = 5000
@@ -446,10 +449,46 @@ class StateStore:
         return bool(rows)
 
     def purge_expired_deliveries(self) -> int:
-        """Delete expired delivery ids; returns how many."""
+        """Delete expired delivery ids; returns how many.
+
+        The newest ``first_seen`` of each feed (provider and account) among them is kept first, as
+        the cursor ``<provider>:last_delivery``, so :meth:`last_deliveries` survives the purge.
+        """
+        now = self._now()
         with self.transaction():
-            cur = self._conn().execute("DELETE FROM webhook_deliveries WHERE expires_at <= ?", (self._now(),))
+            conn = self._conn()
+            conn.execute(
+                "INSERT INTO cursors (account, name, value, updated_at)"
+                " SELECT account, provider || ?, CAST(MAX(first_seen) AS TEXT), ? FROM webhook_deliveries"
+                " WHERE expires_at <= ? GROUP BY provider, account"
+                " ON CONFLICT (account, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+                " WHERE CAST(excluded.value AS REAL) > CAST(cursors.value AS REAL)",
+                (_LAST_DELIVERY, now, now),
+            )
+            cur = conn.execute("DELETE FROM webhook_deliveries WHERE expires_at <= ?", (now,))
             return cur.rowcount
+
+    def last_deliveries(self, provider: str) -> dict[str, float]:
+        """When each account's newest delivery from ``provider`` was first seen, remembered or purged."""
+        newest: dict[str, float] = {}
+        purged = self._query("SELECT account, value FROM cursors WHERE name = ?", (provider + _LAST_DELIVERY,))
+        remembered = self._query(
+            "SELECT account, MAX(first_seen) FROM webhook_deliveries WHERE provider = ? GROUP BY account", (provider,)
+        )
+        for account, value in [*purged, *remembered]:
+            newest[str(account)] = max(newest.get(str(account), -math.inf), float(value))
+        return newest
+
+    def first_watched(self, account: str, feed: str) -> float:
+        """When this state file first watched ``feed`` of ``account``: now, the first time it is asked."""
+        name = feed + _FIRST_WATCHED
+        with self.transaction():
+            self._conn().execute(
+                "INSERT INTO cursors (account, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account, name) DO NOTHING",
+                (account, name, repr(self._now()), self._now()),
+            )
+        return float(self._query("SELECT value FROM cursors WHERE account = ? AND name = ?", (account, name))[0][0])
 
     # -- nonces ------------------------------------------------------------------------------
 

@@ -16,6 +16,11 @@ Where WhiteBIT's documentation is silent the sender takes a stated position
 * The nonce is a strictly increasing integer per webhook key, following the clock in milliseconds
   (``1700000000000``-scale, like the documented examples) and bumped by one when two events share a
   millisecond. Whether WhiteBIT's nonce is per key or global, and what it is based on, is unknown.
+* ``code.apply`` and refund deliveries carry ``"nonce": 0`` by default, the form of the documented
+  envelope and refund examples (``zero_nonce_methods``), and the methods in ``nonceless_methods``
+  (none by default) carry no nonce at all, the form of the deposit and withdrawal examples
+  (docs/protocol.md#webhook-envelope-and-signature). Neither form takes a number from the rising
+  sequence, so a receiver must accept both without treating them as regressions.
 * A retry resends the identical signed body (same ``id``, same ``nonce``) by default, the conservative
   model: retries then arrive with a nonce below newer events, which a receiver must tolerate. With
   ``retry_keeps_body=False`` a retry keeps the ``id`` but carries a fresh nonce and signature.
@@ -38,7 +43,7 @@ import functools
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,15 +63,22 @@ from exporter.whitebit.signing import compact_json, sign_body
 # The kind of record for a delivery of an exchange event (the others are the one-shot kinds).
 KIND_EVENT = "event"
 
+#: Methods whose deliveries carry ``"nonce": 0`` by default, as WhiteBIT's envelope and refund
+#: examples show (docs/protocol.md#webhook-envelope-and-signature).
+ZERO_NONCE_METHODS = ("code.apply", "refund.successful", "refund.failed")
+
 
 @dataclass
 class WhitebitDeliveryIdentity:
-    """Which WhiteBIT delivery a record is about: the account, the method, the delivery id and its nonce."""
+    """Which WhiteBIT delivery a record is about: the account, the method, the delivery id and its nonce.
+
+    ``nonce`` is None for a delivery sent without one (see ``nonceless_methods``).
+    """
 
     account: str
     method: str
     id: str
-    nonce: int
+    nonce: int | None
 
 
 class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
@@ -87,9 +99,13 @@ class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
         retry_delays: Sequence[float] = (600.0,) * 5,
         timeout: float = 10.0,
         retry_keeps_body: bool = True,
+        zero_nonce_methods: Collection[str] = ZERO_NONCE_METHODS,
+        nonceless_methods: Collection[str] = (),
         sleep: Sleep = asyncio.sleep,
         history_limit: int = 1000,
     ) -> None:
+        if set(zero_nonce_methods) & set(nonceless_methods):
+            raise ValueError("a method cannot be both in zero_nonce_methods and in nonceless_methods")
         super().__init__(
             url=url,
             log_name="webhook",
@@ -105,6 +121,8 @@ class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
         )
         self.exchange = exchange
         self.retry_keeps_body = retry_keeps_body
+        self.zero_nonce_methods = frozenset(zero_nonce_methods)
+        self.nonceless_methods = frozenset(nonceless_methods)
         self._last_nonce: dict[str, int] = {}  # by webhook key
         self._unsubscribe: Callable[[], None] | None = None
         self._queues: dict[str, asyncio.Queue[Delivery[WhitebitDeliveryIdentity]]] = {}  # by webhook key
@@ -184,8 +202,9 @@ class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
         if key_pair is None:
             return
         key, secret = key_pair
-        nonce = self._next_nonce(key)
-        identity = WhitebitDeliveryIdentity(event.account, event.method, self._new_id(), nonce)
+        identity = WhitebitDeliveryIdentity(
+            event.account, event.method, self._new_id(), self._event_nonce(key, event.method)
+        )
         record = self._deliveries.record(KIND_EVENT, identity)
         if self._deliveries.drop_if_due(record, event.method):
             return
@@ -220,11 +239,19 @@ class WebhookSender(ProviderSender[WhitebitDeliveryIdentity]):
         self, key: str, secret: str, params: dict[str, Any], delivery: Delivery[WhitebitDeliveryIdentity]
     ) -> None:
         identity = delivery.record.identity
-        identity.nonce = self._next_nonce(key)
+        identity.nonce = self._event_nonce(key, identity.method)
         delivery.body = _body(identity, params)
         delivery.headers = sign_body(delivery.body, key=key, secret=secret)
 
     # --- building bodies ---
+
+    def _event_nonce(self, key: str, method: str) -> int | None:
+        """The nonce of a new delivery (or retry) of ``method``: 0, none, or the next of the rising sequence."""
+        if method in self.zero_nonce_methods:
+            return 0
+        if method in self.nonceless_methods:
+            return None
+        return self._next_nonce(key)
 
     def _next_nonce(self, key: str) -> int:
         nonce = max(self._clock_nonce(), self._last_nonce.get(key, 0) + 1)
@@ -277,5 +304,7 @@ def _key_pair(account: Account) -> tuple[str, str] | None:
 
 
 def _body(identity: WhitebitDeliveryIdentity, params: dict[str, Any]) -> bytes:
-    document = {"method": identity.method, "params": {**params, "nonce": identity.nonce}, "id": identity.id}
+    if identity.nonce is not None:
+        params = {**params, "nonce": identity.nonce}
+    document = {"method": identity.method, "params": params, "id": identity.id}
     return compact_json(document)

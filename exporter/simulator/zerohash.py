@@ -15,11 +15,14 @@ account it touched, in exactly the webhook's shape, all sharing the run id.
 a notification id, the payload type, the timestamp in milliseconds, the timestamped HMAC
 (``x-zh-hook-signature``, over body + timestamp) and/or the legacy one (``x-zh-hook-signature-256``,
 over the body), and the RSA variants when it has a private key. Any 2xx acknowledges. A failed
-delivery is retried 4 times 250 ms apart, then 3 more times with backoff, then dropped
+delivery is retried 4 times 250 ms apart, then 3 more times with exponential backoff, then dropped
 (docs/protocol.md#zero-hash-delivery); the backoff intervals are undocumented, so they are
-constructor arguments. Whether a retry keeps its timestamp (and so its signature) is unknown: by
-default it does, the stricter case for a receiver. The retrying, recording and counting is
-:class:`~exporter.simulator.sender.RetryingSender`'s; this module builds and signs what it sends.
+constructor arguments, by default doubling from 2 minutes (2, 4, 8 min): the last two retries then
+come more than 5 minutes (Zero Hash's suggested timestamp window) after the first attempt. Whether a
+retry keeps its timestamp (and so its signature) is unknown: by default it does, the stricter case
+for a receiver, which then sees late retries with their original timestamp. The retrying, recording
+and counting is :class:`~exporter.simulator.sender.RetryingSender`'s; this module builds and signs
+what it sends.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from exporter.core.state import DEFAULT_DELIVERY_TTL
 from exporter.simulator.model import fmt
 from exporter.simulator.sender import (
     KIND_FORGED,
@@ -410,6 +414,12 @@ def _positive(amount: Decimal) -> None:
 KIND_NOTIFICATION = "notification"
 KIND_STALE = "stale"
 
+#: The queued retries' exponential backoff (undocumented intervals): 2, 4 and 8 minutes.
+BACKOFF_DELAYS = (120.0, 240.0, 480.0)
+#: How old ``send_stale()``'s timestamp is by default: a day older than the exporter's dedupe retention,
+#: beyond which a receiver can no longer tell a replay from a new delivery (README.md#zero-hash).
+STALE_AGE = DEFAULT_DELIVERY_TTL + 86400.0
+
 
 @dataclass
 class ZerohashNotificationIdentity:
@@ -442,7 +452,7 @@ class ZerohashSender(ProviderSender[ZerohashNotificationIdentity]):
         rng: random.Random | None = None,
         fast_retries: int = 4,
         fast_retry_delay: float = 0.25,
-        backoff_delays: Sequence[float] = (30.0, 60.0, 120.0),
+        backoff_delays: Sequence[float] = BACKOFF_DELAYS,
         timeout: float = 10.0,
         retry_keeps_timestamp: bool = True,
         sleep: Sleep = asyncio.sleep,
@@ -541,11 +551,12 @@ class ZerohashSender(ProviderSender[ZerohashNotificationIdentity]):
         document["balance"] = "1" + str(document.get("balance", "0"))
         return await self._send_once(KIND_TAMPERED, _compact(document), headers)
 
-    async def send_stale(self, payload: Mapping[str, Any] | None = None, *, age: float = 600.0) -> dict[str, Any]:
+    async def send_stale(self, payload: Mapping[str, Any] | None = None, *, age: float = STALE_AGE) -> dict[str, Any]:
         """POST a correctly signed notification whose ``x-zh-hook-timestamp`` is ``age`` seconds old.
 
         The timestamped headers are always included, whatever the scheme, so there is a timestamp to
-        find stale; the signatures cover that old timestamp.
+        find stale; the signatures cover that old timestamp. The default age is beyond what a receiver
+        may accept as a late retry (:data:`STALE_AGE`); a negative ``age`` dates it in the future.
         """
         body = _compact(payload if payload is not None else self._decoy())
         timestamp = str(int((self._clock() - age) * 1000))

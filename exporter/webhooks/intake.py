@@ -60,8 +60,10 @@ class RejectionLog:
         *,
         interval: float = REJECTION_LOG_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        message: str = "webhook rejected",
     ) -> None:
         self._log = logger
+        self._message = message
         self._interval = interval
         self._clock = clock
         self._next: dict[tuple[str, ...], float] = {}
@@ -82,4 +84,4 @@ class RejectionLog:
         suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             fields = {**fields, "suppressed": suppressed}
-        self._log.warning("webhook rejected", extra=fields)
+        self._log.warning(self._message, extra=fields)

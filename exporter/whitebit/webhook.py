@@ -14,10 +14,14 @@ answers; docs/protocol.md#webhook-envelope-and-signature the scheme):
 7. in ONE state transaction: remember the signed ``id`` (seen before -> 200, counted as a duplicate,
    nothing else done), raise the account's highest nonce (a nonce not above it is a regression:
    counted and accepted under ``count``, 409 ``nonce_regression`` and nothing stored under
-   ``strict``; a missing nonce is fine), and advance the transfer. Committed before the 200 (with
-   the deliveries that arrived at the same time, see :mod:`exporter.webhooks.commit`), so a
-   delivery answered 200 survives a kill of the process; a failed write answers 503 so WhiteBIT
-   retries.
+   ``strict``), and advance the transfer. Committed before the 200 (with the deliveries that
+   arrived at the same time, see :mod:`exporter.webhooks.commit`), so a delivery answered 200
+   survives a kill of the process; a failed write answers 503 so WhiteBIT retries.
+
+**Nonces as documented.** WhiteBIT's deposit and withdrawal examples carry no ``nonce``, and its
+envelope and refund examples carry ``"nonce": 0`` (docs/protocol.md#webhook-envelope-and-signature).
+A delivery without a nonce, with ``0``, or with a value that is not an integer is therefore not
+compared under either policy: it is never a regression and never changes the stored highest nonce.
 
 ``deposit.update`` (the old spelling) counts as ``deposit.updated``; an undocumented method answers
 200 and counts as ``other``. A delivery rejected before its JSON was read counts as method
@@ -66,6 +70,8 @@ log = logging.getLogger(__name__)
 
 PATH = "/webhooks/whitebit"
 PROVIDER = "whitebit"
+#: The state file's name for this feed (when it first watched an account's webhooks).
+FEED = "whitebit_webhook"
 #: Every documented WhiteBIT webhook method (docs/protocol.md#webhook-methods); ``deposit.update``
 #: is counted as ``deposit.updated`` and anything else as ``other``.
 METHODS = (
@@ -92,6 +98,16 @@ def method_label(method: Any) -> str:
         return OTHER
     method = METHOD_ALIASES.get(method, method)
     return method if method in METHODS else OTHER
+
+
+def _comparable_nonce(value: Any) -> int | None:
+    """The nonce to compare with the highest seen, or None when the delivery's nonce is not compared.
+
+    Missing, ``0`` (the documented envelope and refund examples, docs/protocol.md#webhook-envelope-and-signature)
+    or not an integer: not compared, so neither a regression nor a new highest.
+    """
+    nonce = int_or_none(value)
+    return None if nonce == 0 else nonce
 
 
 class Envelope(NamedTuple):
@@ -207,6 +223,11 @@ class WhitebitReceiver:
         self._duplicate = self.collector.series(WHITEBIT_WEBHOOKS_DUPLICATE, ((a,) for a in names))
         self._nonce_regressions = self.collector.series(WHITEBIT_WEBHOOK_NONCE_REGRESSIONS, ((a,) for a in names))
         self._last_received = self.collector.series(WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS)
+        # From the start, and across restarts: the newest delivery the state file remembers, else
+        # when it first watched the account, so a feed that never delivers still goes "silent".
+        last = store.last_deliveries(PROVIDER)
+        for name in names:
+            self._last_received[(name,)] = last.get(name, store.first_watched(name, FEED))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Verify and record one delivery; see the module docstring for the order of checks."""
@@ -244,7 +265,7 @@ class WhitebitReceiver:
         delivery_id, method, params = parse_envelope(body, name)
         now = self._clock()
         observation = self._observation(name, method, params, now)
-        nonce = int_or_none(params.get("nonce"))
+        nonce = _comparable_nonce(params.get("nonce"))
         self._verified[(name, method)] += 1
         strict = webhook.strict_nonces
 

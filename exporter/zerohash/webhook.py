@@ -9,8 +9,9 @@ Order of checks, each rejection counted by reason:
    (HMAC-SHA256 of body + timestamp), ``x-zh-hook-rsa-signature`` (RSA over body + timestamp, PSS
    or PKCS#1 v1.5), then the legacy ``x-zh-hook-signature-256`` and ``x-zh-hook-rsa-signature-256``
    over the body alone  -> 401 ``bad_signature``
-4. when ``x-zh-hook-timestamp`` is present it is within ``timestamp_tolerance`` of the clock in
-   either direction (milliseconds, or seconds by magnitude)  -> 401 ``stale_timestamp``. The
+4. when ``x-zh-hook-timestamp`` is present (milliseconds, or seconds by magnitude) it is at most
+   ``timestamp_tolerance`` ahead of the clock and younger than the dedupe retention less the
+   tolerance and :data:`LATE_MARGIN` (see "Late retries" below)  -> 401 ``stale_timestamp``. The
    signature is checked first so that ``stale_timestamp`` means "a genuine delivery, replayed or
    delayed", while anything forged counts as ``bad_signature``.
 5. the body is a JSON object (an ``account_balance.changed`` one with the fields it must carry)
@@ -24,6 +25,18 @@ could come with a fresh id. The receiver therefore remembers the SHA-256 of the 
 (the raw body, which every signature scheme covers; the timestamp is left out because Zero Hash
 may regenerate it on a retry): a redelivery with the same notification id and body, and a replay
 under a swapped id, are both duplicates (200, counted, not processed twice).
+
+**Late retries.** Whether a retry gets a fresh ``x-zh-hook-timestamp`` is not documented, and the
+queued retries back off exponentially (docs/protocol.md#zero-hash-delivery), so a genuine retry may
+arrive long after ``timestamp_tolerance``. Such a delivery is accepted and counted in
+``zerohash_webhooks_late_total`` when it is new, because the dedupe makes that as safe as the
+tolerance window: every accepted body is remembered for the retention (``delivery_ttl``, 7 days)
+from the moment it was accepted, and a timestamp is accepted only while its age is below
+``delivery_ttl - timestamp_tolerance - LATE_MARGIN``. A body accepted at the earliest (its
+timestamp ``timestamp_tolerance`` in the future) is still remembered when its timestamp becomes too
+old, so any genuine body is accepted at most once; its replays are duplicates, and after the
+retention they are ``stale_timestamp``. ``LATE_MARGIN`` covers the time between this check and the
+commit of the dedupe record, and clock steps. (README.md#zero-hash says the same for operators.)
 
 Other payload types are verified, counted by ``payload_type`` (documented names or ``other``) and
 acknowledged with 200.
@@ -46,6 +59,7 @@ from exporter.core.metrics import (
     OTHER,
     ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
     ZEROHASH_WEBHOOKS_DUPLICATE,
+    ZEROHASH_WEBHOOKS_LATE,
     ZEROHASH_WEBHOOKS_RECEIVED,
     ZEROHASH_WEBHOOKS_REJECTED,
     ZEROHASH_WEBHOOKS_VERIFIED,
@@ -96,8 +110,13 @@ PAYLOAD_TYPES = (
     "unspecified",
 )
 PROVIDER = "zerohash"
+#: The state file's name for this feed (when it first watched it).
+FEED = "zerohash_webhook"
 ACCOUNT_BALANCE_CHANGED = "account_balance.changed"
 _SIGNATURE_HEADERS = (HEADER_SIGNATURE, HEADER_RSA_SIGNATURE, HEADER_SIGNATURE_LEGACY, HEADER_RSA_SIGNATURE_LEGACY)
+#: Seconds kept between the oldest accepted timestamp and the end of the dedupe retention (see "Late
+#: retries" in the module docstring): room for the commit after the check, and for clock steps.
+LATE_MARGIN = 3600.0
 
 
 def payload_type_label(value: str | None) -> str:
@@ -140,6 +159,14 @@ class ZerohashReceiver:
         self._secrets = config.hmac_secrets
         self._rsa_keys = config.rsa_public_keys
         self._tolerance = config.timestamp_tolerance
+        # The oldest timestamp age still accepted: a body accepted up to `tolerance` early is still
+        # remembered by the dedupe when its timestamp passes this age (module docstring, "Late retries").
+        self._max_age = delivery_ttl - config.timestamp_tolerance - LATE_MARGIN
+        if not self._tolerance < self._max_age:
+            raise ValueError(
+                f"timestamp_tolerance {self._tolerance:.0f} s leaves no room in the {delivery_ttl:.0f} s dedupe"
+                f" retention: it must be below {(delivery_ttl - LATE_MARGIN) / 2:.0f} s"
+            )
         self._store = store
         self._balances = balances
         self._clock = clock
@@ -150,7 +177,11 @@ class ZerohashReceiver:
         self._verified = self.collector.series(ZEROHASH_WEBHOOKS_VERIFIED, types)
         self._rejected = self.collector.series(ZEROHASH_WEBHOOKS_REJECTED, ((reason,) for reason in REJECT_REASONS))
         self._duplicate = self.collector.series(ZEROHASH_WEBHOOKS_DUPLICATE, [()])
+        self._late = self.collector.series(ZEROHASH_WEBHOOKS_LATE, [()])
         self._last_received = self.collector.series(ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS)
+        # From the start, and across restarts: the newest delivery the state file remembers, else
+        # when it first watched the feed, so a feed that never delivers still goes "silent".
+        self._last_received[()] = store.last_deliveries(PROVIDER).get("", store.first_watched("", FEED))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Verify and record one delivery; see the module docstring for the order of checks."""
@@ -195,8 +226,10 @@ class ZerohashReceiver:
         if not self._verify(body, timestamp, signatures):
             raise _Rejected(401, "bad_signature")
         now = self._clock()
-        if timestamp is not None and not self._fresh(timestamp, now):
+        age = self._age(timestamp, now) if timestamp is not None else 0.0
+        if not -self._tolerance <= age < self._max_age:  # NaN (an unreadable timestamp) fails too
             raise _Rejected(401, "stale_timestamp")
+        late = age > self._tolerance
         try:
             document = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -225,6 +258,12 @@ class ZerohashReceiver:
                 self._duplicate[()] += 1
                 log.info("duplicate webhook ignored", extra={"provider": PROVIDER, "payload_type": payload_type})
                 return
+            if late:
+                self._late[()] += 1
+                log.info(
+                    "late webhook accepted (timestamp older than timestamp_tolerance, never seen before)",
+                    extra={"provider": PROVIDER, "payload_type": payload_type, "age_seconds": round(age, 3)},
+                )
             if event is not None:
                 b = event.balance
                 self._balances.count_movements(b.account_type, b.asset, event.movement_types)
@@ -255,9 +294,11 @@ class ZerohashReceiver:
             return True
         return bool(rsa_legacy and self._rsa_keys and rsa_matches(self._rsa_keys, body, None, rsa_legacy) is not None)
 
-    def _fresh(self, timestamp: str, now: float) -> bool:
+    @staticmethod
+    def _age(timestamp: str, now: float) -> float:
+        """Seconds since ``timestamp`` (negative: from the future); NaN when it is not a finite time."""
         try:
             seconds = timestamp_to_seconds(timestamp.strip())
         except (ValueError, OverflowError):
-            return False
-        return math.isfinite(seconds) and abs(now - seconds) <= self._tolerance
+            return math.nan
+        return now - seconds if math.isfinite(seconds) else math.nan

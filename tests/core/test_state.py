@@ -354,6 +354,39 @@ def test_purge_expired_deliveries_deletes_only_expired_ids(store: StateStore, cl
         assert conn.execute("SELECT delivery_id FROM webhook_deliveries").fetchall() == [("young",)]
 
 
+def test_the_newest_delivery_of_each_feed_survives_the_purge(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    store.remember_delivery("whitebit", "main", "a")
+    clock.now += 10.5
+    store.remember_delivery("whitebit", "main", "b")
+    store.remember_delivery("whitebit", "trading", "c")
+    store.remember_delivery("zerohash", "", "d")
+    assert store.last_deliveries("whitebit") == {"main": start + 10.5, "trading": start + 10.5}
+    clock.now += DEFAULT_DELIVERY_TTL + 1
+    assert store.purge_expired_deliveries() == 4
+    assert store.last_deliveries("whitebit") == {"main": start + 10.5, "trading": start + 10.5}
+    assert store.last_deliveries("zerohash") == {"": start + 10.5}
+    # A newer delivery wins; purging it later keeps the newer time, never an older one.
+    store.remember_delivery("whitebit", "main", "e")
+    assert store.last_deliveries("whitebit")["main"] == clock.now
+    newest = clock.now
+    clock.now += DEFAULT_DELIVERY_TTL + 1
+    store.purge_expired_deliveries()
+    assert store.last_deliveries("whitebit") == {"main": newest, "trading": start + 10.5}
+
+
+def test_first_watched_is_set_once_and_kept_across_reopening(db_path: Path, clock: FakeClock) -> None:
+    with StateStore.open(db_path, clock=clock) as store:
+        first = clock.now
+        assert store.first_watched("main", "whitebit_webhook") == first
+        clock.now += 100
+        assert store.first_watched("main", "whitebit_webhook") == first
+        assert store.first_watched("", "zerohash_webhook") == first + 100
+    clock.now += 100
+    with StateStore.open(db_path, clock=clock) as store:
+        assert store.first_watched("main", "whitebit_webhook") == first
+
+
 # -- nonces --------------------------------------------------------------------------------
 
 

@@ -194,7 +194,7 @@ async def test_deliveries_are_compact_json_signed_with_the_webhook_secret(
 async def test_nonces_are_millisecond_scale_and_strictly_increase_per_key(
     exchange: Exchange, receiver: Receiver, make_sender: Any, clock: Clock
 ) -> None:
-    await make_sender()
+    await make_sender(zero_nonce_methods=())  # every code.apply takes a nonce of the rising sequence
     for index in range(30):
         if index % 10 == 0:
             clock.now += 0.001  # sometimes the clock moves on, mostly events share a millisecond
@@ -209,6 +209,56 @@ async def test_nonces_are_millisecond_scale_and_strictly_increase_per_key(
     # Arrival order follows event order for each key.
     codes = [r.document["params"]["code"] for r in receiver.received if r.headers[HEADER_APIKEY] == "wh-key-main"]
     assert codes == [f"WBX-{i}" for i in range(30) if i % 3]
+
+
+async def test_code_and_refund_deliveries_carry_the_documented_nonce_0_by_default(
+    exchange: Exchange, receiver: Receiver, make_sender: Any, clock: Clock
+) -> None:
+    sender = await make_sender()
+    deposit = exchange.start_deposit("main", "USDT", Decimal("5"))
+    clock.now += 0.001
+    exchange.apply_code("main", "WBX-ZERO")
+    clock.now += 0.001
+    exchange.cancel_deposit("main", deposit.transaction_id)
+    exchange.refund_deposit("main", deposit.transaction_id, succeed=False)
+    exchange.refund_deposit("main", deposit.transaction_id)
+    await wait_for(lambda: sender.stats()["delivered"] == 5)
+
+    assert all(r.verified for r in receiver.received)
+    nonces = [(r.document["method"], r.document["params"]["nonce"]) for r in receiver.received]
+    assert [method for method, _ in nonces] == [
+        "deposit.accepted",
+        "code.apply",
+        "deposit.canceled",
+        "refund.failed",
+        "refund.successful",
+    ]
+    assert [nonce for method, nonce in nonces if method in ("code.apply", "refund.failed", "refund.successful")] == [
+        0,
+        0,
+        0,
+    ]
+    rising = [nonce for method, nonce in nonces if method.startswith("deposit.")]
+    assert rising[0] >= int(START * 1000) and rising[1] > rising[0]
+    assert [r["nonce"] for r in sender.history()] == [nonce for _, nonce in nonces]
+
+
+async def test_methods_can_be_delivered_without_a_nonce_as_the_deposit_examples_show(
+    exchange: Exchange, receiver: Receiver, make_sender: Any
+) -> None:
+    sender = await make_sender(nonceless_methods=("deposit.accepted", "deposit.updated"))
+    deposit = exchange.start_deposit("main", "USDT", Decimal("5"))
+    exchange.confirm_deposit("main", deposit.transaction_id)
+    exchange.credit_deposit("main", deposit.transaction_id)
+    await wait_for(lambda: sender.stats()["delivered"] == 3)
+
+    params = {r.document["method"]: r.document["params"] for r in receiver.received}
+    assert set(params) == {"deposit.accepted", "deposit.updated", "deposit.processed"}
+    assert "nonce" not in params["deposit.accepted"] and "nonce" not in params["deposit.updated"]
+    assert params["deposit.processed"]["nonce"] >= int(START * 1000)
+    assert all(r.verified for r in receiver.received)
+    with pytest.raises(ValueError, match="both in zero_nonce_methods and in nonceless_methods"):
+        WebhookSender(exchange, url=receiver.url, nonceless_methods=("code.apply",))
 
 
 async def test_account_without_webhook_key_gets_no_deliveries(
@@ -286,7 +336,7 @@ async def test_retry_can_carry_a_fresh_nonce_instead_of_the_identical_body(
     exchange: Exchange, receiver: Receiver, make_sender: Any, clock: Clock
 ) -> None:
     receiver.policy = lambda item, attempt: 500 if attempt == 1 else 200
-    sender = await make_sender(retry_delays=(0.0,), retry_keeps_body=False)
+    sender = await make_sender(retry_delays=(0.0,), retry_keeps_body=False, zero_nonce_methods=())
     exchange.apply_code("main", "WBX-FRESH")
     await wait_for(lambda: sender.stats()["delivered"] == 1)
 

@@ -370,7 +370,7 @@ async def test_failed_notification_gets_four_fast_and_three_backoff_retries_then
     await wait_for(lambda: sender.stats()["given_up"] == 1)
 
     assert len(receiver.received) == 8
-    assert sleep.delays == [0.25] * 4 + [30.0, 60.0, 120.0]
+    assert sleep.delays == [0.25] * 4 + [120.0, 240.0, 480.0]  # then exponential backoff: 2, 4, 8 minutes
     assert len({item.body for item in receiver.received}) == 1
     identities = {(i.headers[HEADER_NOTIFICATION_ID], i.headers[HEADER_SIGNATURE]) for i in receiver.received}
     assert len(identities) == 1  # same notification id and, by default, the same timestamp and signature
@@ -379,6 +379,31 @@ async def test_failed_notification_gets_four_fast_and_three_backoff_retries_then
     assert record["outcome"] == "given_up"
     stats = sender.stats()
     assert (stats["sent"], stats["failed_attempts"], stats["retried"], stats["delivered"]) == (1, 8, 7, 0)
+
+
+async def test_late_retries_keep_the_original_timestamp_long_after_five_minutes(
+    receiver: Receiver, make_sender: Any, ledger: ZerohashLedger, clock: Clock
+) -> None:
+    arrivals: list[float] = []
+
+    def policy(item: Received) -> int:
+        arrivals.append(clock.now)
+        return 503 if len(arrivals) < 7 else 200  # down until the second backoff retry
+
+    receiver.policy = policy
+    sender = await make_sender(sleep=FakeSleep(clock))  # the default schedule, on a clock it advances
+    sender.send("account_balance.changed", balance_payload(ledger))
+    await wait_for(lambda: sender.stats()["delivered"] == 1)
+
+    assert len(receiver.received) == 7
+    assert {item.headers[HEADER_TIMESTAMP] for item in receiver.received} == {str(int(NOW * 1000))}
+    assert {item.headers[HEADER_SIGNATURE] for item in receiver.received} == {
+        receiver.received[0].headers[HEADER_SIGNATURE]
+    }
+    ages = [arrival - NOW for arrival in arrivals]
+    assert ages == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 121.0, 361.0])
+    assert ages[-1] > 300  # the acknowledged retry is older than a 5-minute timestamp window
+    assert sender.history()[0]["attempts"] == [503] * 6 + [200]
 
 
 @pytest.mark.parametrize("status", [200, 202, 204])
@@ -480,7 +505,7 @@ async def test_stale_notification_is_correctly_signed_over_an_old_timestamp(
 
     (item,) = receiver.received
     timestamp = item.headers[HEADER_TIMESTAMP]
-    assert int(timestamp) == int((NOW - 600) * 1000)
+    assert int(timestamp) == int((NOW - 8 * 86400) * 1000)  # a day beyond a 7-day dedupe retention
     assert hmac_matches([SECRET], item.body, timestamp, item.headers[HEADER_SIGNATURE]) == 0
     assert record["kind"] == "stale"
     assert sender.stats()["stale"] == 1

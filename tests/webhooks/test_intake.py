@@ -35,3 +35,13 @@ def test_rejections_are_logged_at_most_once_per_interval_with_the_suppressed_cou
     limiter.rejected(key, lambda: fields)
     records = [(r.__dict__["reason"], r.__dict__.get("suppressed")) for r in caplog.records]
     assert records == [("bad_signature", None), ("payload_mismatch", None), ("bad_signature", 4)]
+
+
+def test_a_rejection_log_can_say_who_rejected(caplog: pytest.LogCaptureFixture) -> None:
+    limiter = RejectionLog(logging.getLogger("test.listener"), message="request refused by the webhook listener")
+    caplog.set_level(logging.WARNING, logger="test.listener")
+    limiter.rejected(("listener", "", "not_found"), lambda: {"reason": "not_found"})
+    assert [r.getMessage() for r in caplog.records] == ["request refused by the webhook listener"]
+    default = RejectionLog(logging.getLogger("test.listener"))
+    default.rejected(("whitebit", "main", "bad_json"), lambda: {"reason": "bad_json"})
+    assert caplog.records[-1].getMessage() == "webhook rejected"

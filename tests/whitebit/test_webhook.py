@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,8 @@ import pytest
 from exporter.app import Exporter
 from exporter.config.schema import Config, WhitebitAccountConfig, WhitebitWebhookConfig
 from exporter.core.state import StateStore
+from exporter.simulator.model import Exchange
+from exporter.simulator.webhooks import WebhookSender
 from exporter.webhooks.intake import REJECT_REASONS
 from exporter.whitebit.signing import (
     compact_json,
@@ -23,7 +28,7 @@ from exporter.whitebit.signing import (
     sign_payload,
 )
 from exporter.whitebit.webhook import METHODS, method_label
-from tests.helpers import Scrape, scrape
+from tests.helpers import Scrape, scrape, wait_for
 
 KEY = "whk-main-PUBLIC-0001"
 OLD_SECRET = "whsec-main-OLD-0123456789abcdef"
@@ -438,6 +443,77 @@ async def test_a_missing_or_null_nonce_is_fine_under_strict(start: StartHarness)
     assert h.exporter.state.highest_nonce("strict") == 500
 
 
+POLICIES = pytest.mark.parametrize(
+    ("key", "secret", "account"),
+    [(KEY, NEW_SECRET, "main"), (STRICT_KEY, STRICT_SECRET, "strict")],
+    ids=["nonce_policy=count", "nonce_policy=strict"],
+)
+
+
+@POLICIES
+async def test_nonce_0_and_no_nonce_are_never_compared_under_either_policy(
+    start: StartHarness, key: str, secret: str, account: str
+) -> None:
+    h = await start()
+    # On a fresh state, a documented nonce 0 or a missing nonce does not become the highest.
+    for delivery_id, body in (("z-1", code_apply("z-1", 0)), ("z-2", code_apply("z-2"))):
+        status, delta = await h.measure(body, signed_with(body, key=key, secret=secret))
+        assert (status, delta) == (200, accepted(account, "code.apply")), delivery_id
+    assert h.exporter.state.highest_nonce(account) is None
+
+    assert (await h.signed(code_apply("z-3", 500), key=key, secret=secret))[0] == 200
+    refund = envelope("refund.failed", {"transactionId": "T-1", "status": "failed", "nonce": 0}, "z-4")
+    for delivery_id, body in (
+        ("z-4", refund),
+        ("z-5", code_apply("z-5", 0)),
+        ("z-6", envelope("code.apply", {"code": "WBX", "nonce": "0"}, "z-6")),
+        ("z-7", envelope("deposit.accepted", DEPOSIT, "z-7")),
+    ):
+        status, delta = await h.measure(body, signed_with(body, key=key, secret=secret))
+        method = json.loads(body)["method"]
+        assert (status, delta) == (200, accepted(account, method)), delivery_id
+    assert h.exporter.state.highest_nonce(account) == 500
+    # A real regression is still one: counted (and refused under strict).
+    body = code_apply("z-8", 499)
+    status, delta = await h.measure(body, signed_with(body, key=key, secret=secret))
+    assert delta[k("whitebit_webhook_nonce_regressions_total", account=account)] == 1
+    assert status == (409 if account == "strict" else 200)
+
+
+@POLICIES
+async def test_the_simulators_documented_nonce_forms_are_accepted_under_either_policy(
+    start: StartHarness, key: str, secret: str, account: str
+) -> None:
+    h = await start()
+    exchange = Exchange(["BTC_USDT"], rng=random.Random(5))
+    exchange.add_account("sim", api_key="api-sim", api_secret="api-secret-sim", webhook_key=key, webhook_secret=secret)
+    # The simulator's defaults: rising nonces for deposits, "nonce": 0 for codes and refunds.
+    sender = WebhookSender(exchange, url=h.url, rng=random.Random(6), retry_delays=())
+    await sender.start()
+    try:
+        before = await h.counters()
+        deposit = exchange.start_deposit("sim", "USDT", Decimal("40"))
+        exchange.apply_code("sim", "WBX-SIM")
+        exchange.cancel_deposit("sim", deposit.transaction_id)
+        exchange.apply_code("sim", "WBX-SIM-2")
+        exchange.refund_deposit("sim", deposit.transaction_id)
+        await wait_for(lambda: sender.stats()["delivered"] + sender.stats()["given_up"] == 5)
+        assert sender.stats()["delivered"] == 5
+        delta = deltas(before, await h.counters())
+    finally:
+        await sender.stop()
+    sent = [(r["method"], r["nonce"]) for r in sender.history()]
+    assert [nonce for method, nonce in sent if not method.startswith("deposit.")] == [0, 0, 0]
+    assert delta == {
+        **{k("whitebit_webhooks_received_total", account=account, method=m): n for m, n in RECEIVED_OF_SIM.items()},
+        **{k("whitebit_webhooks_verified_total", account=account, method=m): n for m, n in RECEIVED_OF_SIM.items()},
+    }
+    assert h.exporter.state.highest_nonce(account) == max(nonce for method, nonce in sent if method.startswith("dep"))
+
+
+RECEIVED_OF_SIM = {"deposit.accepted": 1.0, "deposit.canceled": 1.0, "code.apply": 2.0, "refund.successful": 1.0}
+
+
 async def test_highest_nonce_survives_a_restart(start: StartHarness, make_config: Callable[..., Config]) -> None:
     config = make_config(ACCOUNTS)
     first = await start(config)
@@ -496,6 +572,7 @@ async def test_every_documented_method_is_accepted(start: StartHarness, method: 
 
 
 async def test_counters_start_at_zero_for_every_method_reason_and_account(start: StartHarness) -> None:
+    before = time.time()
     h = await start()
     result = await scrape(h.exporter.metrics_url)
     for account in ("main", "strict"):
@@ -511,7 +588,13 @@ async def test_counters_start_at_zero_for_every_method_reason_and_account(start:
     # An account without a webhook key gets no webhook series; transfers are shown for every account.
     assert result.value("whitebit_webhooks_duplicate_total", account="trading") is None
     assert result.value("whitebit_transfers_in_flight", account="trading", kind="deposit", status="pending") == 0
-    assert result.samples("whitebit_webhook_last_received_timestamp_seconds") == []
+    # Before any delivery, each webhook account's feed is "last heard of" when the state file started
+    # watching it, so WhitebitWebhookSilent covers a feed that never delivers.
+    last = {
+        labels["account"]: value for labels, value in result.samples("whitebit_webhook_last_received_timestamp_seconds")
+    }
+    assert set(last) == {"main", "strict"}
+    assert all(before <= value <= time.time() for value in last.values())
 
 
 async def test_deposit_lifecycle_moves_transfer_metrics(start: StartHarness) -> None:

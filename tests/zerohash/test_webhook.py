@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from exporter.app import Exporter
 from exporter.config.load import load_config
 from exporter.config.schema import Config, ZerohashConfig, ZerohashWebhookConfig
+from exporter.core.state import DEFAULT_DELIVERY_TTL, StateStore
+from exporter.simulator.zerohash import ZerohashLedger, ZerohashSender
+from exporter.webhooks.commit import GroupCommitter
+from exporter.zerohash.balances import ZerohashBalances
 from exporter.zerohash.signing import hmac_signature, rsa_signature
-from exporter.zerohash.webhook import PAYLOAD_TYPES, REJECT_REASONS, payload_type_label
-from tests.helpers import Scrape, scrape
+from exporter.zerohash.webhook import LATE_MARGIN, PAYLOAD_TYPES, REJECT_REASONS, ZerohashReceiver, payload_type_label
+from tests.helpers import Scrape, scrape, wait_for
 
 NOW = 1_760_000_000.0
 TOLERANCE = 300.0
@@ -45,13 +53,17 @@ def deltas(before: dict[Key, float], after: dict[Key, float]) -> dict[Key, float
     return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
 
 
-def accepted(payload_type: str = "account_balance.changed", duplicate: bool = False) -> dict[Key, float]:
+def accepted(
+    payload_type: str = "account_balance.changed", duplicate: bool = False, late: bool = False
+) -> dict[Key, float]:
     out = {
         k("zerohash_webhooks_received_total", payload_type=payload_type): 1.0,
         k("zerohash_webhooks_verified_total", payload_type=payload_type): 1.0,
     }
     if duplicate:
         out[k("zerohash_webhooks_duplicate_total")] = 1.0
+    if late:
+        out[k("zerohash_webhooks_late_total")] = 1.0
     return out
 
 
@@ -242,6 +254,9 @@ def test_rsa_keys_load_in_both_pem_forms(keys_file: Path, zh_key: rsa.RSAPrivate
 # -- the W3 matrix --------------------------------------------------------------------------------
 
 TS_MS = int(NOW * 1000)
+#: The dedupe retention of the state file (DEFAULT_DELIVERY_TTL), and the oldest accepted timestamp age.
+RETENTION = DEFAULT_DELIVERY_TTL
+MAX_AGE = RETENTION - TOLERANCE - LATE_MARGIN
 
 
 def drop(hdrs: dict[str, str], name: str) -> dict[str, str]:
@@ -300,8 +315,32 @@ MATRIX: list[MatrixCase] = [
     ("legacy rsa", lambda z, o: (BODY, headers(secret=None, rsa_key=z, legacy=True, timestamp=None)), 200, accepted()),
     ("timestamp in seconds", lambda z, o: (BODY, headers(timestamp=str(int(NOW)))), 200, accepted()),
     (
-        "stale timestamp",
+        "timestamp older than the tolerance: a late retry",
         lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(TOLERANCE * 1000) - 1000))),
+        200,
+        accepted(late=True),
+    ),
+    (
+        "timestamp a day old",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - 86_400_000))),
+        200,
+        accepted(late=True),
+    ),
+    (
+        "timestamp older than the dedupe retention",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(RETENTION * 1000)))),
+        401,
+        rejected("stale_timestamp"),
+    ),
+    (
+        "timestamp just younger than the oldest accepted age",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(MAX_AGE * 1000) + 1))),
+        200,
+        accepted(late=True),
+    ),
+    (
+        "timestamp at the oldest accepted age",
+        lambda z, o: (BODY, headers(timestamp=str(TS_MS - int(MAX_AGE * 1000)))),
         401,
         rejected("stale_timestamp"),
     ),
@@ -318,8 +357,14 @@ MATRIX: list[MatrixCase] = [
         accepted(),
     ),
     (
-        "stale timestamp next to a legacy signature",
+        "late timestamp next to a legacy signature",
         lambda z, o: (BODY, headers(legacy=True, timestamp=str(TS_MS - 3_600_000))),
+        200,
+        accepted(late=True),
+    ),
+    (
+        "stale timestamp next to a legacy signature",
+        lambda z, o: (BODY, headers(legacy=True, timestamp=str(TS_MS - int(RETENTION * 1000)))),
         401,
         rejected("stale_timestamp"),
     ),
@@ -433,18 +478,159 @@ async def test_counters_start_at_zero(start: StartHarness) -> None:
     for reason in REJECT_REASONS:
         assert result.value("zerohash_webhooks_rejected_total", reason=reason) == 0
     assert result.value("zerohash_webhooks_duplicate_total") == 0
-    assert result.samples("zerohash_webhook_last_received_timestamp_seconds") == []
+    # Before any delivery the feed is "last heard of" when the state file started watching it (the
+    # exporter's clock, fixed at NOW here), so WhitebitZerohashFeedSilent covers a feed that never delivers.
+    assert result.samples("zerohash_webhook_last_received_timestamp_seconds") == [({}, NOW)]
 
 
-async def test_the_clock_moving_makes_an_old_delivery_stale(start: StartHarness) -> None:
+async def test_the_last_delivery_time_survives_a_restart(
+    start: StartHarness, make_config: Callable[..., Config], zh_config: ZerohashConfig
+) -> None:
+    # WhitebitZerohashFeedSilent must not be reset (or fired) by a restart: the time comes from the state file.
+    config = make_config(zerohash=zh_config, max_body_bytes=4096)
+    clock = Clock()
+    first = await start(config, clock)
+    clock.now = NOW + 30
+    assert (await first.post(BODY, headers()))[0] == 200
+    await first.exporter.stop()
+    clock.now = NOW + 3600
+    second = await start(config, clock)
+    result = await scrape(second.exporter.metrics_url)
+    assert result.samples("zerohash_webhook_last_received_timestamp_seconds") == [({}, NOW + 30)]
+
+
+async def test_the_clock_moving_makes_an_old_delivery_late_then_stale(start: StartHarness) -> None:
     clock = Clock()
     h = await start(clock=clock)
-    clock.now = NOW + TOLERANCE + 1
+    clock.now = NOW + MAX_AGE
     assert await h.measure(BODY, headers()) == (401, rejected("stale_timestamp"))
     clock.now = NOW - TOLERANCE - 1  # our clock behind the sender's: the delivery is from the future
     assert await h.measure(BODY, headers()) == (401, rejected("stale_timestamp"))
     clock.now = NOW + TOLERANCE
     assert await h.measure(BODY, headers()) == (200, accepted())
+    other = body_of(balance_payload(balance="251"))
+    clock.now = NOW + TOLERANCE + 1
+    assert await h.measure(other, headers(other)) == (200, accepted(late=True))
+
+
+async def test_a_late_delivery_is_accepted_once_and_its_replays_are_duplicates_then_stale(start: StartHarness) -> None:
+    # The worst case of the safety argument: a body whose timestamp is `tolerance` in the future is
+    # accepted at once; the dedupe remembers it for the retention from then, and its timestamp turns
+    # stale before the dedupe forgets it. A replay is never accepted as new, at any time.
+    clock = Clock()
+    h = await start(clock=clock)
+    body = body_of(balance_payload(timestamp=TS_MS + int(TOLERANCE * 1000)))
+    hdrs = headers(body, timestamp=str(TS_MS + int(TOLERANCE * 1000)))
+    assert await h.measure(body, hdrs) == (200, accepted())
+    outcomes = []
+    for offset in (TOLERANCE + 1, 86400.0, MAX_AGE, RETENTION - 1, RETENTION, RETENTION + 86400.0):
+        clock.now = NOW + offset
+        status, delta = await h.measure(body, {**hdrs, "x-zh-hook-notification-id": f"n-{offset}"})
+        outcomes.append(status)
+        assert delta in (accepted(duplicate=True), rejected("stale_timestamp")), offset
+    assert outcomes == [200, 200, 200, 401, 401, 401]
+    h.exporter.state.purge_expired_deliveries()  # the hourly housekeeping, after the retention
+    assert await h.measure(body, hdrs) == (401, rejected("stale_timestamp"))
+    result = await scrape(h.exporter.metrics_url)
+    assert (
+        result.value(
+            "zerohash_balance_movements_total", account_type="available", asset="USDC.ETH", movement_type="deposit"
+        )
+        == 1
+    )
+
+
+async def test_a_late_duplicate_is_a_duplicate_not_late(start: StartHarness) -> None:
+    clock = Clock()
+    h = await start(clock=clock)
+    assert await h.measure(BODY, headers()) == (200, accepted())
+    clock.now = NOW + 3600
+    assert await h.measure(BODY, headers(notification_id="n-2")) == (200, accepted(duplicate=True))
+
+
+def test_a_tolerance_that_leaves_no_room_in_the_retention_is_refused(tmp_path: Path) -> None:
+    store = StateStore.open(tmp_path / "state.db")
+    try:
+        config = ZerohashWebhookConfig(hmac_secrets=(NEW_SECRET,), timestamp_tolerance=(RETENTION - LATE_MARGIN) / 2)
+        with pytest.raises(ValueError, match="leaves no room in the 604800 s dedupe retention"):
+            ZerohashReceiver(config, store, ZerohashBalances(()), GroupCommitter(store))
+        config = ZerohashWebhookConfig(hmac_secrets=(NEW_SECRET,), timestamp_tolerance=86400.0)
+        ZerohashReceiver(config, store, ZerohashBalances(()), GroupCommitter(store))
+    finally:
+        store.close()
+
+
+async def test_a_retry_older_than_the_tolerance_from_the_simulator_is_accepted_once(start: StartHarness) -> None:
+    # Zero Hash retries while the receiver is unreachable; the queued, backed-off retries keep the
+    # original timestamp (the simulator's default), so the one that finally gets through is late.
+    clock = Clock()
+    h = await start(clock=clock)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{probe.getsockname()[1]}/webhooks/zerohash"  # closed once the block ends
+    sleep = AdvancingSleep(clock)
+    # The simulator's default retry schedule: 4 fast retries, then backoff of 2, 4 and 8 minutes.
+    sender = ZerohashSender(url=down, hmac_secret=NEW_SECRET, clock=clock, rng=random.Random(4), sleep=sleep)
+    ledger = ZerohashLedger(clock=clock, rng=random.Random(5))
+    await sender.start()
+    try:
+        before = await h.counters()
+
+        def receiver_is_back() -> None:
+            sender.url = h.url
+
+        sleep.on_elapsed(TOLERANCE + 1, receiver_is_back)
+        sender.send("account_balance.changed", ledger.deposit("CUST42", "USD", Decimal("70"), account_group="G1")[0])
+        await wait_for(lambda: sender.stats()["delivered"] + sender.stats()["given_up"] == 1)
+        (record,) = sender.history()
+        assert record["outcome"] == "delivered"
+        assert record["attempts"] == [None] * 6 + [200]  # no answer while down, then the 2nd backoff retry
+        assert record["timestamp"] == str(int(NOW * 1000))  # the original timestamp, now 361 s old
+        assert clock.now == pytest.approx(NOW + 361.0)
+        assert deltas(before, await h.counters()) == accepted(late=True)
+
+        replay = await sender.replay_last()
+        assert replay is not None and replay["attempts"] == [200]
+        assert deltas(before, await h.counters()) == {
+            k("zerohash_webhooks_received_total", payload_type="account_balance.changed"): 2.0,
+            k("zerohash_webhooks_verified_total", payload_type="account_balance.changed"): 2.0,
+            k("zerohash_webhooks_late_total"): 1.0,
+            k("zerohash_webhooks_duplicate_total"): 1.0,
+        }
+    finally:
+        await sender.stop()
+    result = await scrape(h.exporter.metrics_url)
+    assert (
+        result.value(
+            "zerohash_balance", account_group="G1", account_label="general", account_type="available", asset="USD"
+        )
+        == 70
+    )
+    assert (
+        result.value("zerohash_balance_movements_total", account_type="available", asset="USD", movement_type="deposit")
+        == 1
+    )
+
+
+class AdvancingSleep:
+    """A retry sleep that advances the shared clock instead of waiting, and runs a callback once it has
+    advanced past a threshold (e.g. the receiver coming back)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.elapsed = 0.0
+        self._pending: list[tuple[float, Callable[[], object]]] = []
+
+    def on_elapsed(self, seconds: float, callback: Callable[[], object]) -> None:
+        self._pending.append((seconds, callback))
+
+    async def __call__(self, delay: float) -> None:
+        self.elapsed += delay
+        self.clock.now += delay
+        for entry in [e for e in self._pending if e[0] <= self.elapsed]:
+            self._pending.remove(entry)
+            entry[1]()
+        await asyncio.sleep(0)
 
 
 def test_payload_type_labels_are_bounded() -> None:
