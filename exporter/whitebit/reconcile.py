@@ -8,29 +8,37 @@ in ``whitebit_transfers_in_flight`` from history alone, and then decides which t
 are missing.
 
 **What a poll reads.** History has no date filter and comes newest first, ordered by ``createdAt``.
-A poll pages from offset 0 with ``limit`` 100 (the previous docs' maximum; the current docs' 500 is
-unconfirmed, docs/protocol.md#deposit-and-withdrawal-history) and stops at the first page that
-reaches back past
+Every request names its ``transactionMethod``, ``limit`` and ``offset`` (the previous docs list all
+three as required), so deposits (1) and withdrawals (2) are read as two lists. A list is paged from
+offset 0 with ``limit`` 100 (the previous docs' maximum; the current docs' 500 is unconfirmed) and
+``offset + limit`` always below 10,000 (the docs' error text; their table says "at most"), so one
+query reaches 9,999 records (docs/protocol.md#deposit-and-withdrawal-history). Each poll reads
 
-- the *cursor* minus :data:`CURSOR_OVERLAP` seconds: the cursor is the newest ``createdAt`` any poll
-  has read, persisted in the state file. Everything newer is new; the overlap re-reads the last few
-  minutes, which costs nothing (feeding a record twice changes nothing) and covers records sharing
-  the newest second and records that appear with a slightly older ``createdAt``. Pages cannot skip a
-  record: new records are only ever inserted at the top, which pushes older ones *down* into the
-  next page (read twice), never up past it.
-- the oldest transfer still in flight for the account (from webhooks or history) minus the overlap,
-  at most :data:`MAX_RECHECK_PAGES` pages deep: a record changes status without changing position,
-  so a poll re-reads the window that still holds a transfer it is waiting for. The history endpoint
-  has no ``transactionId`` filter and deposits carry no ``uniqueId``, so a filtered look-up per
-  transfer would not work for deposits; one window read serves every in-flight transfer at once
-  within the 200 requests / 10 s budget that all accounts share (a quiet account costs one request
-  per poll). A transfer deeper than that is still finished by its webhook.
+- each list down to the *cursor* minus :data:`CURSOR_OVERLAP` seconds: the cursor is the newest
+  ``createdAt`` any poll has read, persisted in the state file. Everything newer is new; the overlap
+  re-reads the last few minutes, which costs nothing (feeding a record twice changes nothing) and
+  covers records sharing the newest second and records that appear with a slightly older
+  ``createdAt``. Pages cannot skip a record: new records are only ever inserted at the top, which
+  pushes older ones *down* into the next page (read twice), never up past it. More than 9,999 new
+  records of one method between two polls are logged as a gap.
+- when a transfer still in flight lies deeper than that, every record of that method still in
+  flight, at any depth, with the ``status`` filter (the codes that are not final,
+  :data:`IN_FLIGHT_STATUSES`): a record changes status without changing position, and this one
+  query (one page, as long as fewer than 100 are in flight) serves every such transfer within the
+  200 requests / 10 s budget that all accounts share. A quiet account costs two requests per poll.
+- a transfer history had shown in flight, deeper than the new records, that the in-flight query no
+  longer holds has moved on to a final status: it is *looked up* by its address (and memo), down to
+  its ``createdAt`` (:data:`MAX_LOOKUPS` per poll, least recently looked up first). The endpoint
+  has no ``transactionId`` filter and deposits carry no ``uniqueId``, so the address is the
+  narrowest filter both kinds have. Should WhiteBIT refuse the ``status`` filter, every deep
+  transfer is looked up this way.
 
-and never beyond ``offset + limit = 10000``, the documented cap (more than 10,000 new records
-between two polls are logged as a gap).
+So an account with more than 10,000 records still gets its baseline and its reconciliation: what
+matters is always within reach of a filtered query.
 
 **The first poll** (no cursor in the state file, or one that cannot be read) is the *baseline*: it
-reads as deep as the cap allows, feeds only the transfers still in flight (the final ones happened
+reads the newest page of each method and every record still in flight (the ``status`` filter; as
+deep as the cap allows if WhiteBIT refuses it), feeds only the transfers still in flight (the final ones happened
 before the exporter watched; counting them in ``whitebit_transfers_total`` would be a spike of old
 news) and waives, for those, every webhook they should already have produced (the lifecycle records
 the waiver: ``TransferBook.stage(obs, baseline=True)``). Later polls likewise ignore a *final*
@@ -42,11 +50,11 @@ baseline deposit that is credited *after* the first poll is expected to bring it
 
 **Matching** a history record to the webhooks received is the lifecycle's rule
 (:mod:`exporter.whitebit.transfers`): by ``transactionId`` where both have it (either spelling), else by
-``uniqueId``, else by the fingerprint of the fields that do not change over a transfer's life (kind,
-ticker, amount, address, memo, ``createdAt``, and for deposits the transaction hash). A transaction
-hash alone is never a key: two records with one hash (one on-chain transaction paying two
-addresses) are two transfers; two records whose fingerprints collide too are still two transfers
-when their ``transactionId`` differs.
+``uniqueId``, else by what both views carry and a transfer never changes: the plain asset (a webhook's
+``USDT_ETH`` is history's ``USDT``), the amount as a Decimal, address, memo, ``createdAt`` within a
+tolerance, and for deposits the transaction hash. A transaction hash alone is never a key: two
+records with one hash (one on-chain transaction paying two addresses) are two transfers, and two
+records alike in all of that are still two transfers when their ``transactionId`` differs.
 
 **Missed webhooks.** Each history status that WhiteBIT announces by webhook sets an *expectation
 level* (:func:`~exporter.whitebit.transfers.expected_level`, docs/protocol.md#webhook-methods):
@@ -71,7 +79,11 @@ ever counted for accounts with a webhook configured; grace runs from when *this 
 the status in history, not from ``createdAt`` (a webhook still in WhiteBIT's retry schedule gets
 the whole grace); and a transfer whose webhook came but did not match it exactly (an unmatched
 webhook-only record of the same kind, asset and amount within a day) is not counted while that
-record stays unmatched (a warning says so).
+record stays unmatched (a warning says so). Nor is a record counted while a look-alike (alike in
+every field both views carry) that was counted missed has received a webhook since: that webhook
+may be this record's, and the one miss among the two was counted already. Look-alikes' webhooks
+are shared out by the lifecycle (``adopt`` in :mod:`exporter.whitebit.transfers`), so that two
+outputs of one transaction to one address are not reported missed.
 """
 
 from __future__ import annotations
@@ -83,29 +95,34 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.core.health import HealthRegistry
-from exporter.core.metrics import WHITEBIT_WEBHOOKS_MISSED, LabelValues
-from exporter.core.state import StateError, StateStore, TransferRecord
+from exporter.core.metrics import WHITEBIT_WEBHOOKS_MISSED, WHITEBIT_WEBHOOKS_OVERDUE, LabelValues
+from exporter.core.state import StateError, StateStore, TransferKind, TransferRecord
 from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
-from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient
+from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient, ValidationError
 from exporter.whitebit.transfers import (
+    DEPOSIT,
     FINAL_LEVEL,
     FINAL_OUTCOMES,
     PENDING_LEVEL,
+    STATUS_NAMES,
     TRANSFER_KINDS,
     WITHDRAW,
     ObservationError,
     TransferBook,
     TransferObservation,
     TransferUpdate,
-    candidate_keys,
-    compatible,
+    asset_of,
+    created_at_of,
+    look_alike,
     observation_from_history,
+    webhook_level,
 )
 
 log = logging.getLogger(__name__)
@@ -113,31 +130,50 @@ log = logging.getLogger(__name__)
 #: Records per page: the previous docs' maximum (the current docs' 500 is unconfirmed,
 #: docs/protocol.md#deposit-and-withdrawal-history).
 PAGE_LIMIT = 100
-#: ``offset + limit`` may not exceed this (docs/protocol.md#deposit-and-withdrawal-history).
+#: ``offset + limit`` must stay below this (the docs' table says "<= 10000", their error text "less
+#: than 10000": the stricter, docs/protocol.md#deposit-and-withdrawal-history).
 MAX_OFFSET = 10_000
 #: Seconds of history re-read below the cursor on every poll (see the module docstring).
 CURSOR_OVERLAP = 300.0
-#: Pages a poll reads at most to re-check transfers still in flight (new records are always read).
-MAX_RECHECK_PAGES = 20
+#: Lost transfers (see the module docstring) a poll looks up at most.
+MAX_LOOKUPS = 5
+#: The ``transactionMethod`` of each kind; every request names one (the previous docs require it).
+TRANSACTION_METHODS: tuple[tuple[TransferKind, int], ...] = ((DEPOSIT, 1), (WITHDRAW, 2))
+METHOD_OF_KIND: dict[TransferKind, int] = dict(TRANSACTION_METHODS)
+#: The status codes of each kind that are not final, for the ``status`` filter.
+IN_FLIGHT_STATUSES: dict[TransferKind, tuple[int, ...]] = {
+    kind: tuple(sorted(code for code in STATUS_NAMES[kind] if code not in FINAL_OUTCOMES[kind]))
+    for kind in TRANSFER_KINDS
+}
+
+
+def _described(record: TransferRecord) -> dict[str, Any]:
+    """What a log line says about a transfer (no secrets: ids and amounts only)."""
+    return {
+        "account": record.account,
+        "kind": record.kind,
+        "ticker": record.ticker,
+        "amount": format(record.amount, "f"),
+        "status": record.status,
+        "transaction_id": record.details.get("transaction_id"),
+    }
+
+
+def _below(floor: float, oldest: float) -> bool:
+    """Whether a read that has reached back to ``oldest`` went below ``floor``."""
+    return oldest < floor
+
+
+def page_limit_at(offset: int) -> int:
+    """The ``limit`` of the page at ``offset``: :data:`PAGE_LIMIT`, less near the cap (0: no page)."""
+    return max(0, min(PAGE_LIMIT, MAX_OFFSET - 1 - offset))
+
+
 #: The state-file cursor name.
 CURSOR_NAME = "history"
 #: How far apart (s) a webhook-only record may be created from a history record to count as its
 #: loose match (see the module docstring).
 LOOSE_MATCH_WINDOW = 86400.0
-
-
-def webhook_level(record: TransferRecord) -> int:
-    """How far the webhooks received for ``record`` went (0: none, or only ``withdraw.unconfirmed``)."""
-    status = record.webhook_status
-    if status is None:
-        # Only a row migrated from schema v1 has webhook_seen without a status: its webhook came
-        # but how far it went was not kept, so it is taken as final and never counted as missed.
-        return FINAL_LEVEL if record.webhook_seen else 0
-    if status in FINAL_OUTCOMES[record.kind]:
-        return FINAL_LEVEL
-    if record.kind == WITHDRAW and status == 5:
-        return 0
-    return PENDING_LEVEL
 
 
 def _levels_seen(record: TransferRecord) -> list[tuple[int, float]]:
@@ -205,22 +241,37 @@ class HistoryCursor:
 
 
 class MissedWebhooks(Collector):
-    """``whitebit_webhooks_missed_total{account,kind}``, from 0 for every account with a webhook to miss.
+    """``whitebit_webhooks_missed_total{account,kind}`` and ``whitebit_webhooks_overdue{account,kind}``,
+    from 0 for every account with a webhook to miss.
 
     ::
 
         whitebit_webhooks_missed_total{account="main",kind="deposit"} 1.0
+        whitebit_webhooks_overdue{account="main",kind="withdraw"} 2.0
+
+    The overdue gauge counts, at scrape time, the transfers each account's poll holds as overdue
+    (:meth:`track_overdue`), which a webhook removes the moment it arrives.
     """
 
     def __init__(self, accounts: Iterable[str]) -> None:
         self._counts: dict[LabelValues, float] = {(account, kind): 0 for account in accounts for kind in TRANSFER_KINDS}
+        self._overdue: dict[str, Mapping[tuple[str, str], float]] = {}
 
     def bump(self, account: str, kind: str) -> None:
         """Count one transfer whose webhook was missed."""
         self._counts[(account, kind)] += 1
 
+    def track_overdue(self, account: str, overdue: Mapping[tuple[str, str], float]) -> None:
+        """Render ``overdue`` ((kind, key) -> when it fell due) as the account's overdue gauge."""
+        self._overdue[account] = overdue
+
     def collect(self) -> Iterator[Metric]:
         yield WHITEBIT_WEBHOOKS_MISSED.render(self._counts)
+        overdue: dict[LabelValues, float] = dict.fromkeys(self._counts, 0.0)
+        for account, entries in self._overdue.items():
+            for kind, _ in entries:
+                overdue[(account, kind)] = overdue.get((account, kind), 0.0) + 1
+        yield WHITEBIT_WEBHOOKS_OVERDUE.render(overdue)
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -239,10 +290,7 @@ def parse_history_page(document: Any) -> tuple[list[Mapping[str, Any]], int | No
 
 
 def _created_at(record: Mapping[str, Any]) -> float | None:
-    value = record.get("createdAt")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    return created_at_of(record.get("createdAt"))
 
 
 # --- the poll ---------------------------------------------------------------------------------
@@ -261,6 +309,7 @@ class HistoryPoll:
         *,
         grace: float,
         missed: MissedWebhooks | None,
+        retry_window: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -268,57 +317,157 @@ class HistoryPoll:
         self._book = book
         self._store = store
         self.grace = grace
+        #: When an overdue webhook counts as missed; the grace itself unless given (then nothing is overdue).
+        self.retry_window = grace if retry_window is None else max(grace, retry_window)
         #: None: the account has no webhook configured, so nothing is ever counted as missed.
         self._missed = missed
         self._clock = clock
         self._watch: set[tuple[str, str]] | None = None  # (kind, key) of transfers awaiting a webhook
         self._loose_logged: set[tuple[str, str]] = set()
+        self._status_filter_refused = False
+        self._looked_up: dict[tuple[str, str], float] = {}  # (kind, key) -> when last looked up
+        #: (kind, key) -> when its webhook fell due, for transfers past the grace but not yet missed.
+        self.overdue: dict[tuple[str, str], float] = {}
+        if missed is not None:
+            missed.track_overdue(self.account, self.overdue)
+            book.add_listener(self._on_record)
 
     async def __call__(self) -> None:
         cursor = HistoryCursor.decode(self._store.get_cursor(self.account, CURSOR_NAME))
         try:
-            records = await self._read(cursor)
-            self._feed(records, cursor)
+            if cursor is None:
+                self._feed(await self._read_baseline(), None)
+                return
+            reached: dict[TransferKind, float] = {}
+            records = await self._read_since(cursor, reached)
+            touched = self._feed(records, cursor)
+            lost = self._lost(reached, touched)
+            if lost:
+                cursor = HistoryCursor.decode(self._store.get_cursor(self.account, CURSOR_NAME)) or cursor
+                self._feed(await self._look_up(lost), cursor)
         finally:
             self._evaluate()
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def _read(self, cursor: HistoryCursor | None) -> list[Mapping[str, Any]]:
-        must_reach = None if cursor is None or cursor.newest is None else cursor.newest - CURSOR_OVERLAP
-        open_times = [r.created_at for r in self._book.in_flight() if r.account == self.account]
-        recheck = min(open_times) - CURSOR_OVERLAP if open_times else None
+    async def _page(self, method: int, offset: int, **filters: Any) -> tuple[list[Mapping[str, Any]], bool]:
+        """One page of ``method``'s records at ``offset``: (records, True when it was the last one)."""
+        limit = page_limit_at(offset)
+        params = {"transactionMethod": method, "limit": limit, "offset": offset, **filters}
+        page, total = parse_history_page(await self._client.post(MAIN_HISTORY, params))
+        last = len(page) < limit or (total is not None and offset + len(page) >= total)
+        return page, last or page_limit_at(offset + limit) < 1
+
+    async def _pages(
+        self, method: int, until: Callable[[float], bool] | None = None, **filters: Any
+    ) -> tuple[list[Mapping[str, Any]], float, bool]:
+        """Pages of ``method`` from offset 0 until the last, or until ``until(oldest createdAt)`` says
+        the page reached far enough: (records, oldest ``createdAt`` read, True when cut by the cap)."""
         records: list[Mapping[str, Any]] = []
+        oldest = math.inf
         offset = 0
-        pages = 0
         while True:
-            page, total = parse_history_page(
-                await self._client.post(MAIN_HISTORY, {"limit": PAGE_LIMIT, "offset": offset})
-            )
-            pages += 1
+            page, last = await self._page(method, offset, **filters)
             records.extend(page)
-            if len(page) < PAGE_LIMIT or (total is not None and offset + len(page) >= total):
-                return records
-            times = [t for t in map(_created_at, page) if t is not None]
-            oldest = min(times) if times else math.inf
-            if cursor is not None:
-                # No newest yet (history was empty at the baseline): everything read is new.
-                new_left = must_reach is None or oldest >= must_reach
-                recheck_left = recheck is not None and oldest >= recheck and pages < MAX_RECHECK_PAGES
-                if not (new_left or recheck_left):
-                    return records
-            offset += PAGE_LIMIT
-            if offset + PAGE_LIMIT > MAX_OFFSET:
-                if cursor is not None and (must_reach is None or oldest >= must_reach):
-                    log.warning(
-                        "more than 10000 history records since the last poll; older new records were not read",
-                        extra={"account": self.account},
-                    )
-                return records
+            oldest = min([oldest, *(t for t in map(_created_at, page) if t is not None)])
+            if last:
+                capped = len(page) == page_limit_at(offset) and page_limit_at(offset + len(page)) < 1
+                return records, (-math.inf if not capped else oldest), capped
+            if until is not None and until(oldest):
+                return records, oldest, False
+            offset += len(page)
+
+    async def _read_baseline(self) -> list[Mapping[str, Any]]:
+        """The newest records of each method, and every record still in flight at any depth."""
+        records: list[Mapping[str, Any]] = []
+        for kind, method in TRANSACTION_METHODS:
+            head, _ = await self._page(method, 0)
+            records.extend(head)
+            records.extend(await self._in_flight_records(kind, method, baseline=True))
+        return records
+
+    async def _read_since(self, cursor: HistoryCursor, reached: dict[TransferKind, float]) -> list[Mapping[str, Any]]:
+        """Each method's records down to the cursor (less the overlap), and, where a transfer still in
+        flight lies deeper, every record still in flight; ``reached`` gets how far down each read."""
+        must_reach = None if cursor.newest is None else cursor.newest - CURSOR_OVERLAP
+        records: list[Mapping[str, Any]] = []
+        for kind, method in TRANSACTION_METHODS:
+            # No newest yet (history was empty at the baseline): everything is new.
+            new, oldest, capped = await self._pages(method, None if must_reach is None else partial(_below, must_reach))
+            records.extend(new)
+            if capped and (must_reach is None or oldest >= must_reach):
+                log.warning(
+                    "more than 9999 history records of one method since the last poll; older new records were not read",
+                    extra={"account": self.account, "transaction_method": method},
+                )
+            reached[kind] = oldest - CURSOR_OVERLAP
+            if any(r.created_at < reached[kind] for r in self._in_flight(kind)):
+                records.extend(await self._in_flight_records(kind, method, baseline=False))
+        return records
+
+    def _in_flight(self, kind: TransferKind) -> list[TransferRecord]:
+        return [r for r in self._book.in_flight() if r.account == self.account and r.kind == kind]
+
+    async def _in_flight_records(self, kind: TransferKind, method: int, *, baseline: bool) -> list[Mapping[str, Any]]:
+        """Every record of ``method`` whose status is not final, filtered by ``status`` at any depth.
+
+        Should WhiteBIT refuse the filter, the baseline reads as deep as the cap allows instead (and
+        later polls rely on :meth:`_look_up`); the refusal is logged once.
+        """
+        if self._status_filter_refused:
+            return (await self._pages(method))[0] if baseline else []
+        try:
+            records, _, capped = await self._pages(method, status=list(IN_FLIGHT_STATUSES[kind]))
+        except ValidationError as exc:
+            self._status_filter_refused = True
+            log.warning(
+                "history refused the status filter; transfers in flight deeper than the newest records are"
+                " looked up by address instead",
+                extra={"account": self.account, "error": str(exc)},
+            )
+            return (await self._pages(method))[0] if baseline else []
+        if capped:
+            log.warning(
+                "more than 9999 history records in flight; the oldest were not read",
+                extra={"account": self.account, "transaction_method": method},
+            )
+        return records
+
+    def _lost(self, reached: Mapping[TransferKind, float], touched: set[tuple[str, str]]) -> list[TransferRecord]:
+        """Transfers history showed in flight, deeper than this poll's new records, that the in-flight
+        read no longer holds: their status moved on to a final one. The least recently looked up first,
+        at most :data:`MAX_LOOKUPS` per poll."""
+        lost = [
+            record
+            for kind, floor in reached.items()
+            for record in self._in_flight(kind)
+            if record.history_seen and record.created_at < floor and (record.kind, record.key) not in touched
+        ]
+        lost.sort(key=lambda r: self._looked_up.get((r.kind, r.key), -math.inf))
+        return lost[:MAX_LOOKUPS]
+
+    async def _look_up(self, lost: list[TransferRecord]) -> list[Mapping[str, Any]]:
+        """The records at each lost transfer's address (and memo), down to its ``createdAt``."""
+        records: list[Mapping[str, Any]] = []
+        for record in lost:
+            self._looked_up[(record.kind, record.key)] = self._clock()
+            address = record.details.get("address")
+            if not address:
+                continue
+            filters: dict[str, Any] = {"address": address}
+            memo = record.details.get("memo")
+            if memo:
+                filters["memo"] = memo
+            found, _, _ = await self._pages(
+                METHOD_OF_KIND[record.kind], partial(_below, record.created_at - CURSOR_OVERLAP), **filters
+            )
+            records.extend(found)
+        return records
 
     # -- feeding the lifecycle -----------------------------------------------------------------
 
-    def _feed(self, records: list[Mapping[str, Any]], cursor: HistoryCursor | None) -> None:
+    def _feed(self, records: list[Mapping[str, Any]], cursor: HistoryCursor | None) -> set[tuple[str, str]]:
+        """Stage every record as a history observation; returns (kind, key) of the transfers fed."""
         now = self._clock()
         baseline = cursor is None
         observations: list[TransferObservation] = []
@@ -356,13 +505,10 @@ class HistoryPoll:
                 "history baseline taken; transfers before it are never counted as missed",
                 extra={"account": self.account, "records": len(records), "in_flight": len(updates)},
             )
+        return {(u.transition.record.kind, u.transition.record.key) for u in updates}
 
     def _known(self, obs: TransferObservation) -> bool:
-        for key in candidate_keys(obs):
-            found = self._store.get_transfer(obs.account, obs.kind, key)
-            if found is not None and compatible(found, obs):
-                return True
-        return False
+        return self._book.find(obs) is not None
 
     # -- missed webhooks -----------------------------------------------------------------------
 
@@ -376,40 +522,58 @@ class HistoryPoll:
                         self._watch.add((record.kind, record.key))
         return self._watch
 
+    def _on_record(self, record: TransferRecord) -> None:
+        """A committed update wrote ``record``: an overdue transfer whose webhook came is no longer overdue."""
+        ident = (record.kind, record.key)
+        if (
+            record.account == self.account
+            and ident in self.overdue
+            and (record.missed_counted or due_since(record) is None)
+        ):
+            del self.overdue[ident]
+
     def _evaluate(self) -> None:
         if self._missed is None:
             return
         now = self._clock()
         watch = self._watch_set()
         counted: list[TransferRecord] = []
+        newly_overdue: list[TransferRecord] = []
         try:
             with self._store.transaction():
                 for kind, key in sorted(watch):
+                    ident = (kind, key)
                     record = self._store.get_transfer(self.account, kind, key)
                     due = None if record is None or record.missed_counted else due_since(record)
                     if record is None or due is None:
-                        watch.discard((kind, key))
+                        watch.discard(ident)
+                        self.overdue.pop(ident, None)
                         continue
                     if now - due < self.grace or self._loosely_matched(record):
+                        self.overdue.pop(ident, None)
+                        continue
+                    if now - due < self.retry_window:
+                        if ident not in self.overdue:
+                            newly_overdue.append(record)
+                        self.overdue[ident] = due
                         continue
                     counted.append(self._book.mark_missed(record))
-                    watch.discard((kind, key))
+                    watch.discard(ident)
+                    self.overdue.pop(ident, None)
         except StateError as exc:
             log.warning("missed-webhook check not recorded", extra={"account": self.account, "error": str(exc)})
             return
+        for record in newly_overdue:
+            log.warning(
+                "webhook overdue: history shows a transfer whose webhook has not come within reconcile_grace;"
+                " it counts as missed if it has not come within webhook_retry_window",
+                extra={**_described(record), "grace_seconds": self.grace, "retry_window_seconds": self.retry_window},
+            )
         for record in counted:
             self._missed.bump(record.account, record.kind)
             log.warning(
-                "webhook missed: history shows a transfer whose webhook did not come within reconcile_grace",
-                extra={
-                    "account": record.account,
-                    "kind": record.kind,
-                    "ticker": record.ticker,
-                    "amount": format(record.amount, "f"),
-                    "status": record.status,
-                    "transaction_id": record.details.get("transaction_id"),
-                    "grace_seconds": self.grace,
-                },
+                "webhook missed: history shows a transfer whose webhook did not come within webhook_retry_window",
+                extra={**_described(record), "grace_seconds": self.grace, "retry_window_seconds": self.retry_window},
             )
 
     def _loosely_matched(self, record: TransferRecord) -> bool:
@@ -418,21 +582,27 @@ class HistoryPoll:
         # The level that fell due: a webhook-only record that reached it would have been this one's.
         needed = max((level for level, at in _levels_seen(record) if at == due), default=FINAL_LEVEL)
         for other in self._store.transfers(self.account):
-            if (
-                other.key != record.key
-                and other.kind == record.kind
-                and other.webhook_seen
+            if other.key == record.key or other.kind != record.kind or webhook_level(other) < needed:
+                continue
+            # A webhook-known record history never matched, alike in asset and amount: its webhook.
+            unmatched = (
+                other.webhook_seen
                 and not other.history_seen
-                and other.ticker.upper() == record.ticker.upper()
+                and asset_of(other.ticker) == asset_of(record.ticker)
                 and other.amount == record.amount
                 and abs(other.created_at - record.created_at) <= LOOSE_MATCH_WINDOW
-                and webhook_level(other) >= needed
-            ):
+            )
+            # A look-alike already counted missed whose webhook came since: that webhook may be this
+            # one's (the two cannot be told apart), and the miss was counted once already.
+            recounted = other.missed_counted and due_since(other) is None and look_alike(other, record)
+            if unmatched or recounted:
                 ident = (record.kind, record.key)
                 if ident not in self._loose_logged:
                     self._loose_logged.add(ident)
                     log.warning(
-                        "a history record matches a webhook only by asset and amount; not counted as missed",
+                        "a history record matches a webhook only by asset and amount; not counted as missed"
+                        if unmatched
+                        else "a history record's webhook may have joined a look-alike counted missed; not counted",
                         extra={
                             "account": self.account,
                             "kind": record.kind,
@@ -456,19 +626,20 @@ def build_history_poller(
     interval: float,
     grace: float,
     missed: MissedWebhooks | None,
+    retry_window: float | None = None,
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Poller:
     """The history poller of one account (``rest:history:<account>``, health ``rest:history``).
 
     ``missed`` is None for an account without a webhook: its history still feeds the lifecycle,
-    but nothing can be missed.
+    but nothing can be missed. A webhook is overdue after ``grace`` and missed after ``retry_window``.
     """
     return Poller(
         account=client.account,
         kind=HistoryPoll.kind,
         interval=interval,
-        poll=HistoryPoll(client, book, store, grace=grace, missed=missed, clock=clock),
+        poll=HistoryPoll(client, book, store, grace=grace, missed=missed, retry_window=retry_window, clock=clock),
         health=health.register("rest:history", client.account, max_age=STALE_INTERVALS * interval + STALE_SLACK),
         rng=rng,
     )

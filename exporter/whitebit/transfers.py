@@ -7,25 +7,55 @@ normalized into a :class:`TransferObservation` with its ``source`` (``"webhook"`
 (lookup and write in the state file, in the caller's transaction) and keeps the in-memory view the
 metrics are rendered from.
 
-**The key.** Each transfer is stored under the most stable identity its payload allows, tried in
-this order:
+**Two views of one transfer.** A webhook and a history record describe the same transfer in different
+forms (docs/protocol.md#webhook-payload-fields): the webhook may name the asset with a network suffix
+(``USDT_ETH``), carry 18-decimal amounts, ``uniqueId: null``, no ``transactionId`` and, in
+``deposit.canceled``, ``network: null``; history has the plain ticker, short amounts and a
+``transactionId`` (either spelling). Either may come first, and history may show a status before or
+after the webhook that announces it. An observation is matched to a record on what both views carry
+and a transfer never changes (README.md#webhooks-and-transfers says why each):
 
-1. ``txid:<transactionId>``: unique across WhiteBIT and never reused (history records always have it;
-   webhook payloads are not documented to carry it, but one that does is keyed by it);
-2. ``uid:<uniqueId>``: the client's id of a withdrawal (or the platform-assigned id of a deposit);
-   documented as the dedup key, but ``null`` in every webhook example;
-3. ``fp:<sha256 prefix>``: a fingerprint of the fields that do not change over a transfer's life:
-   kind, ticker, amount (normalized, so ``"0.0105"`` equals ``"0.010500000000000000"``), address,
-   memo, ``createdAt`` and, for deposits only, the transaction hash. A transaction hash alone is
-   not unique (one on-chain transaction can pay several addresses: several records, one hash); a
-   withdrawal's hash is empty until it is broadcast, so it is left out there; ``network`` is left
-   out because ``deposit.canceled`` may carry it as ``null``.
+- the *asset*: the ticker upper-cased, with any ``_SUFFIX`` split off (:func:`asset_of`). The suffix
+  is not compared with ``network``: the documents pair ``USDT_ETH`` with ``ERC20``, give no table
+  from one to the other and let ``network`` be null, so ``network`` only breaks ties;
+- the amount as a Decimal (``"25.000000000000000000"``, ``"25"`` and ``25`` are equal);
+- the address (case-insensitive) and the memo (``""`` and null are the same);
+- ``createdAt``, within :data:`CREATED_AT_TOLERANCE` seconds;
+- for deposits, the transaction hash when both carry one (a withdrawal's hash appears only once it
+  is broadcast, so there it only breaks ties);
+- ``transactionId`` and ``uniqueId`` where both carry one: an equal id decides, a different one is
+  another transfer (:func:`compatible`). A deposit webhook's ``uniqueId`` equal to a record's
+  ``transactionId`` decides too (docs/protocol.md#webhook-payload-fields).
 
-A later observation finds its record under *any* of its candidate keys (so a history record with a
-``transactionId`` finds the record a webhook created under its fingerprint), unless the stored
-record names a different ``transactionId`` or ``uniqueId`` (then it is another transfer). The record
-keeps the key it was created under. A record first seen in history is created under its fingerprint
-(see :func:`new_key`), so the webhook that comes after it, without a ``transactionId``, finds it.
+**The key.** A new record is stored under ``m:<digest>:<slot>``, the digest of kind, asset, amount,
+address, memo and the ``createdAt`` window (:data:`MATCH_WINDOW`, twice the tolerance) it falls in.
+A lookup reads the one or two windows its own ``createdAt`` may match, slot 0, 1, … up to the first
+free one (plus any slot still in flight beyond it, in case a final one below it was purged), so it
+costs a few indexed reads. Records written by earlier versions keep their keys (``txid:``,
+``uid:``, ``fp:`` of :func:`legacy_fingerprint`); they are looked up under those keys as well, and
+a history record finds such a record that only a webhook created by asset and amount.
+
+**Which record** (:func:`choose`). The one holding the observation's ``transactionId``; else the best
+*eligible* one: a history record never joins a record that another history record (another
+``transactionId``) holds, and neither view joins a record that is final with another outcome. Ties
+go to matching ids, then the transaction hash, then (for a webhook) the record with the fewest copies
+of this event (:data:`REPEATABLE_EVENTS`), the same finality, the fewest webhook events, the network,
+the nearest ``createdAt`` and last the key, so the result depends only on the order of the
+observations. A webhook never starts a second record while one it may belong to exists: a second copy
+of an event (a look-alike transfer's, or the same event sent again under a new ``id``, which the
+documents do not rule out) is kept on the record as a copy (``events``). History tells look-alikes
+apart by ``transactionId``; a history record that shows its transfer further than its webhooks went
+*adopts*, from look-alikes holding surplus copies, one copy of each event it lacks (:func:`adopt`), so
+two outputs of one transaction to one address with one amount end as two records, each with its
+webhooks, and neither is reported missed. An account without history (no API credentials) cannot
+tell them apart and keeps one record.
+
+**Counting outcomes.** Per outcome, ``whitebit_transfers_total`` counts the fewest transfers that
+explain the final reports seen among the records that match: each final report (a final webhook, or
+history's first final status for a ``transactionId``) adds one unless it pairs with a report of the
+other view not paired yet (:func:`distinct_finals`, a maximum matching). A transfer reported final
+by both views counts once in either order, two look-alike transfers count twice once both are
+final, and which look-alike a webhook was attached to changes no count.
 
 **Statuses.** Status codes mean different things per method (docs/protocol.md#transfer-status-codes),
 so names come from two tables; webhook status values are placeholders in WhiteBIT's examples (all
@@ -33,9 +63,8 @@ so names come from two tables; webhook status values are placeholders in WhiteBI
 (``deposit.processed`` is successful whatever status it carries) and the payload status is used only
 where it agrees with the method. A final record never changes status again; a non-final one never
 moves back to an earlier stage (a late retry of ``withdraw.unconfirmed`` after ``withdraw.pending``
-changes nothing); confirmations only grow. Each record's final outcome is counted once, when it
-becomes final, however many deliveries report it; the ``final`` flag is in the state file, so a
-restart does not count it again.
+changes nothing); confirmations only grow. The counted outcomes are not in the state file: a
+restart counts from 0, and a report stored before it pairs as usual.
 
 **What reconciliation compares.** The same state machine keeps, in typed fields of each record,
 what :mod:`exporter.whitebit.reconcile` needs to tell a missed webhook, so that the lifecycle is
@@ -50,16 +79,20 @@ computed, and written, in one place:
 - ``history_waived``: the first history poll of an account is the *baseline*
   (``stage(obs, baseline=True)``), and the levels its records already show are waived.
 
-Every write of a transfer row goes through :class:`TransferBook`, the counted-missed flag included.
+``details`` keeps what matching needs besides: the ids (and which ones a webhook gave), address,
+memo, ``createdAt`` as sent, hash, network, the webhook events received (``events``, signature →
+copies) and the outcome history reported (``history_outcome``). Every write of a transfer row goes
+through :class:`TransferBook`, the counted-missed flag included.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, TypeGuard
@@ -85,6 +118,20 @@ WITHDRAW: TransferKind = "withdraw"
 TRANSFER_KINDS: tuple[TransferKind, ...] = (DEPOSIT, WITHDRAW)
 #: Final transfers are kept this long so late deliveries and history rows are recognized as known.
 FINAL_TRANSFER_RETENTION = 30 * 86400.0
+#: How far apart (s) the two views' ``createdAt`` of one transfer may be. Both views document it as
+#: the transfer's creation time in whole seconds (docs/protocol.md#webhook-payload-fields), so they
+#: should be equal; the tolerance absorbs a difference the documents do not rule out (rounding, two
+#: serializers) without joining a transfer made minutes later to the same address for the same amount.
+CREATED_AT_TOLERANCE = 300.0
+#: The ``createdAt`` window a record key is built from: twice the tolerance, so that every ``createdAt``
+#: within the tolerance of an observation's falls in one of the two windows its lookup reads.
+MATCH_WINDOW = 2 * CREATED_AT_TOLERANCE
+#: The prefix of the keys this version writes (older versions wrote ``txid:``, ``uid:`` and ``fp:``).
+KEY_PREFIX = "m:"
+#: Webhook methods one transfer may send more than once (``deposit.updated`` once per confirmation,
+#: ``withdraw.pending`` per status in progress): a copy of one is the same method *and* the same status
+#: and confirmations. Every other method comes once per transfer, so any second one is a copy.
+REPEATABLE_EVENTS = frozenset({"deposit.updated", "withdraw.pending"})
 
 # Final outcomes (the `outcome` label of whitebit_transfers_total).
 SUCCESSFUL = "successful"
@@ -170,6 +217,20 @@ PENDING_LEVEL = 1
 FINAL_LEVEL = 2
 
 
+def webhook_level(record: TransferRecord) -> int:
+    """How far the webhooks received for ``record`` went (0: none, or only ``withdraw.unconfirmed``)."""
+    status = record.webhook_status
+    if status is None:
+        # Only a row migrated from schema v1 has webhook_seen without a status: its webhook came
+        # but how far it went was not kept, so it is taken as final and never counted as missed.
+        return FINAL_LEVEL if record.webhook_seen else 0
+    if status in FINAL_OUTCOMES[record.kind]:
+        return FINAL_LEVEL
+    if record.kind == WITHDRAW and status == 5:
+        return 0
+    return PENDING_LEVEL
+
+
 def expected_level(kind: TransferKind, status: int) -> int | None:
     """The webhook level a *history* status implies, or None where WhiteBIT sends no webhook.
 
@@ -217,48 +278,111 @@ class TransferObservation:
         if self.source not in SOURCES:
             raise ValueError(f"observation source must be webhook or history, not {self.source!r}")
 
-
-# --- keys --------------------------------------------------------------------------------------
-
-
-def fingerprint(obs: TransferObservation) -> str:
-    """The ``fp:`` key: a hash of the fields that stay the same over the transfer's life."""
-    parts = [
-        obs.kind,
-        obs.ticker.upper(),
-        _amount_text(obs.amount),
-        obs.address or "",
-        obs.memo or "",
-        "" if obs.created_at is None else str(int(obs.created_at)),
-        # A withdrawal's hash appears only once it is broadcast, so only deposits use it.
-        (obs.transaction_hash or "") if obs.kind == DEPOSIT else "",
-    ]
-    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
-    return f"fp:{digest[:32]}"
+    @property
+    def asset(self) -> str:
+        """The plain ticker both views agree on (:func:`asset_of`)."""
+        return asset_of(self.ticker)
 
 
-def candidate_keys(obs: TransferObservation) -> list[str]:
-    """Every key ``obs`` may be stored under, strongest first; the first is the one a new record gets."""
-    keys: list[str] = []
-    if obs.transaction_id:
-        keys.append(f"txid:{obs.transaction_id}")
-    if obs.unique_id:
-        keys.append(f"uid:{obs.unique_id}")
-    keys.append(fingerprint(obs))
-    return keys
+# --- matching: what both views of a transfer share --------------------------------------------------
 
 
-def new_key(obs: TransferObservation, keys: list[str], taken: set[str]) -> str:
-    """The key a first sighting is stored under (``keys`` from :func:`candidate_keys`).
+@functools.lru_cache(maxsize=4096)
+def asset_of(ticker: str) -> str:
+    """The plain ticker: upper case, without a ``_NETWORK`` suffix (``USDT_ETH`` → ``USDT``).
 
-    A webhook's record gets its strongest id. A record first seen in *history* gets its fingerprint
-    instead (unless another transfer holds it): a webhook carries no ``transactionId``, so a record
-    stored under ``txid:`` would never be found by the webhook that arrives after the history poll.
+    Deposit webhooks may name the asset with its network (docs/protocol.md#webhook-payload-fields)
+    while history names it plainly; this is the form both agree on, and the ``asset`` label.
+    Cached: it runs several times per delivery, over a few dozen tickers.
     """
-    fp = keys[-1]
-    if obs.source == "history" and fp not in taken:
-        return fp
-    return keys[0]
+    text = ticker.strip().upper()
+    return text.split("_", 1)[0] or text
+
+
+def _folded(value: Any) -> str:
+    """An address or hash for comparison: case-insensitive, ``""`` when absent."""
+    return value.strip().casefold() if isinstance(value, str) else ""
+
+
+def _memo(value: Any) -> str:
+    """A memo for comparison: ``""`` and null (or absent) are the same."""
+    return value.strip() if isinstance(value, str) else ""
+
+
+def normalized_network(value: Any) -> str:
+    """A network name for comparison: letters and digits, upper case (``ERC-20`` equals ``ERC20``)."""
+    return "".join(ch for ch in value.upper() if ch.isalnum()) if isinstance(value, str) else ""
+
+
+@dataclass(frozen=True)
+class _Fields:
+    """What both views of a transfer carry and a transfer never changes; None where it is not known."""
+
+    kind: str
+    asset: str
+    amount: Decimal
+    address: str  # "" when not known
+    memo: str | None  # None when not known (a record of an earlier version)
+    created_at: float | None
+    transaction_hash: str  # "" when not known
+
+    def match(self, other: _Fields) -> bool:
+        if (self.kind, self.asset, self.amount) != (other.kind, other.asset, other.amount):
+            return False
+        if self.address and other.address and self.address != other.address:
+            return False
+        if self.memo is not None and other.memo is not None and self.memo != other.memo:
+            return False
+        if (
+            self.created_at is not None
+            and other.created_at is not None
+            and abs(self.created_at - other.created_at) > CREATED_AT_TOLERANCE
+        ):
+            return False
+        # A deposit's hash is known from its first sighting in both views; a withdrawal's appears later.
+        return not (
+            self.kind == DEPOSIT
+            and self.transaction_hash
+            and other.transaction_hash
+            and self.transaction_hash != other.transaction_hash
+        )
+
+
+def _fields_of(obs: TransferObservation) -> _Fields:
+    return _Fields(
+        obs.kind,
+        obs.asset,
+        obs.amount,
+        _folded(obs.address),
+        _memo(obs.memo),
+        obs.created_at,
+        _folded(obs.transaction_hash),
+    )
+
+
+def _record_fields(record: TransferRecord) -> _Fields:
+    details = record.details
+    # created_at as sent (None when the payload had none); a record of an earlier version has only the column.
+    created: Any = details.get("created_at", record.created_at)
+    return _Fields(
+        record.kind,
+        asset_of(record.ticker),
+        record.amount,
+        _folded(details.get("address")),
+        _memo(details["memo"]) if "memo" in details else None,
+        float(created) if _is_number(created) else None,
+        _folded(details.get("transaction_hash")),
+    )
+
+
+def matches(record: TransferRecord, obs: TransferObservation) -> bool:
+    """True when ``record`` may be ``obs``'s transfer by the fields both views carry (ids aside)."""
+    return _record_fields(record).match(_fields_of(obs))
+
+
+def look_alike(a: TransferRecord, b: TransferRecord) -> bool:
+    """True when two records may be one transfer by the fields both views carry (ids aside)."""
+    return _record_fields(a).match(_record_fields(b))
 
 
 def compatible(record: TransferRecord, obs: TransferObservation) -> bool:
@@ -270,6 +394,308 @@ def compatible(record: TransferRecord, obs: TransferObservation) -> bool:
     return True
 
 
+def match_windows(created_at: float | None) -> tuple[str, list[str]]:
+    """(the ``createdAt`` window of ``created_at``, every window a matching ``createdAt`` may be in)."""
+    if created_at is None:
+        return "-", ["-"]
+    low = math.floor((created_at - CREATED_AT_TOLERANCE) / MATCH_WINDOW)
+    high = math.floor((created_at + CREATED_AT_TOLERANCE) / MATCH_WINDOW)
+    return str(math.floor(created_at / MATCH_WINDOW)), [str(w) for w in range(low, high + 1)]
+
+
+def match_digests(obs: TransferObservation, windows: Iterable[str]) -> list[str]:
+    """The digest part of the key of a record created from ``obs`` in each of ``windows`` (module docstring)."""
+    parts = [obs.kind, obs.asset, _amount_text(obs.amount), _folded(obs.address), _memo(obs.memo)]
+    prefix = hashlib.sha256("\x1f".join(parts).encode("utf-8"))
+    digests = []
+    for window in windows:
+        digest = prefix.copy()
+        digest.update(f"\x1f{window}".encode())
+        digests.append(digest.hexdigest()[:24])
+    return digests
+
+
+def key_digest(key: str) -> str | None:
+    """The digest part of a key this version writes, None for a key of an earlier version."""
+    if not key.startswith(KEY_PREFIX):
+        return None
+    return key[len(KEY_PREFIX) :].rpartition(":")[0]
+
+
+def legacy_fingerprint(obs: TransferObservation, ticker: str) -> str:
+    """The ``fp:`` key earlier versions stored a transfer under, with ``ticker`` as the ticker.
+
+    A snapshot of their formula (ticker as sent, upper-cased), so that their records are still found.
+    """
+    parts = [
+        obs.kind,
+        ticker.upper(),
+        _amount_text(obs.amount),
+        obs.address or "",
+        obs.memo or "",
+        "" if obs.created_at is None else str(int(obs.created_at)),
+        (obs.transaction_hash or "") if obs.kind == DEPOSIT else "",
+    ]
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return f"fp:{digest[:32]}"
+
+
+def legacy_keys(obs: TransferObservation) -> list[str]:
+    """Every key an earlier version may have stored ``obs``'s transfer under."""
+    keys: list[str] = []
+    if obs.transaction_id:
+        keys.append(f"txid:{obs.transaction_id}")
+    if obs.unique_id:
+        keys.append(f"uid:{obs.unique_id}")
+    keys.append(legacy_fingerprint(obs, obs.ticker))
+    if obs.asset != obs.ticker.upper():
+        # A webhook naming USDT_ETH finds the record history created under the plain ticker.
+        keys.append(legacy_fingerprint(obs, obs.asset))
+    return keys
+
+
+# --- the two views of a record ---------------------------------------------------------------------
+
+
+def event_signature(obs: TransferObservation) -> str:
+    """A webhook event as a record keeps it: method, effective status, confirmations and its ``uniqueId``."""
+    confirmations = "" if obs.confirmations_actual is None else str(obs.confirmations_actual)
+    return f"{obs.event}|{obs.status}|{confirmations}|{obs.unique_id or ''}"
+
+
+def _parse_signature(sig: str) -> tuple[str, int, int | None, str | None]:
+    method, status, confirmations, unique_id = [*sig.split("|", 3), "", "", ""][:4]
+    return method, int_or_none(status) or 0, int_or_none(confirmations), unique_id or None
+
+
+def record_events(record: TransferRecord) -> dict[str, int]:
+    """The webhook events ``record`` received: signature -> copies (empty for a record of an earlier version)."""
+    stored = record.details.get("events")
+    if not isinstance(stored, dict):
+        return {}
+    return {str(sig): count for sig, count in stored.items() if isinstance(count, int) and count > 0}
+
+
+def _event_kind(sig: str) -> str:
+    """What makes two events copies of each other: a repeatable one's whole signature, else its method."""
+    method = sig.partition("|")[0]
+    return sig if method in REPEATABLE_EVENTS else method
+
+
+def _copies_of(events: Mapping[str, int], sig: str) -> int:
+    """How many events like ``sig`` ``events`` holds (see :data:`REPEATABLE_EVENTS`)."""
+    kind = _event_kind(sig)
+    return sum(count for other, count in events.items() if _event_kind(other) == kind)
+
+
+def webhook_outcome(record: TransferRecord) -> str | None:
+    """The final outcome a webhook reported for ``record``, None while no webhook reported one."""
+    if record.webhook_status is not None:
+        return final_outcome(record.kind, record.webhook_status)
+    # A row migrated from schema v1 may say a webhook came without saying how far it went.
+    return record.outcome if record.webhook_seen and record.final else None
+
+
+def history_outcome(record: TransferRecord) -> str | None:
+    """The final outcome history reported for ``record``, None while history has not shown one."""
+    stored = record.details.get("history_outcome")
+    if isinstance(stored, str):
+        return stored
+    # A record of an earlier version: history showed it final when it set history_final_at.
+    return record.outcome if "history_outcome" not in record.details and record.history_final_at else None
+
+
+def eligible(record: TransferRecord, obs: TransferObservation) -> bool:
+    """True when ``obs`` may join ``record`` (``matches`` assumed; see the module docstring)."""
+    if not compatible(record, obs):
+        return False
+    outcome = final_outcome(obs.kind, obs.status)
+    if outcome is not None and record.final and record.outcome != outcome:
+        return False
+    if obs.source == "history":
+        # Held by another history record (another transactionId): another transfer.
+        return not (record.history_seen and record.details.get("transaction_id") != obs.transaction_id)
+    # A final webhook joins a record a final webhook with the same outcome reached only as a copy.
+    reported = webhook_outcome(record)
+    return outcome is None or reported is None or reported == outcome
+
+
+def _same_id(record: TransferRecord, obs: TransferObservation) -> bool:
+    details = record.details
+    if obs.unique_id and obs.unique_id == details.get("unique_id"):
+        return True
+    if obs.kind != DEPOSIT:
+        return False
+    # A deposit webhook's uniqueId is its transactionId (docs/protocol.md#webhook-payload-fields).
+    if obs.source == "webhook":
+        return bool(obs.unique_id) and obs.unique_id == details.get("transaction_id")
+    return bool(obs.transaction_id) and obs.transaction_id == details.get("webhook_unique_id")
+
+
+def _preference(record: TransferRecord, obs: TransferObservation) -> tuple[int, int, int, int, int, int, float, str]:
+    """Lower is better: how ``choose`` orders eligible records."""
+    fields, mine = _record_fields(record), _fields_of(obs)
+    network = normalized_network(record.details.get("network"))
+    created = (
+        abs(fields.created_at - mine.created_at)
+        if fields.created_at is not None and mine.created_at is not None
+        else 0.0
+    )
+    return (
+        0 if _same_id(record, obs) else 1,
+        0 if fields.transaction_hash and fields.transaction_hash == mine.transaction_hash else 1,
+        _copies_of(record_events(record), event_signature(obs)) if obs.source == "webhook" else 0,
+        0 if record.final == (final_outcome(obs.kind, obs.status) is not None) else 1,
+        # Among look-alikes, the one that has heard least from webhooks is the likelier to be waiting.
+        sum(record_events(record).values()) if obs.source == "webhook" else 0,
+        0 if network and network == normalized_network(obs.network) else 1,
+        created,
+        record.key,
+    )
+
+
+def choose(obs: TransferObservation, candidates: Iterable[TransferRecord]) -> TransferRecord | None:
+    """The record ``obs`` joins among ``candidates`` (records that ``match`` it), None for a new transfer."""
+    candidates = list(candidates)
+    if obs.transaction_id:
+        for record in candidates:
+            if record.details.get("transaction_id") == obs.transaction_id:
+                return record
+    return min((r for r in candidates if eligible(r, obs)), key=lambda r: _preference(r, obs), default=None)
+
+
+def _pairable(history_part: TransferRecord, webhook_part: TransferRecord) -> bool:
+    """True when one transfer may have made both reports: history's of one record, a webhook's of another.
+
+    The webhook report is judged by the ids its own final webhook carried (``webhook_final_ids``), not
+    by what joined its record later, so that a pairing, once possible, stays possible.
+    """
+    if history_part.key == webhook_part.key:
+        return True
+    if not look_alike(history_part, webhook_part):
+        return False
+    given = webhook_part.details.get("webhook_final_ids")
+    if not isinstance(given, dict):
+        return True
+    for name in ("unique_id", "transaction_id"):
+        sent, held = given.get(name), history_part.details.get(name)
+        if sent and held and sent != held:
+            return False
+    return True
+
+
+def distinct_finals(records: Sequence[TransferRecord], outcome: str) -> int:
+    """The fewest transfers that explain the final reports with ``outcome`` among ``records``.
+
+    Every history report and every webhook report with ``outcome`` is one transfer, except that a
+    history report and a webhook report one transfer may have made both (:func:`_pairable`) count as
+    one: the count is the number of reports less a maximum matching between the two views.
+    """
+    history = [r for r in records if history_outcome(r) == outcome]
+    hooks = [r for r in records if webhook_outcome(r) == outcome]
+    paired: dict[int, int] = {}  # index in hooks -> index in history
+
+    def augment(i: int, tried: set[int]) -> bool:
+        for j, hook in enumerate(hooks):
+            if j in tried or not _pairable(history[i], hook):
+                continue
+            tried.add(j)
+            if j not in paired or augment(paired[j], tried):
+                paired[j] = i
+                return True
+        return False
+
+    matched = sum(augment(i, set()) for i in range(len(history)))
+    return len(history) + len(hooks) - matched
+
+
+def newly_counted(
+    before: TransferRecord | None, after: TransferRecord, others: Sequence[TransferRecord]
+) -> tuple[str, ...]:
+    """The outcomes a change of one record adds to ``whitebit_transfers_total`` (at most one each).
+
+    ``before``/``after``: the record, before and after; ``others``: the other records that match the
+    observation. Only a view's first final report on the record can count, and only if it raises
+    :func:`distinct_finals`.
+    """
+    if before is None and not others:
+        # A first report with nothing to pair with: the usual webhook (this path runs once per delivery).
+        by_webhook, by_history = webhook_outcome(after), history_outcome(after)
+        if by_webhook is None or by_history is None or by_webhook == by_history:
+            either = by_webhook or by_history
+            return () if either is None else (either,)
+        return tuple(sorted((by_webhook, by_history)))
+    gained = {
+        outcome
+        for view in (webhook_outcome, history_outcome)
+        if (outcome := view(after)) is not None and (before is None or view(before) is None)
+    }
+    return tuple(
+        outcome
+        for outcome in sorted(gained)
+        if distinct_finals([*others, after], outcome)
+        > distinct_finals([*others, *([before] if before is not None else [])], outcome)
+    )
+
+
+def history_level(record: TransferRecord) -> int:
+    """The furthest expectation level history has shown for ``record`` (0: none)."""
+    if record.history_final_at is not None:
+        return FINAL_LEVEL
+    return PENDING_LEVEL if record.history_pending_at is not None else 0
+
+
+def adopt(
+    record: TransferRecord, candidates: Iterable[TransferRecord], obs: TransferObservation, now: float
+) -> tuple[TransferRecord, list[TransferRecord]]:
+    """``record`` (just joined by history ``obs``) with surplus events of its look-alikes it lacks.
+
+    Only while history shows ``record`` further than its webhooks went. A look-alike holding more
+    copies of an event than one transfer sends gives one of them to ``record`` if ``record`` has none
+    like it: at most one of each, in key order, never one whose ``uniqueId`` names another transfer,
+    and a final one only if it tells ``record``'s outcome. Returns the record and the look-alikes
+    that gave, with one copy fewer each.
+    """
+    if webhook_level(record) >= history_level(record):
+        return record, []
+    donors: list[TransferRecord] = []
+    created_at = _record_fields(record).created_at
+    for donor in sorted(candidates, key=lambda r: r.key):
+        events = record_events(donor)
+        for sig in sorted(events, key=lambda s: (_parse_signature(s)[3] != obs.unique_id, s)):
+            method, status, confirmations, unique_id = _parse_signature(sig)
+            outcome = final_outcome(record.kind, status)
+            if (
+                events[sig] < 1
+                or _copies_of(events, sig) < 2
+                or _copies_of(record_events(record), sig) > 0
+                or (unique_id and obs.unique_id and unique_id != obs.unique_id)
+                or (outcome is not None and record.final and outcome != record.outcome)
+            ):
+                continue
+            events[sig] -= 1
+            copy = TransferObservation(
+                account=record.account,
+                kind=record.kind,
+                source="webhook",
+                status=status,
+                ticker=record.ticker,
+                amount=record.amount,
+                observed_at=obs.observed_at,
+                created_at=created_at,
+                unique_id=unique_id,
+                address=record.details.get("address") or None,
+                memo=record.details.get("memo") or None,
+                confirmations_actual=confirmations,
+                event=method,
+            )
+            record = advance(record, copy, record.key, now).record
+        if events != record_events(donor):
+            kept = {sig: count for sig, count in events.items() if count > 0}
+            donors.append(replace(donor, details={**donor.details, "events": kept}, updated_at=now))
+    return record, donors
+
+
 # --- the pure state machine -----------------------------------------------------------------------
 
 
@@ -279,7 +705,9 @@ class Transition:
 
     previous: TransferRecord | None
     record: TransferRecord
-    counted_outcome: str | None = None  # set exactly once per record: when it becomes final
+    #: By :func:`advance`: the outcome when the record becomes final. :meth:`TransferBook.stage` replaces
+    #: it with what the transfer adds to ``whitebit_transfers_total`` (:func:`newly_counted`).
+    counted_outcome: str | None = None
     conflict: bool = False  # a final record was reported final with another outcome (kept as it was)
 
     @property
@@ -315,7 +743,7 @@ def advance(
             key=key,
             status=obs.status,
             status_name=status_name(obs.kind, obs.status),
-            ticker=obs.ticker,
+            ticker=obs.asset,
             amount=obs.amount,
             created_at=obs.created_at if obs.created_at is not None else obs.observed_at,
             updated_at=now,
@@ -326,7 +754,16 @@ def advance(
             confirmations_actual=obs.confirmations_actual,
             confirmations_required=obs.confirmations_required,
             webhook_status=_furthest_webhook_status(obs.kind, None, obs),
-            details=identity,
+            details=_view_facts(
+                {
+                    # An id the payload did not carry is left out (every reader uses .get): a smaller row.
+                    **{k: v for k, v in identity.items() if v is not None},
+                    "address": obs.address or "",
+                    "memo": _memo(obs.memo),
+                    "created_at": obs.created_at,
+                },
+                obs,
+            ),
         )
         return Transition(None, _expect(created, obs, baseline=baseline), counted_outcome=outcome)
 
@@ -339,7 +776,7 @@ def advance(
         status = obs.status
     actual = _max_optional(record.confirmations_actual, obs.confirmations_actual)
     required = obs.confirmations_required if obs.confirmations_required is not None else record.confirmations_required
-    details = {**record.details, **{k: v for k, v in identity.items() if v is not None}}
+    details = _view_facts({**record.details, **{k: v for k, v in identity.items() if v is not None}}, obs)
     updated = replace(
         record,
         status=status,
@@ -396,13 +833,37 @@ def _expect(record: TransferRecord, obs: TransferObservation, *, baseline: bool)
 
 
 def _identity(obs: TransferObservation) -> dict[str, Any]:
-    return {
+    identity = {
         "transaction_id": obs.transaction_id,
         "unique_id": obs.unique_id,
         "transaction_hash": obs.transaction_hash or None,
         "network": obs.network,
         "last_event": obs.event if obs.event is not None else f"{obs.source}:{obs.status}",
     }
+    if obs.source == "webhook":
+        # Which ids a webhook gave: what decides whether it may be another record's history's webhook.
+        identity["webhook_unique_id"] = obs.unique_id
+        identity["webhook_transaction_id"] = obs.transaction_id
+    return identity
+
+
+def _view_facts(details: dict[str, Any], obs: TransferObservation) -> dict[str, Any]:
+    """``details`` with what ``obs`` tells about its own view: the webhook event, or history's outcome."""
+    if obs.source == "webhook":
+        stored = details.get("events")
+        events = dict(stored) if isinstance(stored, dict) else {}
+        sig = event_signature(obs)
+        # A second copy is a look-alike's event, or one sent again under a new id (see adopt()).
+        events[sig] = events.get(sig, 0) + 1
+        facts = {**details, "events": events}
+        if final_outcome(obs.kind, obs.status) is not None and "webhook_final_ids" not in details:
+            # The ids of the first final webhook: what its report pairs by (see _pairable()).
+            facts["webhook_final_ids"] = {"unique_id": obs.unique_id, "transaction_id": obs.transaction_id}
+        return facts
+    outcome = final_outcome(obs.kind, obs.status)
+    if outcome is not None and not details.get("history_outcome"):
+        return {**details, "history_outcome": outcome}
+    return details
 
 
 def _max_optional(a: int | None, b: int | None) -> int | None:
@@ -482,8 +943,7 @@ def _observation(
     if isinstance(confirmations, Mapping):
         actual = int_or_none(confirmations.get("actual"))
         required = int_or_none(confirmations.get("required"))
-    created = fields.get("createdAt")
-    created_at = float(created) if _is_number(created) and math.isfinite(float(created)) and created >= 0 else None
+    created_at = created_at_of(fields.get("createdAt"))
     return TransferObservation(
         account=account,
         kind=kind,
@@ -503,6 +963,18 @@ def _observation(
         confirmations_required=required,
         event=event,
     )
+
+
+def created_at_of(value: Any) -> float | None:
+    """``createdAt`` in unix seconds: an integer as documented, or a float or a numeric string; None otherwise."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
@@ -550,10 +1022,16 @@ def _amount_text(amount: Decimal) -> str:
 
 @dataclass(frozen=True)
 class TransferUpdate:
-    """A staged transition: written to the state file by :meth:`TransferBook.stage`, not yet in memory."""
+    """A staged transition: written to the state file by :meth:`TransferBook.stage`, not yet in memory.
+
+    ``counted``: the outcomes it adds to ``whitebit_transfers_total`` (:func:`newly_counted`);
+    ``others``: other records the same stage wrote (a look-alike that gave up a surplus event).
+    """
 
     transition: Transition
     observation: TransferObservation = field(repr=False)
+    counted: tuple[str, ...] = ()
+    others: tuple[TransferRecord, ...] = ()
 
 
 class TransferBook:
@@ -571,12 +1049,89 @@ class TransferBook:
         self._clock = clock
         self.accounts = tuple(dict.fromkeys(accounts))
         self._open: dict[tuple[str, str, str], TransferRecord] = {}
+        #: (account, kind, key digest) -> keys of records in flight, for a lookup past a purged slot.
+        self._open_by_digest: dict[tuple[str, str, str], set[str]] = {}
+        #: Every (account, kind, key digest) a record may be stored under: a digest not in it has no slot
+        #: to read, which spares a webhook's first sighting its lookups. Added to when a record is staged
+        #: (so a rolled-back or purged record only costs a read), never removed.
+        self._digests: set[tuple[str, str, str]] = set()
         self._totals: dict[tuple[str, str, str, str], int] = {}
-        for record in store.transfers(open_only=True):
-            self._open[(record.account, record.kind, record.key)] = record
+        #: Called with every record an applied update wrote (see :meth:`add_listener`).
+        self._listeners: list[Callable[[TransferRecord], None]] = []
+        #: Records stored by an earlier version are looked up under their keys too, as long as any exist
+        #: (this version never writes such a key, so the set only shrinks); a history record finds those
+        #: that a webhook alone created by (account, kind, asset, amount), whatever ticker form they hold.
+        self._legacy = False
+        self._legacy_webhook_only: dict[tuple[str, str, str, Decimal], list[str]] = {}
+        for record in store.transfers():
+            if not record.final:
+                self._track(record)
+            digest = key_digest(record.key)
+            if digest is not None:
+                self._digests.add((record.account, record.kind, digest))
+            else:
+                self._legacy = True
+                if record.webhook_seen and not record.history_seen:
+                    ident = (record.account, record.kind, asset_of(record.ticker), record.amount)
+                    self._legacy_webhook_only.setdefault(ident, []).append(record.key)
         # Outcome counters restart at 0, but for every asset already known, not only after a new event.
         for account, kind, ticker in store.transfer_assets():
-            self._init_totals(account, kind, ticker)
+            self._init_totals(account, kind, asset_of(ticker))
+
+    # -- finding -------------------------------------------------------------------------------
+
+    def candidates(self, obs: TransferObservation) -> tuple[list[TransferRecord], str]:
+        """(the stored records that match ``obs``, the key a new record of ``obs`` gets).
+
+        Reads the slots of the one or two ``createdAt`` windows ``obs`` may match (see the module
+        docstring) and, while records of an earlier version exist, their keys.
+        """
+        found: dict[str, TransferRecord] = {}
+        own, windows = match_windows(obs.created_at)
+        free = ""
+        for window, digest in zip(windows, match_digests(obs, windows), strict=True):
+            slot = 0
+            while (obs.account, obs.kind, digest) in self._digests:
+                key = f"{KEY_PREFIX}{digest}:{slot}"
+                record = self._store.get_transfer(obs.account, obs.kind, key)
+                if record is None:
+                    break
+                found[key] = record
+                slot += 1
+            if window == own:
+                free = f"{KEY_PREFIX}{digest}:{slot}"
+            # A record in flight above a slot freed by the purge of a final one is still found.
+            open_keys = self._open_by_digest.get((obs.account, obs.kind, digest))
+            for key in sorted(open_keys) if open_keys else ():
+                record = None if key in found else self._store.get_transfer(obs.account, obs.kind, key)
+                if record is not None:
+                    found[key] = record
+        matching = [r for r in found.values() if matches(r, obs)]
+        if self._legacy:
+            matching.extend(self._legacy_candidates(obs, set(found)))
+        return matching, free
+
+    def _legacy_candidates(self, obs: TransferObservation, seen: set[str]) -> list[TransferRecord]:
+        keys = legacy_keys(obs)
+        if obs.source == "history":
+            keys.extend(self._legacy_webhook_only.get((obs.account, obs.kind, obs.asset, obs.amount), ()))
+        records: list[TransferRecord] = []
+        for key in dict.fromkeys(keys):
+            record = None if key in seen else self._store.get_transfer(obs.account, obs.kind, key)
+            if record is None:
+                continue
+            seen.add(key)
+            # Its own transactionId or uniqueId under its id key is its transfer, whatever else differs.
+            same_id = (obs.transaction_id and record.details.get("transaction_id") == obs.transaction_id) or (
+                obs.unique_id and key == f"uid:{obs.unique_id}"
+            )
+            if same_id or matches(record, obs):
+                records.append(record)
+        return records
+
+    def find(self, obs: TransferObservation) -> TransferRecord | None:
+        """The stored record ``obs`` would join, or None when it would start a new transfer."""
+        return choose(obs, self.candidates(obs)[0])
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -585,41 +1140,42 @@ class TransferBook:
 
         ``baseline``: ``obs`` is a record of the account's first history poll (see :func:`advance`).
         """
-        keys = candidate_keys(obs)
-        if len(keys) == 1 and (obs.account, obs.kind, keys[0]) not in self._open:
-            # Not in flight, so most likely a first sighting (a webhook's usual case): insert it in
-            # one statement. Only if a record was stored after all (final, or staged earlier in
-            # this transaction) does the lookup below run, exactly as without this shortcut.
-            transition = advance(None, obs, keys[0], self._clock(), baseline=baseline)
-            if self._store.add_transfer(transition.record):
-                return TransferUpdate(transition, obs)
-        existing: TransferRecord | None = None
-        taken: set[str] = set()
-        for key in keys:
-            found = self._store.get_transfer(obs.account, obs.kind, key)
-            if found is not None:
-                if compatible(found, obs):
-                    existing = found
-                    break
-                taken.add(key)
-        key = existing.key if existing is not None else new_key(obs, keys, taken)
-        transition = advance(existing, obs, key, self._clock(), baseline=baseline)
+        now = self._clock()
+        candidates, free = self.candidates(obs)
+        existing = choose(obs, candidates)
+        transition = advance(existing, obs, existing.key if existing is not None else free, now, baseline=baseline)
+        record = transition.record
+        digest = key_digest(record.key)
+        if digest is not None:
+            self._digests.add((record.account, record.kind, digest))
+        others = [r for r in candidates if r.key != record.key]
+        donors: list[TransferRecord] = []
+        if obs.source == "history":
+            record, donors = adopt(record, others, obs, now)
+            given = {r.key: r for r in donors}
+            others = [given.get(r.key, r) for r in others]
+        counted = newly_counted(existing, record, others)
+        counted_outcome = counted[0] if counted else None
+        if record is not transition.record or counted_outcome != transition.counted_outcome:
+            transition = replace(transition, record=record, counted_outcome=counted_outcome)
         if transition.changed:
-            self._store.put_transfer(transition.record)
-        return TransferUpdate(transition, obs)
+            self._store.put_transfer(record)
+        for donor in donors:
+            self._store.put_transfer(donor)
+        return TransferUpdate(transition, obs, counted, tuple(donors))
 
     def apply(self, update: TransferUpdate) -> None:
         """Bring the in-memory view up to date with a committed ``stage()``."""
         t = update.transition
         record = t.record
-        ident = (record.account, record.kind, record.key)
-        self._init_totals(record.account, record.kind, record.ticker)
-        if record.final:
-            self._open.pop(ident, None)
-        else:
-            self._open[ident] = record
-        if t.counted_outcome is not None:
-            total = (record.account, record.kind, t.counted_outcome, record.ticker)
+        for written in (record, *update.others):
+            self._track(written)
+            for listener in self._listeners:
+                listener(written)
+        asset = asset_of(record.ticker)
+        self._init_totals(record.account, record.kind, asset)
+        for outcome in update.counted:
+            total = (record.account, record.kind, outcome, asset)
             self._totals[total] = self._totals.get(total, 0) + 1
         if t.conflict:
             log.warning(
@@ -632,6 +1188,29 @@ class TransferBook:
                     "source": update.observation.source,
                 },
             )
+
+    def _track(self, record: TransferRecord) -> None:
+        ident = (record.account, record.kind, record.key)
+        digest = key_digest(record.key)
+        if not record.final:
+            self._open[ident] = record
+            if digest is not None:
+                self._open_by_digest.setdefault((record.account, record.kind, digest), set()).add(record.key)
+            return
+        self._open.pop(ident, None)
+        if digest is None:
+            return
+        slot_ident = (record.account, record.kind, digest)
+        slots = self._open_by_digest.get(slot_ident)
+        if slots is not None:
+            slots.discard(record.key)
+            if not slots:
+                del self._open_by_digest[slot_ident]
+
+    def add_listener(self, listener: Callable[[TransferRecord], None]) -> None:
+        """Call ``listener`` with each record an update writes, once it is committed and applied
+        (a webhook's or a history poll's), so that state kept beside the book follows at once."""
+        self._listeners.append(listener)
 
     def observe(self, obs: TransferObservation) -> Transition:
         """Stage and apply ``obs`` in a transaction of its own; the transition it made."""

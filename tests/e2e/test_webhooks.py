@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from decimal import Decimal
+from pathlib import Path
 
 from exporter.app import Exporter
 from exporter.config.schema import (
     Config,
+    ListenAddress,
+    PollConfig,
+    StateConfig,
+    WebConfig,
+    WebhooksConfig,
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
-from exporter.simulator.model import Exchange
+from exporter.simulator.model import Exchange, Transfer
+from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.simulator.webhooks import WebhookSender
 from exporter.simulator.zerohash import ZerohashLedger, ZerohashSender
-from tests.helpers import scrape, wait_for
+from exporter.whitebit.rest import MAIN_HISTORY
+from tests.helpers import Scrape, scrape, wait_for
 
 HOOK_KEY, HOOK_SECRET = "whk-e2e-PUBLIC", "whsec-e2e-0123456789"
 ZH_SECRET = "zh-e2e-0123456789"
@@ -162,3 +173,195 @@ async def test_simulated_zerohash_runs_sum_to_the_ledger(make_config: Callable[.
     finally:
         await sender.stop()
         await exporter.stop()
+
+
+# --- both views of every transfer, in WhiteBIT's documented forms -------------------------------------
+
+API_KEY, API_SECRET = "e2e-api-key", "e2e-api-secret"
+GRACE = 60.0
+LOOPBACK = ListenAddress("127.0.0.1", 0)
+FINAL = {1: {3: "successful", 7: "successful", 4: "canceled", 9: "canceled"}}
+FINAL[2] = {3: "successful", 7: "successful", 4: "canceled", 18: "partially_successful"}
+
+
+class Clock:
+    """The exporter's wall clock, moved by hand so that the reconciliation grace passes on cue."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def watched(sim: Simulator, state: Path, clock: Clock) -> AsyncIterator[Exporter]:
+    """An exporter polling the simulator's history and receiving its webhooks, past its baseline poll."""
+    account = WhitebitAccountConfig(
+        name="main",
+        rest_url=sim.url,
+        ws_url=sim.ws_url,
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        poll=PollConfig(main_balance=60.0, collateral=60.0, history=0.1, trade_balance=60.0),
+        reconcile_grace=GRACE,
+        webhook_retry_window=GRACE,  # overdue and missed at once: tests/whitebit/test_reconcile.py has them apart
+        webhook=WhitebitWebhookConfig(public_key=HOOK_KEY, secrets=(HOOK_SECRET,)),
+    )
+    config = Config(
+        web=WebConfig(listen_address=LOOPBACK),
+        webhooks=WebhooksConfig(listen_address=LOOPBACK),
+        state=StateConfig(path=str(state)),
+        whitebit=(account,),
+    )
+    exporter = Exporter(config, clock=clock)
+    await exporter.start()
+    try:
+        await sim.connect_webhooks(exporter.webhooks_url + "/webhooks/whitebit", None)
+        await wait_for(lambda: exporter.state.get_cursor("main", "history") is not None, timeout=10)
+        yield exporter
+    finally:
+        await exporter.stop()
+
+
+def truth(sim: Simulator) -> dict[tuple[str, str, str], float]:
+    """The simulator's final outcomes per (kind, outcome, plain asset)."""
+    outcomes: Counter[tuple[str, str, str]] = Counter()
+    for t in sim.exchange.accounts["main"].transfers:
+        outcome = FINAL[t.method].get(t.status)
+        if outcome is not None:
+            outcomes[("deposit" if t.method == 1 else "withdraw", outcome, t.ticker)] += 1
+    return dict(outcomes)
+
+
+def counted(result: Scrape) -> dict[tuple[str, str, str], float]:
+    return {
+        (labels["kind"], labels["outcome"], labels["asset"]): value
+        for labels, value in result.samples("whitebit_transfers_total")
+        if labels["account"] == "main" and value
+    }
+
+
+def missed(result: Scrape) -> dict[str, float | None]:
+    return {
+        kind: result.value("whitebit_webhooks_missed_total", account="main", kind=kind)
+        for kind in ("deposit", "withdraw")
+    }
+
+
+async def history_polls(sim: Simulator, count: int = 3) -> None:
+    """Wait until ``count`` more history requests arrived: the polls before the last have finished."""
+
+    def requests() -> int:
+        return int(sim.rest.stats().get(MAIN_HISTORY, {}).get("requests", 0))
+
+    target = requests() + count
+    await wait_for(lambda: requests() >= target, timeout=10)
+
+
+def both_views_in(exporter: Exporter, sim: Simulator, transfers: list[Transfer]) -> Callable[[], bool]:
+    """True once every webhook was answered and history showed each transfer with its current status."""
+
+    def check() -> bool:
+        assert sim.webhooks is not None
+        if not settled(sim.webhooks):
+            return False
+        seen = {r.details.get("transaction_id"): r for r in exporter.state.transfers("main") if r.history_seen}
+        return all(t.transaction_id in seen and seen[t.transaction_id].status == t.status for t in transfers)
+
+    return check
+
+
+async def test_webhooks_and_history_in_the_documented_forms_count_each_transfer_once(tmp_path: Path) -> None:
+    sim = Simulator(
+        SimulatorSettings(
+            accounts=(SimulatedAccount("main", API_KEY, API_SECRET, webhook_key=HOOK_KEY, webhook_secret=HOOK_SECRET),),
+            webhook_retry_delays=(0.05,) * 3,
+            history_field_style="snake",  # history in the new OpenAPI's spelling (test_reconcile reads camel)
+            seed=11,
+        )
+    )
+    await sim.start()
+    clock = Clock()
+    try:
+        async with watched(sim, tmp_path / "state.db", clock) as exporter:
+            x = sim.exchange
+            made: list[Transfer] = []
+            # Deposits: webhooks name USDT_ETH / USDT_TRON beside the network, in 18 decimals, without ids.
+            credited = x.start_deposit("main", "USDT", Decimal(25), network="ERC20", confirmations_required=2)
+            for _ in range(2):
+                x.confirm_deposit("main", credited.transaction_id)
+            x.credit_deposit("main", credited.transaction_id)
+            canceled = x.start_deposit("main", "USDT", Decimal("5.5"), network="TRC20")
+            x.cancel_deposit("main", canceled.transaction_id, status=9)
+            bitcoin = x.start_deposit("main", "BTC", Decimal("0.1"), confirmations_required=1)
+            x.credit_deposit("main", bitcoin.transaction_id, status=7)
+            # Two outputs of one transaction to one address with one amount: alike in every field.
+            first = x.start_deposit("main", "USDT", Decimal(100), network="ERC20", transaction_hash="0xtx")
+            second = x.start_deposit(
+                "main", "USDT", Decimal(100), network="ERC20", transaction_hash="0xtx", address=first.address
+            )
+            for output in (first, second):
+                x.credit_deposit("main", output.transaction_id)
+            waiting = x.start_deposit("main", "USDT", Decimal(7), network="ERC20", confirmations_required=3)
+            x.confirm_deposit("main", waiting.transaction_id)
+            # Withdrawals: webhooks with uniqueId null, history with the client's id.
+            done = x.start_withdrawal("main", "USDT", Decimal(100), fee=Decimal(1))
+            x.process_withdrawal("main", done.transaction_id)
+            x.complete_withdrawal("main", done.transaction_id)
+            partial = x.start_withdrawal("main", "USDT", Decimal(50))
+            x.process_withdrawal("main", partial.transaction_id, status=2)
+            x.partially_complete_withdrawal("main", partial.transaction_id, Decimal(20))
+            dropped_off = x.start_withdrawal("main", "BTC", Decimal("0.2"))
+            x.cancel_withdrawal("main", dropped_off.transaction_id)
+            pending = x.start_withdrawal("main", "USDT", Decimal(10))
+            x.process_withdrawal("main", pending.transaction_id, status=12)
+            made += [credited, canceled, bitcoin, first, second, waiting, done, partial, dropped_off, pending]
+
+            await wait_for(both_views_in(exporter, sim, made), timeout=15)
+            clock.now += GRACE + 1
+            await history_polls(sim)
+            result = await scrape(exporter.metrics_url)
+            assert (
+                counted(result)
+                == truth(sim)
+                == {
+                    ("deposit", "successful", "USDT"): 3,
+                    ("deposit", "canceled", "USDT"): 1,
+                    ("deposit", "successful", "BTC"): 1,
+                    ("withdraw", "successful", "USDT"): 1,
+                    ("withdraw", "partially_successful", "USDT"): 1,
+                    ("withdraw", "canceled", "BTC"): 1,
+                }
+            )
+            assert missed(result) == {"deposit": 0, "withdraw": 0}
+            assert result.value("whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 1
+            assert result.value("whitebit_transfers_in_flight", account="main", kind="withdraw", status="pending") == 1
+            assert len(exporter.state.transfers("main")) == len(made)
+
+            # One deposit.processed lost: history shows the credit, and exactly one miss is counted.
+            assert sim.webhooks is not None
+            sim.webhooks.drop_next(1, "deposit.processed")
+            lost = x.start_deposit("main", "USDT", Decimal(42), network="ERC20", confirmations_required=1)
+            x.credit_deposit("main", lost.transaction_id)
+            made.append(lost)
+            await wait_for(both_views_in(exporter, sim, made), timeout=15)
+            await history_polls(sim)
+            assert missed(await scrape(exporter.metrics_url)) == {"deposit": 0, "withdraw": 0}  # within the grace
+            clock.now += GRACE + 1
+            await wait_for(
+                lambda: (
+                    exporter.registry.get_sample_value(
+                        "whitebit_webhooks_missed_total", {"account": "main", "kind": "deposit"}
+                    )
+                    == 1
+                ),
+                timeout=10,
+            )
+            await history_polls(sim)
+            result = await scrape(exporter.metrics_url)
+            assert missed(result) == {"deposit": 1, "withdraw": 0}
+            assert counted(result) == truth(sim)
+            assert sim.webhooks.stats()["dropped"] == 1
+    finally:
+        await sim.stop()

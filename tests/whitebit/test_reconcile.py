@@ -37,7 +37,7 @@ from exporter.config.schema import (
 from exporter.core.state import MIGRATIONS, StateStore, TransferRecord
 from exporter.simulator.model import Transfer
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
-from exporter.whitebit.reconcile import CURSOR_NAME, HistoryPoll, MissedWebhooks, due_since, webhook_level
+from exporter.whitebit.reconcile import CURSOR_NAME, HistoryPoll, MissedWebhooks, due_since
 from exporter.whitebit.rest import MAIN_HISTORY
 from exporter.whitebit.signing import compact_json, sign_body
 from exporter.whitebit.transfers import (
@@ -48,6 +48,7 @@ from exporter.whitebit.transfers import (
     expected_level,
     observation_from_history,
     observation_from_webhook,
+    webhook_level,
 )
 from tests.helpers import wait_for
 
@@ -71,7 +72,9 @@ class Clock:
         self.now += seconds
 
 
-def account_config(sim: Simulator, *, webhook: bool = True) -> WhitebitAccountConfig:
+def account_config(sim: Simulator, *, webhook: bool = True, retry_window: float = GRACE) -> WhitebitAccountConfig:
+    # The retry window equals the grace here unless a test says otherwise: a webhook is counted missed
+    # as soon as it is overdue (test_an_overdue_webhook_... covers the two apart).
     return WhitebitAccountConfig(
         name=ACCOUNT,
         rest_url=sim.url,
@@ -80,16 +83,17 @@ def account_config(sim: Simulator, *, webhook: bool = True) -> WhitebitAccountCo
         api_secret=SECRET,
         poll=PollConfig(main_balance=60.0, collateral=60.0, history=0.1, trade_balance=60.0),
         reconcile_grace=GRACE,
+        webhook_retry_window=retry_window,
         webhook=WhitebitWebhookConfig(public_key=HOOK_KEY, secrets=(HOOK_SECRET,)) if webhook else None,
     )
 
 
-def config(sim: Simulator, state: Path, *, webhook: bool = True) -> Config:
+def config(sim: Simulator, state: Path, *, webhook: bool = True, retry_window: float = GRACE) -> Config:
     return Config(
         web=WebConfig(listen_address=LOOPBACK),
         webhooks=WebhooksConfig(listen_address=LOOPBACK),
         state=StateConfig(path=str(state)),
-        whitebit=(account_config(sim, webhook=webhook),),
+        whitebit=(account_config(sim, webhook=webhook, retry_window=retry_window),),
     )
 
 
@@ -111,9 +115,11 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 @asynccontextmanager
-async def running(sim: Simulator, state: Path, clock: Clock, *, webhook: bool = True) -> AsyncIterator[Exporter]:
+async def running(
+    sim: Simulator, state: Path, clock: Clock, *, webhook: bool = True, retry_window: float = GRACE
+) -> AsyncIterator[Exporter]:
     """An exporter watching the simulated account; the simulator's webhooks go to it."""
-    exporter = Exporter(config(sim, state, webhook=webhook), clock=clock)
+    exporter = Exporter(config(sim, state, webhook=webhook, retry_window=retry_window), clock=clock)
     await exporter.start()
     try:
         if webhook:
@@ -140,6 +146,10 @@ async def polls_pass(sim: Simulator, count: int = 2) -> None:
     """Wait until ``count`` more history requests arrived: the poll before the last one has finished."""
     target = history_requests(sim) + count
     await wait_for(lambda: history_requests(sim) >= target, timeout=10)
+
+
+def overdue(exporter: Exporter, kind: str = "deposit") -> float | None:
+    return exporter.registry.get_sample_value("whitebit_webhooks_overdue", {"account": ACCOUNT, "kind": kind})
 
 
 def missed(exporter: Exporter, kind: str = "deposit") -> float | None:
@@ -421,6 +431,104 @@ async def test_every_new_record_is_read_when_history_was_empty_at_the_baseline(s
         await wait_for(lambda: in_flight(exporter, "pending") == 150, timeout=10)
 
 
+async def test_more_than_10000_records_still_get_their_baseline_and_their_reconciliation(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # A deposit and a withdrawal still in flight under more than 10,000 records of their own method:
+    # deeper than offset + limit can ever reach. The baseline finds them with the status filter, and
+    # when the withdrawal finishes without its webhook, a look-up by its address still sees it.
+    clock = Clock()
+    exchange = sim.exchange
+    now = time.time()
+    deep_deposit = exchange.start_deposit(ACCOUNT, "ETH", D(3))
+    deep_withdrawal = exchange.start_withdrawal(ACCOUNT, "USDT", D(7), unique_id="deep", address="TDeepAddress")
+    exchange.process_withdrawal(ACCOUNT, deep_withdrawal.transaction_id)
+    for transfer in (deep_deposit, deep_withdrawal):
+        transfer.created_at = int(now - 3 * 86400)
+    for i in range(10_050):
+        deposit = exchange.start_deposit(ACCOUNT, "USDT", D(1))
+        exchange.credit_deposit(ACCOUNT, deposit.transaction_id)
+        withdrawal = exchange.start_withdrawal(ACCOUNT, "USDT", D(1), unique_id=f"bulk-{i}")
+        exchange.process_withdrawal(ACCOUNT, withdrawal.transaction_id)
+        exchange.complete_withdrawal(ACCOUNT, withdrawal.transaction_id)
+        deposit.created_at = withdrawal.created_at = int(now - 2 * 86400 + i)
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        assert in_flight(exporter, "pending") == 1
+        assert in_flight(exporter, "pending", "withdraw") == 1
+        assert record_of(exporter, deep_deposit) is not None and record_of(exporter, deep_withdrawal) is not None
+        # The deposit is credited with its webhook, the withdrawal paid without one.
+        exchange.credit_deposit(ACCOUNT, deep_deposit.transaction_id)
+        sender(sim).drop_next(1, "withdraw.")
+        exchange.complete_withdrawal(ACCOUNT, deep_withdrawal.transaction_id)
+        await wait_for(lambda: record_of(exporter, deep_deposit).final, timeout=10)  # type: ignore[union-attr]
+        await wait_for(seen_in_history(exporter, deep_withdrawal, 3), timeout=10)
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter, "withdraw") == 1, timeout=10)
+        await polls_pass(sim, 4)
+        assert missed(exporter, "deposit") == 0 and missed(exporter, "withdraw") == 1
+        assert in_flight(exporter, "pending") == 0 and in_flight(exporter, "pending", "withdraw") == 0
+    # Every request named its method, limit and offset, and kept offset + limit below 10,000: the
+    # simulator refuses anything else with a 400.
+    assert sim.rest.stats()[MAIN_HISTORY]["statuses"] == {"200": history_requests(sim)}
+
+
+async def test_a_refused_status_filter_falls_back_to_a_deep_baseline_and_look_ups(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # Should WhiteBIT refuse the status filter, the baseline reads as deep as the cap allows and a
+    # deep transfer that finishes is still found, by its address.
+    sim.rest.history_refuses_status_filter = True
+    clock = Clock()
+    now = time.time()
+    deep = sim.exchange.start_withdrawal(ACCOUNT, "USDT", D(7), unique_id="deep", address="TDeepAddress")
+    sim.exchange.process_withdrawal(ACCOUNT, deep.transaction_id)
+    deep.created_at = int(now - 3 * 86400)
+    for i in range(250):
+        bulk = sim.exchange.start_withdrawal(ACCOUNT, "USDT", D(1), unique_id=f"bulk-{i}")
+        sim.exchange.cancel_withdrawal(ACCOUNT, bulk.transaction_id)
+        bulk.created_at = int(now - 2 * 86400 + i)
+    async with running(sim, tmp_path / "state.db", clock) as exporter:
+        assert in_flight(exporter, "pending", "withdraw") == 1
+        sender(sim).drop_next(1, "withdraw.")
+        sim.exchange.complete_withdrawal(ACCOUNT, deep.transaction_id)
+        await wait_for(seen_in_history(exporter, deep, 3), timeout=10)
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: missed(exporter, "withdraw") == 1, timeout=10)
+
+
+async def test_an_overdue_webhook_warns_after_the_grace_and_counts_missed_only_after_the_retry_window(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # WhiteBIT may retry a delivery for about a day: late is not missed.
+    clock = Clock()
+    window = 3600.0
+    async with running(sim, tmp_path / "state.db", clock, retry_window=window) as exporter:
+        assert (overdue(exporter), overdue(exporter, "withdraw")) == (0, 0)
+        sender(sim).drop_next(2, "deposit.")
+        late = sim.exchange.start_deposit(ACCOUNT, "USDT", D(40))
+        lost = sim.exchange.start_deposit(ACCOUNT, "USDT", D(41))
+        await wait_for(lambda: all(seen_in_history(exporter, t)() for t in (late, lost)), timeout=10)
+        clock.advance(GRACE + 1)
+        await wait_for(lambda: overdue(exporter) == 2, timeout=10)
+        assert missed(exporter) == 0
+        # One retry arrives, late: from then on it is not overdue, and never missed.
+        assert await deliver_late(exporter, "deposit.accepted", late) == 200
+        assert overdue(exporter) == 1
+        # The other one stays overdue until the retry window has passed, then counts missed once.
+        clock.advance(window - GRACE - 10)
+        await polls_pass(sim, 3)
+        assert (overdue(exporter), missed(exporter)) == (1, 0)
+        clock.advance(20)
+        await wait_for(lambda: missed(exporter) == 1, timeout=10)
+        assert overdue(exporter) == 0
+        await polls_pass(sim, 3)
+        assert missed(exporter) == 1
+    # After a restart, what is overdue is overdue again at the first poll, and missed is not recounted.
+    async with running(sim, tmp_path / "state.db", clock, retry_window=window) as exporter:
+        await polls_pass(sim, 3)
+        assert (overdue(exporter), missed(exporter)) == (0, 0)
+
+
 # --- the pure rules ----------------------------------------------------------------------------------
 
 
@@ -532,9 +640,14 @@ class FakeHistory:
 
     async def post(self, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
         assert path == MAIN_HISTORY
-        offset, limit = params["offset"], params["limit"]
-        page = self.records[offset : offset + limit]
-        return {"limit": limit, "offset": offset, "total": len(self.records), "records": page}
+        offset, limit, method = params["offset"], params["limit"], params["transactionMethod"]
+        assert offset + limit < 10_000
+        statuses = params.get("status")
+        matching = [
+            r for r in self.records if r.get("method") == method and (statuses is None or r.get("status") in statuses)
+        ]
+        page = matching[offset : offset + limit]
+        return {"limit": limit, "offset": offset, "total": len(matching), "records": page}
 
 
 def history_poll(store: StateStore, client: FakeHistory, clock: Clock) -> tuple[HistoryPoll, MissedWebhooks]:
@@ -618,6 +731,37 @@ async def test_a_history_poll_writes_each_transfer_row_once(tmp_path: Path, monk
         )
         assert [r.missed_counted for r in store.transfers(ACCOUNT)] == [True, True]
         assert missed_counts(missed) == [1, 1]
+
+
+async def test_a_look_alike_of_a_transfer_counted_missed_is_not_counted_again(tmp_path: Path) -> None:
+    # Two withdrawals alike in every field both views carry (their webhooks carry no uniqueId). The
+    # first is counted missed; then one webhook comes, which may be the first's, late, or the second's.
+    # Either way one miss happened among the two, and it was counted: the second is not counted too.
+    clock = Clock()
+    alike = {**_history(1), "method": 2, "createdAt": 1_700_000_000, "ticker": "USDT", "address": "TDest"}
+    first = {**alike, "transactionId": "W-1", "uniqueId": "payout-1"}
+    second = {**alike, "transactionId": "W-2", "uniqueId": "payout-2"}
+    client = FakeHistory([])
+    with StateStore.open(tmp_path / "state.db", clock=clock) as store:
+        book = TransferBook(store, [ACCOUNT], clock=clock)
+        missed = MissedWebhooks([ACCOUNT])
+        # HistoryPoll uses nothing of its client but ``account`` and ``post``.
+        poll = HistoryPoll(client, book, store, grace=GRACE, missed=missed, clock=clock)  # type: ignore[arg-type]
+        await poll()  # the baseline
+        client.records = [first]
+        await poll()
+        clock.advance(GRACE + 1)
+        await poll()
+        assert missed_counts(missed) == [0, 1]
+        webhook = {k: v for k, v in alike.items() if k not in ("transactionId", "uniqueId")}
+        book.observe(observation_from_webhook(ACCOUNT, "withdraw.pending", webhook, clock.now))
+        client.records = [second, first]
+        await poll()
+        clock.advance(GRACE + 1)
+        await poll()
+        await poll()
+        assert missed_counts(missed) == [0, 1]
+        assert len(store.transfers(ACCOUNT)) == 2
 
 
 def _v1_transfer(conn: sqlite3.Connection, kind: str, key: str, status: int, **fields: Any) -> None:

@@ -1,4 +1,4 @@
-"""The transfer lifecycle: keys, statuses per method, never backwards, each outcome counted once."""
+"""The transfer lifecycle: matching the two views, statuses per method, never backwards, each outcome counted once."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.core.state import StateStore
+from exporter.core.state import MIGRATIONS, StateStore, TransferRecord
 from exporter.whitebit.transfers import (
+    CREATED_AT_TOLERANCE,
     FINAL_LEVEL,
     IN_FLIGHT_STATUSES,
     PENDING_LEVEL,
@@ -22,8 +23,10 @@ from exporter.whitebit.transfers import (
     TransferObservation,
     TransferUpdate,
     advance,
-    candidate_keys,
-    fingerprint,
+    asset_of,
+    distinct_finals,
+    legacy_fingerprint,
+    matches,
     observation_from_history,
     observation_from_webhook,
     status_name,
@@ -120,36 +123,69 @@ def test_history_records_accept_both_field_spellings() -> None:
         observation_from_history("main", {**camel, "method": 3}, NOW)
 
 
-# -- keys -----------------------------------------------------------------------------------------
+# -- matching the two views -------------------------------------------------------------------------
 
 
-def test_keys_prefer_transaction_id_then_unique_id_then_fingerprint() -> None:
-    obs = observation_from_history(
-        "main", {"method": 2, "status": 1, "ticker": "USDT", "amount": "1", "transactionId": "T", "uniqueId": "U"}, NOW
-    )
-    keys = candidate_keys(obs)
-    assert keys[:2] == ["txid:T", "uid:U"] and keys[2].startswith("fp:")
-    assert candidate_keys(hook("withdraw.pending", withdraw_params()))[0] == "uid:payout-1"
-    assert candidate_keys(hook("deposit.accepted", deposit_params()))[0].startswith("fp:")
+def history(status: int, **overrides: Any) -> dict[str, Any]:
+    """The history record of the transfer ``deposit_params()`` describes, in history's own forms."""
+    record: dict[str, Any] = {
+        **deposit_params(status=status, amount="10.5", fee="0"),
+        "transactionId": "T-1",
+        "details": {"partial": None},
+    }
+    record.update(overrides)
+    return record
 
 
-def test_fingerprint_ignores_amount_formatting_network_and_status() -> None:
-    a = hook("deposit.accepted", deposit_params())
-    b = hook("deposit.canceled", deposit_params(amount="10.5", network=None, status=4, confirmations=None))
-    assert fingerprint(a) == fingerprint(b)
+def record_of(obs: TransferObservation) -> TransferRecord:
+    return advance(None, obs, "k", NOW).record
+
+
+def test_the_asset_is_the_plain_ticker() -> None:
+    assert [asset_of(t) for t in ("USDT_ETH", "usdt", " USDT_TRON ", "BTC", "USD_VISAMASTER")] == [
+        "USDT",
+        "USDT",
+        "USDT",
+        "BTC",
+        "USD",
+    ]
+    assert hook("deposit.accepted", deposit_params(ticker="USDT_ETH")).asset == "USDT"
+
+
+def test_views_match_across_ticker_suffix_amount_format_network_ids_and_status() -> None:
+    webhook = hook("deposit.accepted", deposit_params(ticker="USDT_ETH", network="ERC20"))
+    record = record_of(webhook)
+    assert record.ticker == "USDT"
+    same = [
+        observation_from_history("main", history(3, network="ERC20"), NOW),
+        observation_from_history("main", {**history(3), "transaction_id": "T-1", "transactionId": None}, NOW),
+        hook("deposit.canceled", deposit_params(ticker="USDT_ETH", network=None, amount="10.50", status=4)),
+        hook("deposit.processed", deposit_params(amount=10.5, createdAt="1700000000", address="taddr1")),
+        hook("deposit.processed", deposit_params(memo=None, uniqueId=None, confirmations=None)),
+        hook("deposit.processed", deposit_params(createdAt=1_700_000_000 + CREATED_AT_TOLERANCE)),
+    ]
+    assert [matches(record, obs) for obs in same] == [True] * len(same)
+    other = [
+        hook("deposit.accepted", deposit_params(address="TAddr2")),
+        hook("deposit.accepted", deposit_params(amount="10.500000000000000001")),
+        hook("deposit.accepted", deposit_params(ticker="USDC_ETH")),
+        hook("deposit.accepted", deposit_params(memo="tag-9")),
+        hook("deposit.accepted", deposit_params(transactionHash="0xother")),
+        hook("deposit.accepted", deposit_params(createdAt=1_700_000_000 + CREATED_AT_TOLERANCE + 1)),
+    ]
+    assert [matches(record, obs) for obs in other] == [False] * len(other)
 
 
 def test_one_transaction_hash_paying_two_addresses_is_two_deposits() -> None:
-    a = hook("deposit.accepted", deposit_params(address="A1"))
-    b = hook("deposit.accepted", deposit_params(address="A2"))
-    assert fingerprint(a) != fingerprint(b)
+    a = record_of(hook("deposit.accepted", deposit_params(address="A1")))
+    assert not matches(a, hook("deposit.accepted", deposit_params(address="A2")))
 
 
-def test_withdrawal_fingerprint_survives_its_hash_appearing() -> None:
-    params = withdraw_params(uniqueId=None)
-    assert fingerprint(hook("withdraw.unconfirmed", params)) == fingerprint(
-        hook("withdraw.pending", {**params, "transactionHash": "0xabc"})
-    )
+def test_a_withdrawal_still_matches_once_its_hash_appears() -> None:
+    record = record_of(hook("withdraw.unconfirmed", withdraw_params(uniqueId=None)))
+    assert matches(record, hook("withdraw.pending", withdraw_params(uniqueId=None, transactionHash="0xabc")))
+    broadcast = record_of(hook("withdraw.pending", withdraw_params(transactionHash="0xabc")))
+    assert matches(broadcast, hook("withdraw.successful", withdraw_params(transactionHash="0xdef")))
 
 
 # -- the pure state machine ----------------------------------------------------------------------
@@ -194,9 +230,18 @@ def test_confirmations_only_grow() -> None:
 
 
 def test_unchanged_observation_does_not_touch_the_record() -> None:
-    record = advance(None, hook("deposit.accepted", deposit_params()), "k", NOW).record
-    t = advance(record, hook("deposit.accepted", deposit_params()), "k", NOW + 60)
+    record = advance(None, seen_in_history(15, NOW), "k", NOW).record
+    t = advance(record, seen_in_history(15, NOW + 60), "k", NOW + 60)
     assert not t.changed and t.record.updated_at == NOW
+
+
+def test_a_second_copy_of_a_webhook_event_changes_only_its_copy_count() -> None:
+    # Deliveries are deduplicated by id before they get here, so a second copy is a look-alike's
+    # event or one sent again under a new id: kept, for history to tell (see TransferBook).
+    record = advance(None, hook("deposit.accepted", deposit_params()), "k", NOW).record
+    again = advance(record, hook("deposit.accepted", deposit_params()), "k", NOW + 60).record
+    assert again.details["events"] == {"deposit.accepted|15|0|": 2}
+    assert replace(again, details=record.details, updated_at=NOW) == record
 
 
 def test_status_names_differ_by_method() -> None:
@@ -286,26 +331,25 @@ def value(book: TransferBook, name: str, **labels: str) -> float | None:
     return samples(book).get((name, tuple(sorted(labels.items()))))
 
 
-def test_history_finds_the_record_a_webhook_created_under_its_fingerprint(store: StateStore) -> None:
+def test_history_finds_the_record_a_webhook_created(store: StateStore) -> None:
     book = TransferBook(store, ["main"], clock=lambda: NOW)
     book.observe(hook("deposit.accepted", deposit_params()))
-    history = {**deposit_params(amount="10.5", status=3), "transactionId": "T-1"}
-    t = book.observe(observation_from_history("main", history, NOW))
+    t = book.observe(observation_from_history("main", history(3), NOW))
     assert t.previous is not None and t.counted_outcome == "successful"
     [record] = store.transfers("main")
-    assert record.key.startswith("fp:") and record.webhook_seen and record.history_seen
+    assert record.key.startswith("m:") and record.webhook_seen and record.history_seen
     assert record.details["transaction_id"] == "T-1"
 
 
 def test_a_record_naming_another_transaction_id_is_another_transfer(store: StateStore) -> None:
     book = TransferBook(store, ["main"], clock=lambda: NOW)
-    base = {**deposit_params(status=15), "transactionId": "T-1"}
-    book.observe(observation_from_history("main", base, NOW))
-    book.observe(observation_from_history("main", {**base, "transactionId": "T-2"}, NOW))
-    # The first is stored under its fingerprint (free), the second, with the same fingerprint, under its id.
+    book.observe(observation_from_history("main", history(15), NOW))
+    book.observe(observation_from_history("main", history(15, transactionId="T-2"), NOW))
+    # Alike in every field both views carry: two slots of one key, never one record.
     records = store.transfers("main")
     assert sorted(r.details["transaction_id"] for r in records) == ["T-1", "T-2"]
-    assert sorted(r.key.split(":")[0] for r in records) == ["fp", "txid"]
+    [digest] = {r.key.rpartition(":")[0] for r in records}
+    assert sorted(r.key for r in records) == [f"{digest}:0", f"{digest}:1"]
 
 
 def test_a_webhook_after_history_finds_the_record_history_created(store: StateStore) -> None:
@@ -433,3 +477,203 @@ def test_amounts_are_kept_exact(store: StateStore) -> None:
     book.observe(hook("deposit.accepted", deposit_params(amount="0.123456789012345678")))
     [record] = store.transfers()
     assert record.amount == Decimal("0.123456789012345678")
+
+
+# -- the documented forms of the two views, through the book -------------------------------------------
+
+
+def documented_deposit(method: str, **overrides: Any) -> dict[str, Any]:
+    """A deposit webhook as WhiteBIT's examples show it: network-suffixed ticker, 18 decimals, no ids."""
+    params = deposit_params(
+        **{"ticker": "USDT_ETH", "network": "ERC20", "amount": "25.000000000000000000", **overrides}
+    )
+    if method == "deposit.updated":
+        params.pop("method")
+    return params
+
+
+def documented_history(status: int, **overrides: Any) -> dict[str, Any]:
+    """The same deposit as history shows it: plain ticker, the network, a short amount, a transactionId."""
+    return history(status, **{"ticker": "USDT", "network": "ERC20", "amount": "25", **overrides})
+
+
+def totals(book: TransferBook) -> dict[tuple[str, str, str], int]:
+    return {(kind, outcome, asset): n for (_, kind, outcome, asset), n in book.totals().items() if n}
+
+
+@pytest.mark.parametrize("history_first", [True, False])
+def test_one_deposit_in_the_documented_forms_is_one_transfer_counted_once(
+    store: StateStore, history_first: bool
+) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    webhooks = [
+        hook("deposit.accepted", documented_deposit("deposit.accepted")),
+        hook("deposit.updated", documented_deposit("deposit.updated", confirmations={"actual": 2, "required": 3})),
+        hook("deposit.processed", documented_deposit("deposit.processed")),
+    ]
+    polls = [observation_from_history("main", documented_history(s), NOW) for s in (15, 3)]
+    for obs in [*polls, *webhooks] if history_first else [*webhooks, *polls]:
+        book.observe(obs)
+    [record] = store.transfers("main")
+    assert (record.ticker, record.webhook_seen, record.history_seen, record.status) == ("USDT", True, True, 3)
+    assert totals(book) == {("deposit", "successful", "USDT"): 1}
+    # The asset label is the plain ticker: one series for USDT, not one for USDT_ETH as well.
+    assert {asset for (_, _, _, asset) in book.totals()} == {"USDT"}
+
+
+def test_a_canceled_deposit_with_a_null_network_matches_its_history(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    book.observe(observation_from_history("main", documented_history(9), NOW))
+    book.observe(hook("deposit.canceled", documented_deposit("deposit.canceled", network=None, amount="25.00")))
+    [record] = store.transfers("main")
+    assert record.webhook_status == 4 and record.status == 9 and record.history_seen
+    assert totals(book) == {("deposit", "canceled", "USDT"): 1}
+
+
+def test_a_deposit_webhooks_unique_id_equal_to_a_transaction_id_picks_that_record(store: StateStore) -> None:
+    # The payment guide: a deposit webhook's uniqueId is the deposit's transactionId.
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    for txid in ("T-A", "T-B"):
+        book.observe(observation_from_history("main", documented_history(15, transactionId=txid), NOW))
+    book.observe(hook("deposit.processed", documented_deposit("deposit.processed", uniqueId="T-B")))
+    by_id = {r.details["transaction_id"]: r for r in store.transfers("main")}
+    assert by_id["T-B"].webhook_status == 3 and not by_id["T-A"].webhook_seen
+
+
+def test_withdrawals_with_different_unique_ids_are_never_joined(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    book.observe(hook("withdraw.unconfirmed", withdraw_params(uniqueId="payout-1")))
+    other = {**withdraw_params(status=1), "uniqueId": "payout-2", "transactionId": "T-2"}
+    book.observe(observation_from_history("main", other, NOW))
+    assert sorted(r.details["unique_id"] for r in store.transfers("main")) == ["payout-1", "payout-2"]
+
+
+def test_a_final_report_of_each_view_counts_once_in_either_order(store: StateStore) -> None:
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    t = book.observe(observation_from_history("main", documented_history(3), NOW))
+    assert t.counted_outcome == "successful"
+    t = book.observe(hook("deposit.processed", documented_deposit("deposit.processed")))
+    assert t.counted_outcome is None and t.previous is not None
+    assert totals(book) == {("deposit", "successful", "USDT"): 1}
+
+
+def test_two_outputs_of_one_transaction_alike_in_everything_are_two_transfers(store: StateStore) -> None:
+    # Both webhooks arrive before history tells the two apart: the second is kept as a copy, then
+    # handed to the history record that has none, so both are counted and neither is missed.
+    book = TransferBook(store, ["main"], clock=lambda: NOW)
+    for _ in range(2):
+        book.observe(hook("deposit.accepted", documented_deposit("deposit.accepted")))
+    [record] = store.transfers("main")
+    assert record.details["events"] == {"deposit.accepted|15|0|": 2}
+    for _ in range(2):
+        book.observe(hook("deposit.processed", documented_deposit("deposit.processed")))
+    assert totals(book) == {("deposit", "successful", "USDT"): 1}  # one transfer, as far as anyone can tell
+    for txid in ("T-A", "T-B"):
+        book.observe(observation_from_history("main", documented_history(3, transactionId=txid), NOW))
+    records = store.transfers("main")
+    assert len(records) == 2 and all(r.webhook_status == 3 and r.history_seen for r in records)
+    assert all(sum(r.details["events"].values()) == 2 for r in records)
+    assert totals(book) == {("deposit", "successful", "USDT"): 2}
+
+
+def test_counting_pairs_reports_of_look_alikes_whatever_record_they_joined() -> None:
+    def part(key: str, *, hook_outcome: int | None = None, history: str | None = None) -> TransferRecord:
+        record = replace(record_of(hook("withdraw.pending", withdraw_params(uniqueId=None))), key=key)
+        details = {**record.details, "history_outcome": history}
+        return replace(record, webhook_status=hook_outcome if hook_outcome is not None else 1, details=details)
+
+    # One look-alike's success came by webhook onto one record, history reported it on another.
+    crossed = [part("a", hook_outcome=3), part("b", history="successful")]
+    assert distinct_finals(crossed, "successful") == 1
+    assert distinct_finals([*crossed, part("c", history="successful")], "successful") == 2
+    # A webhook naming another uniqueId than the history record is another transfer.
+    named = replace(crossed[0], details={**crossed[0].details, "webhook_final_ids": {"unique_id": "payout-9"}})
+    held = replace(crossed[1], details={**crossed[1].details, "unique_id": "payout-1"})
+    assert distinct_finals([named, held], "successful") == 2
+
+
+# -- a state file written by an earlier version -----------------------------------------------------------
+
+# The previous version's fingerprint keys for the deposit below, computed by that version's code: its
+# webhook (USDT_ETH) and its history record (USDT) got two different keys, so they never met.
+OLD = {"address": "0xAbC1", "transactionHash": "0xfeed"}
+OLD_WEBHOOK_KEY = "fp:b7ced8c9d310d8d3dd02955be678e5b8"
+OLD_HISTORY_KEY = "fp:65f76290ab6132bf02a746a8c4443fac"
+
+
+def old_record(key: str, ticker: str, source: str, **changes: Any) -> TransferRecord:
+    """A pending deposit row as the previous version stored it (its details held only these five fields)."""
+    record = TransferRecord(
+        account="main",
+        kind="deposit",
+        key=key,
+        status=15,
+        status_name="pending",
+        ticker=ticker,
+        amount=Decimal("25"),
+        created_at=1_700_000_000.0,
+        updated_at=NOW - 60,
+        webhook_seen=source == "webhook",
+        history_seen=source == "history",
+        webhook_status=15 if source == "webhook" else None,
+        history_pending_at=NOW - 60 if source == "history" else None,
+        details={
+            "transaction_id": None if source == "webhook" else "T-OLD",
+            "unique_id": None,
+            "transaction_hash": OLD["transactionHash"],
+            "network": "ERC20",
+            "last_event": "deposit.accepted" if source == "webhook" else "history:15",
+        },
+    )
+    return replace(record, **changes)
+
+
+def write_old_state(path: Path, *records: TransferRecord) -> None:
+    with StateStore.open(path) as old:
+        assert old.schema_version == len(MIGRATIONS)  # no migration: the rows stay as they were
+        for record in records:
+            old.put_transfer(record)
+
+
+def test_the_previous_fingerprint_is_reproduced_exactly() -> None:
+    webhook = hook("deposit.accepted", documented_deposit("deposit.accepted", **OLD))
+    assert legacy_fingerprint(webhook, webhook.ticker) == OLD_WEBHOOK_KEY
+    record = observation_from_history("main", documented_history(15, transactionId="T-OLD", **OLD), NOW)
+    assert legacy_fingerprint(record, record.ticker) == OLD_HISTORY_KEY
+
+
+def test_a_webhook_only_record_of_the_previous_version_is_found_by_its_history_and_webhooks(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    write_old_state(path, old_record(OLD_WEBHOOK_KEY, "USDT_ETH", "webhook"))
+    with StateStore.open(path) as store:
+        book = TransferBook(store, ["main"], clock=lambda: NOW)
+        # History names it USDT: found by asset and amount, not split into a second transfer.
+        book.observe(observation_from_history("main", documented_history(15, transactionId="T-OLD", **OLD), NOW))
+        # Its next webhook and history's final status find it under its old key.
+        book.observe(hook("deposit.processed", documented_deposit("deposit.processed", **OLD)))
+        book.observe(observation_from_history("main", documented_history(3, transactionId="T-OLD", **OLD), NOW))
+        [record] = store.transfers("main")
+        assert record.key == OLD_WEBHOOK_KEY and record.history_seen and record.webhook_status == 3
+        assert totals(book) == {("deposit", "successful", "USDT"): 1}
+        # Its old ticker form shows under the plain asset, like every new record.
+        assert {asset for (_, _, _, asset) in book.totals()} == {"USDT"}
+
+
+def test_history_records_of_the_previous_version_are_found_by_their_keys(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    by_id = old_record("txid:T-ID", "USDT", "history", amount=Decimal("7"))
+    by_id = replace(by_id, details={**by_id.details, "transaction_id": "T-ID"})
+    write_old_state(path, old_record(OLD_HISTORY_KEY, "USDT", "history"), by_id)
+    with StateStore.open(path) as store:
+        book = TransferBook(store, ["main"], clock=lambda: NOW)
+        # The webhook names USDT_ETH; the previous version stored the record under history's USDT.
+        book.observe(hook("deposit.processed", documented_deposit("deposit.processed", **OLD)))
+        book.observe(observation_from_history("main", documented_history(3, transactionId="T-OLD", **OLD), NOW))
+        # A record the previous version stored under its transactionId is found by it.
+        moved = documented_history(3, transactionId="T-ID", amount="7", **OLD)
+        book.observe(observation_from_history("main", moved, NOW))
+        records = {r.key: r for r in store.transfers("main")}
+        assert set(records) == {OLD_HISTORY_KEY, "txid:T-ID"}
+        assert records[OLD_HISTORY_KEY].webhook_status == 3 and records[OLD_HISTORY_KEY].final
+        assert records["txid:T-ID"].final
+        assert totals(book) == {("deposit", "successful", "USDT"): 2}
