@@ -75,6 +75,12 @@ class Harness:
     metrics_url: str
     tokens_fetched: dict[str, int] = field(default_factory=dict)
     token_override: dict[str, Callable[[], Awaitable[str]]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the sources (done on entry unless ``running(..., autostart=False)``)."""
+        assert not self.tasks, "the sources are running"
+        self.tasks = [asyncio.create_task(source.run(), name=source.name) for source in self.sources.values()]
 
     async def scrape(self) -> Scrape:
         return await scrape(self.metrics_url)
@@ -93,8 +99,10 @@ async def running(
     *,
     markets: Sequence[str] = MARKETS,
     exporter_markets: Sequence[str] | None = None,
+    autostart: bool = True,
     **source_options: Any,
 ) -> AsyncIterator[Harness]:
+    """The simulator, a source per account and a metrics listener; the sources run unless ``autostart=False``."""
     sim = Simulator(SimulatorSettings(accounts=tuple(account(n) for n in names), markets=tuple(markets)))
     await sim.start()
     registry = CollectorRegistry()
@@ -134,13 +142,14 @@ async def running(
     await site.start()
     host, port = runner.addresses[0][:2]
     harness.metrics_url = f"http://{host}:{port}"
-    tasks = [asyncio.create_task(source.run(), name=source.name) for source in harness.sources.values()]
+    if autostart:
+        harness.start()
     try:
         yield harness
     finally:
-        for task in tasks:
+        for task in harness.tasks:
             task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*harness.tasks, return_exceptions=True)
         await runner.cleanup()
         await sim.stop()
         for result in results:
@@ -198,24 +207,30 @@ def scraped_state(result: Scrape, name: str) -> dict[str, dict[tuple[str, ...], 
     }
 
 
-def differences(result: Scrape, sim: Simulator, name: str) -> list[str]:
+def differences(result: Scrape, sim: Simulator, name: str, parts: Sequence[str] | None = None) -> list[str]:
+    """What the scrape shows differently from the simulator (``parts``: only these, e.g. ``("spot",)``)."""
     expected = expected_state(sim, name)
     seen = scraped_state(result, name)
     problems = []
     for part, want in expected.items():
+        if parts is not None and part not in parts:
+            continue
         got = seen[part]
         if got != want:
             problems.append(f"{part}: scraped {got} but the simulator holds {want}")
     return problems
 
 
-async def assert_matches(harness: Harness, name: str = "main", timeout: float = 10.0) -> Scrape:
-    """Wait until the scrape of ``name`` equals the simulator, then return that scrape; fail with the diff."""
+async def assert_matches(
+    harness: Harness, name: str = "main", timeout: float = 10.0, parts: Sequence[str] | None = None
+) -> Scrape:
+    """Wait until the scrape of ``name`` equals the simulator (in ``parts``, default all) and the
+    source is connected, then return that scrape; fail with the diff."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         result = await harness.scrape()
-        problems = differences(result, harness.sim, name)
+        problems = differences(result, harness.sim, name, parts)
         if not problems and result.value("whitebit_websocket_connected", account=name) == 1.0:
             return result
         if loop.time() >= deadline:

@@ -4,6 +4,11 @@ A source (the WebSocket of account ``main``, its REST poller, …) registers onc
 reports ``ok()`` or ``failing(reason)`` as its connection comes and goes. A registration with
 ``max_age`` also turns stale on its own when ``ok()`` has not been repeated for that long, so a
 poller that silently hangs cannot keep the exporter "ready".
+
+A source that serves but has lost a part another source stands in for (a WebSocket channel whose
+wallet a REST poll keeps current) reports ``ok(note=...)``: it counts as OK (``whitebit_up`` stays
+1, ``/-/ready`` 200), and the note is listed on ``/-/ready`` under the ``ready`` line, so the
+operator still sees what is missing and why.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class SourceHealth:
         self._clock = clock
         self._ok = False
         self._reason = STARTING
+        self._note = ""
         self._last_ok: float | None = None
 
     @property
@@ -43,16 +49,26 @@ class SourceHealth:
         """How readiness names this source: ``websocket main`` or just ``zerohash``."""
         return self.source if self.account is None else f"{self.source} {self.account}"
 
-    def ok(self) -> None:
-        """The source is connected and its data is fresh (as of now)."""
+    def ok(self, note: str = "") -> None:
+        """The source is connected and its data is fresh (as of now).
+
+        ``note`` says what it does without (another source covering it); shown on ``/-/ready``.
+        """
         self._ok = True
         self._reason = ""
+        self._note = note
         self._last_ok = self._clock()
 
     def failing(self, reason: str) -> None:
         """The source is not usable; ``reason`` is shown on ``/-/ready`` (never put a secret in it)."""
         self._ok = False
         self._reason = reason
+        self._note = ""
+
+    @property
+    def note(self) -> str:
+        """What an OK source does without, or empty."""
+        return self._note if self.is_ok else ""
 
     @property
     def is_ok(self) -> bool:
@@ -113,6 +129,10 @@ class HealthRegistry:
         """``(ready, lines)``: one ``"<source> [<account>]: <reason>"`` line per failing source."""
         lines = [f"{h.label}: {h.reason}" for h in self._sources.values() if not h.is_ok]
         return (not lines, lines)
+
+    def notes(self) -> list[str]:
+        """One ``"<source> [<account>]: <note>"`` line per OK source that does without a part."""
+        return [f"{h.label}: {h.note}" for h in self._sources.values() if h.note]
 
 
 class UpCollector(Collector):

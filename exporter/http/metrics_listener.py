@@ -43,9 +43,11 @@ def create_metrics_app(registry: CollectorRegistry, health: HealthRegistry, vers
 
     async def ready(_: web.Request) -> web.Response:
         is_ready, lines = health.readiness()
+        # Sources that serve without a part another source covers: listed, but not failing.
+        notes = "".join(f"degraded: {line}\n" for line in health.notes())
         if is_ready:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="".join(f"{line}\n" for line in lines))
+            return web.Response(text="ready\n" + notes)
+        return web.Response(status=503, text="".join(f"{line}\n" for line in lines) + notes)
 
     app = web.Application()
     # add_get also answers HEAD; any other method gets 405 with an Allow header.

@@ -116,3 +116,21 @@ def test_whitebit_up_only_for_configured_accounts() -> None:
     health.register("websocket", "stray").ok()
     samples = [s for m in registry.collect() for s in m.samples]
     assert [(s.name, s.labels, s.value) for s in samples] == [(WHITEBIT_UP.name, {"account": "main"}, 1.0)]
+
+
+def test_an_ok_source_with_a_note_is_ready_and_up_and_the_note_is_listed() -> None:
+    # A WebSocket that lost one channel whose wallet a REST poll covers: still serving.
+    health = HealthRegistry()
+    websocket = health.register("websocket", "main")
+    websocket.ok(note="channel balanceMargin: error 2; the collateral wallet is polled over REST")
+    assert websocket.is_ok
+    assert health.readiness() == (True, [])
+    assert health.account_ok("main")
+    assert health.notes() == [
+        "websocket main: channel balanceMargin: error 2; the collateral wallet is polled over REST"
+    ]
+    websocket.ok()
+    assert health.notes() == []
+    websocket.ok(note="channel balanceSpot: error 3")
+    websocket.failing("disconnected")
+    assert health.notes() == []  # a failing source has a reason, not a note

@@ -54,6 +54,16 @@ async def test_ready_is_503_with_a_line_per_failing_source_then_200(
         assert response.status == 200
         assert (await response.text()).strip() == "ready"
 
+    # A source serving without a part another source covers: ready, with a line saying so.
+    websocket.ok(note="channel balanceMargin: error 2; the collateral wallet is polled over REST")
+    async with http.get(exporter.metrics_url + "/-/ready") as response:
+        assert response.status == 200
+        lines = (await response.text()).splitlines()
+    assert lines == [
+        "ready",
+        "degraded: websocket main: channel balanceMargin: error 2; the collateral wallet is polled over REST",
+    ]
+
 
 @pytest.mark.parametrize("path", ["/-/healthy", "/-/ready", "/metrics", "/"])
 async def test_other_methods_on_metrics_listener_paths_get_405(

@@ -15,6 +15,7 @@ from exporter.core.metrics import (
     WHITEBIT_OPEN_ORDERS,
     WHITEBIT_OPEN_ORDERS_LEFT,
     WHITEBIT_ORDER_EVENTS,
+    WHITEBIT_WEBSOCKET_CHANNEL_SYNCED,
     WHITEBIT_WEBSOCKET_CONNECTED,
     WHITEBIT_WEBSOCKET_ERRORS,
     WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS,
@@ -30,6 +31,7 @@ class WebSocketCollector(Collector):
     ::
 
         whitebit_websocket_connected{account="main"} 1.0
+        whitebit_websocket_channel_synced{account="main",channel="balanceMargin"} 0.0
         whitebit_open_orders{account="main",market="BTC_USDT",side="buy",type="limit"} 3.0
         whitebit_order_events_total{account="main",event="modify",market="BTC_USDT"} 1.0
     """
@@ -43,6 +45,7 @@ class WebSocketCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         connected = WHITEBIT_WEBSOCKET_CONNECTED.family()
+        channels = WHITEBIT_WEBSOCKET_CHANNEL_SYNCED.family()
         reconnects = WHITEBIT_WEBSOCKET_RECONNECTS.family()
         last_message = WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS.family()
         open_orders = WHITEBIT_OPEN_ORDERS.family()
@@ -53,6 +56,8 @@ class WebSocketCollector(Collector):
         for source in self._sources:
             account = source.account
             connected.add_metric([account], 1.0 if source.connected else 0.0)
+            for channel in source.channels:
+                channels.add_metric([account, channel.name], 1.0 if channel.synced else 0.0)
             reconnects.add_metric([account], source.reconnects)
             if source.last_message_at is not None:
                 last_message.add_metric([account], source.last_message_at)
@@ -68,6 +73,7 @@ class WebSocketCollector(Collector):
             for method, count in source.errors.items():
                 errors.add_metric([account, method], count)
         yield connected
+        yield channels
         yield reconnects
         yield last_message
         yield open_orders

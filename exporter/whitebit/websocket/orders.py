@@ -20,6 +20,11 @@ WhiteBIT's rules (docs/protocol.md#order-lifecycle-events), all handled here:
   order was not completely filled. The book itself applies both halves at once; only the event
   counter waits up to the window to know which name the event gets.
 
+While a snapshot is being read (and for a short grace after it), replies and pushes may arrive in
+any order (docs/protocol.md#open-order-listing); :class:`SnapshotMerge` then stands between them
+and the book, so that a record older than a push cannot undo it, a finished order cannot come back,
+and a push already reflected in a record is still counted once, under the right name.
+
 RPI orders are ordinary orders here. Order ids, client order ids and prices never become labels.
 """
 
@@ -55,6 +60,11 @@ EVENT_FINISH = 3
 #: milliseconds apart; one second tolerates a busy event loop while staying far below the time a
 #: bot needs to cancel an order and deliberately reuse its client order id for another.
 MODIFY_WINDOW = 1.0
+
+#: Stop order types (docs/protocol.md#order-lifecycle-events): the only ones a second "new" can activate.
+STOP_TYPES = frozenset(
+    {3, 4, 9, 10, "stop limit", "stop market", "margin stop limit", "margin stop market", "trigger stop market"}
+)
 
 #: WebSocket order ``type`` codes (docs/protocol.md#orderspending-channel) and the REST spellings, as the
 #: ``type`` label values.
@@ -128,7 +138,9 @@ class OrderEvents:
     ``client_order_id`` and different ids, arriving within ``window`` seconds in either order, count
     once as ``modify``. Until its partner arrives or the window passes, such a finish or new waits
     (uncounted) in a queue; :meth:`flush` (called on every event and before every read) counts the
-    expired ones under their own names. Counters of configured markets start at 0.
+    expired ones under their own names. An order's own new and finish never pair: when one arrives
+    while the other waits, the waiting one is counted under its own name at once (so it cannot pair
+    with another order's event later). Counters of configured markets start at 0.
     """
 
     def __init__(
@@ -188,11 +200,15 @@ class OrderEvents:
             (self._waiting_finish, self._waiting_new) if kind == "new" else (self._waiting_new, self._waiting_finish)
         )
         partner = partners.get(key)
-        if partner is not None and partner[4] != order_id:
+        if partner is not None:
             del partners[key]
             partner[5] = True
-            self.count(market, "modify")
-            return
+            if partner[4] != order_id:
+                self.count(market, "modify")
+                return
+            # The waiting event is this order's own other half (its new, now its finish): it was no
+            # modify's half, and must not pair with a later order's event under the same key.
+            self.count(market, partner[1])
         previous = mine.get(key)
         if previous is not None:
             # A second unpaired event of the same kind and key: the first can no longer pair.
@@ -423,3 +439,124 @@ class OrderBook:
     def staging(self) -> OrderBook:
         """An empty book sharing this one's event counters, to be filled during a resync."""
         return OrderBook(self._markets, self.events, restrict=self._restrict)
+
+
+def _time(value: Any) -> float | None:
+    """A ``ctime``/``mtime`` as a float, or None when absent or not a number."""
+    if value.__class__ is float or value.__class__ is int:
+        return float(value)
+    return None
+
+
+def _newer(a: tuple[float | None, Decimal], b: tuple[float | None, Decimal]) -> bool:
+    """True when order state ``a`` (``mtime``, ``left``) is later than ``b``.
+
+    ``mtime`` decides; with equal or unknown times the smaller ``left`` is later, because an order's
+    ``left`` only shrinks (a modify makes a new order with a new id).
+    """
+    if a[0] is not None and b[0] is not None and a[0] != b[0]:
+        return a[0] > b[0]
+    return a[1] < b[1]
+
+
+class SnapshotMerge:
+    """Snapshot records and ``ordersPending_update`` pushes, in whatever order they arrive, into one book.
+
+    Used while a snapshot is read into a staging book and for a grace period after the staging book
+    became the live one (:attr:`book` is then pointed at it), because a reply and a push computed
+    around the same moment may arrive either way round (docs/protocol.md#open-order-listing). For
+    every order id it remembers the state it holds (``mtime``, ``left``) and whether a push for the
+    id was seen, and it remembers every id that finished:
+
+    - :meth:`record` (a page record, never an event) is applied only when it is later than what the
+      book holds, and never for an id that finished: a page computed before a finish may arrive
+      after it, and must not bring the order back;
+    - :meth:`push` counts every push once, like :meth:`OrderBook.apply`, and applies its state
+      unless the book already holds a later one;
+    - a "new" is a stop activation when the id is open and a push for it was seen (WhiteBIT's rule).
+      For an id known only from a record, or not known yet, the record and the push may be the same
+      creation seen twice, so the order itself decides: only a stop order (types 3, 4, 9, 10) can be
+      activated, and an activation happens after creation, so its ``mtime`` is later than its
+      ``ctime``; a creation has them equal. Without both times the id rule applies.
+
+    ``finishes`` counts finish pushes per market (the snapshot paging reads it as a hint of how far
+    the listing moved).
+    """
+
+    __slots__ = ("_finished", "_seen", "book", "expires_at", "finishes")
+
+    def __init__(self, book: OrderBook) -> None:
+        self.book = book
+        # order id -> (mtime, left, a push for it was seen) of the state the book holds
+        self._seen: dict[int, tuple[float | None, Decimal, bool]] = {}
+        self._finished: set[int] = set()
+        self.finishes: dict[str, int] = {}
+        #: Monotonic time after which the owner drops the merge (None while the snapshot is read).
+        self.expires_at: float | None = None
+
+    def record(self, order: Any) -> int:
+        """Apply one ``ordersPending_request`` record (no event); returns its id."""
+        book = self.book
+        order_id, series, left, client_order_id = book._parse(order)
+        if order_id in self._finished:
+            return order_id
+        state = (_time(order.get("mtime")), left)
+        seen = self._seen.get(order_id)
+        if seen is None:
+            book._put(order_id, series, left, client_order_id)
+            self._seen[order_id] = (*state, False)
+        elif _newer(state, seen[:2]):
+            book._put(order_id, series, left, client_order_id)
+            self._seen[order_id] = (*state, seen[2])
+        return order_id
+
+    def push(self, event_id: Any, order: Any) -> str:
+        """Apply one ``ordersPending_update`` (as :meth:`OrderBook.apply`); returns what it was."""
+        book = self.book
+        order_id, series, left, client_order_id = book._parse(order)
+        events = book.events
+        market = series.market
+        if event_id.__class__ is not int or event_id not in (EVENT_NEW, EVENT_UPDATE, EVENT_FINISH):
+            raise InvalidMessage(INVALID_BAD_VALUE, f"unknown event id {str(event_id)[:16]!r}")
+        if event_id == EVENT_FINISH:
+            book._drop(order_id)
+            self._seen.pop(order_id, None)
+            self._finished.add(order_id)
+            self.finishes[market] = self.finishes.get(market, 0) + 1
+            status = order.get("status")
+            filled = status == "FILLED" or (status is None and left == 0)
+            events.finish(market, order_id, client_order_id, filled=filled)
+            return "finish"
+        seen = self._seen.get(order_id)
+        is_open = order_id in book._orders
+        if event_id == EVENT_UPDATE:
+            kind = "update"
+            events.count(market, kind)
+        elif self._is_activation(order, is_open, seen):
+            kind = "stop_activated"
+            events.count(market, kind)
+        else:
+            kind = "new"
+            events.new(market, order_id, client_order_id)
+        if order_id in self._finished:
+            # Cannot happen while pushes keep their order; a finished order never comes back.
+            return kind
+        state = (_time(order.get("mtime")), left)
+        if seen is None or not is_open or not _newer(seen[:2], state):
+            book._put(order_id, series, left, client_order_id)
+            self._seen[order_id] = (*state, True)
+        else:
+            self._seen[order_id] = (*seen[:2], True)
+        return kind
+
+    @staticmethod
+    def _is_activation(order: dict[str, Any], is_open: bool, seen: tuple[float | None, Decimal, bool] | None) -> bool:
+        if is_open and (seen is None or seen[2]):
+            return True  # the book knew the order from a push (or from before the merge began)
+        if order.get("type") not in STOP_TYPES:
+            return False
+        ctime = _time(order.get("ctime"))
+        mtime = _time(order.get("mtime"))
+        if ctime is not None and mtime is not None:
+            return mtime > ctime
+        return is_open

@@ -63,9 +63,13 @@ def parse_amount(value: Any, field: str) -> Decimal:
 
 
 def parse_spot_update(params: Any) -> dict[str, tuple[Decimal, Decimal]]:
-    """``balanceSpot_update`` params (a list of ``{asset: {available, freeze}}``) as changes."""
+    """``balanceSpot_update`` params as changes: the channel page's array of ``{asset: {available,
+    freeze}}`` objects, or the one such object a docs guide's example shows
+    (docs/protocol.md#balance-channels)."""
+    if isinstance(params, dict):
+        return parse_spot_snapshot(params)
     if not isinstance(params, list):
-        raise InvalidMessage(INVALID_WRONG_TYPE, "params is not an array")
+        raise InvalidMessage(INVALID_WRONG_TYPE, "params is neither an array nor an object")
     changes: dict[str, tuple[Decimal, Decimal]] = {}
     for item in params:
         if not isinstance(item, dict):

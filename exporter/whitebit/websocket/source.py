@@ -7,43 +7,78 @@ One :class:`WebSocketSource` per account with API credentials keeps one connecti
    10 requests per 60 s, so the source never asks more than :data:`TOKEN_BUDGET` times per 60 s,
    whatever the reconnect rate: a reconnect storm waits instead of exhausting it.
 2. **Connect** with protocol-level ping frames off (WhiteBIT answers them unreliably,
-   docs/protocol.md#websocket-connection) and **authorize** with ``[token, "public"]``.
-3. **Subscribe first, then read the state**, and apply everything in the order the socket delivers
-   it. WhiteBIT's server handles one connection's requests and pushes in one sequence, so a reply
-   (a snapshot page, a balance snapshot) sits in the stream exactly where the server computed it:
-   pushes before it are already part of it, pushes after it are not. Hence:
-
-   - ``balanceSpot_subscribe``/``balanceMargin_subscribe`` (all assets), ``ordersPending_subscribe``
-     (the configured markets), each reply's ``error`` checked;
-   - ``balanceSpot_request``/``balanceMargin_request``: the reply *replaces* the wallet; balance
-     pushes before it are dropped (the snapshot is newer), pushes after it are applied;
-   - ``ordersPending_request`` paged to the end for every configured market into a *staging* book,
-     while every ``ordersPending_update`` is applied to that staging book in arrival order; once all
-     markets are read the staging book replaces the live one in one step. Orders that finished while
-     disconnected are simply not in it.
-
-   Paging a changing list can skip an order: if an order on an earlier page finishes, the later
-   ones move up. The next offset is therefore the number of orders read so far that are still open
-   (orders are listed oldest first and new ones are appended), and a page whose offset turns out to
-   be past that number when its reply arrives is read again. The last page's ``total`` is checked
-   against what was read; a mismatch reads the market again. Nothing is lost between snapshot and
-   subscription, and nothing seen finished comes back.
+   docs/protocol.md#websocket-connection) and **authorize** with ``[token, "public"]``. A failed
+   ``authorize`` ends the connection (and is retried through a reconnect).
+3. **Channels, each on its own.** ``balanceSpot``, ``balanceMargin`` and, when markets are
+   configured, ``ordersPending`` are synced independently on the one connection: each subscribes,
+   then reads its snapshot. A channel whose subscription or request answers an error (or an
+   unusable result) is *failing*: the error is counted in ``whitebit_websocket_errors_total{method}``
+   and logged, the channel is retried on the same connection after a backoff of its own
+   (:class:`~exporter.core.backoff.Backoff`, 1 s doubling to 30 s), and the other channels sync and
+   serve meanwhile. A request that gets no reply, a missing pong or a closed socket end the
+   connection instead.
 4. **Keepalive.** A JSON ``ping`` every ``ping_interval`` (25 s; WhiteBIT closes after 60 s of client
-   silence) and a reconnect when no ``pong`` comes within ``pong_timeout`` (10 s). Every request has
-   the same deadline; a connection also paces its requests under WhiteBIT's 200 per minute.
-5. **Backoff** between attempts (:class:`~exporter.core.backoff.Backoff`: 1 s doubling to 30 s, each
-   cut by up to 20 % at random); it resets only after a connection stayed synced for
-   ``stable_after`` seconds, so a server that accepts and drops at once cannot make the source
-   hammer it.
+   silence) from authorization on, and a reconnect when no ``pong`` comes within ``pong_timeout``
+   (10 s). Every request has the same deadline; a connection also paces its requests under
+   WhiteBIT's 200 per minute.
+5. **Backoff** between connections (1 s doubling to 30 s, each cut by up to 20 % at random); it
+   resets only after a connection stayed connected for ``stable_after`` seconds, so a server that
+   accepts and drops at once cannot make the source hammer it.
 
-Every reply's ``error`` is checked: a failed ``authorize`` or subscription is logged, counted in
-``whitebit_websocket_errors_total{method}`` and retried through a reconnect, never ignored. Frames
-that cannot be used (bad JSON, unknown method, missing fields, wrong types) are counted in
+**What the state means.** ``connected`` (``whitebit_websocket_connected``) is 1 once the connection
+is authorized and every channel has either synced or failed its first attempt, i.e. every channel
+that works is synced; ``channels`` (``whitebit_websocket_channel_synced{channel}``) says which. The
+health entry ``websocket <account>`` (``whitebit_up``, ``/-/ready``) is OK while connected with every
+channel synced. A failing *balance* channel leaves it OK with a note on ``/-/ready`` (the channel,
+the error, the next retry): its wallet is kept current by the account's REST fallback poll meanwhile
+(:meth:`WebSocketSource.supplies` turns false for that wallet), whose own health then says whether
+the wallet is served; an account whose ``balanceMargin`` is refused for good (no collateral trading,
+docs/protocol.md#balance-channels) is therefore not "down". A failing ``ordersPending`` has no
+stand-in and makes the entry fail. While disconnected, balances and orders keep their values and
+timestamps, every channel reads 0 and the health entry says why.
+
+**Freshness.** Every ``pong`` proves the connection and its subscriptions alive, so it confirms each
+synced balance wallet (:meth:`~exporter.whitebit.balances.AccountBalances.confirm`): a wallet that
+does not move stays fresh while the channel is live, and goes stale when it is not.
+
+**Replies and pushes may arrive in any order.** WhiteBIT does not document that a connection's
+replies and pushes come in the order the server computed them, nor in which order
+``ordersPending_request`` lists orders (docs/protocol.md#open-order-listing). So nothing here relies
+on either. What is relied on: a subscription works from the moment its reply is computed; pushes
+arrive in the order they were computed; a page is a contiguous slice, sorted by order id (oldest or
+newest first), of the market's open orders at one moment, with ``total`` their number then; order
+ids are never reused; an order's ``mtime`` never goes back and its ``left`` never grows.
+
+- **Balances.** After ``X_subscribe`` succeeded, pushes are kept (the latest values per asset) until
+  the ``X_request`` snapshot arrives; the snapshot replaces the wallet with those values laid over
+  it, and later pushes apply. A push never reflects less than an earlier one, so once every push
+  computed before the snapshot has arrived, each asset holds its latest pushed value or, if it did
+  not change since the subscription, the snapshot's: the truth. (Dropping pushes that arrive before
+  the reply, as an in-order server would allow, could lose a push computed after the snapshot.)
+- **Open orders.** Subscribe first, then page every configured market into a *staging* book, with
+  every push applied to it as it arrives; when every market is read the staging book replaces the
+  live one in one step. Between them stands a :class:`~exporter.whitebit.websocket.orders.SnapshotMerge`
+  (kept for ``resync_grace`` seconds after the swap for pushes still on their way): a record older
+  than a push cannot undo it, a finished id never comes back, and each push is counted exactly once,
+  a "new" for an order seen in a page counting as ``new``, not as a stop activation, unless the
+  order is a stop order whose ``mtime`` is past its ``ctime``.
+
+  *Why the book converges.* Take an order that was open from the first page's moment to the last's.
+  Each page relied on covers, at its moment, every open order whose id lies between its first and
+  last record (a sorted slice); the first page starts at offset 0 and so covers the head of the
+  list, the last is short and so covers its tail, and each page is relied on only if its first id
+  is at or before the previous page's last id in the list's order
+  (:class:`~exporter.whitebit.websocket.snapshot.MarketPaging`). These ranges leave no gap, so the
+  order is in some page, whichever way the list is sorted and however it moved in between (new
+  orders at the head when newest first, at the tail when oldest first; finished ones closing up the
+  list). Every other order that matters was created or finished after the subscription, so its
+  ``new`` or ``finish`` push reaches the merge, which keeps finishes final and states latest. A page
+  that does not reach back is not relied on and the offset steps back (doubling); each page's
+  ``total`` must agree with it. Re-reads are bounded: a market whose pages still do not add up
+  fails the channel, which is retried after its backoff on the same connection.
+
+Frames that cannot be used (bad JSON, unknown method, missing fields, wrong types) are counted in
 ``whitebit_websocket_messages_invalid_total{reason}`` and skipped; the connection stays up.
-
-While disconnected, balances and orders keep their values and timestamps,
-``whitebit_websocket_connected`` is 0, the health entry ``websocket <account>`` fails (so
-``whitebit_up`` is 0 and ``/-/ready`` shows why) and the source reconnects.
 """
 
 from __future__ import annotations
@@ -56,6 +91,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -64,10 +100,11 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
 from exporter.core.health import HealthRegistry, SourceHealth
 from exporter.core.window import SlidingWindow
-from exporter.whitebit.balances import AccountBalances
-from exporter.whitebit.websocket.orders import EVENT_FINISH, MODIFY_WINDOW, OrderBook, OrderEvents
+from exporter.whitebit.balances import WALLET_COLLATERAL, WALLET_SPOT, AccountBalances
+from exporter.whitebit.websocket.orders import MODIFY_WINDOW, OrderBook, OrderEvents, SnapshotMerge
 from exporter.whitebit.websocket.parsing import (
     INVALID_BAD_JSON,
+    INVALID_BAD_VALUE,
     INVALID_BINARY,
     INVALID_NOT_OBJECT,
     INVALID_REASONS,
@@ -83,10 +120,12 @@ from exporter.whitebit.websocket.parsing import (
     parse_spot_snapshot,
     parse_spot_update,
 )
+from exporter.whitebit.websocket.snapshot import MarketPaging, PagingFailed
 
 log = logging.getLogger(__name__)
 
 TokenProvider = Callable[[], Awaitable[str]]
+Wallet = dict[str, tuple[Decimal, Decimal]]
 
 #: Token requests allowed per :data:`TOKEN_WINDOW` seconds (WhiteBIT allows 10; two are left for
 #: anything else that shares the key, e.g. a restart of the process within the minute).
@@ -99,12 +138,24 @@ REQUEST_WINDOW = 60.0
 PAGE_LIMIT = 100
 #: Markets whose snapshots are read at once on one connection.
 PAGING_CONCURRENCY = 4
-#: Times a market is read again when its pages do not add up before the source gives up on the
-#: connection (and reconnects).
-PAGING_ATTEMPTS = 3
+#: Seconds the snapshot merge stays in front of the live book after a swap, for pushes computed
+#: before the last page that are still on their way.
+RESYNC_GRACE = 30.0
 #: The ``authorize`` second parameter as documented.
 AUTHORIZE_SOURCE = "public"
 
+#: The private channels, as the ``channel`` label values.
+CHANNEL_SPOT = "balanceSpot"
+CHANNEL_MARGIN = "balanceMargin"
+CHANNEL_ORDERS = "ordersPending"
+
+#: The wallet each balance channel keeps current.
+_CHANNEL_WALLETS = {CHANNEL_SPOT: WALLET_SPOT, CHANNEL_MARGIN: WALLET_COLLATERAL}
+
+#: Channel states.
+SYNCING = "syncing"  # first attempt on this connection in progress
+SYNCED = "synced"
+FAILING = "failing"  # an attempt failed; retried after a backoff
 
 # Requests whose failures are counted (``whitebit_websocket_errors_total{method}``); "token" is the
 # REST token request.
@@ -125,28 +176,34 @@ class Disconnect(Exception):
     """The connection is unusable; the message is the operator-readable reason (no secrets)."""
 
 
-class ReplyError(Disconnect):
+class RequestFailed(Exception):
+    """A request failed on a working connection: an ``error`` reply or an unusable result."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(reason)
+        self.method = method
+
+
+class ReplyError(RequestFailed):
     """A reply carried an ``error`` object."""
 
     def __init__(self, method: str, code: Any, message: Any) -> None:
-        super().__init__(f"{method} failed: error {str(code)[:16]} {str(message)[:120]}")
-        self.method = method
+        super().__init__(method, f"{method} failed: error {str(code)[:16]} {str(message)[:120]}")
         self.code = code
 
 
 @dataclass
-class _Paging:
-    """One market's snapshot read in progress: ids read from pages and those finished since."""
+class Channel:
+    """One private channel's state on the current connection."""
 
-    market: str
-    read: set[int]
-    finished: set[int]
+    name: str
+    state: str = SYNCING
+    #: Why it is failing (empty otherwise): the error and when it is retried.
+    reason: str = ""
 
     @property
-    def cursor(self) -> int:
-        # Orders are listed oldest first and new ones are appended, so the orders read that are
-        # still open are exactly the head of the list: the next page starts after them.
-        return len(self.read) - len(self.finished)
+    def synced(self) -> bool:
+        return self.state == SYNCED
 
 
 class _Connection:
@@ -171,8 +228,9 @@ class WebSocketSource:
     """Keeps the private WebSocket of ``account`` connected and its balances and orders true.
 
     ``run()`` runs until cancelled (the exporter's supervisor owns it). State for the collector:
-    :attr:`book` (open orders and event counters), :attr:`connected`, :attr:`reconnects`,
-    :attr:`last_message_at`, :attr:`invalid` and :attr:`errors`; balances go to ``balances``.
+    :attr:`book` (open orders and event counters), :attr:`connected`, :attr:`channels`,
+    :attr:`reconnects`, :attr:`last_message_at`, :attr:`invalid` and :attr:`errors`; balances go to
+    ``balances``.
     """
 
     def __init__(
@@ -195,10 +253,11 @@ class WebSocketSource:
         request_budget: int = REQUEST_BUDGET,
         page_limit: int = PAGE_LIMIT,
         modify_window: float = MODIFY_WINDOW,
+        resync_grace: float = RESYNC_GRACE,
         rng: random.Random | None = None,
     ) -> None:
-        if not 1 <= page_limit <= PAGE_LIMIT:
-            raise ValueError(f"page_limit must be 1..{PAGE_LIMIT}")
+        if not 2 <= page_limit <= PAGE_LIMIT:
+            raise ValueError(f"page_limit must be 2..{PAGE_LIMIT}")
         self.account = account
         self.url = url
         self.markets = tuple(dict.fromkeys(markets))
@@ -214,22 +273,29 @@ class WebSocketSource:
         self._tokens = SlidingWindow(token_budget, token_window, clock=monotonic)
         self._request_budget = request_budget
         self.page_limit = page_limit
+        self.resync_grace = resync_grace
         self._rng = rng if rng is not None else random.Random()
         self.book = OrderBook(
             self.markets,
             OrderEvents(self.markets, window=modify_window, clock=monotonic),
             restrict=True,
         )
+        names = (CHANNEL_SPOT, CHANNEL_MARGIN, CHANNEL_ORDERS) if self.markets else (CHANNEL_SPOT, CHANNEL_MARGIN)
+        # An empty market list is undocumented for ordersPending (docs/protocol.md#orderspending-channel),
+        # so without markets the channel is not used at all.
+        self.channels: tuple[Channel, ...] = tuple(Channel(name) for name in names)
         self.connected = False
         self.reconnects = 0
         self.last_message_at: float | None = None
         self.invalid: dict[str, int] = dict.fromkeys(INVALID_REASONS, 0)
         self.errors: dict[str, int] = dict.fromkeys(ERROR_METHODS, 0)
-        # Per connection: where pushes go until the snapshot is in.
-        self._staging: OrderBook | None = None
-        self._paging: dict[str, _Paging] = {}
-        self._spot_synced = False
-        self._margin_synced = False
+        # Per connection. Open orders: where pushes go while a snapshot is read and shortly after.
+        self._merge: SnapshotMerge | None = None
+        # Balances: pushes kept until the snapshot (a dict), or applied (live), or dropped (neither).
+        self._spot_pending: Wallet | None = None
+        self._margin_pending: Wallet | None = None
+        self._spot_live = False
+        self._margin_live = False
         self._synced_at: float | None = None
 
     @property
@@ -237,9 +303,14 @@ class WebSocketSource:
         """The supervisor task name."""
         return f"websocket:{self.account}"
 
-    def supplies_wallets(self) -> bool:
-        """True while this connection keeps the spot and collateral wallets current (REST need not)."""
-        return self.health.is_ok
+    def supplies(self, wallet: str) -> bool:
+        """True while this connection keeps ``wallet`` (``spot`` or ``collateral``) current, so its
+        REST fallback poll need not."""
+        if wallet == WALLET_SPOT:
+            return self._spot_live
+        if wallet == WALLET_COLLATERAL:
+            return self._margin_live
+        return False
 
     # --- supervision ------------------------------------------------------------------------
 
@@ -281,15 +352,20 @@ class WebSocketSource:
             self.health.failing("stopped")
 
     def _was_stable(self) -> bool:
-        """True when the connection that just ended stayed synced for ``stable_after`` seconds."""
+        """True when the connection that just ended stayed connected for ``stable_after`` seconds."""
         return self._synced_at is not None and self._monotonic() - self._synced_at >= self.stable_after
 
     def _disconnected(self) -> None:
         self.connected = False
-        self._staging = None
-        self._paging = {}
-        self._spot_synced = False
-        self._margin_synced = False
+        self._merge = None
+        # Nothing from before the drop can pair with anything after it (the gap is never replayed):
+        # a finish or new still waiting for its modify partner counts under its own name now.
+        self.book.events.flush(float("inf"))
+        self._spot_pending = self._margin_pending = None
+        self._spot_live = self._margin_live = False
+        for channel in self.channels:
+            channel.state = SYNCING
+            channel.reason = ""
 
     # --- one connection ---------------------------------------------------------------------
 
@@ -337,23 +413,120 @@ class WebSocketSource:
                 await asyncio.gather(reader, driver, return_exceptions=True)
 
     async def _drive(self, conn: _Connection, token: str) -> None:
-        await self._call(conn, "authorize", [token, AUTHORIZE_SOURCE])
+        try:
+            await self._call(conn, "authorize", [token, AUTHORIZE_SOURCE])
+        except RequestFailed as exc:
+            raise Disconnect(str(exc)) from None
         log.info("websocket authorized", extra={"account": self.account})
-        await self._sync(conn)
-        self.connected = True
-        self._synced_at = self._monotonic()
-        self.health.ok()
-        log.info(
-            "websocket synced",
-            extra={
-                "account": self.account,
-                "open_orders": len(self.book),
-                "markets": len(self.markets),
-            },
-        )
+        tasks = {
+            asyncio.create_task(self._follow(conn, channel), name=f"{self.name}:{channel.name}")
+            for channel in self.channels
+        }
+        tasks.add(asyncio.create_task(self._keepalive(conn), name=f"{self.name}:keepalive"))
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a Disconnect ends the connection; a synced channel just ends
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _keepalive(self, conn: _Connection) -> None:
         while True:
             await asyncio.sleep(self.ping_interval)
-            await self._call(conn, "ping", [])
+            try:
+                await self._call(conn, "ping", [])
+            except RequestFailed as exc:
+                raise Disconnect(str(exc)) from None
+            merge = self._merge
+            if merge is not None and merge.expires_at is not None and self._monotonic() >= merge.expires_at:
+                self._merge = None
+            # The pong proves every live subscription current up to now (see "Freshness").
+            now = self._clock()
+            if self._spot_live:
+                self.balances.confirm(WALLET_SPOT, now)
+            if self._margin_live:
+                self.balances.confirm(WALLET_COLLATERAL, now)
+            self._report_health()
+
+    async def _follow(self, conn: _Connection, channel: Channel) -> None:
+        """Sync ``channel``; after a failure retry it (backoff) until it syncs, on this connection."""
+        sync = {
+            CHANNEL_SPOT: self._sync_spot,
+            CHANNEL_MARGIN: self._sync_margin,
+            CHANNEL_ORDERS: self._sync_orders,
+        }[channel.name]
+        attempt = 0
+        while True:
+            try:
+                await sync(conn)
+            except RequestFailed as exc:
+                self._abandon(channel.name)
+                delay = self.backoff.delay(attempt, self._rng)
+                attempt += 1
+                channel.state = FAILING
+                channel.reason = f"{exc}; retrying in {delay:.1f}s"
+                log.warning(
+                    "websocket channel failing",
+                    extra={
+                        "account": self.account,
+                        "channel": channel.name,
+                        "reason": str(exc),
+                        "retry_in_seconds": round(delay, 2),
+                    },
+                )
+                self._channels_changed()
+                await asyncio.sleep(delay)
+                continue
+            channel.state = SYNCED
+            channel.reason = ""
+            if attempt:
+                log.info("websocket channel recovered", extra={"account": self.account, "channel": channel.name})
+            self._channels_changed()
+            return
+
+    def _abandon(self, channel: str) -> None:
+        """Stop keeping a failed balance channel's pushes (the retry starts over)."""
+        if channel == CHANNEL_SPOT:
+            self._spot_pending = None
+            self._spot_live = False
+        elif channel == CHANNEL_MARGIN:
+            self._margin_pending = None
+            self._margin_live = False
+        # ordersPending: its pushes keep going to the failed attempt's staging book (still counted
+        # as events) until the retry starts a new one; the live book is left alone.
+
+    def _channels_changed(self) -> None:
+        if not self.connected and all(channel.state != SYNCING for channel in self.channels):
+            self.connected = True
+            self._synced_at = self._monotonic()
+            log.info(
+                "websocket synced",
+                extra={
+                    "account": self.account,
+                    "open_orders": len(self.book),
+                    "markets": len(self.markets),
+                    "failing_channels": ",".join(c.name for c in self.channels if not c.synced),
+                },
+            )
+        self._report_health()
+
+    def _report_health(self) -> None:
+        """OK while connected with every channel synced; a failing balance channel is a note (its
+        wallet is polled meanwhile), a failing ``ordersPending`` a failure (see "What the state means")."""
+        if not self.connected:
+            return  # still syncing: the reason of the last disconnect stands
+        failing = [channel for channel in self.channels if not channel.synced]
+        lines = [f"channel {c.name}: {c.reason}" for c in failing]
+        if any(channel.name == CHANNEL_ORDERS for channel in failing):
+            self.health.failing("; ".join(lines))
+        elif failing:
+            wallets = " and ".join(_CHANNEL_WALLETS[c.name] for c in failing)
+            noun = "wallets are" if len(failing) > 1 else "wallet is"
+            self.health.ok(note="; ".join(lines) + f"; the {wallets} {noun} polled over REST meanwhile")
+        else:
             self.health.ok()
 
     async def _call(
@@ -365,7 +538,8 @@ class WebSocketSource:
     ) -> Any:
         """Send a request; the reader runs ``on_reply(result)`` in stream order; returns its value.
 
-        A missing reply within ``pong_timeout`` or an ``error`` in it ends the connection.
+        No reply within ``pong_timeout`` ends the connection (:class:`Disconnect`); an ``error`` in
+        the reply, or ``on_reply`` refusing the result, raises :class:`RequestFailed`, counted.
         """
         await conn.pace.acquire()
         request_id = conn.next_id
@@ -381,14 +555,14 @@ class WebSocketSource:
             raise Disconnect(f"{what} within {self.pong_timeout:g}s") from None
         except ConnectionClosed:
             raise Disconnect(conn.closed_reason or "connection closed") from None
-        except ReplyError as exc:
+        except RequestFailed as exc:
             self.errors[method] += 1
             log.error(
                 "websocket request failed",
                 extra={
                     "account": self.account,
                     "method": method,
-                    "code": exc.code,
+                    "code": getattr(exc, "code", None),
                     "reason": str(exc),
                 },
             )
@@ -396,101 +570,122 @@ class WebSocketSource:
         finally:
             conn.pending.pop(request_id, None)
 
-    async def _sync(self, conn: _Connection) -> None:
-        self._staging = self.book.staging()
-        self._paging = {}
-        self._spot_synced = False
-        self._margin_synced = False
+    # --- balances -----------------------------------------------------------------------------
+
+    async def _sync_spot(self, conn: _Connection) -> None:
+        self._spot_live = False
+        self._spot_pending = {}
         await self._call(conn, "balanceSpot_subscribe", [])
-        await self._call(conn, "balanceMargin_subscribe", [])
-        if self.markets:
-            # An empty market list is undocumented for this channel (docs/protocol.md#orderspending-channel),
-            # so it is never sent.
-            await self._call(conn, "ordersPending_subscribe", list(self.markets))
         await self._call(conn, "balanceSpot_request", [], self._on_spot_snapshot)
+
+    async def _sync_margin(self, conn: _Connection) -> None:
+        self._margin_live = False
+        self._margin_pending = {}
+        await self._call(conn, "balanceMargin_subscribe", [])
         await self._call(conn, "balanceMargin_request", [], self._on_margin_snapshot)
-        semaphore = asyncio.Semaphore(PAGING_CONCURRENCY)
-
-        async def read_market(market: str) -> None:
-            async with semaphore:
-                await self._read_market(conn, market)
-
-        await asyncio.gather(*(read_market(market) for market in self.markets))
-        # No await between here and the end: the reader cannot slip a push in between.
-        staging, self._staging, self._paging = self._staging, None, {}
-        self.book.replace_with(staging)
 
     def _on_spot_snapshot(self, result: Any) -> None:
         try:
             snapshot = parse_spot_snapshot(result)
         except InvalidMessage as exc:
             self.invalid[exc.reason] += 1
-            raise Disconnect(f"unusable balanceSpot_request result: {exc}") from None
+            raise RequestFailed("balanceSpot_request", f"unusable balanceSpot_request result: {exc}") from None
+        snapshot.update(self._spot_pending or {})
         self.balances.replace_spot(snapshot, self._clock())
-        self._spot_synced = True
+        self._spot_pending = None
+        self._spot_live = True
 
     def _on_margin_snapshot(self, result: Any) -> None:
         try:
             snapshot = parse_margin_snapshot(result)
         except InvalidMessage as exc:
             self.invalid[exc.reason] += 1
-            raise Disconnect(f"unusable balanceMargin_request result: {exc}") from None
+            raise RequestFailed("balanceMargin_request", f"unusable balanceMargin_request result: {exc}") from None
+        snapshot.update(self._margin_pending or {})
         self.balances.replace_collateral(snapshot, self._clock())
-        self._margin_synced = True
+        self._margin_pending = None
+        self._margin_live = True
 
-    async def _read_market(self, conn: _Connection, market: str) -> None:
-        for _ in range(PAGING_ATTEMPTS):
-            paging = self._paging[market] = _Paging(market, set(), set())
-            while True:
-                offset = paging.cursor
-                page = await self._call(
-                    conn,
-                    "ordersPending_request",
-                    [market, offset, self.page_limit],
-                    functools.partial(self._on_page, paging, offset),
-                )
-                if page is None:  # skipped orders: read from the corrected cursor
-                    continue
-                records, total = page
-                if records < self.page_limit:
-                    break
-            # ``total`` is the open orders when the last page was computed, i.e. the head read so far.
-            if total is None or total == paging.cursor:
-                break
-            log.warning(
-                "websocket snapshot pages did not add up; reading the market again",
+    # --- open orders --------------------------------------------------------------------------
+
+    async def _sync_orders(self, conn: _Connection) -> None:
+        staging = self.book.staging()
+        merge = self._merge = SnapshotMerge(staging)
+        await self._call(conn, "ordersPending_subscribe", list(self.markets))
+        semaphore = asyncio.Semaphore(PAGING_CONCURRENCY)
+        failures: list[BaseException] = []
+
+        async def read_market(market: str) -> None:
+            async with semaphore:
+                if failures:
+                    return
+                try:
+                    await self._read_market(conn, merge, market, failures)
+                except (RequestFailed, Disconnect) as exc:
+                    failures.append(exc)
+
+        # Markets still reading when one fails finish their request in flight (so its reply is
+        # not mistaken for an unexpected one) and then stop.
+        await asyncio.gather(*(read_market(market) for market in self.markets))
+        if failures:
+            disconnects = [exc for exc in failures if isinstance(exc, Disconnect)]
+            raise (disconnects or failures)[0]
+        # No await between here and the end: the reader cannot slip a push in between.
+        self.book.replace_with(staging)
+        merge.book = self.book
+        merge.expires_at = self._monotonic() + self.resync_grace
+
+    async def _read_market(
+        self, conn: _Connection, merge: SnapshotMerge, market: str, failures: list[BaseException]
+    ) -> None:
+        paging = MarketPaging(market, self.page_limit)
+        while not paging.done:
+            if failures:
+                return
+            offset = paging.offset
+            await self._call(
+                conn,
+                "ordersPending_request",
+                [market, offset, self.page_limit],
+                functools.partial(self._on_page, merge, paging, offset, merge.finishes.get(market, 0)),
+            )
+        if paging.gaps:
+            log.info(
+                "websocket snapshot pages moved while being read; read again where needed",
                 extra={
                     "account": self.account,
                     "market": market,
-                    "total": total,
-                    "read": paging.cursor,
+                    "pages": paging.requests,
+                    "pages_read_again": paging.gaps,
                 },
             )
-        else:
-            self.errors["ordersPending_request"] += 1
-            raise Disconnect(f"open orders of {market} kept changing while being read")
-        del self._paging[market]
 
-    def _on_page(self, paging: _Paging, offset: int, result: Any) -> tuple[int, int | None] | None:
-        """A page, in stream order: None when orders were skipped, else (records, total)."""
+    def _on_page(self, merge: SnapshotMerge, paging: MarketPaging, offset: int, finishes: int, result: Any) -> None:
+        """A page of ``paging.market`` at ``offset``, whenever it arrives: merge its records, move on."""
         if not isinstance(result, dict) or not isinstance(result.get("records"), list):
             self.invalid[INVALID_WRONG_TYPE] += 1
-            raise Disconnect("unusable ordersPending_request result")
-        if offset > paging.cursor:
-            # Orders of earlier pages finished in the meantime and this page starts too late.
-            return None
-        staging = self._staging
-        assert staging is not None
-        records = result["records"]
-        for record in records:
+            raise RequestFailed("ordersPending_request", "unusable ordersPending_request result")
+        ids: list[int] = []
+        for record in result["records"]:
             try:
-                order_id = staging.upsert(record)
+                if record.__class__ is not dict or record.get("market") != paging.market:
+                    raise InvalidMessage(INVALID_BAD_VALUE, f"a record that is not an order of {paging.market}")
+                ids.append(merge.record(record))
             except InvalidMessage as exc:
                 self.invalid[exc.reason] += 1
-                raise Disconnect(f"unusable order in ordersPending_request: {exc}") from None
-            paging.read.add(order_id)
+                raise RequestFailed(
+                    "ordersPending_request", f"unusable order in ordersPending_request: {exc}"
+                ) from None
         total = result.get("total")
-        return len(records), total if isinstance(total, int) and not isinstance(total, bool) else None
+        try:
+            paging.on_page(
+                offset,
+                ids,
+                total if total.__class__ is int else None,
+                merge.finishes.get(paging.market, 0) - finishes,
+            )
+        except PagingFailed as exc:
+            raise RequestFailed("ordersPending_request", str(exc)) from None
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -513,7 +708,7 @@ class WebSocketSource:
         return f"{default} (code {code}{': ' + text if text else ''})"
 
     def _on_frame(self, conn: _Connection, message: str | bytes) -> None:
-        """One frame, synchronously: the order of frames is the order of the server's state."""
+        """One frame, synchronously, in the order the socket delivers frames."""
         self.last_message_at = self._clock()
         if message.__class__ is not str:
             self._skip(INVALID_BINARY, "binary frame")
@@ -534,12 +729,16 @@ class WebSocketSource:
                 self._on_reply(conn, doc)
             elif method == METHOD_SPOT:
                 changes = parse_spot_update(doc.get("params"))
-                if self._spot_synced:
+                if self._spot_live:
                     self.balances.update_spot(changes, self._clock())
+                elif self._spot_pending is not None:
+                    self._spot_pending.update(changes)
             elif method == METHOD_MARGIN:
                 changes = parse_margin_update(doc.get("params"))
-                if self._margin_synced:
+                if self._margin_live:
                     self.balances.update_collateral(changes, self._clock())
+                elif self._margin_pending is not None:
+                    self._margin_pending.update(changes)
             else:
                 self._skip(INVALID_UNKNOWN_METHOD, f"unknown method {str(method)[:40]!r}")
         except InvalidMessage as exc:
@@ -555,17 +754,15 @@ class WebSocketSource:
     def _on_order_update(self, params: Any) -> None:
         if params.__class__ is not list or len(params) < 2:
             raise InvalidMessage(INVALID_WRONG_TYPE, "ordersPending_update params is not [event, order]")
-        event_id, order = params[0], params[1]
-        staging = self._staging
-        if staging is None:
-            self.book.apply(event_id, order)
+        merge = self._merge
+        if merge is None:
+            self.book.apply(params[0], params[1])
             return
-        staging.apply(event_id, order)
-        if event_id == EVENT_FINISH:
-            paging = self._paging.get(order.get("market"))
-            order_id = order.get("id")
-            if paging is not None and order_id in paging.read:
-                paging.finished.add(order_id)
+        if merge.expires_at is not None and self._monotonic() >= merge.expires_at:
+            self._merge = None
+            self.book.apply(params[0], params[1])
+            return
+        merge.push(params[0], params[1])
 
     def _on_reply(self, conn: _Connection, doc: dict[str, Any]) -> None:
         request_id = doc.get("id")
@@ -585,7 +782,7 @@ class WebSocketSource:
         result = doc.get("result")
         try:
             value = on_reply(result) if on_reply is not None else result
-        except Disconnect as exc:
+        except RequestFailed as exc:
             future.set_exception(exc)
             return
         future.set_result(value)

@@ -119,6 +119,24 @@ def test_finish_and_new_with_the_same_client_order_id_are_one_modify(
     assert lefts(b) == {("BTC_USDT", "buy"): D("0.5")}
 
 
+def test_an_order_modified_and_cancelled_within_the_window_counts_new_modify_finish() -> None:
+    # Place X, modify it into Y, cancel Y, all within one window: X's own "new" (still waiting for
+    # a partner when X's finish arrives) must not pair with Y's finish as a second modify.
+    b, clock = book(window=1.0)
+    b.apply(1, order(1, coid="bot"))
+    b.apply(3, order(1, coid="bot", status="CANCELED"))
+    b.apply(1, order(2, coid="bot"))
+    b.apply(3, order(2, coid="bot", status="CANCELED"))
+    clock.now += 1.5
+    got = b.events.counts()
+    assert (
+        got[("BTC_USDT", "new")],
+        got[("BTC_USDT", "modify")],
+        got[("BTC_USDT", "finish")],
+    ) == (1, 1, 1)
+    assert open_ids(b) == set()
+
+
 def test_finish_and_new_further_apart_than_the_window_are_not_a_modify() -> None:
     b, clock = book(window=1.0)
     b.apply(3, order(1, coid="x", status="CANCELED"))

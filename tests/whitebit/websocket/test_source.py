@@ -8,19 +8,31 @@ condition, with a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import re
+import time
 from decimal import Decimal as D
 
+import pytest
+
+from exporter.core.backoff import Backoff
 from exporter.simulator.model import (
     SIDE_BUY,
     SIDE_SELL,
     TYPE_MARKET,
     TYPE_STOP_LIMIT,
     TYPE_STOP_MARKET,
+    OrderEvent,
 )
+from exporter.whitebit.websocket.snapshot import MIN_REQUESTS
 from tests.helpers import wait_for
 from tests.whitebit.websocket.book import open_ids, pending_events
-from tests.ws_harness import assert_matches, running
+from tests.whitebit.websocket.churn import Churn
+from tests.ws_harness import FAST, MARKETS, assert_matches, running
+
+SPOT_AND_ORDERS = ("open_orders", "left", "spot", "frozen")
 
 
 def events(result, market: str = "BTC_USDT", account: str = "main") -> dict[str, float]:
@@ -107,8 +119,8 @@ async def test_modify_counts_one_modify_event_when_finish_comes_first() -> None:
         )
         await wait_for(lambda: order.id in open_ids(h.sources["main"].book))
         replacement = ex.modify_order("main", order.id, price=D(50100), amount=D("0.4"))
+        await wait_for(lambda: open_ids(h.sources["main"].book) == {replacement.id})
         result = await assert_matches(h)
-        assert open_ids(h.sources["main"].book) == {replacement.id}
         assert (
             result.value(
                 "whitebit_open_orders_left",
@@ -136,8 +148,9 @@ async def test_modify_counts_one_modify_event_when_new_comes_first() -> None:
         order = ex.place_order("main", "ETH_USDT", SIDE_SELL, D(2), price=D(3200), client_order_id="mm-7")
         await wait_for(lambda: order.id in open_ids(h.sources["main"].book))
         replacement = ex.modify_order("main", order.id, price=D(3150), new_first=True)
+        # The aggregates are the same before and after this modify: wait for the ids to change.
+        await wait_for(lambda: open_ids(h.sources["main"].book) == {replacement.id})
         await assert_matches(h)
-        assert open_ids(h.sources["main"].book) == {replacement.id}
         await wait_for(lambda: pending_events(h.sources["main"].book.events) == 0)
         counted = events(await h.scrape(), "ETH_USDT")
         assert counted == {
@@ -327,7 +340,8 @@ async def test_failed_authorize_is_counted_shown_on_ready_and_retried() -> None:
 
 
 async def test_failed_subscription_is_an_error_counted_and_retried_never_silence() -> None:
-    # The exporter asks for a market the exchange does not list: ordersPending_subscribe fails.
+    # The exporter asks for a market the exchange does not list: ordersPending_subscribe fails. The
+    # channel is retried on the same connection while the balance channels serve.
     async with running(exporter_markets=("BTC_USDT", "NOPE_USDT")) as h:
         source = h.sources["main"]
         await wait_for(lambda: source.errors["ordersPending_subscribe"] >= 2, timeout=10)
@@ -340,9 +354,13 @@ async def test_failed_subscription_is_an_error_counted_and_retried_never_silence
             )
             >= 2
         )
-        assert result.value("whitebit_websocket_connected", account="main") == 0
+        assert result.value("whitebit_websocket_connected", account="main") == 1
+        assert result.value("whitebit_websocket_channel_synced", account="main", channel="ordersPending") == 0
+        assert result.value("whitebit_websocket_channel_synced", account="main", channel="balanceSpot") == 1
+        assert result.value("whitebit_up", account="main") == 0
+        assert source.reconnects == 0
         status, body = await h.ready()
-        assert status == 503 and "ordersPending_subscribe failed" in body
+        assert status == 503 and "channel ordersPending: ordersPending_subscribe failed" in body
 
 
 async def test_silent_server_is_detected_by_the_missing_pong_and_the_source_reconnects() -> None:
@@ -364,6 +382,53 @@ async def test_silent_server_is_detected_by_the_missing_pong_and_the_source_reco
         h.sim.exchange.place_order("main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(40000))
         await assert_matches(h)
         assert source.reconnects >= 1
+
+
+@pytest.mark.parametrize("form", ["array", "object"])
+async def test_balance_spot_updates_apply_in_either_documented_form(form: str) -> None:
+    # The channel page sends params as an array of objects, a docs guide's example as one object.
+    async with running() as h:
+        await assert_matches(h)
+        h.sim.ws.spot_update_form = form
+        for price in (50000, 50100, 50200):
+            h.sim.exchange.place_order("main", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(price))
+        await assert_matches(h, parts=("spot", "frozen"))
+        assert sum(h.sources["main"].invalid.values()) == 0
+
+
+async def test_an_idle_wallet_stays_fresh_while_the_connection_is_live_and_goes_stale_when_it_is_not() -> None:
+    # Freshness is not change: nothing moves, yet every pong confirms the subscribed wallets.
+    async with running() as h:
+        await assert_matches(h)
+        source = h.sources["main"]
+
+        def current_as_of(wallet: str) -> float:
+            value = source.balances.current_as_of(wallet)
+            assert value is not None
+            return value
+
+        first = {wallet: current_as_of(wallet) for wallet in ("spot", "collateral")}
+        await wait_for(lambda: all(current_as_of(w) > first[w] + 1.5 for w in first), timeout=10)
+        result = await h.scrape()
+        for wallet in first:
+            age = time.time() - result.value(
+                "whitebit_balance_last_update_timestamp_seconds", account="main", wallet=wallet
+            )
+            assert 0 <= age < FAST["ping_interval"] + FAST["pong_timeout"]
+        # The server goes silent: no pong, no confirmation; the timestamps stop where they were.
+        h.sim.ws.silence("main", True)
+        try:
+            await wait_for(lambda: not source.connected, timeout=10)
+            stopped = {wallet: current_as_of(wallet) for wallet in first}
+            # A whole failed reconnect (no reply within pong_timeout) later, nothing moved.
+            reconnects = source.reconnects
+            await wait_for(lambda: source.reconnects >= reconnects + 2 and not source.connected, timeout=15)
+            result = await h.scrape()
+            for wallet, value in stopped.items():
+                scraped = result.value("whitebit_balance_last_update_timestamp_seconds", account="main", wallet=wallet)
+                assert scraped == value
+        finally:
+            h.sim.ws.silence(None, False)
 
 
 async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_connection() -> None:
@@ -478,3 +543,141 @@ async def test_scenario_activity_with_drops_ends_with_metrics_equal_to_the_simul
         assert source.reconnects == 2
         assert sum(source.invalid.values()) == 0
         assert sum(source.book.events.counts().values()) > 0  # the scenario did trade
+
+
+async def test_a_failing_balance_margin_channel_is_shown_and_retried_while_spot_and_orders_serve() -> None:
+    # What balanceMargin answers on an account without collateral trading is undocumented: here, an error.
+    async with running(autostart=False, backoff=Backoff(0.05, 0.4)) as h:
+        hub, ex = h.sim.ws, h.sim.exchange
+        hub.fail_channel("main", "balanceMargin", 2, "collateral trading is not enabled")
+        ex.place_order("main", "BTC_USDT", SIDE_BUY, D("0.2"), price=D(50000), client_order_id="a")
+        ex.place_order("main", "ETH_USDT", SIDE_SELL, D(3), price=D(3100))
+        h.start()
+        source = h.sources["main"]
+        await assert_matches(h, parts=SPOT_AND_ORDERS)
+        # The good channels keep following on the same connection.
+        ex.place_order("main", "ETH_USDT", SIDE_BUY, D(1), price=D(2900))
+        ex.transfer_main_to_spot("main", "USDT", D(100))
+        result = await assert_matches(h, parts=SPOT_AND_ORDERS)
+        assert result.value("whitebit_websocket_connected", account="main") == 1
+        channel = {
+            labels["channel"]: value
+            for labels, value in result.samples("whitebit_websocket_channel_synced")
+            if labels["account"] == "main"
+        }
+        assert channel == {"balanceSpot": 1, "balanceMargin": 0, "ordersPending": 1}
+        # Not down: the collateral wallet's REST fallback poll stands in (its own health says whether
+        # that works); /-/ready lists the channel as degraded.
+        assert result.value("whitebit_up", account="main") == 1
+        assert result.value("whitebit_balance", account="main", wallet="collateral", asset="USDT") is None
+        status, body = await h.ready()
+        assert status == 200
+        assert body.startswith("ready\n")
+        assert (
+            "degraded: websocket main: channel balanceMargin: balanceMargin_subscribe failed: error 2 collateral"
+            in body
+        )
+        assert body.rstrip().endswith("the collateral wallet is polled over REST meanwhile")
+        # Retried with a growing backoff, never hammering: two more tries take at least 2 × 0.8 × 0.4 s.
+        await wait_for(lambda: source.errors["balanceMargin_subscribe"] >= 5, timeout=10)
+        delay = float(re.findall(r"retrying in ([0-9.]+)s", source.channels[1].reason)[0])
+        assert 0.3 <= delay <= 0.4
+        loop = asyncio.get_running_loop()
+        started, tries = loop.time(), hub.requests_served["balanceMargin_subscribe"]
+        await wait_for(lambda: hub.requests_served["balanceMargin_subscribe"] >= tries + 2, timeout=10)
+        assert loop.time() - started >= 0.6
+        result = await h.scrape()
+        assert result.value("whitebit_websocket_errors_total", account="main", method="balanceMargin_subscribe") >= 5
+        assert source.errors["balanceMargin_request"] == 0  # a channel is read only once subscribed
+        assert not source.supplies("collateral")  # the REST fallback keeps the collateral wallet meanwhile
+        assert source.supplies("spot")
+        # WhiteBIT stops refusing: the channel recovers on the same connection.
+        hub.fail_channel("main", "balanceMargin", None)
+        ex.borrow("main", "USDT", D(25))
+        result = await assert_matches(h)
+        await wait_for(lambda: all(channel.synced for channel in source.channels), timeout=10)
+        result = await h.scrape()
+        assert result.value("whitebit_websocket_channel_synced", account="main", channel="balanceMargin") == 1
+        assert result.value("whitebit_collateral_borrowed", account="main", asset="USDT") == 25
+        assert result.value("whitebit_up", account="main") == 1
+        assert await h.ready() == (200, "ready\n")
+        assert source.supplies("collateral") and source.supplies("spot")
+        ex.borrow("main", "USDT", D(5))  # and its pushes apply
+        await assert_matches(h)
+        assert source.reconnects == 0 and hub.connections("main") == 1
+
+
+@pytest.mark.parametrize("newest_first", [True, False], ids=["newest-first", "oldest-first"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_snapshot_under_churn_converges_to_the_simulator_and_counts_every_event_once(
+    newest_first: bool, seed: int
+) -> None:
+    async with running(autostart=False, page_limit=17, modify_window=0.3) as h:
+        hub, ex = h.sim.ws, h.sim.exchange
+        ex.list_newest_first = newest_first
+        hub.interleave = 0.01  # replies and pushes overtake each other by up to 10 ms
+        hub.rng.seed(seed)
+        churn = Churn(ex, random.Random(seed), "main", MARKETS, scale=D("0.0001"))
+        for _ in range(500):  # about 250 open orders per market
+            churn.place()
+        # The events the exporter receives: those emitted while its ordersPending subscription is active.
+        received: list[OrderEvent] = []
+        ex.subscribe(
+            lambda e: (
+                received.append(e)
+                if isinstance(e, OrderEvent) and "ordersPending" in hub.subscriptions("main")
+                else None
+            )
+        )
+        source = h.sources["main"]
+        during_paging = 0
+
+        async def keep_churning() -> None:
+            nonlocal during_paging
+            while True:
+                for _ in range(3):
+                    churn.step()
+                if received and not source.connected:
+                    during_paging += 3
+                await asyncio.sleep(0.001)  # paces the load; nothing waits on it
+
+        h.start()
+        churning = asyncio.create_task(keep_churning())
+        try:
+            await wait_for(lambda: source.connected, timeout=30)
+            count = len(churn.emitted)
+            await wait_for(lambda: len(churn.emitted) >= count + 200, timeout=30)  # and some more after it
+        finally:
+            churning.cancel()
+            await asyncio.gather(churning, return_exceptions=True)
+        assert during_paging > 50  # the orders really moved while the snapshot was read
+        await assert_matches(h, timeout=20)
+        await wait_for(lambda: open_ids(source.book) == {o.id for o in ex.open_orders("main")}, timeout=10)
+        await wait_for(lambda: pending_events(source.book.events) == 0, timeout=5)
+        result = await h.scrape()
+        counted = {
+            (labels["market"], labels["event"]): value
+            for labels, value in result.samples("whitebit_order_events_total")
+            if labels["account"] == "main" and value
+        }
+        assert counted == churn.expected(received)
+        assert source.reconnects == 0 and sum(source.invalid.values()) == 0
+        # Re-reads stay bounded: a few pages more than the lists needed.
+        pages = sum(-(-len(ex.open_orders("main", m)) // 16) + 1 for m in MARKETS)
+        assert hub.requests_served["ordersPending_request"] <= 3 * pages + 2 * MIN_REQUESTS
+
+
+async def test_a_balance_push_computed_after_the_snapshot_but_arriving_before_it_is_kept() -> None:
+    # Replies take 0.3 s longer than pushes: the transfer below is pushed before the snapshot that
+    # predates it arrives. Dropping pushes that come before the snapshot would lose it for good.
+    async with running(autostart=False) as h:
+        hub, ex = h.sim.ws, h.sim.exchange
+        hub.reply_delay = 0.3
+        h.start()
+        await wait_for(lambda: hub.requests_served["balanceSpot_request"] == 1, timeout=10)
+        await wait_for(lambda: hub.requests_served["balanceMargin_request"] == 1, timeout=10)
+        ex.transfer_to_collateral("main", "ETH", D("2.5"))  # spot ETH and collateral ETH, nothing after it
+        assert h.balances["main"].updated_at("spot") is None  # the snapshot is still on its way
+        result = await assert_matches(h)
+        assert result.value("whitebit_balance", account="main", wallet="spot", asset="ETH") == 57.5
+        assert result.value("whitebit_balance", account="main", wallet="collateral", asset="ETH") == 2.5
