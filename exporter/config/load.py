@@ -36,6 +36,7 @@ from exporter.config.schema import (
     DEFAULT_WEBHOOKS_ADDRESS,
     DOCUMENTED_LIMITS,
     FAMILIES,
+    MAX_ZEROHASH_TIMESTAMP_TOLERANCE,
     NONCE_POLICIES,
     RESERVED_ACCOUNT_NAME,
     Config,
@@ -65,8 +66,10 @@ _ACCOUNT_KEYS = (
     "api_secret",
     "api_secret_file",
     "markets",
+    "assets",
     "poll",
     "reconcile_grace",
+    "webhook_retry_window",
     "webhook",
     "nonce_window",
 )
@@ -90,6 +93,7 @@ _ZEROHASH_WEBHOOK_KEYS = (
 
 
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MARKET = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)+")
 _HOST = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -446,10 +450,20 @@ class _Loader:
                 location, f"{given} is set without {missing} (set both, or neither for a webhook-only account)"
             )
         markets = self.markets(fields, location)
+        assets = self.assets(fields, location)
         poll_location = _at(location, "poll")
         poll_fields = self.mapping(fields.get("poll"), poll_location, _POLL_KEYS) or {}
         intervals = {key: self.duration(poll_fields, key, poll_location) for key in _POLL_KEYS}
         grace = self.duration(fields, "reconcile_grace", location)
+        retry_window = self.duration(fields, "webhook_retry_window", location)
+        effective_grace = WhitebitAccountConfig.reconcile_grace if grace is None else grace
+        effective_window = WhitebitAccountConfig.webhook_retry_window if retry_window is None else retry_window
+        if (grace is not None or retry_window is not None) and effective_window < effective_grace:
+            self.problem(
+                _at(location, "webhook_retry_window"),
+                f"must be at least reconcile_grace ({effective_grace:g} s): a webhook is overdue after the"
+                f" grace and missed after the retry window, got {effective_window:g} s",
+            )
         nonce_window = self.boolean(fields, "nonce_window", location)
         webhook = None
         if _present(fields, "webhook"):
@@ -463,8 +477,10 @@ class _Loader:
             api_key=api_key,
             api_secret=api_secret,
             markets=markets,
+            assets=assets,
             poll=PollConfig(**{key: value for key, value in intervals.items() if value is not None}),
-            reconcile_grace=WhitebitAccountConfig.reconcile_grace if grace is None else grace,
+            reconcile_grace=effective_grace,
+            webhook_retry_window=effective_window,
             webhook=webhook,
             nonce_window=WhitebitAccountConfig.nonce_window if nonce_window is None else nonce_window,
         )
@@ -484,15 +500,37 @@ class _Loader:
 
     def markets(self, fields: Mapping[str, Any], location: str) -> tuple[str, ...]:
         markets = self.string_list(fields, "markets", location) or ()
-        seen: set[str] = set()
-        for index, market in enumerate(markets):
-            where = f"{location}.markets[{index}]"
-            if not _MARKET.fullmatch(market):
-                self.problem(where, f'invalid market "{market}" (use the form BTC_USDT)')
-            elif market in seen:
-                self.problem(where, f'duplicate market "{market}"')
-            seen.add(market)
+        self.unique_names(markets, f"{location}.markets", "market", _MARKET, "use the form BTC_USDT")
         return markets
+
+    def assets(self, fields: Mapping[str, Any], location: str) -> tuple[str, ...] | None:
+        """The account's asset allow-list, or None (export every asset once it held something)."""
+        if not _present(fields, "assets"):
+            return None
+        assets = self.string_list(fields, "assets", location)
+        if assets is None:
+            return None
+        if not assets:
+            self.problem(
+                _at(location, "assets"),
+                "must list at least one asset (leave it out to export every asset once it holds something)",
+            )
+            return None
+        self.unique_names(assets, f"{location}.assets", "asset", _ASSET, "use the ticker, e.g. USDT")
+        return assets
+
+    def unique_names(self, names: Iterable[str], location: str, what: str, form: re.Pattern[str], hint: str) -> None:
+        """Report each of ``names`` (at ``location[index]``) that is empty, not of ``form``, or a repeat."""
+        seen: set[str] = set()
+        for index, name in enumerate(names):
+            where = f"{location}[{index}]"
+            if name == "":
+                self.problem(where, "must not be empty")
+            elif not form.fullmatch(name):
+                self.problem(where, f'invalid {what} "{name}" ({hint})')
+            elif name in seen:
+                self.problem(where, f'duplicate {what} "{name}"')
+            seen.add(name)
 
     def whitebit_webhook(self, node: Any, location: str) -> WhitebitWebhookConfig | None:
         fields = self.mapping(node, location, _WHITEBIT_WEBHOOK_KEYS)
@@ -523,6 +561,11 @@ class _Loader:
         hmac_secrets = self.secret_list(webhook, "hmac_secrets", location)
         rsa_keys = self.rsa_public_keys(webhook, location)
         tolerance = self.duration(webhook, "timestamp_tolerance", location)
+        if tolerance is not None and tolerance > MAX_ZEROHASH_TIMESTAMP_TOLERANCE:
+            self.problem(
+                _at(location, "timestamp_tolerance"),
+                f"must be at most 1d = 86400 s (late retries are accepted past it anyway), got {tolerance:g} s",
+            )
         participants = self.string_list(webhook, "participants", location) or ()
         seen: set[str] = set()
         for index, participant in enumerate(participants):

@@ -129,8 +129,13 @@ class WhitebitAccountConfig:
     api_key: str | None = field(default=None, repr=False)
     api_secret: str | None = field(default=None, repr=False)
     markets: tuple[str, ...] = ()
+    # None: export every asset once it held something; else exactly these (WhiteBIT may list hundreds).
+    assets: tuple[str, ...] | None = None
     poll: PollConfig = PollConfig()
+    # A webhook history shows as due is "overdue" after reconcile_grace, and counted missed only after
+    # webhook_retry_window (WhiteBIT may still be retrying until then).
     reconcile_grace: float = 900.0
+    webhook_retry_window: float = 86400.0
     webhook: WhitebitWebhookConfig | None = None
     # Sign REST calls with "nonceWindow": true (concurrent calls allowed; needs a clock within 5 s of
     # WhiteBIT's); false: strictly increasing nonces, one call of the key in flight at a time.
@@ -151,6 +156,12 @@ class RestConfig:
     request_duration_buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS
     # Overrides of WhiteBIT's documented limits, by endpoint family (the rest keep theirs).
     rate_limits: tuple[tuple[str, RateLimit], ...] = ()
+
+
+#: The largest ``zerohash.webhook.timestamp_tolerance`` the loader accepts. The tolerance exists for clock
+#: error between Zero Hash and us (minutes); late retries are accepted past it anyway (README, "Late
+#: retries"), and the replay margin the dedupe retention gives shrinks by twice the tolerance.
+MAX_ZEROHASH_TIMESTAMP_TOLERANCE = 86400.0
 
 
 @dataclass(frozen=True)

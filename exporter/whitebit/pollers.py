@@ -10,10 +10,9 @@ bunching up) the ticks a slow poll overran. The shared rate limiter evens out wh
 What each poll does:
 
 - **main balance** (``poll.main_balance``): ``/api/v4/main-account/balance`` replaces the ``main``
-  wallet. WhiteBIT may leave zero balances out of the answer (the sources disagree,
-  docs/protocol.md#main-balance), so an asset that disappears is exported as **0**, not dropped: an alert such as
-  ``whitebit_balance{wallet="main",asset="USDT"} < 1000`` must fire when the balance is emptied,
-  and a vanished series would make it silently go quiet. Assets seen once stay (at 0) until restart.
+  wallet. WhiteBIT may list every asset, mostly at zero, or leave zero balances out (the sources
+  disagree, docs/protocol.md#main-balance); :class:`~exporter.whitebit.balances.AccountBalances`
+  decides what is exported (an asset once it held something, then at 0 when emptied or left out).
 - **collateral** (``poll.collateral``): ``/api/v4/collateral-account/summary`` every time, for the
   ``whitebit_collateral_*`` account gauges, which have no WebSocket source. The collateral *wallet*
   comes from the WebSocket (``balanceMargin``) while it is connected; only while it is not does this
@@ -55,6 +54,7 @@ from exporter.core.metrics import (
     WHITEBIT_COLLATERAL_MARGIN,
     WHITEBIT_COLLATERAL_MARGIN_FRACTION,
 )
+from exporter.whitebit.balances import WALLET_COLLATERAL, WALLET_MAIN, WALLET_SPOT
 from exporter.whitebit.rest import (
     COLLATERAL_BALANCE_SUMMARY,
     COLLATERAL_SUMMARY,
@@ -184,15 +184,6 @@ def parse_collateral_summary(document: Any, timestamp: float) -> CollateralSumma
     )
 
 
-def _with_zeros(current: Mapping[str, Any], seen: set[str], zero: Any) -> dict[str, Any]:
-    """``current`` plus every asset seen before but absent now, at ``zero`` (see the module doc)."""
-    merged = dict(current)
-    for asset in seen - merged.keys():
-        merged[asset] = zero
-    seen.update(merged)
-    return merged
-
-
 # --- the polls --------------------------------------------------------------------------------
 
 
@@ -211,12 +202,11 @@ class MainBalancePoll:
         self._client = client
         self._balances = balances
         self._clock = clock
-        self._seen: set[str] = set()
 
     async def __call__(self) -> None:
         started = self._clock()
         totals = parse_main_balance(await self._client.post(MAIN_BALANCE))
-        self._balances.replace_wallet("main", _with_zeros(totals, self._seen, Decimal(0)), started)
+        self._balances.replace_wallet(WALLET_MAIN, totals, started)
 
 
 class CollateralPoll:
@@ -230,27 +220,25 @@ class CollateralPoll:
         balances: BalanceStore,
         summaries: CollateralSummaries,
         *,
-        websocket_ok: Callable[[], bool],
+        websocket_supplies: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._balances = balances
         self._summaries = summaries
-        self._websocket_ok = websocket_ok
+        self._websocket_supplies = websocket_supplies
         self._clock = clock
-        self._seen: set[str] = set()
 
     async def __call__(self) -> None:
         started = self._clock()
         document = await self._client.post(COLLATERAL_SUMMARY)
         self._summaries.set(self._client.account, parse_collateral_summary(document, started))
-        if self._websocket_ok():
+        if self._websocket_supplies(WALLET_COLLATERAL):
             return
         started = self._clock()
         balances = parse_collateral_balance_summary(await self._client.post(COLLATERAL_BALANCE_SUMMARY))
-        if not self._websocket_ok():
-            zero = (Decimal(0), Decimal(0))
-            self._balances.replace_collateral(_with_zeros(balances, self._seen, zero), started)
+        if not self._websocket_supplies(WALLET_COLLATERAL):
+            self._balances.replace_collateral(balances, started)
 
 
 class TradeBalancePoll:
@@ -263,24 +251,22 @@ class TradeBalancePoll:
         client: RestClient,
         balances: BalanceStore,
         *,
-        websocket_ok: Callable[[], bool],
+        websocket_supplies: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._balances = balances
-        self._websocket_ok = websocket_ok
+        self._websocket_supplies = websocket_supplies
         self._clock = clock
-        self._seen: set[str] = set()
 
     async def __call__(self) -> None:
-        if self._websocket_ok():
+        if self._websocket_supplies(WALLET_SPOT):
             return
         started = self._clock()
         balances = parse_trade_balance(await self._client.post(TRADE_BALANCE))
         # The WebSocket may have come back (and written newer values) while this was in flight.
-        if not self._websocket_ok():
-            zero = (Decimal(0), Decimal(0))
-            self._balances.replace_spot(_with_zeros(balances, self._seen, zero), started)
+        if not self._websocket_supplies(WALLET_SPOT):
+            self._balances.replace_spot(balances, started)
 
 
 # --- scheduling -------------------------------------------------------------------------------
@@ -392,14 +378,14 @@ def build_pollers(
     *,
     health: HealthRegistry,
     summaries: CollateralSummaries,
-    websocket_ok: Callable[[], bool],
+    websocket_supplies: Callable[[str], bool],
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.time,
 ) -> list[Poller]:
     """The three balance pollers of one account, each registered with ``health`` as ``rest:<kind>``.
 
-    ``websocket_ok`` tells whether the account's WebSocket supplies the spot and collateral wallets
-    right now (then the pollers leave them alone).
+    ``websocket_supplies(wallet)`` tells whether the account's WebSocket keeps that wallet (``spot``
+    or ``collateral``) current right now; the fallback poll of a wallet it supplies is not made.
     """
     account = client.account
     polls: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
@@ -407,12 +393,12 @@ def build_pollers(
         (
             CollateralPoll.kind,
             poll.collateral,
-            CollateralPoll(client, balances, summaries, websocket_ok=websocket_ok, clock=clock),
+            CollateralPoll(client, balances, summaries, websocket_supplies=websocket_supplies, clock=clock),
         ),
         (
             TradeBalancePoll.kind,
             poll.trade_balance,
-            TradeBalancePoll(client, balances, websocket_ok=websocket_ok, clock=clock),
+            TradeBalancePoll(client, balances, websocket_supplies=websocket_supplies, clock=clock),
         ),
     ]
     shared_rng = rng if rng is not None else random.Random()

@@ -55,12 +55,17 @@ def build_sources(
     health: HealthRegistry,
     registry: CollectorRegistry,
     clock: Callable[[], float] = time.time,
+    host_clock: Callable[[], float] = time.time,
 ) -> WhitebitSources:
     """The sources of every account with API credentials; their collectors are registered on ``registry``."""
     api_accounts = [account for account in accounts if account.has_api]
     if not api_accounts:
         return WhitebitSources((), None)
-    balances = {account.name: AccountBalances(account.name) for account in api_accounts}
+    # Every wallet's freshness counts from now until its first answer (a wallet that never arrives goes stale).
+    started = clock()
+    balances = {
+        account.name: AccountBalances(account.name, account.assets, watching_since=started) for account in api_accounts
+    }
     limiter = RateLimiter(rest.rate_limits)
     rest_metrics = RestMetrics(limiter, buckets=rest.request_duration_buckets)
     transport = RestTransport(limiter, rest_metrics, timeout=rest.timeout)
@@ -82,7 +87,10 @@ def build_sources(
         exchange_clock = exchange_clocks.get(account.rest_url)
         measure = exchange_clock is None
         if exchange_clock is None:
-            exchange_clock = exchange_clocks[account.rest_url] = ExchangeClock(clock)
+            # Nonces are judged by WhiteBIT's real clock, so they follow the host's real clock corrected
+            # by the measured offset (host_clock), not ``clock``, the exporter's notion of now for its
+            # own bookkeeping (which tests move by hand).
+            exchange_clock = exchange_clocks[account.rest_url] = ExchangeClock(host_clock)
         clocks.add(account.name, exchange_clock)
         client = RestClient(
             account=account.name,
@@ -97,7 +105,7 @@ def build_sources(
         )
         if measure:
             sources.append(
-                ClockSync(account.name, exchange_clock, partial(client.get_public, PUBLIC_TIME), local_clock=clock)
+                ClockSync(account.name, exchange_clock, partial(client.get_public, PUBLIC_TIME), local_clock=host_clock)
             )
         websocket = WebSocketSource(
             account.name,
@@ -117,7 +125,7 @@ def build_sources(
                 account.poll,
                 health=health,
                 summaries=summaries,
-                websocket_ok=websocket.supplies_wallets,
+                websocket_supplies=websocket.supplies,
             )
         )
         sources.append(
@@ -128,6 +136,7 @@ def build_sources(
                 health=health,
                 interval=account.poll.history,
                 grace=account.reconcile_grace,
+                retry_window=account.webhook_retry_window,
                 missed=missed if account.webhook is not None else None,
                 clock=clock,
             )

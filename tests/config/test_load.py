@@ -298,6 +298,13 @@ def test_null_values_and_empty_sections_mean_defaults(tmp_path: Path) -> None:
     assert load_config(path, {}) == load_config(write(tmp_path, ACCOUNT, "plain.yaml"), {})
 
 
+def test_an_asset_allow_list_is_read_and_absent_means_every_asset(tmp_path: Path) -> None:
+    listed = load_config(write(tmp_path, ACCOUNT + "    assets: [USDT, BTC, USDC.ETH]\n"), {})
+    assert account_named(listed, "main").assets == ("USDT", "BTC", "USDC.ETH")
+    plain = load_config(write(tmp_path, ACCOUNT, "plain.yaml"), {})
+    assert account_named(plain, "main").assets is None
+
+
 def test_account_run_on_webhooks_alone_has_no_api(tmp_path: Path) -> None:
     path = write(
         tmp_path,

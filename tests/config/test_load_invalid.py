@@ -26,6 +26,14 @@ EXPECTED: dict[str, list[str]] = {
     "bad-duration": ['whitebit[0].poll.history: invalid duration "5x" (use forms like 30s, 10m, 1h)'],
     "negative-duration": ['whitebit[0].reconcile_grace: negative duration "-15m"'],
     "zero-duration": ['zerohash.webhook.timestamp_tolerance: must be greater than zero, got "0s"'],
+    "retry-window-below-grace": [
+        "whitebit[0].webhook_retry_window: must be at least reconcile_grace (7200 s): a webhook is overdue after"
+        " the grace and missed after the retry window, got 1800 s"
+    ],
+    "zerohash-tolerance-too-large": [
+        "zerohash.webhook.timestamp_tolerance: must be at most 1d = 86400 s (late retries are accepted past it anyway),"
+        " got 172800 s"
+    ],
     "boolean-duration": ["whitebit[0].poll.main_balance: expected a duration like 30s, got a boolean"],
     "missing-api-secret": [
         "whitebit[0]: api_key is set without api_secret (set both, or neither for a webhook-only account)"
@@ -61,6 +69,12 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "url-with-query": ['whitebit[0].rest_url: URL "https://whitebit.com/?lang=en" must not have a query or fragment'],
     "bad-market": ['whitebit[0].markets[1]: invalid market "btc-usdt" (use the form BTC_USDT)'],
+    "bad-assets": [
+        'whitebit[0].assets[1]: invalid asset "usdt coin" (use the ticker, e.g. USDT)',
+        'whitebit[0].assets[2]: duplicate asset "USDT"',
+        "whitebit[0].assets[3]: must not be empty",
+        "whitebit[1].assets: must list at least one asset (leave it out to export every asset once it holds something)",
+    ],
     "duplicate-market": ['whitebit[0].markets[2]: duplicate market "BTC_USDT"'],
     "key-and-key-file": ["whitebit[0]: api_key and api_key_file are both set (use one)"],
     "missing-secret-file": [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal as D
 from typing import Any
@@ -140,7 +141,7 @@ async def test_collateral_summary_gauges_come_from_every_poll(simulator, client)
         client,
         AccountBalances("acct"),
         summaries,
-        websocket_ok=lambda: True,
+        websocket_supplies=lambda wallet: True,
         clock=lambda: 99.0,
     )
     await poll()
@@ -174,7 +175,9 @@ def test_collateral_summary_keeps_a_real_margin_fraction() -> None:
 async def test_the_collateral_wallet_is_polled_only_while_the_websocket_cannot_supply_it(simulator, client) -> None:
     balances = AccountBalances("acct")
     ws_up = True
-    poll = CollateralPoll(client, balances, CollateralSummaries(), websocket_ok=lambda: ws_up)
+    poll = CollateralPoll(
+        client, balances, CollateralSummaries(), websocket_supplies=lambda wallet: ws_up and wallet == "collateral"
+    )
     await poll()
     assert requests_to(simulator, COLLATERAL_BALANCE_SUMMARY) == 0
     assert balances.updated_at("collateral") is None
@@ -195,7 +198,7 @@ async def test_the_collateral_wallet_is_polled_only_while_the_websocket_cannot_s
 
 async def test_trade_balance_is_not_polled_while_the_websocket_supplies_it(simulator, client) -> None:
     balances = AccountBalances("acct")
-    await TradeBalancePoll(client, balances, websocket_ok=lambda: True)()
+    await TradeBalancePoll(client, balances, websocket_supplies=lambda wallet: True)()
     assert requests_to(simulator, TRADE_BALANCE) == 0
     assert balances.spot() == {}
 
@@ -203,7 +206,7 @@ async def test_trade_balance_is_not_polled_while_the_websocket_supplies_it(simul
 async def test_trade_balance_fills_the_spot_wallet_while_the_websocket_is_down(simulator, client) -> None:
     balances = AccountBalances("acct")
     simulator.exchange.accounts["acct"].spot["BTC"] = SpotBalance(D(3), D(1))
-    poll = TradeBalancePoll(client, balances, websocket_ok=lambda: False)
+    poll = TradeBalancePoll(client, balances, websocket_supplies=lambda wallet: False)
     await poll()
     assert balances.spot()["BTC"] == (D(3), D(1))
     collector = BalancesCollector([balances])
@@ -218,25 +221,36 @@ async def test_trade_balance_fills_the_spot_wallet_while_the_websocket_is_down(s
 async def test_a_trade_balance_answer_is_dropped_if_the_websocket_came_back_meanwhile(simulator, client) -> None:
     balances = AccountBalances("acct")
     answers = iter([False, True])  # down when the poll starts, up when its answer arrives
-    await TradeBalancePoll(client, balances, websocket_ok=lambda: next(answers))()
+    await TradeBalancePoll(client, balances, websocket_supplies=lambda wallet: next(answers) and wallet == "spot")()
     assert requests_to(simulator, TRADE_BALANCE) == 1
     assert balances.spot() == {}
 
 
-def test_the_websocket_counts_as_supplying_only_while_its_health_is_ok() -> None:
-    health = HealthRegistry()
-
+def test_a_websocket_that_never_synced_supplies_no_wallet() -> None:
+    # Which wallet a live connection supplies is covered over real sockets in
+    # tests/whitebit/websocket/test_source.py; here: nothing before it ever connected.
     async def no_token() -> str:
         raise AssertionError("never connected in this test")
 
+    health = HealthRegistry()
     websocket = WebSocketSource("acct", "ws://127.0.0.1:1/ws", (), no_token, AccountBalances("acct"), health)
-    assert not websocket.supplies_wallets()  # starting
-    websocket.health.ok()
-    assert websocket.supplies_wallets()
-    health.register("websocket", "other").failing("down")
-    assert websocket.supplies_wallets()  # another account's WebSocket is not this one's
-    websocket.health.failing("disconnected")
-    assert not websocket.supplies_wallets()
+    websocket.health.ok()  # even a health entry forced OK does not make it supply a wallet
+    assert [websocket.supplies(wallet) for wallet in ("main", "spot", "collateral")] == [False, False, False]
+
+
+async def test_each_fallback_poll_asks_about_its_own_wallet(simulator, client) -> None:
+    asked: list[str] = []
+
+    def supplies(wallet: str) -> bool:
+        asked.append(wallet)
+        return True
+
+    balances = AccountBalances("acct")
+    await TradeBalancePoll(client, balances, websocket_supplies=supplies)()
+    assert asked == ["spot"]
+    asked.clear()
+    await CollateralPoll(client, balances, CollateralSummaries(), websocket_supplies=supplies)()
+    assert asked == ["collateral"]
 
 
 # --- scheduling and health ---------------------------------------------------------------------
@@ -250,7 +264,7 @@ async def test_pollers_register_health_and_start_at_spread_out_offsets(client) -
         PollConfig(main_balance=30.0, collateral=2.0, trade_balance=30.0),
         health=health,
         summaries=CollateralSummaries(),
-        websocket_ok=lambda: False,
+        websocket_supplies=lambda wallet: False,
         rng=random.Random(5),
     )
     assert [p.name for p in pollers] == [
@@ -414,18 +428,19 @@ async def test_a_hanging_poll_blocks_neither_the_other_polls_nor_a_scrape(make_c
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
+        before = time.time()
         exporter = await exporters(make_config([account(f"http://{host}:{port}")]))
         await wait_for(lambda: collateral_polls >= 5, timeout=10)
         result = await scrape(exporter.metrics_url)
         assert result.value("whitebit_collateral_equity", account="acct") == 10.0
-        assert (
-            result.value(
-                "whitebit_balance_last_update_timestamp_seconds",
-                account="acct",
-                wallet="main",
-            )
-            is None
-        )
+        # The main wallet never answered: no balance, and its freshness is still the start time,
+        # from which WhitebitBalanceStale counts.
+        assert not [labels for labels, _ in result.samples("whitebit_balance") if labels["wallet"] == "main"]
+        since = result.value("whitebit_balance_last_update_timestamp_seconds", account="acct", wallet="main")
+        assert since is not None and before <= since <= time.time()
+        await wait_for(lambda: collateral_polls >= 8, timeout=10)
+        result = await scrape(exporter.metrics_url)
+        assert result.value("whitebit_balance_last_update_timestamp_seconds", account="acct", wallet="main") == since
     finally:
         release.set()
         await runner.cleanup()

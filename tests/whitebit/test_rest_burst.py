@@ -74,7 +74,7 @@ class Rig:
                 PollConfig(main_balance=INTERVAL, collateral=INTERVAL, trade_balance=INTERVAL),
                 health=self.health,
                 summaries=self.summaries,
-                websocket_ok=lambda: False,  # no WebSocket here: every poll has work to do
+                websocket_supplies=lambda wallet: False,  # no WebSocket here: every poll has work to do
                 rng=rng,
             )
         self.tasks: list[asyncio.Task[Any]] = []
