@@ -5,6 +5,11 @@ loopback port, points an exporter at it with a config built in code, and only th
 make activity, with its webhooks aimed at the exporter's bound webhook port. Nothing touches the
 network beyond loopback and nothing is written outside a temporary directory. The webhook retry delay
 and the reconciliation grace are shortened so that a dropped webhook shows within minutes.
+
+The simulator runs with every variation WhiteBIT's documents show or allow switched on (both zero-
+balance forms, newest-first listings, replies and pushes overtaking each other, a clock that is off),
+and the demo watches two accounts: ``demo``, with webhooks, and ``demo-spot``, an account without
+collateral trading whose ``balanceMargin`` channel is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulat
 log = logging.getLogger(__name__)
 
 DEMO_ACCOUNT = "demo"
+#: A second account, without collateral trading: its ``balanceMargin`` channel answers an error (as
+#: WhiteBIT may, undocumented), so its collateral wallet comes from the REST poll while the account
+#: stays up, and ``/-/ready`` lists the channel as degraded.
+DEMO_SPOT_ACCOUNT = "demo-spot"
 #: Paths of the exporter's receivers (the README's "HTTP endpoints").
 WHITEBIT_WEBHOOK_PATH = "/webhooks/whitebit"
 ZEROHASH_WEBHOOK_PATH = "/webhooks/zerohash"
@@ -54,12 +63,16 @@ class DemoCredentials:
     webhook_key: str = ""
     webhook_secret: str = field(default="", repr=False)
     zerohash_secret: str = field(default="", repr=False)
+    spot_api_key: str = ""
+    spot_api_secret: str = field(default="", repr=False)
 
     @classmethod
     def generate(cls) -> DemoCredentials:
         return cls(
             api_key=f"demo-{secrets.token_hex(12)}",
             api_secret=secrets.token_hex(32),
+            spot_api_key=f"demo-spot-{secrets.token_hex(12)}",
+            spot_api_secret=secrets.token_hex(32),
             webhook_key=f"demo-webhook-{secrets.token_hex(12)}",
             webhook_secret=secrets.token_hex(32),
             zerohash_secret=secrets.token_hex(32),
@@ -77,6 +90,9 @@ class DemoOptions:
     forge_every: int | None = 60
     webhook_retry_delay: float = 20.0
     reconcile_grace: float = 120.0
+    # The simulator stops retrying a delivery after five retries 20 s apart: a webhook still missing a
+    # minute after that is missed (WhiteBIT's own window is about a day: the default is 1d).
+    webhook_retry_window: float = 180.0
     # WhiteBIT's clock is never exactly ours: the simulated one runs beyond the ±5 s nonce window, so
     # the demo only works because the exporter measures the offset and signs on WhiteBIT's clock.
     clock_offset: float = 6.5
@@ -93,6 +109,12 @@ def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> Si
                 api_secret=credentials.api_secret,
                 webhook_key=credentials.webhook_key,
                 webhook_secret=credentials.webhook_secret,
+            ),
+            SimulatedAccount(
+                name=DEMO_SPOT_ACCOUNT,
+                api_key=credentials.spot_api_key,
+                api_secret=credentials.spot_api_secret,
+                collateral_trading=False,
             ),
         ),
         host="127.0.0.1",
@@ -117,23 +139,55 @@ def exporter_config(
         webhooks=WebhooksConfig(listen_address=options.webhooks_address),
         state=StateConfig(path=str(state_dir / "whitebit-exporter-demo.db")),
         whitebit=(
-            WhitebitAccountConfig(
-                name=DEMO_ACCOUNT,
-                rest_url=simulator.url,
-                ws_url=simulator.ws_url,
-                api_key=credentials.api_key,
-                api_secret=credentials.api_secret,
-                markets=options.markets,
+            _watched(
+                DEMO_ACCOUNT,
+                credentials.api_key,
+                credentials.api_secret,
+                options,
+                simulator,
                 poll=PollConfig(main_balance=5.0, collateral=5.0, history=10.0),
-                reconcile_grace=options.reconcile_grace,
                 webhook=WhitebitWebhookConfig(
                     public_key=credentials.webhook_key, secrets=(credentials.webhook_secret,), nonce_policy="count"
                 ),
+            ),
+            # Its collateral wallet comes from the REST poll (balanceMargin is refused): poll it often.
+            _watched(
+                DEMO_SPOT_ACCOUNT,
+                credentials.spot_api_key,
+                credentials.spot_api_secret,
+                options,
+                simulator,
+                poll=PollConfig(main_balance=5.0, collateral=5.0, trade_balance=5.0, history=10.0),
             ),
         ),
         zerohash=ZerohashConfig(
             webhook=ZerohashWebhookConfig(hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS)
         ),
+    )
+
+
+def _watched(
+    name: str,
+    api_key: str,
+    api_secret: str,
+    options: DemoOptions,
+    simulator: Simulator,
+    *,
+    poll: PollConfig,
+    webhook: WhitebitWebhookConfig | None = None,
+) -> WhitebitAccountConfig:
+    """One simulated account as the demo's exporter watches it."""
+    return WhitebitAccountConfig(
+        name=name,
+        rest_url=simulator.url,
+        ws_url=simulator.ws_url,
+        api_key=api_key,
+        api_secret=api_secret,
+        markets=options.markets,
+        poll=poll,
+        reconcile_grace=options.reconcile_grace,
+        webhook_retry_window=max(options.reconcile_grace, options.webhook_retry_window),
+        webhook=webhook,
     )
 
 

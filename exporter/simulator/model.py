@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 ZERO = Decimal(0)
 
@@ -221,7 +221,19 @@ class Order:
 
 @dataclass
 class Transfer:
-    """A deposit or withdrawal as ``/api/v4/main-account/history`` shows it."""
+    """A deposit or withdrawal: what ``/api/v4/main-account/history`` shows and what its webhooks carry.
+
+    The two views differ as WhiteBIT documents them (docs/protocol.md#webhook-payload-fields):
+    :meth:`to_history` has the plain ticker, the network, short amounts and the ``transactionId``
+    (or ``transaction_id``); :meth:`to_webhook_params` has, for a deposit of a multi-network asset,
+    the ticker with its network suffix (``USDT_ETH`` beside ``"network": "ERC20"``), 18-decimal
+    amounts, ``uniqueId: null``, no ``transactionId``, and ``network: null`` for a single-network
+    asset. ``plain=True`` switches the webhook to the plain ticker and the echoed ``uniqueId``.
+    """
+
+    #: The suffix a deposit webhook appends to a multi-network ticker, per network (``USDT`` on
+    #: ``ERC20`` is ``USDT_ETH``, as in WhiteBIT's examples; the others are the simulator's own).
+    WEBHOOK_TICKER_SUFFIXES: ClassVar[dict[str, str]] = {"ERC20": "ETH", "TRC20": "TRON", "SOL": "SOL"}
 
     transaction_id: str
     method: int
@@ -269,8 +281,20 @@ class Transfer:
         }
         return record
 
-    def to_webhook_params(self) -> dict[str, Any]:
-        """The ``params`` of a ``deposit.*`` / ``withdraw.*`` webhook (before the sender adds ``nonce``)."""
+    @property
+    def webhook_ticker(self) -> str:
+        """The ticker a deposit webhook names: with the network suffix for a multi-network asset."""
+        suffix = self.WEBHOOK_TICKER_SUFFIXES.get(self.network or "")
+        if self.method != METHOD_DEPOSIT or suffix is None or suffix == self.ticker:
+            return self.ticker
+        return f"{self.ticker}_{suffix}"
+
+    def to_webhook_params(self, *, plain: bool = False) -> dict[str, Any]:
+        """The ``params`` of a ``deposit.*`` / ``withdraw.*`` webhook (before the sender adds ``nonce``).
+
+        WhiteBIT's documented form (see the class docstring); ``plain`` names the plain ticker and
+        echoes ``uniqueId`` instead.
+        """
         params: dict[str, Any] = {
             "address": self.address,
             "amount": fmt18(self.amount),
@@ -282,9 +306,10 @@ class Transfer:
             "method": self.method,
             "network": self.network,
             "status": self.status,
-            "ticker": self.ticker,
+            "ticker": self.ticker if plain else self.webhook_ticker,
             "transactionHash": self.transaction_hash,
-            "uniqueId": self.unique_id,
+            # null in every documented example, for deposits and withdrawals alike.
+            "uniqueId": self.unique_id if plain else None,
         }
         confirmations = self._confirmations()
         if confirmations is not None:
@@ -321,6 +346,9 @@ class Account:
     collateral: dict[str, MarginBalance] = field(default_factory=dict)
     orders: dict[int, Order] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)  # oldest first
+    #: False for an account without collateral (margin) trading: its collateral wallet stays empty and
+    #: the WebSocket refuses ``balanceMargin`` (what WhiteBIT answers then is not documented).
+    collateral_trading: bool = True
 
     def history(self) -> list[Transfer]:
         """Transfers newest first, as the history endpoint returns them."""
@@ -415,6 +443,7 @@ class Exchange:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         history_field_style: str = "camel",
+        plain_webhooks: bool = False,
     ) -> None:
         for market in markets:
             if market.count("_") != 1:
@@ -423,6 +452,8 @@ class Exchange:
         self.clock = clock
         self.rng = rng or random.Random()
         self.history_field_style = history_field_style
+        #: Deposit and withdrawal webhooks in the plain form (see Transfer.to_webhook_params), not WhiteBIT's.
+        self.plain_webhooks = plain_webhooks
         self.accounts: dict[str, Account] = {}  # by name
         self.prices: dict[str, Decimal] = {
             market: DEFAULT_PRICES.get(market.split("_")[0], Decimal("1")) for market in markets
@@ -443,11 +474,14 @@ class Exchange:
         main: Mapping[str, str | Decimal] | None = None,
         spot: Mapping[str, str | Decimal] | None = None,
         collateral: Mapping[str, str | Decimal] | None = None,
+        collateral_trading: bool = True,
     ) -> Account:
         """Create an account with starting balances (spot amounts are all available)."""
         if name in self.accounts:
             raise ValueError(f"account {name!r} exists")
-        account = Account(name, api_key, api_secret, webhook_key, webhook_secret)
+        if collateral and not collateral_trading:
+            raise ValueError(f"account {name!r} has no collateral trading, so no collateral balances")
+        account = Account(name, api_key, api_secret, webhook_key, webhook_secret, collateral_trading=collateral_trading)
         account.main = {k: Decimal(v) for k, v in (main or {}).items()}
         account.spot = {k: SpotBalance(Decimal(v)) for k, v in (spot or {}).items()}
         account.collateral = {k: MarginBalance(Decimal(v)) for k, v in (collateral or {}).items()}
@@ -498,14 +532,21 @@ class Exchange:
 
     # --- reads ---
 
-    def open_orders(self, account_name: str, market: str | None = None) -> list[Order]:
-        """Open orders, oldest first.
+    #: How ``ordersPending_request`` and ``/api/v4/orders`` list open orders. WhiteBIT does not document
+    #: it (docs/protocol.md#open-order-listing); the matching engine its protocol comes from lists a user's
+    #: orders newest first, so that is the default, and the form in which new orders shift every
+    #: position. False lists oldest first (new orders are appended). Set it per exchange.
+    list_newest_first: bool = True
 
-        WhiteBIT's listing order is undocumented (docs/protocol.md#reconnecting); oldest first is the
-        simulator's choice.
-        """
+    def open_orders(self, account_name: str, market: str | None = None) -> list[Order]:
+        """Open orders sorted by creation (``ctime``, then id): newest first unless
+        :attr:`list_newest_first` is False."""
         orders = self._account(account_name).orders.values()
-        return sorted((o for o in orders if market is None or o.market == market), key=lambda o: (o.ctime, o.id))
+        return sorted(
+            (o for o in orders if market is None or o.market == market),
+            key=lambda o: (o.ctime, o.id),
+            reverse=self.list_newest_first,
+        )
 
     def snapshot(self, account_name: str) -> dict[str, Any]:
         """Everything an account holds, in wire form: what tests compare the exporter's metrics with."""
@@ -790,6 +831,8 @@ class Exchange:
     def transfer_to_collateral(self, account_name: str, asset: str, amount: Decimal) -> None:
         """Move spot funds to the collateral balance (both update events follow)."""
         account = self._account(account_name)
+        if not account.collateral_trading:
+            raise ExchangeError(f"account {account_name} has no collateral trading")
         wallet = account.spot.setdefault(asset, SpotBalance())
         if wallet.available < amount:
             raise ExchangeError(f"not enough {asset} balance")
@@ -801,6 +844,8 @@ class Exchange:
     def borrow(self, account_name: str, asset: str, amount: Decimal) -> None:
         """Change the borrowed amount of a collateral asset (negative repays)."""
         account = self._account(account_name)
+        if not account.collateral_trading:
+            raise ExchangeError(f"account {account_name} has no collateral trading")
         balance = account.collateral.setdefault(asset, MarginBalance())
         balance.borrow = max(balance.borrow + amount, ZERO)
         self._emit_margin(account, (asset,))
@@ -835,10 +880,12 @@ class Exchange:
         transaction_hash: str | None = None,
         travel_rule: bool = False,
         address: str | None = None,
+        network: str | None = None,
     ) -> Transfer:
         """A deposit is seen on chain: status 15 and ``deposit.accepted``.
 
         With ``travel_rule`` it waits in status 27 instead, which has no webhook (docs/protocol.md#webhook-methods).
+        ``network`` (one of the asset's) is drawn at random when not given.
         """
         account = self._account(account_name)
         extra: dict[str, Any] = {}
@@ -846,6 +893,8 @@ class Exchange:
             extra["transaction_hash"] = transaction_hash
         if address is not None:
             extra["address"] = address
+        if network is not None:
+            extra["network"] = network
         transfer = self._new_transfer(
             account,
             METHOD_DEPOSIT,
@@ -857,7 +906,7 @@ class Exchange:
             **extra,
         )
         if not travel_rule:
-            self._webhook(account, "deposit.accepted", transfer.to_webhook_params())
+            self._webhook(account, "deposit.accepted", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def confirm_deposit(self, account_name: str, transaction_id: str) -> Transfer:
@@ -867,7 +916,7 @@ class Exchange:
         if transfer.status != DEPOSIT_PENDING:
             raise ExchangeError(f"deposit {transaction_id} is not pending")
         transfer.confirmations_actual = (transfer.confirmations_actual or 0) + 1
-        params = transfer.to_webhook_params()
+        params = transfer.to_webhook_params(plain=self.plain_webhooks)
         params.pop("method")  # the documented deposit.updated example has no `method` field
         params["description"] = "update"
         self._webhook(account, "deposit.updated", params)
@@ -891,7 +940,7 @@ class Exchange:
         if transfer.confirmations_required is not None:
             transfer.confirmations_actual = max(transfer.confirmations_actual or 0, transfer.confirmations_required)
         account.main[transfer.ticker] = account.main.get(transfer.ticker, ZERO) + transfer.amount - transfer.fee
-        self._webhook(account, "deposit.processed", transfer.to_webhook_params())
+        self._webhook(account, "deposit.processed", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def cancel_deposit(self, account_name: str, transaction_id: str, *, status: int = DEPOSIT_CANCELED) -> Transfer:
@@ -901,7 +950,7 @@ class Exchange:
         if transfer.method != METHOD_DEPOSIT or transfer.status in (3, 7, 4, 9):
             raise ExchangeError(f"deposit {transaction_id} is final or not a deposit")
         transfer.status = status
-        self._webhook(account, "deposit.canceled", transfer.to_webhook_params())
+        self._webhook(account, "deposit.canceled", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def start_withdrawal(
@@ -932,7 +981,7 @@ class Exchange:
             transaction_hash="",
             **extra,
         )
-        self._webhook(account, "withdraw.unconfirmed", transfer.to_webhook_params())
+        self._webhook(account, "withdraw.unconfirmed", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def process_withdrawal(self, account_name: str, transaction_id: str, *, status: int = WITHDRAW_PENDING) -> Transfer:
@@ -944,13 +993,14 @@ class Exchange:
         transfer.status = status
         if not transfer.transaction_hash:
             transfer.transaction_hash = f"0x{self.rng.getrandbits(256):064x}"
-        self._webhook(account, "withdraw.pending", transfer.to_webhook_params())
+        self._webhook(account, "withdraw.pending", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def complete_withdrawal(self, account_name: str, transaction_id: str) -> Transfer:
         """Done: status 3 and ``withdraw.successful``."""
         transfer = self._finish_withdrawal(account_name, transaction_id, WITHDRAW_SUCCESSFUL)
-        self._webhook(self._account(account_name), "withdraw.successful", transfer.to_webhook_params())
+        params = transfer.to_webhook_params(plain=self.plain_webhooks)
+        self._webhook(self._account(account_name), "withdraw.successful", params)
         return transfer
 
     def cancel_withdrawal(self, account_name: str, transaction_id: str) -> Transfer:
@@ -958,7 +1008,7 @@ class Exchange:
         account = self._account(account_name)
         transfer = self._finish_withdrawal(account_name, transaction_id, WITHDRAW_CANCELED)
         account.main[transfer.ticker] = account.main.get(transfer.ticker, ZERO) + transfer.amount + transfer.fee
-        self._webhook(account, "withdraw.canceled", transfer.to_webhook_params())
+        self._webhook(account, "withdraw.canceled", transfer.to_webhook_params(plain=self.plain_webhooks))
         return transfer
 
     def partially_complete_withdrawal(self, account_name: str, transaction_id: str, processed: Decimal) -> Transfer:
@@ -968,7 +1018,7 @@ class Exchange:
         processed = min(processed, transfer.amount)
         transfer.processed_amount = processed
         account.main[transfer.ticker] = account.main.get(transfer.ticker, ZERO) + transfer.amount - processed
-        params = transfer.to_webhook_params()
+        params = transfer.to_webhook_params(plain=self.plain_webhooks)
         params["details"] = {"partial": transfer._partial()}
         self._webhook(account, "withdraw.partial_successful", params)
         return transfer

@@ -36,6 +36,7 @@ from typing import Any, TypeGuard
 from aiohttp import web
 
 from exporter.simulator.auth import AuthFailure, RequestAuthenticator, parse_body, too_many_requests
+from exporter.simulator.listing import AssetListing
 from exporter.simulator.model import (
     CURRENCY_NAMES,
     NETWORKS,
@@ -68,6 +69,8 @@ DEPOSIT_STATUSES = frozenset({3, 4, 5, 7, 9, 15, 21, 22, 27, 28})
 WITHDRAW_STATUSES = frozenset({1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21})
 
 HISTORY_MAX_OFFSET = 10_000
+#: History parameters the previous docs list as required.
+HISTORY_REQUIRED = ("transactionMethod", "limit", "offset")
 _HISTORY_STRING_FILTERS = (
     ("address", "address"),
     ("memo", "memo"),
@@ -172,6 +175,8 @@ class RestApi:
         clock: Callable[[], float] = time.time,
         history_max_limit: int = 100,
         history_success_status: int = 200,
+        listing: AssetListing | None = None,
+        history_paging_required: bool = True,
     ) -> None:
         # History limit maximum: 100 (previous docs) or 500 (current docs),
         # docs/protocol.md#deposit-and-withdrawal-history.
@@ -189,6 +194,13 @@ class RestApi:
         # docs/protocol.md#deposit-and-withdrawal-history);
         # clients must accept any 2xx, and 200 is what every other endpoint answers.
         self.history_success_status = history_success_status
+        # Which assets exist and whether a balance answer lists the zero ones (shared with the WebSocket).
+        self.listing = listing or AssetListing(exchange)
+        # The previous docs list transactionMethod, limit and offset as required; the current ones give
+        # them defaults (docs/protocol.md#deposit-and-withdrawal-history). The stricter rule by default.
+        self.history_paging_required = history_paging_required
+        # Tests of a client's fallback: refuse the documented `status` filter as if unsupported.
+        self.history_refuses_status_filter = False
         self._unavailable = False
         self._stats: dict[str, dict[str, Any]] = {}
 
@@ -296,13 +308,8 @@ class RestApi:
     # --- static market and asset data ---
 
     def assets(self) -> list[str]:
-        """Every ticker the simulated exchange lists: market currencies, known currencies, held assets."""
-        tickers: set[str] = set(CURRENCY_NAMES) | set(NETWORKS)
-        for market in self.exchange.markets:
-            tickers.update(market.split("_"))
-        for account in self.exchange.accounts.values():
-            tickers.update(account.main, account.spot, account.collateral)
-        return sorted(tickers)
+        """Every ticker the simulated exchange lists."""
+        return self.listing.assets()
 
     def _price_in_quote(self, asset: str) -> Decimal:
         if asset == _VALUATION_QUOTE:
@@ -317,7 +324,8 @@ class RestApi:
     def _main_balance(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         ticker = params.get("ticker", _MISSING)
         if ticker is _MISSING:
-            # Zero balances are left out (docs/protocol.md#main-balance).
+            if self.listing.lists_zeros():
+                return 200, {t: {"main_balance": fmt(account.main.get(t, ZERO))} for t in self.assets()}
             return 200, {t: {"main_balance": fmt(v)} for t, v in sorted(account.main.items()) if v != ZERO}
         if not isinstance(ticker, str) or not ticker:
             raise _validation(400, 0, "ticker", "The ticker must be a string.")
@@ -329,7 +337,10 @@ class RestApi:
     def _trade_balance(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         ticker = params.get("ticker", _MISSING)
         if ticker is _MISSING:
-            # Current docs: only non-zero currencies are returned (docs/protocol.md#trade-balance).
+            # The current docs return only non-zero currencies, the previous ones all of them
+            # (docs/protocol.md#trade-balance).
+            if self.listing.lists_zeros():
+                return 200, {t: spot_wire(account.spot.get(t, SpotBalance())) for t in self.assets()}
             return 200, {
                 t: spot_wire(b) for t, b in sorted(account.spot.items()) if b.available != ZERO or b.freeze != ZERO
             }
@@ -392,6 +403,10 @@ class RestApi:
 
     def _history(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
         errors = _Errors()
+        if self.history_paging_required:
+            for name in HISTORY_REQUIRED:
+                if name not in params:
+                    errors.add(name, f"The {name} field is required.")
         method = self._history_method(params, errors)
         ticker = params.get("ticker", _MISSING)
         if ticker is not _MISSING:
@@ -414,7 +429,8 @@ class RestApi:
         statuses = self._history_statuses(params, method, errors)
         limit = _read_int(params, "limit", errors, default=50, minimum=1, maximum=self.history_max_limit)
         offset = _read_int(params, "offset", errors, default=0, minimum=0, maximum=HISTORY_MAX_OFFSET)
-        if "limit" not in errors and "offset" not in errors and offset + limit > HISTORY_MAX_OFFSET:
+        # "offset + limit <= 10000" in the table, "less than 10000" in the error text: the stricter one.
+        if "limit" not in errors and "offset" not in errors and offset + limit >= HISTORY_MAX_OFFSET:
             errors.add("offset", "Offset is too big. Please use offset + limit less than 10000.")
         errors.raise_if_any(400, 0)
 
@@ -469,10 +485,12 @@ class RestApi:
             errors.add("addresses", "Each of the addresses must be a string.")
         return frozenset(item for item in value if isinstance(item, str))
 
-    @staticmethod
-    def _history_statuses(params: dict[str, Any], method: int | None, errors: _Errors) -> frozenset[int] | None:
+    def _history_statuses(self, params: dict[str, Any], method: int | None, errors: _Errors) -> frozenset[int] | None:
         value = params.get("status", _MISSING)
         if value is _MISSING:
+            return None
+        if self.history_refuses_status_filter:
+            errors.add("status", "The selected status is invalid.")
             return None
         if not isinstance(value, list):
             errors.add("status", "The status must be an array.")
@@ -504,6 +522,8 @@ class RestApi:
         limit = _read_int(params, "limit", errors, default=50, minimum=1, maximum=ORDERS_MAX_LIMIT)
         offset = _read_int(params, "offset", errors, default=0, minimum=0, maximum=ORDERS_MAX_OFFSET)
         errors.raise_if_any(422, 30)
+        # Listed as ordersPending_request lists them: newest first unless the exchange says otherwise
+        # (the order is undocumented, docs/protocol.md#open-order-listing).
         orders = self.exchange.open_orders(account.name, None if market is _MISSING else market)
         if order_id is not _MISSING:
             orders = [o for o in orders if o.id == order_id]

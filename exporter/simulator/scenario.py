@@ -46,6 +46,7 @@ from exporter.simulator.model import (
     Exchange,
     ExchangeError,
     Order,
+    Transfer,
 )
 from exporter.simulator.sender import Sleep, cancel_and_wait
 from exporter.simulator.webhooks import WebhookSender
@@ -595,9 +596,30 @@ class ScenarioEngine:
         return True
 
     def _do_deposit_shared_hash(self) -> bool:
-        # One on-chain transaction paying two deposit addresses: two records, one hash.
+        # One on-chain transaction paying two deposit addresses: two records, one hash. Now and then
+        # both outputs pay one address the same amount: two transfers that look the same in every
+        # field a webhook carries, told apart only by their history records' transactionIds.
         tx_hash = f"0x{self.rng.getrandbits(256):064x}"
         ticker = self.rng.choice(self._assets())
+        if self.rng.random() < 0.5:
+            account = self._account()
+            amount = self._deposit_amount(ticker)
+            if amount <= 0:
+                return False
+            confirmations = self.rng.randint(1, 4)
+            first = self.exchange.start_deposit(
+                account.name, ticker, amount, transaction_hash=tx_hash, confirmations_required=confirmations
+            )
+            self.exchange.start_deposit(
+                account.name,
+                ticker,
+                amount,
+                transaction_hash=tx_hash,
+                confirmations_required=confirmations,
+                address=first.address,
+                network=first.network,
+            )
+            return True
         for _ in range(2):
             account = self._account()
             amount = self._deposit_amount(ticker)
@@ -608,6 +630,24 @@ class ScenarioEngine:
             )
         return True
 
+    @staticmethod
+    def _outputs_of_one_transaction(account: Account, transfer: Transfer) -> list[Transfer]:
+        """``transfer`` and the look-alike outputs of its transaction in the same state: they move together."""
+        return [
+            t
+            for t in account.transfers
+            if t.method == METHOD_DEPOSIT
+            and (t.transaction_hash, t.address, t.amount, t.ticker, t.status, t.confirmations_actual)
+            == (
+                transfer.transaction_hash,
+                transfer.address,
+                transfer.amount,
+                transfer.ticker,
+                transfer.status,
+                transfer.confirmations_actual,
+            )
+        ]
+
     def _do_deposit_confirm(self) -> bool:
         candidates = [
             (a, t)
@@ -617,7 +657,8 @@ class ScenarioEngine:
         if not candidates:
             return False
         account, transfer = self.rng.choice(candidates)
-        self.exchange.confirm_deposit(account.name, transfer.transaction_id)
+        for output in self._outputs_of_one_transaction(account, transfer):
+            self.exchange.confirm_deposit(account.name, output.transaction_id)
         return True
 
     def _do_deposit_credit(self) -> bool:
@@ -630,7 +671,9 @@ class ScenarioEngine:
         if not candidates:
             return False
         account, transfer = self.rng.choice(candidates)
-        self.exchange.credit_deposit(account.name, transfer.transaction_id, status=self.rng.choice((3, 3, 3, 7)))
+        status = self.rng.choice((3, 3, 3, 7))
+        for output in self._outputs_of_one_transaction(account, transfer):
+            self.exchange.credit_deposit(account.name, output.transaction_id, status=status)
         return True
 
     def _do_deposit_cancel(self) -> bool:
@@ -638,8 +681,10 @@ class ScenarioEngine:
         if not candidates:
             return False
         account, transfer = self.rng.choice(candidates)
-        self.exchange.cancel_deposit(account.name, transfer.transaction_id, status=self.rng.choice((4, 4, 9)))
-        self._refundable.append((account.name, transfer.transaction_id))
+        status = self.rng.choice((4, 4, 9))
+        for output in self._outputs_of_one_transaction(account, transfer):
+            self.exchange.cancel_deposit(account.name, output.transaction_id, status=status)
+            self._refundable.append((account.name, output.transaction_id))
         return True
 
     def _do_travel_rule_advance(self) -> bool:

@@ -21,12 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.listing import LISTED_ASSETS, AssetListing, ZeroBalances
 from exporter.simulator.model import Exchange
 from exporter.simulator.rest import RestApi
 from exporter.simulator.scenario import ScenarioEngine
 from exporter.simulator.tokens import TokenIssuer
 from exporter.simulator.webhooks import WebhookSender
-from exporter.simulator.ws import WebSocketHub
+from exporter.simulator.ws import DEFAULT_INTERLEAVE, WebSocketHub
 from exporter.simulator.zerohash import ZerohashLedger, ZerohashSender
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class SimulatedAccount:
     main: Mapping[str, str] = field(default_factory=lambda: {"USDT": "25000", "BTC": "1.5", "ETH": "20"})
     spot: Mapping[str, str] = field(default_factory=lambda: {"USDT": "250000", "BTC": "4", "ETH": "60"})
     collateral: Mapping[str, str] = field(default_factory=lambda: {"USDT": "5000", "BTC": "0.25"})
+    #: False: no collateral (margin) trading; the collateral wallet is empty and the WebSocket refuses
+    #: ``balanceMargin`` with an error (what WhiteBIT does then is not documented).
+    collateral_trading: bool = True
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,16 @@ class SimulatorSettings:
     # Seconds the simulated exchange's clock runs ahead of the host's (negative: behind). A real
     # exchange's clock is never exactly ours, and WhiteBIT checks nonceWindow nonces against its own.
     clock_offset: float = 0.0
+    # Balance answers list every listed asset (most at 0) or leave zero balances out: both are
+    # documented, so by default each answer picks one ("listed", "omitted" to fix one form).
+    zero_balances: ZeroBalances = "both"
+    listed_assets: int = LISTED_ASSETS
+    # The order open orders are listed in (WebSocket pages and REST) is not documented; the matching
+    # engine WhiteBIT's protocol comes from lists newest first (docs/protocol.md#open-order-listing).
+    list_newest_first: bool = True
+    # Replies and pushes on one WebSocket overtake each other by up to this many seconds: WhiteBIT does
+    # not document that they arrive in the order they were computed.
+    ws_interleave: float = DEFAULT_INTERLEAVE
     seed: int | None = None
 
 
@@ -93,11 +107,24 @@ class Simulator:
                 webhook_secret=account.webhook_secret,
                 main=account.main,
                 spot=account.spot,
-                collateral=account.collateral,
+                collateral=account.collateral if account.collateral_trading else {},
+                collateral_trading=account.collateral_trading,
             )
         self.tokens = TokenIssuer(clock=clock)
-        self.rest = RestApi(self.exchange, self.tokens, clock=clock)
-        self.ws = WebSocketHub(self.exchange, self.tokens, clock=clock, idle_timeout=settings.ws_idle_timeout)
+        self.listing = AssetListing(
+            self.exchange, listed_assets=settings.listed_assets, zero_balances=settings.zero_balances, rng=self.rng
+        )
+        self.rest = RestApi(self.exchange, self.tokens, clock=clock, listing=self.listing)
+        self.exchange.list_newest_first = settings.list_newest_first
+        self.ws = WebSocketHub(
+            self.exchange,
+            self.tokens,
+            clock=clock,
+            idle_timeout=settings.ws_idle_timeout,
+            interleave=settings.ws_interleave,
+            rng=random.Random(self.rng.getrandbits(64)),
+            listing=self.listing,
+        )
         self.webhooks: WebhookSender | None = None
         self.zerohash_ledger: ZerohashLedger | None = None
         self.zerohash: ZerohashSender | None = None
@@ -193,6 +220,14 @@ class Simulator:
         if self._scenario_task is None or self._scenario_task.done():
             self._scenario_task = asyncio.create_task(self._run_scenario(), name="simulator-scenario")
 
+    async def stop_scenario(self) -> None:
+        """Stop making activity (deliveries already queued still go out); ``start_scenario`` resumes."""
+        if self._scenario_task is not None:
+            self._scenario_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scenario_task
+            self._scenario_task = None
+
     async def _run_scenario(self) -> None:
         # The scenario is the demo's heartbeat: a crash is logged and the engine restarted, never left dead.
         while True:
@@ -206,11 +241,7 @@ class Simulator:
 
     async def stop(self) -> None:
         """Stop the scenario and senders and close every connection."""
-        if self._scenario_task is not None:
-            self._scenario_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scenario_task
-            self._scenario_task = None
+        await self.stop_scenario()
         if self._scenario is not None:
             await self._scenario.aclose()
         for sender in (self.webhooks, self.zerohash):

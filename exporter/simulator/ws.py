@@ -9,30 +9,47 @@ send ``request_limit_per_minute`` requests per 60 s. Where WhiteBIT leaves a beh
 (undocumented), the choice is written next to the code that makes it.
 
 The hub translates events of the pure :class:`~exporter.simulator.model.Exchange` into pushes.
-The exchange calls its listener synchronously, so each connection gets a bounded queue drained by
+The exchange calls its listener synchronously, so each connection gets a bounded outbox drained by
 its own sender task: a slow client can never block the exchange, and one that falls too far behind
-is dropped, as a real server would drop it. Replies go through the same queue, so a subscribe reply
-always precedes the first push it enables and pushes keep the exchange's order.
+is dropped, as a real server would drop it.
+
+**Two lanes.** Whether WhiteBIT sends one connection's replies and pushes in the order it computed
+them is undocumented (docs/protocol.md#open-order-listing); the matching engine its protocol comes
+from answers queries and delivers events on separate paths. The outbox therefore has two FIFO
+lanes, replies and pushes, and with ``interleave`` > 0 every frame waits a random time of up to
+``interleave`` seconds (never overtaking an earlier frame of its own lane) before it is sent. A push
+computed after a reply may then arrive before it and a push computed before it after it, while
+pushes keep the exchange's order and replies the order of the requests. ``interleave=0`` sends
+everything in the order it was computed. ``reply_delay`` adds a fixed delay to every reply (a slow
+query path), so a test can make pushes overtake replies on cue.
 
 Test controls (:meth:`WebSocketHub.drop`, :meth:`~WebSocketHub.silence`,
-:meth:`~WebSocketHub.send_raw`) model the failures a client must survive: a dropped TCP connection,
-a server that stops answering, and frames the client does not expect.
+:meth:`~WebSocketHub.send_raw`, :meth:`~WebSocketHub.fail_channel`) model the failures a client must
+survive: a dropped TCP connection, a server that stops answering, frames the client does not expect,
+and a channel that answers every request with an error (what ``balanceMargin`` does on an account
+without collateral trading is undocumented, docs/protocol.md#balance-channels).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import itertools
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from exporter.core.window import SlidingWindow
+from exporter.simulator.listing import AssetListing
 from exporter.simulator.model import (
+    ZERO,
     Event,
     Exchange,
     MarginBalance,
@@ -61,6 +78,10 @@ ERROR_TOO_MANY_REQUESTS = 7
 # documented codes 1-7 must still treat it as a failed request.
 ERROR_UNKNOWN_MARKET = 9
 
+#: The shape of ``balanceSpot_update`` params: the channel page's array, a guide's object, or either.
+SpotUpdateForm = Literal["array", "object", "both"]
+#: What ``balanceMargin`` answers an account without collateral trading (the real text is not documented).
+NO_COLLATERAL_TRADING = "collateral trading is not enabled for this account"
 ERROR_MESSAGES = {
     ERROR_INVALID_ARGUMENT: "invalid argument",
     ERROR_INTERNAL: "internal error",
@@ -73,6 +94,9 @@ ERROR_MESSAGES = {
 
 ORDERS_PENDING_MAX_LIMIT = 100
 RATE_WINDOW_SECONDS = 60.0
+#: Default ``interleave``: up to 5 ms per frame, enough that replies and pushes computed close
+#: together often arrive the other way round, without slowing anything down noticeably.
+DEFAULT_INTERLEAVE = 0.005
 
 # Private channels and their methods; `_update` is push-only and never accepted from a client.
 CHANNEL_BALANCE_SPOT = "balanceSpot"
@@ -80,6 +104,8 @@ CHANNEL_BALANCE_MARGIN = "balanceMargin"
 CHANNEL_ORDERS_PENDING = "ordersPending"
 PRIVATE_CHANNELS = (CHANNEL_BALANCE_SPOT, CHANNEL_BALANCE_MARGIN, CHANNEL_ORDERS_PENDING)
 PRIVATE_METHODS = frozenset(f"{c}_{op}" for c in PRIVATE_CHANNELS for op in ("request", "subscribe", "unsubscribe"))
+# Methods counted by name in WebSocketHub.requests_served (anything else is "other", so a client cannot grow it).
+COUNTED_METHODS = PRIVATE_METHODS | {"ping", "time", "authorize"}
 
 # Close codes. WhiteBIT documents *that* it closes (invalid JSON, inactivity), not how; these are
 # the closest standard codes. Inactivity uses 1000 on purpose: `websockets` then ends `async for`
@@ -99,15 +125,27 @@ class _RequestError(Exception):
         self.message = message or ERROR_MESSAGES.get(code, "error")
 
 
+# Outgoing frame lanes.
+LANE_REPLY = 0
+LANE_PUSH = 1
+
+# An outgoing frame: (ready at (loop time), sequence number, kind "text" or "pong", payload).
+_Frame = tuple[float, int, str, Any]
+
+
 @dataclass(eq=False)
 class _Connection:
-    """One client connection: its authorization, subscriptions, outgoing queue and sender task."""
+    """One client connection: its authorization, subscriptions, outbox lanes and sender task."""
 
     ws: web.WebSocketResponse
     request: web.Request
-    queue: asyncio.Queue[tuple[str, Any]]
     # Requests served, against WhiteBIT's per-connection limit.
     requests: SlidingWindow
+    # One FIFO per lane (LANE_REPLY, LANE_PUSH); the sender sends the frame that is ready first.
+    lanes: tuple[collections.deque[_Frame], collections.deque[_Frame]] = field(
+        default_factory=lambda: (collections.deque(), collections.deque())
+    )
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     account: str | None = None
     # channel -> subscribed names; None means "all" (an empty subscribe list).
     subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
@@ -129,7 +167,10 @@ class WebSocketHub:
 
     ``idle_timeout`` is WhiteBIT's 60 s inactivity limit (client messages only);
     ``request_limit_per_minute`` its 200 requests per 60 s per connection, measured with ``clock``
-    (also the source of ``time``); ``queue_size`` bounds the frames waiting for one client.
+    (also the source of ``time``); ``queue_size`` bounds the frames waiting for one client;
+    ``interleave`` is the longest random delay of an outgoing frame (see the module docstring), drawn
+    from ``rng``, and ``reply_delay`` a fixed delay of every reply. All three may be changed on a
+    running hub.
     """
 
     def __init__(
@@ -141,7 +182,14 @@ class WebSocketHub:
         idle_timeout: float = 60.0,
         request_limit_per_minute: int = 200,
         queue_size: int = 1000,
+        interleave: float = DEFAULT_INTERLEAVE,
+        reply_delay: float = 0.0,
+        rng: random.Random | None = None,
+        listing: AssetListing | None = None,
+        spot_update_form: SpotUpdateForm = "both",
     ) -> None:
+        if interleave < 0 or reply_delay < 0:
+            raise ValueError("interleave and reply_delay must not be negative")
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
         if request_limit_per_minute < 1:
@@ -153,10 +201,25 @@ class WebSocketHub:
         self.idle_timeout = idle_timeout
         self.request_limit_per_minute = request_limit_per_minute
         self.queue_size = queue_size
+        self.interleave = interleave
+        self.reply_delay = reply_delay
+        self.rng = rng if rng is not None else random.Random()
+        # Which assets a whole-wallet snapshot lists: every listed one (zeros included) or only the
+        # non-zero ones, both documented (shared with the REST API).
+        self.listing = listing or AssetListing(exchange)
+        # balanceSpot_update params: "array" (the channel page), "object" (a docs guide's example), or
+        # "both", each push picking one (docs/protocol.md#balance-channels).
+        self.spot_update_form: SpotUpdateForm = spot_update_form
+        self._form_rng = random.Random(self.rng.getrandbits(64))
         self._clock = clock
         self._connections: set[_Connection] = set()
         self._silent_all = False
         self._silent_accounts: set[str] = set()
+        # (account, channel) -> (code, message) answered to its _subscribe and _request
+        self._channel_errors: dict[tuple[str, str], tuple[int, str]] = {}
+        #: Requests handled per method (any connection, errors included), for tests and stats.
+        self.requests_served: collections.Counter[str] = collections.Counter()
+        self._frame_numbers = itertools.count()
         self._unsubscribe_exchange: Callable[[], None] | None = exchange.subscribe(self._on_event)
 
     # --- wiring ---
@@ -246,8 +309,30 @@ class WebSocketHub:
         """
         targets = self._matching(account)
         for conn in targets:
-            self._enqueue(conn, ("text", text), raw=True)
+            self._enqueue(conn, LANE_PUSH, "text", text, raw=True)
         return len(targets)
+
+    def fail_channel(
+        self, account: str, channel: str, code: int | None = ERROR_INTERNAL, message: str | None = None
+    ) -> None:
+        """Make ``channel``'s ``_subscribe`` and ``_request`` answer ``account`` with error ``code``.
+
+        ``code=None`` lifts it. Only requests are refused: a subscription made before stays, as the
+        docs say nothing of one ending. WhiteBIT leaves open what ``balanceMargin`` answers on an
+        account without collateral trading (docs/protocol.md#balance-channels); this is how tests
+        make it an error.
+        """
+        if channel not in PRIVATE_CHANNELS:
+            raise ValueError(f"unknown channel {channel!r}")
+        if code is None:
+            self._channel_errors.pop((account, channel), None)
+        else:
+            self._channel_errors[(account, channel)] = (code, message or ERROR_MESSAGES.get(code, "error"))
+
+    def _spot_as_object(self) -> bool:
+        if self.spot_update_form == "both":
+            return self._form_rng.random() < 0.5
+        return self.spot_update_form == "object"
 
     def _is_silent(self, conn: _Connection) -> bool:
         return self._silent_all or (conn.account is not None and conn.account in self._silent_accounts)
@@ -262,7 +347,6 @@ class WebSocketHub:
         conn = _Connection(
             ws=ws,
             request=request,
-            queue=asyncio.Queue(self.queue_size),
             peer=str(request.remote),
             requests=SlidingWindow(self.request_limit_per_minute, RATE_WINDOW_SECONDS, clock=self._clock),
         )
@@ -311,7 +395,7 @@ class WebSocketHub:
                 # Undocumented: whether protocol pings keep the connection alive; JKorf says
                 # the server handles them badly, so they are answered but do not reset the idle
                 # timer: only the JSON `ping` is a documented keepalive.
-                self._enqueue(conn, ("pong", msg.data))
+                self._enqueue(conn, LANE_REPLY, "pong", msg.data)
             elif msg.type is WSMsgType.PONG:
                 continue
             else:  # CLOSE, CLOSING, CLOSED, ERROR
@@ -323,8 +407,23 @@ class WebSocketHub:
 
     async def _send_loop(self, conn: _Connection) -> None:
         ws = conn.ws
+        loop = asyncio.get_running_loop()
         while True:
-            kind, payload = await conn.queue.get()
+            # The frame that is ready first (ties: the one computed first) of the two lanes' heads.
+            heads = [lane for lane in conn.lanes if lane]
+            if not heads:
+                conn.wakeup.clear()
+                await conn.wakeup.wait()
+                continue
+            lane = min(heads, key=lambda queue: queue[0][:2])
+            wait = lane[0][0] - loop.time()
+            if wait > 0:
+                # A frame queued meanwhile in the other lane may be ready sooner: wake for it.
+                conn.wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.wakeup.wait(), wait)
+                continue
+            _, _, kind, payload = lane.popleft()
             if ws.closed:
                 return
             try:
@@ -336,14 +435,12 @@ class WebSocketHub:
                 log.debug("ws send failed peer=%s error=%s", conn.peer, exc)
                 return
 
-    def _enqueue(self, conn: _Connection, item: tuple[str, Any], *, raw: bool = False) -> None:
+    def _enqueue(self, conn: _Connection, lane_index: int, kind: str, payload: Any, *, raw: bool = False) -> None:
         if not raw and self._is_silent(conn):
             return
         if conn.aborted or conn.ws.closed:
             return
-        try:
-            conn.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if sum(len(lane) for lane in conn.lanes) >= self.queue_size:
             # A real server would not buffer without bound for a client that does not read.
             log.warning(
                 "ws dropping peer=%s account=%s reason=send_queue_full queue_size=%d",
@@ -352,15 +449,26 @@ class WebSocketHub:
                 self.queue_size,
             )
             conn.abort()
+            return
+        lane = conn.lanes[lane_index]
+        ready = asyncio.get_running_loop().time()
+        if lane_index == LANE_REPLY:
+            ready += self.reply_delay
+        if self.interleave > 0:
+            ready += self.rng.uniform(0.0, self.interleave)
+        if lane and lane[-1][0] > ready:
+            ready = lane[-1][0]  # never overtake an earlier frame of the same lane
+        lane.append((ready, next(self._frame_numbers), kind, payload))
+        conn.wakeup.set()
 
-    def _send(self, conn: _Connection, doc: dict[str, Any]) -> None:
-        self._enqueue(conn, ("text", json.dumps(doc, separators=(",", ":"))))
+    def _send(self, conn: _Connection, lane: int, doc: dict[str, Any]) -> None:
+        self._enqueue(conn, lane, "text", json.dumps(doc, separators=(",", ":")))
 
     def _reply(self, conn: _Connection, request_id: Any, result: Any) -> None:
-        self._send(conn, {"id": request_id, "result": result, "error": None})
+        self._send(conn, LANE_REPLY, {"id": request_id, "result": result, "error": None})
 
     def _reply_error(self, conn: _Connection, request_id: Any, code: int, message: str) -> None:
-        self._send(conn, {"id": request_id, "result": None, "error": {"code": code, "message": message}})
+        self._send(conn, LANE_REPLY, {"id": request_id, "result": None, "error": {"code": code, "message": message}})
 
     # --- requests ---
 
@@ -380,6 +488,8 @@ class WebSocketHub:
             await conn.ws.close(code=CLOSE_INVALID_JSON, message=b"request must be a JSON object")
             return False
         request_id = doc.get("id")
+        method = doc.get("method")
+        self.requests_served[method if isinstance(method, str) and method in COUNTED_METHODS else "other"] += 1
         if not self._within_rate_limit(conn):
             self._reply_error(conn, request_id, ERROR_TOO_MANY_REQUESTS, ERROR_MESSAGES[ERROR_TOO_MANY_REQUESTS])
             return True
@@ -431,6 +541,14 @@ class WebSocketHub:
         if conn.account is None:
             raise _RequestError(ERROR_REQUIRE_AUTHENTICATION)
         channel, _, operation = method.rpartition("_")
+        failure = self._channel_errors.get((conn.account, channel))
+        if failure is None and channel == CHANNEL_BALANCE_MARGIN:
+            account = self.exchange.accounts.get(conn.account)
+            if account is not None and not account.collateral_trading:
+                # Undocumented (docs/protocol.md#balance-channels): here, an error like any other refusal.
+                failure = (ERROR_INTERNAL, NO_COLLATERAL_TRADING)
+        if failure is not None and operation != "unsubscribe":
+            raise _RequestError(*failure)
         if operation == "unsubscribe":
             # Documented as `params: []` (schema maxItems 0).
             if params:
@@ -514,12 +632,22 @@ class WebSocketHub:
 
     def _spot_balances(self, account: str, assets: frozenset[str] | None) -> dict[str, dict[str, str]]:
         wallets = self.exchange.accounts[account].spot
-        names: Iterable[str] = sorted(wallets) if assets is None else sorted(assets)
+        if assets is not None:
+            names: Iterable[str] = sorted(assets)
+        elif self.listing.lists_zeros():
+            names = self.listing.assets()
+        else:
+            names = sorted(a for a, b in wallets.items() if b.available != ZERO or b.freeze != ZERO)
         return {asset: spot_wire(wallets.get(asset, SpotBalance())) for asset in names}
 
     def _margin_balances(self, account: str, assets: frozenset[str] | None) -> dict[str, dict[str, str]]:
         wallets = self.exchange.accounts[account].collateral
-        names: Iterable[str] = sorted(wallets) if assets is None else sorted(assets)
+        if assets is not None:
+            names: Iterable[str] = sorted(assets)
+        elif self.listing.lists_zeros():
+            names = self.listing.assets()
+        else:
+            names = sorted(a for a, b in wallets.items() if b.balance != ZERO or b.borrow != ZERO)
         return {asset: margin_request_wire(wallets.get(asset, MarginBalance())) for asset in names}
 
     # --- pushes ---
@@ -537,15 +665,21 @@ class WebSocketHub:
         for conn in list(self._connections):
             if conn.account != event.account or channel not in conn.subscriptions:
                 continue
-            push = _push_for(event, conn.subscriptions[channel])
+            push = _push_for(event, conn.subscriptions[channel], spot_as_object=self._spot_as_object())
             if push is not None:
-                self._send(conn, push)
+                self._send(conn, LANE_PUSH, push)
 
 
 def _push_for(
-    event: OrderEvent | SpotBalanceEvent | MarginBalanceEvent, names: frozenset[str] | None
+    event: OrderEvent | SpotBalanceEvent | MarginBalanceEvent,
+    names: frozenset[str] | None,
+    *,
+    spot_as_object: bool = False,
 ) -> dict[str, Any] | None:
-    """The ``*_update`` frame ``event`` becomes for a subscription to ``names`` (None = all), if any."""
+    """The ``*_update`` frame ``event`` becomes for a subscription to ``names`` (None = all), if any.
+
+    ``spot_as_object``: ``balanceSpot_update`` params as one object, as a docs guide's example shows,
+    instead of the channel page's array holding it (docs/protocol.md#balance-channels)."""
     if isinstance(event, OrderEvent):
         if names is not None and event.order.get("market") not in names:
             return None
@@ -555,7 +689,7 @@ def _push_for(
     if not changed:
         return None
     if isinstance(event, SpotBalanceEvent):
-        return {"id": None, "method": "balanceSpot_update", "params": [changed]}
+        return {"id": None, "method": "balanceSpot_update", "params": changed if spot_as_object else [changed]}
     return {
         "id": None,
         "method": "balanceMargin_update",

@@ -10,7 +10,9 @@ from tests.helpers import scrape, wait_for
 
 
 async def test_the_demo_shows_missed_webhooks_429s_and_websocket_reconnects(tmp_path: Path) -> None:
-    async with running_demo(tmp_path, scenario_rate=30.0, forge_every=5, reconcile_grace=2.0, seed=3) as demo:
+    async with running_demo(
+        tmp_path, scenario_rate=30.0, forge_every=5, reconcile_grace=2.0, webhook_retry_window=5.0, seed=3
+    ) as demo:
         assert demo.exporter is not None
         url = demo.exporter.metrics_url
         seen: dict[str, float] = {}

@@ -151,7 +151,48 @@ def test_withdrawal_debits_on_creation_and_refunds_on_cancel(exchange):
     assert x.snapshot("main")["main"]["USDT"] == "1000"
     hooks = [e for e in events if isinstance(e, WebhookEvent)]
     assert [h.method for h in hooks] == ["withdraw.unconfirmed", "withdraw.pending", "withdraw.canceled"]
-    assert {h.params["uniqueId"] for h in hooks} == {"payout-1"}
+    # null in WhiteBIT's withdrawal examples too; history echoes the client's id.
+    assert {h.params["uniqueId"] for h in hooks} == {None}
+    assert x.snapshot("main")["transfers"][0]["uniqueId"] == "payout-1"
+
+
+def test_deposit_webhooks_and_history_carry_the_documented_forms(exchange):
+    x, events = exchange
+    usdt = x.start_deposit("main", "USDT", D("25"), network="ERC20", transaction_hash="0xfeed")
+    x.cancel_deposit("main", usdt.transaction_id)
+    btc = x.start_deposit("main", "BTC", D("0.5"))
+    hooks = [e.params for e in events if isinstance(e, WebhookEvent)]
+    accepted, canceled, btc_accepted = hooks
+    # The webhook: the network-suffixed ticker beside the network, 18 decimals, no ids.
+    assert (accepted["ticker"], accepted["network"]) == ("USDT_ETH", "ERC20")
+    assert (accepted["amount"], accepted["fee"]) == ("25.000000000000000000", "0.000000000000000000")
+    assert accepted["uniqueId"] is None and "transactionId" not in accepted and "transaction_id" not in accepted
+    assert canceled["ticker"] == "USDT_ETH" and canceled["createdAt"] == accepted["createdAt"] == usdt.created_at
+    # A single-network asset: the plain ticker and a null network.
+    assert (btc_accepted["ticker"], btc_accepted["network"]) == ("BTC", None)
+    # History: the plain ticker, the network, short amounts and the transactionId, in both spellings.
+    by_id = {r["transactionId"]: r for r in x.snapshot("main")["transfers"]}
+    record = by_id[usdt.transaction_id]
+    assert (record["ticker"], record["network"], record["amount"], record["fee"]) == ("USDT", "ERC20", "25", "0")
+    assert record["uniqueId"] is None and record["createdAt"] == usdt.created_at
+    assert record["transactionHash"] == accepted["transactionHash"] == "0xfeed"
+    x.history_field_style = "snake"
+    snake = next(r for r in x.snapshot("main")["transfers"] if r["transaction_id"] == btc.transaction_id)
+    assert (snake["ticker"], snake["network"], snake["unique_id"]) == ("BTC", None, None)
+
+
+def test_plain_webhooks_switch_the_documented_forms_off():
+    clock = iter(float(1_700_000_000 + i) for i in range(100))
+    x = Exchange(["BTC_USDT"], clock=lambda: next(clock), plain_webhooks=True)
+    x.add_account("main", api_key="k", api_secret="s", main={"USDT": "100"})
+    events: list = []
+    x.subscribe(events.append)
+    x.start_deposit("main", "USDT", D("5"), network="TRC20")
+    x.start_withdrawal("main", "USDT", D("10"), unique_id="payout-2")
+    deposit, withdrawal = (e.params for e in events if isinstance(e, WebhookEvent))
+    assert (deposit["ticker"], deposit["network"], deposit["uniqueId"]) == ("USDT", "TRC20", None)
+    assert withdrawal["uniqueId"] == "payout-2"
+    assert Exchange(["BTC_USDT"]).plain_webhooks is False
 
 
 def test_history_is_newest_first_in_either_field_spelling(exchange):

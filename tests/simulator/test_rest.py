@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from exporter.simulator.listing import LISTED_ASSETS
 from exporter.simulator.model import SIDE_BUY, SIDE_SELL, Exchange
 from exporter.simulator.rest import RestApi
 from exporter.simulator.tokens import TokenIssuer
@@ -137,7 +138,9 @@ async def make_sim(aiohttp_client: Any, exchange: Exchange, clock: FakeClock, **
 
 @pytest.fixture
 async def sim(aiohttp_client: Any, exchange: Exchange, clock: FakeClock) -> Sim:
-    return await make_sim(aiohttp_client, exchange, clock)
+    # The tests of everything but the history parameters' presence leave them out where they like;
+    # test_history_requires_... below covers the default, which requires them.
+    return await make_sim(aiohttp_client, exchange, clock, history_paging_required=False)
 
 
 # --- websocket token and balances -------------------------------------------------------------
@@ -152,10 +155,27 @@ async def test_websocket_token_is_issued_for_the_signing_account(sim):
     assert sim.tokens.redeem(body["websocket_token"]) == "other"
 
 
-async def test_main_balance_lists_non_zero_assets_keyed_by_ticker(sim):
+async def test_main_balance_without_zeros_lists_non_zero_assets_keyed_by_ticker(sim):
+    sim.api.listing.zero_balances = "omitted"
     status, body = await sim.call("/api/v4/main-account/balance")
     assert status == 200
     assert body == {"BTC": {"main_balance": "0.5"}, "USDT": {"main_balance": "1000"}}
+
+
+async def test_main_balance_with_zeros_lists_every_listed_asset(sim):
+    sim.api.listing.zero_balances = "listed"
+    status, body = await sim.call("/api/v4/main-account/balance")
+    assert status == 200
+    assert len(body) >= LISTED_ASSETS
+    assert body["BTC"] == {"main_balance": "0.5"} and body["USDT"] == {"main_balance": "1000"}
+    assert body["COIN123"] == {"main_balance": "0"}
+    assert {entry["main_balance"] for ticker, entry in body.items() if ticker not in ("BTC", "USDT")} == {"0"}
+
+
+async def test_by_default_balance_answers_come_in_both_documented_forms(sim):
+    sizes = {len((await sim.call("/api/v4/main-account/balance"))[1]) for _ in range(40)}
+    sizes |= {len((await sim.call("/api/v4/trade-account/balance"))[1]) for _ in range(40)}
+    assert min(sizes) <= 3 and max(sizes) >= LISTED_ASSETS
 
 
 async def test_main_balance_with_ticker_is_flat_and_unknown_ticker_is_zero(sim):
@@ -170,7 +190,8 @@ async def test_main_balance_rejects_a_ticker_that_is_not_a_string(sim):
     assert body == {"code": 0, "message": "Validation failed", "errors": {"ticker": ["The ticker must be a string."]}}
 
 
-async def test_trade_balance_lists_only_non_zero_assets_with_available_and_freeze(sim):
+async def test_trade_balance_without_zeros_lists_non_zero_assets_with_available_and_freeze(sim):
+    sim.api.listing.zero_balances = "omitted"
     sim.exchange.place_order("main", "BTC_USDT", SIDE_BUY, D("0.5"), price=D("59000"))
     status, body = await sim.call("/api/v4/trade-account/balance")
     assert status == 200
@@ -405,9 +426,27 @@ async def test_history_bounds_limit_and_offset(sim, params, field, message):
     assert body == {"code": 0, "message": "Validation failed", "errors": {field: [message]}}
 
 
-async def test_history_accepts_offset_plus_limit_of_exactly_10000(sim, transfers):
+async def test_history_refuses_offset_plus_limit_of_10000_and_accepts_9999(sim, transfers):
+    # The table says "offset + limit <= 10000", the error text "less than 10000": the stricter holds.
     status, body = await sim.call("/api/v4/main-account/history", {"offset": 9900, "limit": 100})
+    assert status == 400
+    assert body["errors"] == {"offset": ["Offset is too big. Please use offset + limit less than 10000."]}
+    status, body = await sim.call("/api/v4/main-account/history", {"offset": 9900, "limit": 99})
     assert (status, body["total"], body["records"]) == (200, 4, [])
+
+
+async def test_history_requires_method_limit_and_offset_by_default(aiohttp_client, exchange, clock, transfers):
+    # The previous docs list transactionMethod, limit and offset as required.
+    sim = await make_sim(aiohttp_client, exchange, clock)
+    status, body = await sim.call("/api/v4/main-account/history", {"limit": 10})
+    assert status == 400
+    assert body["errors"] == {
+        "transactionMethod": ["The transactionMethod field is required."],
+        "offset": ["The offset field is required."],
+    }
+    status, body = await sim.call("/api/v4/main-account/history", {"transactionMethod": 1, "limit": 10, "offset": 0})
+    assert status == 200
+    assert body["records"] and {record["method"] for record in body["records"]} == {1}
 
 
 async def test_history_reports_every_invalid_field_at_once(sim):
@@ -417,7 +456,7 @@ async def test_history_reports_every_invalid_field_at_once(sim):
 
 
 async def test_history_limit_can_be_raised_to_the_new_docs_500(aiohttp_client, exchange, clock, transfers):
-    sim = await make_sim(aiohttp_client, exchange, clock, history_max_limit=500)
+    sim = await make_sim(aiohttp_client, exchange, clock, history_max_limit=500, history_paging_required=False)
     status, body = await sim.call("/api/v4/main-account/history", {"limit": 500})
     assert (status, body["limit"]) == (200, 500)
     status, body = await sim.call("/api/v4/main-account/history", {"limit": 501})
@@ -425,7 +464,7 @@ async def test_history_limit_can_be_raised_to_the_new_docs_500(aiohttp_client, e
 
 
 async def test_history_success_status_can_be_the_documented_201(aiohttp_client, exchange, clock):
-    sim = await make_sim(aiohttp_client, exchange, clock, history_success_status=201)
+    sim = await make_sim(aiohttp_client, exchange, clock, history_success_status=201, history_paging_required=False)
     status, _ = await sim.call("/api/v4/main-account/history")
     assert status == 201
 
@@ -434,7 +473,7 @@ async def test_history_records_use_the_new_openapi_names_in_snake_style(aiohttp_
     x = Exchange(["BTC_USDT"], clock=clock, history_field_style="snake")
     x.add_account("main", api_key=KEY, api_secret=SECRET, main={"USDT": "100"})
     transfer = x.start_withdrawal("main", "USDT", D("5"), unique_id="payout-9")
-    sim = await make_sim(aiohttp_client, x, clock)
+    sim = await make_sim(aiohttp_client, x, clock, history_paging_required=False)
     _, body = await sim.call("/api/v4/main-account/history", {"unique_id": "payout-9"})
     record = body["records"][0]
     assert record["unique_id"] == "payout-9" and record["transaction_id"] == transfer.transaction_id
@@ -456,6 +495,16 @@ def orders(exchange: Exchange, clock: FakeClock) -> list[Any]:
 
 
 async def test_orders_without_market_lists_every_market_as_a_flat_array(sim, orders):
+    # Newest first by default (the listing order is not documented, docs/protocol.md#open-order-listing).
+    status, body = await sim.call("/api/v4/orders")
+    assert status == 200
+    assert [o["orderId"] for o in body] == [o.id for o in reversed(orders)]
+    assert body[-1] == orders[0].to_rest()
+    assert body[-1]["side"] == "buy" and body[-1]["type"] == "limit" and body[-1]["price"] == "59000"
+
+
+async def test_orders_list_oldest_first_when_the_exchange_is_set_so(sim, orders):
+    sim.exchange.list_newest_first = False
     status, body = await sim.call("/api/v4/orders")
     assert status == 200
     assert [o["orderId"] for o in body] == [o.id for o in orders]
@@ -465,7 +514,7 @@ async def test_orders_without_market_lists_every_market_as_a_flat_array(sim, ord
 
 async def test_orders_filter_by_market_order_id_and_client_order_id(sim, orders):
     _, body = await sim.call("/api/v4/orders", {"market": "BTC_USDT"})
-    assert [o["orderId"] for o in body] == [orders[0].id, orders[2].id]
+    assert [o["orderId"] for o in body] == [orders[2].id, orders[0].id]
     _, body = await sim.call("/api/v4/orders", {"market": "BTC_USDT", "orderId": orders[2].id})
     assert [o["orderId"] for o in body] == [orders[2].id]
     _, body = await sim.call("/api/v4/orders", {"market": "BTC_USDT", "clientOrderId": "mon-0"})
@@ -476,9 +525,9 @@ async def test_orders_filter_by_market_order_id_and_client_order_id(sim, orders)
 
 async def test_orders_page_with_limit_and_offset(sim, orders):
     _, body = await sim.call("/api/v4/orders", {"limit": 2})
-    assert [o["orderId"] for o in body] == [orders[0].id, orders[1].id]
+    assert [o["orderId"] for o in body] == [orders[2].id, orders[1].id]
     _, body = await sim.call("/api/v4/orders", {"limit": 2, "offset": 2})
-    assert [o["orderId"] for o in body] == [orders[2].id]
+    assert [o["orderId"] for o in body] == [orders[0].id]
     _, body = await sim.call("/api/v4/orders", {"offset": 3})
     assert body == []
 

@@ -22,12 +22,15 @@ from aiohttp.test_utils import TestServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from exporter.simulator.listing import LISTED_ASSETS
 from exporter.simulator.model import (
     SIDE_BUY,
     SIDE_SELL,
     TYPE_STOP_LIMIT,
     Exchange,
+    MarginBalance,
     OrderEvent,
+    SpotBalance,
     margin_request_wire,
     spot_wire,
 )
@@ -263,6 +266,7 @@ async def test_authorization_and_subscriptions_belong_to_one_connection(sim):
 
 
 async def test_balance_spot_request_returns_every_asset_or_the_requested_ones(sim):
+    sim.hub.listing.zero_balances = "omitted"
     sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.5"), price=D("50000"))
     spot = sim.exchange.accounts["alice"].spot
     async with client(sim, "alice") as c:
@@ -277,6 +281,7 @@ async def test_balance_spot_request_returns_every_asset_or_the_requested_ones(si
 
 
 async def test_balance_spot_update_carries_only_the_changed_asset_with_absolute_values(sim):
+    sim.hub.spot_update_form = "array"
     async with client(sim, "alice") as c:
         await c.subscribe("balanceSpot", [])
         sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.1"), price=D("50000"))
@@ -288,7 +293,26 @@ async def test_balance_spot_update_carries_only_the_changed_asset_with_absolute_
         }
 
 
+async def test_balance_spot_update_comes_as_an_array_or_as_the_guides_single_object(sim):
+    # The channel page shows params as an array of objects; a docs guide's example as one object.
+    async with client(sim, "alice") as c:
+        await c.subscribe("balanceSpot", [])
+        sim.hub.spot_update_form = "object"
+        sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.1"), price=D("50000"))
+        assert (await c.recv())["params"] == {"USDT": {"available": "95000", "freeze": "5000"}}
+        sim.hub.spot_update_form = "array"
+        sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.1"), price=D("50000"))
+        assert (await c.recv())["params"] == [{"USDT": {"available": "90000", "freeze": "10000"}}]
+        sim.hub.spot_update_form = "both"
+        forms = set()
+        for _ in range(24):
+            sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D("50000"))
+            forms.add(type((await c.recv())["params"]).__name__)
+        assert forms == {"list", "dict"}
+
+
 async def test_balance_spot_subscription_filters_assets(sim):
+    sim.hub.spot_update_form = "array"
     async with client(sim, "alice") as c:
         await c.subscribe("balanceSpot", ["BTC"])
         sim.exchange.place_order("alice", "ETH_USDT", SIDE_BUY, D("1"), price=D("3000"))  # USDT only
@@ -307,6 +331,7 @@ async def test_balance_spot_subscription_filters_assets(sim):
 
 
 async def test_subscribing_again_replaces_the_previous_subscription(sim):
+    sim.hub.spot_update_form = "array"
     async with client(sim, "alice") as c:
         await c.subscribe("balanceSpot", ["USDT"])
         await c.subscribe("balanceSpot", ["BTC"])
@@ -350,9 +375,33 @@ async def test_balance_margin_request_uses_long_keys(sim):
                 }
             },
         )
+        sim.hub.listing.zero_balances = "omitted"
         everything = await c.call("balanceMargin_request", [])
         collateral = sim.exchange.accounts["alice"].collateral
         assert everything["result"] == {asset: margin_request_wire(b) for asset, b in collateral.items()}
+
+
+@pytest.mark.parametrize("method", ["balanceSpot_request", "balanceMargin_request"])
+async def test_a_whole_wallet_snapshot_lists_every_asset_at_zero_or_leaves_zeros_out(sim, method):
+    # Both forms are documented (docs/protocol.md#main-balance); by default each snapshot picks one.
+    # An asset the account held and now holds none of.
+    account = sim.exchange.accounts["alice"]
+    if method == "balanceSpot_request":
+        emptied, account.spot["TRX"] = "TRX", SpotBalance()
+    else:
+        emptied, account.collateral["BTC"] = "BTC", MarginBalance()
+    async with client(sim, "alice") as c:
+        sim.hub.listing.zero_balances = "listed"
+        listed = (await c.call(method, []))["result"]
+        assert set(listed) == set(sim.hub.listing.assets()) and len(listed) >= LISTED_ASSETS
+        assert set(listed["COIN007"].values()) == {"0"}
+        sim.hub.listing.zero_balances = "omitted"
+        omitted = (await c.call(method, []))["result"]
+        assert emptied in listed and emptied not in omitted and "COIN007" not in omitted
+        assert "USDT" in omitted
+        sim.hub.listing.zero_balances = "both"
+        sizes = {len((await c.call(method, []))["result"]) for _ in range(24)}
+        assert sizes == {len(omitted), len(listed)}
 
 
 async def test_balance_margin_update_uses_abbreviated_keys_in_an_array(sim):
@@ -370,19 +419,23 @@ async def test_balance_margin_update_uses_abbreviated_keys_in_an_array(sim):
 # --- ordersPending ----------------------------------------------------------------------------
 
 
-async def test_orders_pending_request_pages_oldest_first(sim):
+@pytest.mark.parametrize("newest_first", [True, False])
+async def test_orders_pending_request_pages_in_the_listing_order(sim, newest_first):
+    assert sim.exchange.list_newest_first  # newest first unless told otherwise
+    sim.exchange.list_newest_first = newest_first
     placed = []
     for i in range(5):
         placed.append(sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.01"), price=D(50000 + i)))
         sim.clock.advance(1)
     sim.exchange.place_order("alice", "ETH_USDT", SIDE_BUY, D("1"), price=D("3000"))
+    listed = placed[::-1] if newest_first else placed
     async with client(sim, "alice") as c:
         reply = await c.call("ordersPending_request", ["BTC_USDT", 1, 2])
         assert reply["error"] is None
         assert list(reply["result"]) == ["limit", "offset", "total", "records"]
-        assert reply["result"] == {"limit": 2, "offset": 1, "total": 5, "records": [o.to_ws() for o in placed[1:3]]}
+        assert reply["result"] == {"limit": 2, "offset": 1, "total": 5, "records": [o.to_ws() for o in listed[1:3]]}
         tail = await c.call("ordersPending_request", ["BTC_USDT", 4, 100])
-        assert [r["id"] for r in tail["result"]["records"]] == [placed[4].id]
+        assert [r["id"] for r in tail["result"]["records"]] == [listed[4].id]
         past_end = await c.call("ordersPending_request", ["BTC_USDT", 10, 10])
         assert past_end["result"] == {"limit": 10, "offset": 10, "total": 5, "records": []}
 
@@ -498,6 +551,7 @@ async def test_pushes_keep_the_exchange_order_across_channels(sim):
 
 
 async def test_pushes_of_another_account_never_leak(sim):
+    sim.hub.spot_update_form = "array"
     async with client(sim, "alice") as alice, client(sim, "bob") as bob:
         for c in (alice, bob):
             await c.subscribe("balanceSpot", [])
@@ -688,3 +742,93 @@ async def test_shutdown_closes_every_socket():
     finally:
         await server.close()
     assert hub.connections() == 0
+
+
+# --- channel errors and interleaving ---------------------------------------------------------
+
+
+async def test_a_failing_channel_answers_its_requests_with_the_error_for_that_account_only(sim):
+    sim.hub.fail_channel("alice", "balanceMargin", 3)
+    async with client(sim, "alice") as alice, client(sim, "bob") as bob:
+        assert await alice.call("balanceMargin_subscribe", []) == err(2, 3, "service unavailable")
+        assert await alice.call("balanceMargin_request", []) == err(3, 3, "service unavailable")
+        assert (await alice.call("balanceSpot_request", []))["error"] is None  # other channels work
+        assert (await bob.call("balanceMargin_request", []))["error"] is None  # other accounts too
+        assert sim.hub.subscriptions("alice") == {}
+        sim.hub.fail_channel("alice", "balanceMargin", None)
+        await alice.subscribe("balanceMargin", [])
+        assert sim.hub.subscriptions("alice") == {"balanceMargin": None}
+        sim.hub.fail_channel("alice", "balanceMargin", 2, "no collateral account")
+        assert await alice.call("balanceMargin_request", []) == err(6, 2, "no collateral account")
+        # A subscription made before keeps delivering.
+        sim.exchange.borrow("alice", "USDT", D(1))
+        assert (await alice.recv())["method"] == "balanceMargin_update"
+        assert sim.hub.requests_served["balanceMargin_request"] == 3
+    with pytest.raises(ValueError, match="unknown channel"):
+        sim.hub.fail_channel("alice", "deals")
+
+
+async def read_round(c: Client, request_id: int) -> tuple[bool, bool]:
+    """Read a reply to ``request_id`` and one push, in whatever order; (reply came first, push first)."""
+    first = await c.recv()
+    second = await c.recv()
+    assert {first.get("id"), second.get("id")} == {request_id, None}, (first, second)
+    return first.get("id") == request_id, first.get("id") is None
+
+
+async def test_with_interleave_replies_and_pushes_overtake_each_other_but_each_lane_keeps_its_order(start_sim):
+    sim = await start_sim(interleave=0.03)
+    sim.hub.rng.seed(7)
+    push_overtook_reply = reply_overtook_push = False
+    async with client(sim, "alice") as c:
+        await c.subscribe("ordersPending", ["BTC_USDT"])
+        for _ in range(20):
+            # The page is computed before the order is placed: its push may still arrive first.
+            served = sim.hub.requests_served["ordersPending_request"]
+            request_id = await c.send("ordersPending_request", ["BTC_USDT", 0, 1])
+            await wait_for(lambda served=served: sim.hub.requests_served["ordersPending_request"] > served)
+            sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D(50000))
+            _, push_first = await read_round(c, request_id)
+            push_overtook_reply |= push_first
+            # The order is placed before the page is computed: the page's reply may arrive first.
+            sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D(50000))
+            request_id = await c.send("ordersPending_request", ["BTC_USDT", 0, 1])
+            reply_first, _ = await read_round(c, request_id)
+            reply_overtook_push |= reply_first
+        assert push_overtook_reply and reply_overtook_push
+        # Within a lane the order holds: many pushes at once arrive as the exchange emitted them.
+        placed = [
+            sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D(50000)).id for _ in range(30)
+        ]
+        assert [(await c.recv())["params"][1]["id"] for _ in placed] == placed
+        # And replies keep the order of the requests.
+        sent = [await c.send("ping") for _ in range(10)]
+        assert [(await c.recv())["id"] for _ in sent] == sent
+
+
+async def test_without_interleave_everything_arrives_in_the_order_it_was_computed(start_sim):
+    sim = await start_sim(interleave=0.0)
+    async with client(sim, "alice") as c:
+        await c.subscribe("ordersPending", ["BTC_USDT"])
+        for _ in range(10):
+            served = sim.hub.requests_served["ordersPending_request"]
+            request_id = await c.send("ordersPending_request", ["BTC_USDT", 0, 1])
+            await wait_for(lambda served=served: sim.hub.requests_served["ordersPending_request"] > served)
+            sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D(50000))
+            assert await read_round(c, request_id) == (True, False)
+
+
+async def test_a_reply_delay_lets_later_pushes_overtake_every_reply(start_sim):
+    sim = await start_sim(interleave=0.0, reply_delay=0.2)
+    async with client(sim, "alice") as c:
+        await c.subscribe("ordersPending", ["BTC_USDT"])
+        request_id = await c.send("ordersPending_request", ["BTC_USDT", 0, 1])
+        await wait_for(lambda: sim.hub.requests_served["ordersPending_request"] == 1)
+        sim.exchange.place_order("alice", "BTC_USDT", SIDE_BUY, D("0.001"), price=D(50000))
+        assert await read_round(c, request_id) == (False, True)
+
+
+@pytest.mark.parametrize("option", ["interleave", "reply_delay"])
+async def test_negative_delays_are_refused(option):
+    with pytest.raises(ValueError, match="must not be negative"):
+        WebSocketHub(Exchange(["BTC_USDT"]), TokenIssuer(), **{option: -1})
