@@ -173,8 +173,9 @@ OVERVIEW = Dashboard(
                 ),
                 Panel(
                     "Balance age",
-                    "Seconds since each wallet's balance was last updated "
-                    "(whitebit_balance_last_update_timestamp_seconds).",
+                    "Seconds since each wallet's balance was last known current: a poll answer, a push or a pong on "
+                    "its synced channel (whitebit_balance_last_update_timestamp_seconds). Idle wallets stay near 0; "
+                    "WhitebitBalanceStale fires past 10 minutes.",
                     "s",
                     (
                         Target(
@@ -277,7 +278,7 @@ WEBHOOKS = Dashboard(
             (
                 Panel(
                     "Missed webhooks in the range",
-                    "History records whose webhook never came within reconcile_grace "
+                    "History records whose webhook never came within webhook_retry_window "
                     "(whitebit_webhooks_missed_total; alert: WhitebitWebhookMissed).",
                     "short",
                     (
@@ -287,7 +288,15 @@ WEBHOOKS = Dashboard(
                         ),
                     ),
                     kind="stat",
-                    width=8,
+                    width=6,
+                ),
+                Panel(
+                    "Overdue webhooks",
+                    "Transfers in history whose webhook has not come within reconcile_grace and is not yet counted "
+                    "missed: WhiteBIT may still retry it (whitebit_webhooks_overdue; alert: WhitebitWebhookOverdue).",
+                    "short",
+                    (Target(f"whitebit_webhooks_overdue{{{SEL_ACCOUNT}}}", "{{account}} {{kind}}"),),
+                    width=6,
                 ),
                 Panel(
                     "Missed webhooks",
@@ -299,7 +308,7 @@ WEBHOOKS = Dashboard(
                             "{{account}} {{kind}}",
                         ),
                     ),
-                    width=8,
+                    width=6,
                 ),
                 Panel(
                     "Time since last webhook",
@@ -310,7 +319,7 @@ WEBHOOKS = Dashboard(
                             f"time() - whitebit_webhook_last_received_timestamp_seconds{{{SEL_ACCOUNT}}}", "{{account}}"
                         ),
                     ),
-                    width=8,
+                    width=6,
                 ),
             ),
         ),
@@ -414,6 +423,21 @@ CONNECTIVITY = Dashboard(
                         ),
                     ),
                     width=8,
+                ),
+                Panel(
+                    "WebSocket channels synced",
+                    "1 while a channel is subscribed and its snapshot read (whitebit_websocket_channel_synced). A "
+                    "balance channel at 0 on a connected socket has its wallet polled over REST meanwhile; /-/ready "
+                    "says why it fails.",
+                    "none",
+                    (
+                        Target(
+                            f"whitebit_websocket_channel_synced{{{SEL_ACCOUNT}}}",
+                            "{{account}} {{channel}}",
+                        ),
+                    ),
+                    width=24,
+                    max=1.0,
                 ),
             ),
         ),

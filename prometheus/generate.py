@@ -108,9 +108,19 @@ ALERTS: tuple[Alert, ...] = (
         "sum by (job, instance, account, kind) (increase(whitebit_webhooks_missed_total{[[selector]]}[[[window]]]))"
         " > 0",
         "A WhiteBIT webhook was never delivered.",
-        "{{ $value | humanize }} {{ $labels.kind }} webhook(s) of account {{ $labels.account }} appeared in REST "
-        "history in the last [[window]] but were never received within reconcile_grace. WhiteBIT does not replay "
-        "webhooks: whatever acts on them has not seen these transfers.",
+        "{{ $value | humanize }} {{ $labels.kind }} webhook(s) of account {{ $labels.account }} appear in REST "
+        "history but were still not received when webhook_retry_window ran out (counted in the last [[window]]). "
+        "WhiteBIT does not replay webhooks: whatever acts on them has not seen these transfers.",
+        WEBHOOKS,
+        ("job", "instance", "account"),
+    ),
+    Alert(
+        "WhitebitWebhookOverdue",
+        "max by (job, instance, account, kind) (whitebit_webhooks_overdue{[[selector]]}) > 0",
+        "A WhiteBIT webhook is overdue.",
+        "{{ $value | humanize }} {{ $labels.kind }}(s) of account {{ $labels.account }} appear in REST history, but "
+        "their webhook has not come within reconcile_grace. WhiteBIT may still deliver it (it retries for a while); "
+        "if it has not come by webhook_retry_window it counts as missed and WhitebitWebhookMissed pages.",
         WEBHOOKS,
         ("job", "instance", "account"),
     ),
@@ -149,12 +159,12 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "WhitebitWebhookSilent",
-        "(time() - whitebit_webhook_last_received_timestamp_seconds{[[selector]]} > [[max_age_seconds]])"
-        " and whitebit_webhook_last_received_timestamp_seconds{[[selector]]} > 0",
+        "time() - whitebit_webhook_last_received_timestamp_seconds{[[selector]]} > [[max_age_seconds]]",
         "No WhiteBIT webhook has arrived for a long time.",
         "Account {{ $labels.account }} on {{ $labels.instance }} last received a webhook "
-        "{{ $value | humanizeDuration }} ago (more than [[max_age]]). Deposits are sporadic, so check the "
-        "webhook key and the reverse proxy before worrying.",
+        "{{ $value | humanizeDuration }} ago, or has never received one since the exporter started watching it "
+        "that long ago (more than [[max_age]]). Deposits are sporadic, so check the webhook key and the reverse "
+        "proxy before worrying.",
         WEBHOOKS,
         ("job", "instance", "account"),
     ),
@@ -192,11 +202,11 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "WhitebitBalanceStale",
-        "(time() - whitebit_balance_last_update_timestamp_seconds{[[selector]]} > [[max_age_seconds]])"
-        " and whitebit_balance_last_update_timestamp_seconds{[[selector]]} > 0",
-        "A WhiteBIT balance has not been updated for a long time.",
+        "time() - whitebit_balance_last_update_timestamp_seconds{[[selector]]} > [[max_age_seconds]]",
+        "A WhiteBIT balance has not been confirmed for a long time.",
         "The {{ $labels.wallet }} balance of account {{ $labels.account }} on {{ $labels.instance }} was last "
-        "updated {{ $value | humanizeDuration }} ago (more than [[max_age]]).",
+        "known current {{ $value | humanizeDuration }} ago (more than [[max_age]]): its WebSocket channel and its "
+        "REST poll have both stopped, or it has never answered since the exporter started.",
         OVERVIEW,
         ("job", "instance", "account"),
     ),
@@ -252,8 +262,9 @@ ALERTS: tuple[Alert, ...] = (
         "WhitebitZerohashFeedSilent",
         "time() - zerohash_webhook_last_received_timestamp_seconds{[[selector]]} > [[max_age_seconds]]",
         "No Zero Hash webhook has arrived for a long time.",
-        "{{ $labels.instance }} last received a verified Zero Hash webhook {{ $value | humanizeDuration }} ago "
-        "(more than [[max_age]]): balances may be stale.",
+        "{{ $labels.instance }} last received a verified Zero Hash webhook {{ $value | humanizeDuration }} ago, "
+        "or has never received one since it started watching that long ago (more than [[max_age]]): balances "
+        "may be stale.",
         ZEROHASH,
         ("job", "instance"),
     ),

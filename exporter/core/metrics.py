@@ -143,7 +143,8 @@ WHITEBIT_COLLATERAL_BORROWED = GaugeDef(
 )
 WHITEBIT_BALANCE_LAST_UPDATE_TIMESTAMP_SECONDS = GaugeDef(
     "whitebit_balance_last_update_timestamp_seconds",
-    "Unix time of the last update of the wallet's balances (kept while disconnected).",
+    "Unix time the wallet's balances were last known current (an answer, a push, or a live subscription's pong); "
+    "before the first answer, the time the exporter started watching the wallet.",
     ("account", "wallet"),
 )
 WHITEBIT_OPEN_ORDERS = GaugeDef(
@@ -164,6 +165,12 @@ WHITEBIT_WEBSOCKET_CONNECTED = GaugeDef(
     "whitebit_websocket_connected",
     "1 while the private WebSocket is authorized, subscribed and synced, else 0.",
     ("account",),
+)
+WHITEBIT_WEBSOCKET_CHANNEL_SYNCED = GaugeDef(
+    "whitebit_websocket_channel_synced",
+    "1 while the private channel is subscribed and its snapshot read on the current connection; 0 while "
+    "it syncs, fails (retried with backoff) or the connection is down.",
+    ("account", "channel"),
 )
 WHITEBIT_WEBSOCKET_RECONNECTS = CounterDef(
     "whitebit_websocket_reconnects", "Connection attempts after the first one.", ("account",)
@@ -231,12 +238,25 @@ WHITEBIT_WEBHOOK_NONCE_REGRESSIONS = CounterDef(
 )
 WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = GaugeDef(
     "whitebit_webhook_last_received_timestamp_seconds",
-    "When the last verified WhiteBIT webhook delivery was received (absent before the first).",
+    "When the last verified WhiteBIT webhook delivery was received (kept across restarts by the state file); "
+    "before the first, when the state file started watching the account.",
     ("account",),
+)
+WEBHOOK_LISTENER_REJECTED = CounterDef(
+    "whitebit_exporter_webhook_listener_rejected",
+    "Requests the webhook listener refused before any receiver saw them (malformed, oversized headers, "
+    "unknown path, wrong method), by reason.",
+    ("reason",),
 )
 WHITEBIT_WEBHOOKS_MISSED = CounterDef(
     "whitebit_webhooks_missed",
-    "Deposits and withdrawals whose webhook did not arrive within reconcile_grace of history showing them.",
+    "Deposits and withdrawals whose webhook did not arrive within webhook_retry_window of history showing them.",
+    ("account", "kind"),
+)
+WHITEBIT_WEBHOOKS_OVERDUE = GaugeDef(
+    "whitebit_webhooks_overdue",
+    "Deposits and withdrawals history shows whose webhook has not come within reconcile_grace and is not yet "
+    "counted missed (WhiteBIT may still be retrying it).",
     ("account", "kind"),
 )
 WHITEBIT_TRANSFERS_IN_FLIGHT = GaugeDef(
@@ -297,9 +317,15 @@ ZEROHASH_WEBHOOKS_DUPLICATE = CounterDef(
     "zerohash_webhooks_duplicate",
     "Zero Hash webhook deliveries whose signed content was seen before (answered 200, not processed).",
 )
+ZEROHASH_WEBHOOKS_LATE = CounterDef(
+    "zerohash_webhooks_late",
+    "New, verified Zero Hash deliveries accepted although their x-zh-hook-timestamp was older than "
+    "timestamp_tolerance (a late retry).",
+)
 ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = GaugeDef(
     "zerohash_webhook_last_received_timestamp_seconds",
-    "When the last verified Zero Hash webhook delivery was received (absent before the first).",
+    "When the last verified Zero Hash webhook delivery was received (kept across restarts by the state file); "
+    "before the first, when the state file started watching the feed.",
 )
 
 # --- WhiteBIT REST -----------------------------------------------------------------------------------
@@ -351,6 +377,7 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_OPEN_ORDERS_LEFT,
     WHITEBIT_ORDER_EVENTS,
     WHITEBIT_WEBSOCKET_CONNECTED,
+    WHITEBIT_WEBSOCKET_CHANNEL_SYNCED,
     WHITEBIT_WEBSOCKET_RECONNECTS,
     WHITEBIT_WEBSOCKET_LAST_MESSAGE_TIMESTAMP_SECONDS,
     WHITEBIT_WEBSOCKET_MESSAGES_INVALID,
@@ -366,7 +393,9 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_WEBHOOKS_DUPLICATE,
     WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
     WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
+    WEBHOOK_LISTENER_REJECTED,
     WHITEBIT_WEBHOOKS_MISSED,
+    WHITEBIT_WEBHOOKS_OVERDUE,
     WHITEBIT_TRANSFERS_IN_FLIGHT,
     WHITEBIT_TRANSFERS,
     WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
@@ -379,6 +408,7 @@ METRICS: tuple[MetricDef, ...] = (
     ZEROHASH_WEBHOOKS_VERIFIED,
     ZEROHASH_WEBHOOKS_REJECTED,
     ZEROHASH_WEBHOOKS_DUPLICATE,
+    ZEROHASH_WEBHOOKS_LATE,
     ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
     WHITEBIT_REST_REQUEST_DURATION_SECONDS,
     WHITEBIT_REST_REQUESTS,

@@ -202,12 +202,19 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
                 await wait_for(dropped, timeout=60, interval=0.5, message="the simulator never dropped a webhook")
 
 
-async def test_a_dropped_deposit_webhook_fires_the_missed_webhook_alert(tmp_path: Path) -> None:
+async def test_a_dropped_deposit_webhook_fires_the_overdue_then_the_missed_webhook_alert(tmp_path: Path) -> None:
     # No mischief of the scenario's own: the one lost webhook is the one dropped below. The drop
     # targets deposit.processed: a lost deposit.updated (one confirmation tick of a deposit whose
     # other webhooks came) is deliberately not a missed webhook, so "deposit." would make this depend
-    # on which deposit event happens next.
-    options = {"scenario_rate": 10.0, "forge_every": None, "reconcile_grace": 5.0, "webhook_retry_delay": 1.0}
+    # on which deposit event happens next. Overdue (a warning) after the grace, missed (the page)
+    # after the retry window.
+    options = {
+        "scenario_rate": 10.0,
+        "forge_every": None,
+        "reconcile_grace": 5.0,
+        "webhook_retry_window": 25.0,
+        "webhook_retry_delay": 1.0,
+    }
     async with running_demo(tmp_path / "demo", **options) as demo:
         assert demo.exporter is not None
         target = demo.exporter.metrics_url.removeprefix("http://")
@@ -228,11 +235,28 @@ async def test_a_dropped_deposit_webhook_fires_the_missed_webhook_alert(tmp_path
             ):
                 assert response.status == 200, await response.text()
 
-            async def missed_firing() -> bool:
+            async def firing(alertname: str) -> bool:
                 return any(
                     a["labels"].get("account") == DEMO_ACCOUNT and a["labels"].get("kind") == "deposit"
-                    for a in await prometheus.alerts("WhitebitWebhookMissed")
+                    for a in await prometheus.alerts(alertname)
                 )
+
+            async def overdue_before_missed() -> bool:
+                if await firing("WhitebitWebhookMissed"):
+                    raise AssertionError("WhitebitWebhookMissed fired before WhitebitWebhookOverdue")
+                return await firing("WhitebitWebhookOverdue")
+
+            await wait_for(
+                overdue_before_missed,
+                timeout=120,
+                interval=0.5,
+                message=f"WhitebitWebhookOverdue never fired; {failure_log(prometheus)}",
+            )
+            overdue = [a for a in await prometheus.alerts("WhitebitWebhookOverdue") if a["labels"]["kind"] == "deposit"]
+            assert overdue[0]["labels"]["severity"] == "warning"
+
+            async def missed_firing() -> bool:
+                return await firing("WhitebitWebhookMissed")
 
             await wait_for(
                 missed_firing,
