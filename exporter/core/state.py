@@ -497,20 +497,20 @@ class StateStore:
         rows = self._query("SELECT highest FROM nonces WHERE account = ?", (account,))
         return int(rows[0][0]) if rows else None
 
-    def raise_nonce(self, account: str, nonce: int) -> int | None:
-        """Record ``nonce`` if it is above the highest; returns the previous highest (or None)."""
+    def raise_nonce(self, account: str, nonce: int) -> bool:
+        """Record ``nonce`` if it is above the highest (or the first); True if it was, False if not.
+
+        One statement decides and writes, so no other writer can come between (this runs once per
+        webhook delivery).
+        """
         _int(nonce, "nonce")
-        # Read and write must not be split by another writer: their own transaction, unless the
-        # caller's already holds the write lock (a failed single write then undoes itself).
-        with self._atomic():
-            previous = self.highest_nonce(account)
-            if previous is None or nonce > previous:
-                self._write(
-                    "INSERT INTO nonces (account, highest, updated_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (account) DO UPDATE SET highest = excluded.highest, updated_at = excluded.updated_at",
-                    (account, nonce, self._now()),
-                )
-            return previous
+        cur = self._write(
+            "INSERT INTO nonces (account, highest, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (account) DO UPDATE SET highest = excluded.highest, updated_at = excluded.updated_at"
+            " WHERE excluded.highest > nonces.highest",
+            (account, nonce, self._now()),
+        )
+        return cur.rowcount == 1
 
     # -- transfers ---------------------------------------------------------------------------
 

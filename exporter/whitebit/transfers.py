@@ -403,10 +403,30 @@ def match_windows(created_at: float | None) -> tuple[str, list[str]]:
     return str(math.floor(created_at / MATCH_WINDOW)), [str(w) for w in range(low, high + 1)]
 
 
-def match_digests(obs: TransferObservation, windows: Iterable[str]) -> list[str]:
+#: What a record's key digest covers besides its ``createdAt`` window: kind, asset, amount, address, memo.
+KeyFields = tuple[str, str, str, str, str]
+
+
+def key_fields(obs: TransferObservation) -> KeyFields:
+    """The fields of ``obs`` its key digest covers (the window aside), as they are hashed."""
+    return (obs.kind, obs.asset, _amount_text(obs.amount), _folded(obs.address), _memo(obs.memo))
+
+
+def record_key_fields(record: TransferRecord) -> KeyFields:
+    """:func:`key_fields` of the observation ``record`` was created from (what a record keeps of it)."""
+    details = record.details
+    return (
+        record.kind,
+        asset_of(record.ticker),
+        _amount_text(record.amount),
+        _folded(details.get("address")),
+        _memo(details.get("memo")),
+    )
+
+
+def match_digests(obs: TransferObservation, windows: Iterable[str], fields: KeyFields | None = None) -> list[str]:
     """The digest part of the key of a record created from ``obs`` in each of ``windows`` (module docstring)."""
-    parts = [obs.kind, obs.asset, _amount_text(obs.amount), _folded(obs.address), _memo(obs.memo)]
-    prefix = hashlib.sha256("\x1f".join(parts).encode("utf-8"))
+    prefix = hashlib.sha256("\x1f".join(fields or key_fields(obs)).encode("utf-8"))
     digests = []
     for window in windows:
         digest = prefix.copy()
@@ -858,7 +878,9 @@ def _view_facts(details: dict[str, Any], obs: TransferObservation) -> dict[str, 
         facts = {**details, "events": events}
         if final_outcome(obs.kind, obs.status) is not None and "webhook_final_ids" not in details:
             # The ids of the first final webhook: what its report pairs by (see _pairable()).
-            facts["webhook_final_ids"] = {"unique_id": obs.unique_id, "transaction_id": obs.transaction_id}
+            # Only the ids it carried: an absent one pairs with anything, as a null one would.
+            ids = {"unique_id": obs.unique_id, "transaction_id": obs.transaction_id}
+            facts["webhook_final_ids"] = {name: value for name, value in ids.items() if value is not None}
         return facts
     outcome = final_outcome(obs.kind, obs.status)
     if outcome is not None and not details.get("history_outcome"):
@@ -1055,6 +1077,10 @@ class TransferBook:
         #: to read, which spares a webhook's first sighting its lookups. Added to when a record is staged
         #: (so a rolled-back or purged record only costs a read), never removed.
         self._digests: set[tuple[str, str, str]] = set()
+        #: (account, key fields) of every record this version keyed, the same way: an observation whose
+        #: fields are not in it matches no such record in any window, so its lookup hashes one window
+        #: (for its own key) and reads nothing; most webhooks are a transfer's first sighting.
+        self._key_fields: set[tuple[str, KeyFields]] = set()
         self._totals: dict[tuple[str, str, str, str], int] = {}
         #: Called with every record an applied update wrote (see :meth:`add_listener`).
         self._listeners: list[Callable[[TransferRecord], None]] = []
@@ -1069,6 +1095,7 @@ class TransferBook:
             digest = key_digest(record.key)
             if digest is not None:
                 self._digests.add((record.account, record.kind, digest))
+                self._key_fields.add((record.account, record_key_fields(record)))
             else:
                 self._legacy = True
                 if record.webhook_seen and not record.history_seen:
@@ -1088,8 +1115,13 @@ class TransferBook:
         """
         found: dict[str, TransferRecord] = {}
         own, windows = match_windows(obs.created_at)
+        fields = key_fields(obs)
+        if (obs.account, fields) not in self._key_fields:
+            # Nothing keyed by this version can match: only the own window's key is needed, slot 0.
+            free = f"{KEY_PREFIX}{match_digests(obs, (own,), fields)[0]}:0"
+            return (self._legacy_candidates(obs, set()) if self._legacy else []), free
         free = ""
-        for window, digest in zip(windows, match_digests(obs, windows), strict=True):
+        for window, digest in zip(windows, match_digests(obs, windows, fields), strict=True):
             slot = 0
             while (obs.account, obs.kind, digest) in self._digests:
                 key = f"{KEY_PREFIX}{digest}:{slot}"
@@ -1148,6 +1180,8 @@ class TransferBook:
         digest = key_digest(record.key)
         if digest is not None:
             self._digests.add((record.account, record.kind, digest))
+            if existing is None:  # a new record, keyed from obs (an existing one is in the set already)
+                self._key_fields.add((record.account, key_fields(obs)))
         others = [r for r in candidates if r.key != record.key]
         donors: list[TransferRecord] = []
         if obs.source == "history":

@@ -276,8 +276,7 @@ class WhitebitReceiver:
                 return False, False, None
             regression = False
             if nonce is not None:
-                previous = self._store.raise_nonce(name, nonce)
-                regression = previous is not None and nonce <= previous
+                regression = not self._store.raise_nonce(name, nonce)
                 if regression and strict:
                     raise _NonceRejected
             update = self._transfers.stage(observation) if observation is not None else None

@@ -390,17 +390,21 @@ def test_first_watched_is_set_once_and_kept_across_reopening(db_path: Path, cloc
 # -- nonces --------------------------------------------------------------------------------
 
 
-def test_raise_nonce_keeps_the_highest_and_returns_the_previous(store: StateStore) -> None:
+def test_raise_nonce_keeps_the_highest_and_says_whether_it_was_raised(store: StateStore) -> None:
     assert store.highest_nonce("main") is None
-    assert store.raise_nonce("main", 100) is None
-    assert store.raise_nonce("main", 250) == 100
-    assert store.raise_nonce("main", 50) == 250  # a regression does not lower the record
-    assert store.raise_nonce("main", 250) == 250
+    assert store.raise_nonce("main", 100) is True  # the first
+    assert store.raise_nonce("main", 250) is True
+    assert store.raise_nonce("main", 50) is False  # a regression does not lower the record
+    assert store.raise_nonce("main", 250) is False  # nor does an equal one count as raised
     assert store.highest_nonce("main") == 250
     assert store.highest_nonce("other") is None
     big = 2**63 - 1
-    assert store.raise_nonce("other", big) is None
+    assert store.raise_nonce("other", big) is True
     assert store.highest_nonce("other") == big
+    with store.transaction():  # inside a caller's transaction too
+        assert store.raise_nonce("main", 251) is True
+        assert store.raise_nonce("main", 251) is False
+    assert store.highest_nonce("main") == 251
 
 
 @pytest.mark.parametrize("bad", [True, 1.5, "7", 2**63, -(2**63) - 1])

@@ -25,10 +25,12 @@ from exporter.whitebit.transfers import (
     advance,
     asset_of,
     distinct_finals,
+    key_fields,
     legacy_fingerprint,
     matches,
     observation_from_history,
     observation_from_webhook,
+    record_key_fields,
     status_name,
 )
 
@@ -677,3 +679,23 @@ def test_history_records_of_the_previous_version_are_found_by_their_keys(tmp_pat
         assert records[OLD_HISTORY_KEY].webhook_status == 3 and records[OLD_HISTORY_KEY].final
         assert records["txid:T-ID"].final
         assert totals(book) == {("deposit", "successful", "USDT"): 2}
+
+
+@pytest.mark.parametrize(
+    ("method", "fields"),
+    [
+        (
+            "deposit.processed",
+            {"ticker": "usdt_eth", "amount": "25.000000000000000000", "address": " 0xAbC ", "memo": None},
+        ),
+        ("withdraw.pending", {"ticker": "BTC", "amount": "0.5", "address": "bc1q", "memo": " tag-7 "}),
+        ("deposit.accepted", {"ticker": "XRP", "amount": "10", "address": "", "memo": ""}),
+    ],
+)
+def test_a_record_keeps_the_key_fields_of_the_observation_it_was_created_from(method: str, fields: dict) -> None:
+    # The book's fast path for a first sighting relies on this: a record's key fields, recomputed
+    # from what it stores, are those its key was hashed from.
+    params = {"createdAt": 1_700_000_000, "status": 15, "method": 1 if method.startswith("deposit") else 2, **fields}
+    obs = observation_from_webhook("main", method, params, 1_700_000_100.0)
+    record = advance(None, obs, "m:x:0", 1_700_000_100.0).record
+    assert record_key_fields(record) == key_fields(obs)
