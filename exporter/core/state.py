@@ -189,7 +189,7 @@ class StateError(Exception):
     """The state file cannot be used: not a database, too new, unwritable, or a failed write."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransferRecord:
     """One deposit or withdrawal as the lifecycle state machine last left it.
 

@@ -246,7 +246,7 @@ def expected_level(kind: TransferKind, status: int) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransferObservation:
     """One normalized sighting of a deposit or withdrawal, from a webhook or a history record.
 
@@ -314,7 +314,7 @@ def normalized_network(value: Any) -> str:
     return "".join(ch for ch in value.upper() if ch.isalnum()) if isinstance(value, str) else ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Fields:
     """What both views of a transfer carry and a transfer never changes; None where it is not known."""
 
@@ -394,13 +394,18 @@ def compatible(record: TransferRecord, obs: TransferObservation) -> bool:
     return True
 
 
+def own_window(created_at: float | None) -> str:
+    """The ``createdAt`` window a record created with ``created_at`` is keyed in."""
+    return "-" if created_at is None else str(math.floor(created_at / MATCH_WINDOW))
+
+
 def match_windows(created_at: float | None) -> tuple[str, list[str]]:
     """(the ``createdAt`` window of ``created_at``, every window a matching ``createdAt`` may be in)."""
     if created_at is None:
         return "-", ["-"]
     low = math.floor((created_at - CREATED_AT_TOLERANCE) / MATCH_WINDOW)
     high = math.floor((created_at + CREATED_AT_TOLERANCE) / MATCH_WINDOW)
-    return str(math.floor(created_at / MATCH_WINDOW)), [str(w) for w in range(low, high + 1)]
+    return own_window(created_at), [str(w) for w in range(low, high + 1)]
 
 
 #: What a record's key digest covers besides its ``createdAt`` window: kind, asset, amount, address, memo.
@@ -440,6 +445,16 @@ def key_digest(key: str) -> str | None:
     if not key.startswith(KEY_PREFIX):
         return None
     return key[len(KEY_PREFIX) :].rpartition(":")[0]
+
+
+def _joined(*parts: str) -> str:
+    """``parts`` as one string, for the look-up sets of :class:`TransferBook`.
+
+    Strings, not tuples: one entry per transfer ever seen, and tuples would be garbage-collector work
+    on every intake. Parts that contain the separator can make two entries equal: the sets only
+    filter look-ups, so that costs a read, never a match.
+    """
+    return "\x1f".join(parts)
 
 
 def legacy_fingerprint(obs: TransferObservation, ticker: str) -> str:
@@ -719,7 +734,7 @@ def adopt(
 # --- the pure state machine -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Transition:
     """What one observation does to a record: the record to store and the outcome to count, if any."""
 
@@ -755,8 +770,11 @@ def advance(
     if baseline and obs.source != "history":
         raise ValueError("only a history observation can belong to the baseline")
     outcome = final_outcome(obs.kind, obs.status)
-    identity = _identity(obs)
     if record is None:
+        # An id the payload did not carry is left out (every reader uses .get): a smaller row.
+        details: dict[str, Any] = {"address": obs.address or "", "memo": _memo(obs.memo), "created_at": obs.created_at}
+        _add_identity(details, obs)
+        _add_view_facts(details, obs)
         created = TransferRecord(
             account=obs.account,
             kind=obs.kind,
@@ -774,16 +792,7 @@ def advance(
             confirmations_actual=obs.confirmations_actual,
             confirmations_required=obs.confirmations_required,
             webhook_status=_furthest_webhook_status(obs.kind, None, obs),
-            details=_view_facts(
-                {
-                    # An id the payload did not carry is left out (every reader uses .get): a smaller row.
-                    **{k: v for k, v in identity.items() if v is not None},
-                    "address": obs.address or "",
-                    "memo": _memo(obs.memo),
-                    "created_at": obs.created_at,
-                },
-                obs,
-            ),
+            details=details,
         )
         return Transition(None, _expect(created, obs, baseline=baseline), counted_outcome=outcome)
 
@@ -796,7 +805,9 @@ def advance(
         status = obs.status
     actual = _max_optional(record.confirmations_actual, obs.confirmations_actual)
     required = obs.confirmations_required if obs.confirmations_required is not None else record.confirmations_required
-    details = _view_facts({**record.details, **{k: v for k, v in identity.items() if v is not None}}, obs)
+    details = dict(record.details)
+    _add_identity(details, obs)
+    _add_view_facts(details, obs)
     updated = replace(
         record,
         status=status,
@@ -852,40 +863,49 @@ def _expect(record: TransferRecord, obs: TransferObservation, *, baseline: bool)
     return replace(record, history_pending_at=pending_at, history_final_at=final_at, history_waived=waived)
 
 
-def _identity(obs: TransferObservation) -> dict[str, Any]:
-    identity = {
-        "transaction_id": obs.transaction_id,
-        "unique_id": obs.unique_id,
-        "transaction_hash": obs.transaction_hash or None,
-        "network": obs.network,
-        "last_event": obs.event if obs.event is not None else f"{obs.source}:{obs.status}",
-    }
+def _add_identity(details: dict[str, Any], obs: TransferObservation) -> None:
+    """Set in ``details`` (a record's own new dict) the ids and event ``obs`` carried; an absent one
+    leaves the stored value alone."""
+    last_event = obs.event if obs.event is not None else f"{obs.source}:{obs.status}"
+    carried = (
+        ("transaction_id", obs.transaction_id),
+        ("unique_id", obs.unique_id),
+        ("transaction_hash", obs.transaction_hash or None),
+        ("network", obs.network),
+        ("last_event", last_event),
+    )
+    details.update({name: value for name, value in carried if value is not None})
     if obs.source == "webhook":
         # Which ids a webhook gave: what decides whether it may be another record's history's webhook.
-        identity["webhook_unique_id"] = obs.unique_id
-        identity["webhook_transaction_id"] = obs.transaction_id
-    return identity
+        if obs.unique_id is not None:
+            details["webhook_unique_id"] = obs.unique_id
+        if obs.transaction_id is not None:
+            details["webhook_transaction_id"] = obs.transaction_id
 
 
-def _view_facts(details: dict[str, Any], obs: TransferObservation) -> dict[str, Any]:
-    """``details`` with what ``obs`` tells about its own view: the webhook event, or history's outcome."""
+def _add_view_facts(details: dict[str, Any], obs: TransferObservation) -> None:
+    """Set in ``details`` (a record's own new dict) what ``obs`` tells about its own view: the
+    webhook event, or history's outcome."""
     if obs.source == "webhook":
         stored = details.get("events")
         events = dict(stored) if isinstance(stored, dict) else {}
         sig = event_signature(obs)
         # A second copy is a look-alike's event, or one sent again under a new id (see adopt()).
         events[sig] = events.get(sig, 0) + 1
-        facts = {**details, "events": events}
+        details["events"] = events
         if final_outcome(obs.kind, obs.status) is not None and "webhook_final_ids" not in details:
             # The ids of the first final webhook: what its report pairs by (see _pairable()).
             # Only the ids it carried: an absent one pairs with anything, as a null one would.
-            ids = {"unique_id": obs.unique_id, "transaction_id": obs.transaction_id}
-            facts["webhook_final_ids"] = {name: value for name, value in ids.items() if value is not None}
-        return facts
+            ids: dict[str, str] = {}
+            if obs.unique_id is not None:
+                ids["unique_id"] = obs.unique_id
+            if obs.transaction_id is not None:
+                ids["transaction_id"] = obs.transaction_id
+            details["webhook_final_ids"] = ids
+        return
     outcome = final_outcome(obs.kind, obs.status)
     if outcome is not None and not details.get("history_outcome"):
-        return {**details, "history_outcome": outcome}
-    return details
+        details["history_outcome"] = outcome
 
 
 def _max_optional(a: int | None, b: int | None) -> int | None:
@@ -1042,7 +1062,7 @@ def _amount_text(amount: Decimal) -> str:
 # --- the book: I/O around the state machine and the view metrics are rendered from -------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TransferUpdate:
     """A staged transition: written to the state file by :meth:`TransferBook.stage`, not yet in memory.
 
@@ -1073,14 +1093,15 @@ class TransferBook:
         self._open: dict[tuple[str, str, str], TransferRecord] = {}
         #: (account, kind, key digest) -> keys of records in flight, for a lookup past a purged slot.
         self._open_by_digest: dict[tuple[str, str, str], set[str]] = {}
-        #: Every (account, kind, key digest) a record may be stored under: a digest not in it has no slot
-        #: to read, which spares a webhook's first sighting its lookups. Added to when a record is staged
-        #: (so a rolled-back or purged record only costs a read), never removed.
-        self._digests: set[tuple[str, str, str]] = set()
+        #: Every (account, kind, key digest) a record may be stored under (as :func:`_joined` text): a
+        #: digest not in it has no slot to read, which spares a webhook's first sighting its lookups.
+        #: Added to when a record is staged (so a rolled-back or purged record only costs a read), never
+        #: removed.
+        self._digests: set[str] = set()
         #: (account, key fields) of every record this version keyed, the same way: an observation whose
         #: fields are not in it matches no such record in any window, so its lookup hashes one window
         #: (for its own key) and reads nothing; most webhooks are a transfer's first sighting.
-        self._key_fields: set[tuple[str, KeyFields]] = set()
+        self._key_fields: set[str] = set()
         self._totals: dict[tuple[str, str, str, str], int] = {}
         #: Called with every record an applied update wrote (see :meth:`add_listener`).
         self._listeners: list[Callable[[TransferRecord], None]] = []
@@ -1094,8 +1115,8 @@ class TransferBook:
                 self._track(record)
             digest = key_digest(record.key)
             if digest is not None:
-                self._digests.add((record.account, record.kind, digest))
-                self._key_fields.add((record.account, record_key_fields(record)))
+                self._digests.add(_joined(record.account, record.kind, digest))
+                self._key_fields.add(_joined(record.account, *record_key_fields(record)))
             else:
                 self._legacy = True
                 if record.webhook_seen and not record.history_seen:
@@ -1107,23 +1128,25 @@ class TransferBook:
 
     # -- finding -------------------------------------------------------------------------------
 
-    def candidates(self, obs: TransferObservation) -> tuple[list[TransferRecord], str]:
+    def candidates(self, obs: TransferObservation, fields: KeyFields | None = None) -> tuple[list[TransferRecord], str]:
         """(the stored records that match ``obs``, the key a new record of ``obs`` gets).
 
         Reads the slots of the one or two ``createdAt`` windows ``obs`` may match (see the module
-        docstring) and, while records of an earlier version exist, their keys.
+        docstring) and, while records of an earlier version exist, their keys. ``fields``: the
+        ``key_fields(obs)`` the caller has already computed.
         """
+        if fields is None:
+            fields = key_fields(obs)
+        if _joined(obs.account, *fields) not in self._key_fields:
+            # Nothing keyed by this version can match: only the own window's key is needed, slot 0.
+            free = f"{KEY_PREFIX}{match_digests(obs, (own_window(obs.created_at),), fields)[0]}:0"
+            return (self._legacy_candidates(obs, set()) if self._legacy else []), free
         found: dict[str, TransferRecord] = {}
         own, windows = match_windows(obs.created_at)
-        fields = key_fields(obs)
-        if (obs.account, fields) not in self._key_fields:
-            # Nothing keyed by this version can match: only the own window's key is needed, slot 0.
-            free = f"{KEY_PREFIX}{match_digests(obs, (own,), fields)[0]}:0"
-            return (self._legacy_candidates(obs, set()) if self._legacy else []), free
         free = ""
         for window, digest in zip(windows, match_digests(obs, windows, fields), strict=True):
             slot = 0
-            while (obs.account, obs.kind, digest) in self._digests:
+            while _joined(obs.account, obs.kind, digest) in self._digests:
                 key = f"{KEY_PREFIX}{digest}:{slot}"
                 record = self._store.get_transfer(obs.account, obs.kind, key)
                 if record is None:
@@ -1173,16 +1196,17 @@ class TransferBook:
         ``baseline``: ``obs`` is a record of the account's first history poll (see :func:`advance`).
         """
         now = self._clock()
-        candidates, free = self.candidates(obs)
-        existing = choose(obs, candidates)
+        fields = key_fields(obs)
+        candidates, free = self.candidates(obs, fields)
+        existing = choose(obs, candidates) if candidates else None
         transition = advance(existing, obs, existing.key if existing is not None else free, now, baseline=baseline)
         record = transition.record
         digest = key_digest(record.key)
         if digest is not None:
-            self._digests.add((record.account, record.kind, digest))
+            self._digests.add(_joined(record.account, record.kind, digest))
             if existing is None:  # a new record, keyed from obs (an existing one is in the set already)
-                self._key_fields.add((record.account, key_fields(obs)))
-        others = [r for r in candidates if r.key != record.key]
+                self._key_fields.add(_joined(record.account, *fields))
+        others = [r for r in candidates if r.key != record.key] if candidates else []
         donors: list[TransferRecord] = []
         if obs.source == "history":
             record, donors = adopt(record, others, obs, now)
