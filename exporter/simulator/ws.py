@@ -421,7 +421,8 @@ class WebSocketHub:
                 # A frame queued meanwhile in the other lane may be ready sooner: wake for it.
                 conn.wakeup.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(conn.wakeup.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await conn.wakeup.wait()
                 continue
             _, _, kind, payload = lane.popleft()
             if ws.closed:

@@ -129,7 +129,8 @@ class ExchangeClock:
         self._resync.set()
         async with self._measured:
             try:
-                await asyncio.wait_for(self._measured.wait_for(lambda: self.reading is not before), self._refresh_wait)
+                async with asyncio.timeout(self._refresh_wait):
+                    await self._measured.wait_for(lambda: self.reading is not before)
             except TimeoutError:
                 return False
         return True
@@ -137,7 +138,8 @@ class ExchangeClock:
     async def resync_requested(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for :meth:`nonce_refused`; True when it was called."""
         try:
-            await asyncio.wait_for(self._resync.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._resync.wait()
         except TimeoutError:
             return False
         self._resync.clear()

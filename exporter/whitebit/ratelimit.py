@@ -123,7 +123,8 @@ class FamilyLimiter:
                 # at a known time, or an open slot is answered (and ages out later) before that.
                 timeout = self._released[0][0] + self.limit.window - now if self._released else None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._release_event.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._release_event.wait()
 
     def release(self, slot: _Slot) -> None:
         """The request's answer arrived (or it failed): its slot now ages out of the window."""

@@ -379,7 +379,8 @@ class WebSocketSource:
             )
         await self._tokens.acquire()
         try:
-            token = await asyncio.wait_for(self._token_provider(), timeout=self.pong_timeout + 20.0)
+            async with asyncio.timeout(self.pong_timeout + 20.0):
+                token = await self._token_provider()
         except asyncio.CancelledError:
             raise
         # Whatever the injected provider raises (a RestError, a network error) is a failed token
@@ -548,7 +549,8 @@ class WebSocketSource:
         conn.pending[request_id] = (method, future, on_reply)
         try:
             await conn.ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
-            return await asyncio.wait_for(future, timeout=self.pong_timeout)
+            async with asyncio.timeout(self.pong_timeout):
+                return await future
         except TimeoutError:
             self.errors[method] += 1
             what = "no pong" if method == "ping" else f"no reply to {method}"

@@ -30,7 +30,7 @@ from exporter.whitebit.websocket.snapshot import MIN_REQUESTS
 from tests.helpers import wait_for
 from tests.whitebit.websocket.book import open_ids, pending_events
 from tests.whitebit.websocket.churn import Churn
-from tests.ws_harness import FAST, MARKETS, assert_matches, running
+from tests.ws_harness import FAST, MARKETS, account, assert_matches, running, signed_token_provider
 
 SPOT_AND_ORDERS = ("open_orders", "left", "spot", "frozen")
 
@@ -429,6 +429,27 @@ async def test_an_idle_wallet_stays_fresh_while_the_connection_is_live_and_goes_
                 assert scraped == value
         finally:
             h.sim.ws.silence(None, False)
+
+
+async def test_a_source_cancelled_as_its_token_arrives_stops() -> None:
+    # Python 3.11's asyncio.wait_for swallowed a cancellation that arrived as the awaited call
+    # finished (https://github.com/python/cpython/issues/86296): the source then connected and ran
+    # on, and the shutdown that cancelled it waited forever. The token request is one such await.
+    async with running(autostart=False) as h:
+        creds = account("main")
+        token = await signed_token_provider(h.sim.url, creds.api_key, creds.api_secret)()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def cancelled_as_it_answers() -> str:
+            tasks[0].cancel()
+            return token
+
+        h.token_override["main"] = cancelled_as_it_answers
+        h.start()
+        tasks.extend(h.tasks)
+        done, _ = await asyncio.wait(tasks, timeout=10)
+        assert done == set(tasks) and tasks[0].cancelled()
+        assert not h.sources["main"].connected
 
 
 async def test_garbage_is_counted_by_reason_and_skipped_without_losing_the_connection() -> None:
