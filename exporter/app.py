@@ -28,13 +28,15 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.config.schema import Config
+from exporter.config.schema import Config, WebConfig, WebhooksConfig
 from exporter.core.health import HealthRegistry, UpCollector
 from exporter.core.housekeeping import Housekeeping
 from exporter.core.logs import redact
 from exporter.core.metrics import BuildInfoCollector, SeriesValues
 from exporter.core.state import StateError, StateStore
+from exporter.core.state_watch import StateWatch
 from exporter.core.supervisor import Supervisor, SupervisorCollector
+from exporter.http.limits import ConnectionLimits, FileBudgetError, ListenerConnections, ensure_open_files, files_needed
 from exporter.http.metrics_listener import create_metrics_app
 from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
@@ -56,6 +58,11 @@ _METRICS_STOP_TIMEOUT = 0.5
 
 #: Exit status when a second signal cuts a slow shutdown short.
 FORCED_EXIT_STATUS = 1
+
+
+def _limits(listener: WebConfig | WebhooksConfig) -> ConnectionLimits:
+    """A listener's connection limits from its config section."""
+    return ConnectionLimits(listener.request_timeout, listener.idle_timeout, listener.max_connections)
 
 
 class StartupError(Exception):
@@ -141,6 +148,10 @@ class Exporter:
         self._log_configuration()
         try:
             await self._start()
+        except StateError as exc:
+            # Damage found while loading what the state holds: a one-line reason, not a traceback.
+            await self.stop()
+            raise StartupError(str(exc)) from exc
         except BaseException:
             await self.stop()
             raise
@@ -149,10 +160,11 @@ class Exporter:
     async def _start(self) -> None:
         config = self.config
         try:
-            state = self._state = StateStore.open(config.state.path, clock=self.clock)
+            state = self._state = StateStore.open(config.state.path, clock=self.clock, exclusive=True)
         except StateError as exc:
             raise StartupError(str(exc)) from exc
         log.info("state opened", extra={"path": str(config.state.path), "schema_version": state.schema_version})
+        self.registry.register(StateWatch(state, self.health))
         # What the providers share, built before any of them: one committer for both receivers, so
         # deliveries arriving together share one commit, and one book for every account's transfers,
         # fed by the WhiteBIT receiver and by history reconciliation.
@@ -162,18 +174,29 @@ class Exporter:
         receivers = self._receivers(state, committer, transfers)
         listener_refusals = SeriesValues()
         self.registry.register(listener_refusals)
+        # Each listener has its own cap, so a flood on the webhook port cannot take the descriptors
+        # the metrics listener needs; the open-file limit must hold both caps (exporter/http/limits.py).
+        try:
+            ensure_open_files(files_needed((config.web.max_connections, config.webhooks.max_connections)))
+        except FileBudgetError as exc:
+            raise StartupError(str(exc)) from exc
+        connections = ListenerConnections(listener_refusals)
 
         self._metrics = Listener(
             "metrics",
             create_metrics_app(self.registry, self.health, self.version),
             config.web.listen_address,
             shutdown_timeout=_METRICS_STOP_TIMEOUT,
+            limits=_limits(config.web),
+            connections=connections,
         )
         self._webhooks = Listener(
             "webhooks",
             create_webhook_app(config.webhooks, config.whitebit, receivers, collector=listener_refusals),
             config.webhooks.listen_address,
             shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT,
+            limits=_limits(config.webhooks),
+            connections=connections,
         )
         for listener in (self._metrics, self._webhooks):
             try:
@@ -196,6 +219,7 @@ class Exporter:
                 "final_transfers": lambda now: transfers.purge_final(now - FINAL_TRANSFER_RETENTION),
             },
             clock=self.clock,
+            upkeep=state.upkeep,
         )
         for source in (*self._whitebit.sources, housekeeping):
             self.supervisor.start(source.name, source.run)

@@ -104,6 +104,39 @@ ALERTS: tuple[Alert, ...] = (
         ("job", "instance"),
     ),
     Alert(
+        "WhitebitExporterStateUnwritable",
+        "max by (job, instance) (whitebit_exporter_state_writable{[[selector]]}) == 0",
+        "The WhiteBIT exporter cannot write its state file.",
+        "Every state write of {{ $labels.instance }} has failed for [[for]]: each webhook delivery is answered 503 "
+        "(counted as state_unavailable) and left to the sender's retries, which run out. /-/ready and the log say "
+        "why (full volume, read-only or failing disk, damaged file).",
+        OVERVIEW,
+        ("job", "instance"),
+    ),
+    Alert(
+        "WhitebitExporterStateDamaged",
+        'sum by (job, instance) (increase(whitebit_exporter_state_errors_total{[[selector]], kind="corrupt"}'
+        "[[[window]]])) > 0",
+        "The WhiteBIT exporter found its state file damaged.",
+        "{{ $labels.instance }} read or wrote a damaged page of its state file ({{ $value | humanize }} time(s) in "
+        "the last [[window]]). /-/ready answers 503 until the file is restored or moved away and the exporter "
+        "restarted; deliveries that touch the damaged pages are answered 503.",
+        OVERVIEW,
+        ("job", "instance"),
+    ),
+    Alert(
+        "WhitebitWebhookInternalErrors",
+        '(sum by (job, instance) (increase(whitebit_webhooks_rejected_total{[[selector]], reason="internal_error"}'
+        "[[[window]]])) > 0) or (sum by (job, instance) (increase(zerohash_webhooks_rejected_total{[[selector]], "
+        'reason="internal_error"}[[[window]]])) > 0)',
+        "A webhook receiver hit an unexpected error.",
+        "{{ $labels.instance }} answered {{ $value | humanize }} webhook deliveries 503 internal_error in the last "
+        "[[window]]: a bug in the exporter, not in the delivery. The senders retry; the log line names the "
+        "exception.",
+        WEBHOOKS,
+        ("job", "instance"),
+    ),
+    Alert(
         "WhitebitWebhookMissed",
         "sum by (job, instance, account, kind) (increase(whitebit_webhooks_missed_total{[[selector]]}[[[window]]]))"
         " > 0",
@@ -271,11 +304,12 @@ ALERTS: tuple[Alert, ...] = (
     Alert(
         "WhitebitZerohashSignatureFailures",
         "sum by (job, instance, reason) (increase(zerohash_webhooks_rejected_total{[[selector]], "
-        'reason=~"bad_signature|payload_mismatch|unknown_key|stale_timestamp"}[[[window]]])) > 0',
+        'reason=~"bad_signature|payload_mismatch|unknown_key|stale_timestamp|legacy_signature_refused"}[[[window]]]))'
+        " > 0",
         "Zero Hash webhook deliveries are failing verification.",
         "{{ $labels.instance }} has kept rejecting Zero Hash deliveries with reason {{ $labels.reason }} for "
         "[[for]] ({{ $value | humanize }} in the last [[window]]): a secret out of step, a clock off by more "
-        "than the tolerance, or someone probing.",
+        "than the tolerance, a captured delivery replayed without its timestamp, or someone probing.",
         ZEROHASH,
         ("job", "instance"),
     ),

@@ -32,10 +32,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.config.schema import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_METRICS_ADDRESS,
+    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_WEBHOOKS_ADDRESS,
     DOCUMENTED_LIMITS,
     FAMILIES,
+    MAX_LISTENER_CONNECTIONS,
     MAX_ZEROHASH_TIMESTAMP_TOLERANCE,
     NONCE_POLICIES,
     RESERVED_ACCOUNT_NAME,
@@ -54,8 +57,9 @@ from exporter.config.schema import (
 )
 
 _TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash")
-_WEB_KEYS = ("listen_address",)
-_WEBHOOKS_KEYS = ("listen_address", "max_body_bytes")
+_LISTENER_LIMIT_KEYS = ("request_timeout", "idle_timeout", "max_connections")
+_WEB_KEYS = ("listen_address", *_LISTENER_LIMIT_KEYS)
+_WEBHOOKS_KEYS = ("listen_address", "max_body_bytes", *_LISTENER_LIMIT_KEYS)
 _STATE_KEYS = ("path",)
 _ACCOUNT_KEYS = (
     "name",
@@ -89,7 +93,10 @@ _ZEROHASH_WEBHOOK_KEYS = (
     "rsa_public_keys_file",
     "timestamp_tolerance",
     "participants",
+    "legacy_signature",
 )
+#: The values of ``zerohash.webhook.legacy_signature``.
+LEGACY_SIGNATURE_POLICIES = ("auto", "refuse", "accept")
 
 
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -339,6 +346,8 @@ class _Loader:
         if web_address is not None and webhooks_address is not None:
             self.check_listeners_apart(web_address, webhooks_address)
         max_body = self.byte_size(webhooks, "max_body_bytes", "webhooks")
+        web_limits = self.listener_limits(web, "web", WebConfig.max_connections)
+        webhooks_limits = self.listener_limits(webhooks, "webhooks", WebhooksConfig.max_connections)
         state = self.mapping(top.get("state"), "state", _STATE_KEYS) or {}
         state_path = self.string_field(state, "path", "state")
         rest = self.rest(top.get("rest"))
@@ -347,10 +356,11 @@ class _Loader:
         if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
             self.problem(self.source, "nothing to monitor (configure a whitebit account or the zerohash section)")
         return Config(
-            web=WebConfig(listen_address=web_address or parse_listen_address(DEFAULT_METRICS_ADDRESS)),
+            web=WebConfig(listen_address=web_address or parse_listen_address(DEFAULT_METRICS_ADDRESS), **web_limits),
             webhooks=WebhooksConfig(
                 listen_address=webhooks_address or parse_listen_address(DEFAULT_WEBHOOKS_ADDRESS),
                 max_body_bytes=max_body or WebhooksConfig.max_body_bytes,
+                **webhooks_limits,
             ),
             state=StateConfig(path=state_path or StateConfig.path),
             whitebit=accounts,
@@ -394,6 +404,17 @@ class _Loader:
                 )
             )
         return tuple(overrides)
+
+    def listener_limits(self, fields: Mapping[str, Any], location: str, default_cap: int) -> dict[str, Any]:
+        """A listener's connection limits (the keys of ``_LISTENER_LIMIT_KEYS``), defaults for the absent ones."""
+        request_timeout = self.duration(fields, "request_timeout", location)
+        idle_timeout = self.duration(fields, "idle_timeout", location)
+        cap = self.integer(fields, "max_connections", location, minimum=1, maximum=MAX_LISTENER_CONNECTIONS)
+        return {
+            "request_timeout": DEFAULT_REQUEST_TIMEOUT if request_timeout is None else request_timeout,
+            "idle_timeout": DEFAULT_IDLE_TIMEOUT if idle_timeout is None else idle_timeout,
+            "max_connections": default_cap if cap is None else cap,
+        }
 
     def check_listeners_apart(self, web: ListenAddress, webhooks: ListenAddress) -> None:
         overlap = web.host == webhooks.host or web.host in _WILDCARD_HOSTS or webhooks.host in _WILDCARD_HOSTS
@@ -567,6 +588,11 @@ class _Loader:
                 f"must be at most 1d = 86400 s (late retries are accepted past it anyway), got {tolerance:g} s",
             )
         participants = self.string_list(webhook, "participants", location) or ()
+        legacy_signature = self.string_field(webhook, "legacy_signature", location)
+        if legacy_signature is not None and legacy_signature not in LEGACY_SIGNATURE_POLICIES:
+            self.problem(
+                _at(location, "legacy_signature"), f'invalid value "{legacy_signature}" (use auto, refuse or accept)'
+            )
         seen: set[str] = set()
         for index, participant in enumerate(participants):
             where = f"{location}.participants[{index}]"
@@ -590,6 +616,7 @@ class _Loader:
                 rsa_public_keys=() if rsa_keys is None else rsa_keys[1],
                 timestamp_tolerance=(ZerohashWebhookConfig.timestamp_tolerance if tolerance is None else tolerance),
                 participants=participants,
+                legacy_signature=legacy_signature or ZerohashWebhookConfig.legacy_signature,
             )
         )
 

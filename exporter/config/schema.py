@@ -63,6 +63,12 @@ NONCE_POLICIES = ("count", "strict")
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9945"
 DEFAULT_WEBHOOKS_ADDRESS = "0.0.0.0:9946"
+#: Seconds a client has to send a whole request (headers and body) on either listener.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Seconds an idle keep-alive connection stays open (aiohttp's own default is an hour).
+DEFAULT_IDLE_TIMEOUT = 5.0
+#: The largest ``max_connections`` the loader accepts for a listener.
+MAX_LISTENER_CONNECTIONS = 65536
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,11 @@ class WebConfig:
     """The metrics listener: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``."""
 
     listen_address: ListenAddress
+    # Connection limits (exporter/http/limits.py): a whole request (headers and body) within
+    # request_timeout, an idle keep-alive connection closed after idle_timeout, at most max_connections open.
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class WebhooksConfig:
 
     listen_address: ListenAddress
     max_body_bytes: int = 65536
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = 512
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,9 @@ class ZerohashWebhookConfig:
     rsa_public_keys: tuple[RSAPublicKey, ...] = field(default=(), repr=False, compare=False)
     timestamp_tolerance: float = 300.0
     participants: tuple[str, ...] = ()
+    #: Deliveries signed only the legacy body-only way: ``auto`` refuses them once a timestamped
+    #: signature has verified (remembered in the state file), ``refuse`` always, ``accept`` never.
+    legacy_signature: str = "auto"
 
 
 @dataclass(frozen=True)

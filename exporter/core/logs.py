@@ -8,6 +8,15 @@ records::
 
 Structured fields are passed with ``extra=``: ``log.info("listening", extra={"metrics": url})``.
 Anything that may hold a credential goes through :func:`redact` before it reaches a logger.
+
+**Rate limit.** Outside traffic can make aiohttp and asyncio log: aiohttp's ``aiohttp.server``,
+``aiohttp.access`` and ``aiohttp.web`` for malformed requests and failing handlers, asyncio's
+``asyncio`` logger once per failed ``accept()`` (EMFILE, "socket.accept() out of system resource").
+Those loggers go through a :class:`RateLimitFilter` on the handler: the first record of a kind
+(logger, level, the message's first line, the exception's class) is written, then at most one per
+:data:`RATE_LIMIT_INTERVAL` seconds, carrying ``suppressed=N`` for the records it stood for. The
+exporter's own loggers rate-limit where a client can trigger them (``RejectionLog`` in
+:mod:`exporter.webhooks.intake`), so they are not filtered here.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -101,6 +111,57 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record), default=str, ensure_ascii=False)
 
 
+#: Seconds between two records of the same kind from a rate-limited logger.
+RATE_LIMIT_INTERVAL = 10.0
+#: Loggers that outside traffic can make write (and their children).
+RATE_LIMITED_LOGGERS = ("aiohttp", "asyncio")
+#: Kinds remembered at once; past it the oldest is forgotten (kinds come from message templates, few).
+_RATE_LIMIT_KINDS = 1024
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets the first record of a kind through, then at most one per ``interval`` with a suppressed count.
+
+    Applies to records of ``loggers`` (and their children) only; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        loggers: tuple[str, ...] = RATE_LIMITED_LOGGERS,
+        *,
+        interval: float = RATE_LIMIT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._loggers = loggers
+        self._interval = interval
+        self._clock = clock
+        # kind -> (time the next record may pass, records suppressed since the last one passed)
+        self._kinds: dict[tuple[str, int, str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not any(name == prefix or name.startswith(prefix + ".") for prefix in self._loggers):
+            return True
+        # The template, not the formatted message: "Error handling request from %s" is one kind
+        # whatever the client's address.
+        template = str(record.msg).split("\n", 1)[0]
+        exc_type = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        kind = (name, record.levelno, template, exc_type)
+        now = self._clock()
+        next_time, suppressed = self._kinds.get(kind, (float("-inf"), 0))
+        if now < next_time:
+            self._kinds[kind] = (next_time, suppressed + 1)
+            return False
+        self._kinds.pop(kind, None)
+        if len(self._kinds) >= _RATE_LIMIT_KINDS:
+            del self._kinds[next(iter(self._kinds))]
+        self._kinds[kind] = (now + self._interval, 0)
+        if suppressed:
+            record.suppressed = suppressed
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt", stream: IO[str] | None = None) -> None:
     """Send every record at ``level`` or above to ``stream`` (stderr) in ``fmt``.
 
@@ -113,6 +174,7 @@ def setup_logging(level: str = "info", fmt: str = "logfmt", stream: IO[str] | No
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(LogfmtFormatter() if fmt == "logfmt" else JsonFormatter())
+    handler.addFilter(RateLimitFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -124,6 +124,18 @@ EXPORTER_TASK_RUNNING = GaugeDef(
 EXPORTER_TASK_RESTARTS = CounterDef(
     "whitebit_exporter_task_restarts", "Times a supervised task crashed or ended and was restarted.", ("task",)
 )
+EXPORTER_STATE_WRITABLE = GaugeDef(
+    "whitebit_exporter_state_writable",
+    "1 while the state file accepts writes, 0 from a failed write until one succeeds.",
+)
+EXPORTER_STATE_VOLUME_FREE_BYTES = GaugeDef(
+    "whitebit_exporter_state_volume_free_bytes", "Bytes still free on the volume of the state file (statvfs)."
+)
+EXPORTER_STATE_ERRORS = CounterDef(
+    "whitebit_exporter_state_errors",
+    "Failed reads and writes of the state file, by kind (full, corrupt, io, readonly, busy, other).",
+    ("kind",),
+)
 
 # --- balances and open orders (private WebSocket and REST) -------------------------------------------
 
@@ -248,6 +260,21 @@ WEBHOOK_LISTENER_REJECTED = CounterDef(
     "unknown path, wrong method), by reason.",
     ("reason",),
 )
+LISTENER_CONNECTIONS = GaugeDef(
+    "whitebit_exporter_listener_connections",
+    "Connections open on each HTTP listener (metrics, webhooks); capped by its max_connections.",
+    ("listener",),
+)
+LISTENER_CONNECTIONS_REFUSED = CounterDef(
+    "whitebit_exporter_listener_connections_refused",
+    "Connections a listener closed at once because it already had max_connections open.",
+    ("listener",),
+)
+LISTENER_CONNECTIONS_TIMED_OUT = CounterDef(
+    "whitebit_exporter_listener_connections_timed_out",
+    "Connections a listener cut off because a request's headers and body did not arrive within request_timeout.",
+    ("listener",),
+)
 WHITEBIT_WEBHOOKS_MISSED = CounterDef(
     "whitebit_webhooks_missed",
     "Deposits and withdrawals whose webhook did not arrive within webhook_retry_window of history showing them.",
@@ -369,6 +396,9 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_UP,
     EXPORTER_TASK_RUNNING,
     EXPORTER_TASK_RESTARTS,
+    EXPORTER_STATE_WRITABLE,
+    EXPORTER_STATE_VOLUME_FREE_BYTES,
+    EXPORTER_STATE_ERRORS,
     WHITEBIT_BALANCE,
     WHITEBIT_BALANCE_FROZEN,
     WHITEBIT_COLLATERAL_BORROWED,
@@ -394,6 +424,9 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
     WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
     WEBHOOK_LISTENER_REJECTED,
+    LISTENER_CONNECTIONS,
+    LISTENER_CONNECTIONS_REFUSED,
+    LISTENER_CONNECTIONS_TIMED_OUT,
     WHITEBIT_WEBHOOKS_MISSED,
     WHITEBIT_WEBHOOKS_OVERDUE,
     WHITEBIT_TRANSFERS_IN_FLIGHT,

@@ -9,12 +9,20 @@ Prometheus expects.
 Why synchronous calls on the event loop: the store uses one connection from the asyncio
 event-loop thread, and every call is a short indexed read or write. In WAL mode with
 ``synchronous=NORMAL`` a commit is a ``write()`` into the WAL file without an ``fsync``, so it
-takes microseconds (an automatic checkpoint every ~1000 pages syncs once) and, once it has
+takes microseconds (an automatic checkpoint every 64 pages syncs once) and, once it has
 returned, survives a crash or SIGKILL of the process (the data is in the OS page cache). That is
 exactly the guarantee a webhook receiver needs to commit before it answers 200. Surviving a
 power loss or kernel crash needs an ``fsync`` per commit, which is ``durability="power"``
 (``synchronous=FULL``). A thread pool would only add ordering problems between concurrent
 writers for no gain at these sizes.
+
+The file under faults (README.md#durable-state): the exporter opens it with an exclusive lock on
+``<state>.lock`` (one writer per file), refuses it at start when ``PRAGMA quick_check`` finds
+damage, and notes what every failed read or write says about it in :class:`StateCondition`
+(rendered by :mod:`exporter.core.state_watch`). The WAL is checkpointed every
+:data:`WAL_AUTOCHECKPOINT_PAGES` pages (fewer on a small volume) and cut back to that size, and
+``<state>.reserve`` holds :data:`RESERVE_BYTES` back, given up when the volume is full so that a
+checkpoint can still shrink the WAL.
 
 Amounts are stored as TEXT decimal strings and returned as :class:`decimal.Decimal`, so nothing
 is rounded on the way through; times are float unix seconds. Never put a secret in here.
@@ -23,12 +31,15 @@ is rounded on the way through; times are float unix seconds. Never put a secret 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -55,6 +66,31 @@ _FIRST_WATCHED = ":first_watched"
 DEFAULT_DELIVERY_TTL = 7 * 86400.0
 
 BUSY_TIMEOUT_MS = 5000
+
+# -- keeping the file small and its volume from wedging (README.md#durable-state) ----------------
+#: WAL pages after which a commit checkpoints them into the file (``PRAGMA wal_autocheckpoint``).
+#: SQLite's default, 1000 pages (~4 MB), is more than a small state volume holds, and a WAL that
+#: cannot reach it never shrinks; but each checkpoint syncs the file, so a short one costs intake
+#: its throughput (benchmarks/bench_webhooks.py: 64 pages took the verified ratio from 0.24 to 0.20).
+#: So the threshold follows the volume: :data:`WAL_AUTOCHECKPOINT_PAGES` pages, or fewer (down to
+#: :data:`WAL_AUTOCHECKPOINT_MIN_PAGES`) so that the WAL never takes more than an eighth of the free space.
+WAL_AUTOCHECKPOINT_PAGES = 512
+WAL_AUTOCHECKPOINT_MIN_PAGES = 64
+#: A WAL emptied by a checkpoint is cut back to the size of the checkpoint threshold (``PRAGMA
+#: journal_size_limit``): not below it, as a WAL cut shorter is only grown again, block by block,
+#: before the next checkpoint (benchmarks/bench_webhooks.py measured that cost on the dedupe stage).
+#: The WAL stays below this under steady load: the largest autocheckpoint threshold (with 4 KiB
+#: pages) plus one batch's commit.
+WAL_LIMIT = 3 * 1024 * 1024
+#: Bytes kept in ``<state>.reserve``: deleted when a write finds the volume full, so a checkpoint can
+#: still move the WAL into the file and shrink it; written again once there is room (twice this).
+RESERVE_BYTES = 512 * 1024
+#: The page size the thresholds are counted in (SQLite's default, which this store never changes).
+_PAGE_BYTES = 4096
+#: Kinds of failed reads and writes (``whitebit_exporter_state_errors_total{kind}``), from SQLite's
+#: primary result codes (https://www.sqlite.org/rescode.html).
+ERROR_KINDS = ("full", "corrupt", "io", "readonly", "busy", "other")
+_KIND_OF_CODE = {13: "full", 11: "corrupt", 26: "corrupt", 10: "io", 14: "io", 8: "readonly", 5: "busy", 6: "busy"}
 
 _SCHEMA_V1 = """
 CREATE TABLE webhook_deliveries (
@@ -186,7 +222,74 @@ class _Rerun(Exception):
 
 
 class StateError(Exception):
-    """The state file cannot be used: not a database, too new, unwritable, or a failed write."""
+    """The state file cannot be used: not a database, too new, unwritable, or a failed write.
+
+    ``kind`` (one of :data:`ERROR_KINDS`) is set when SQLite itself failed a read or write of the
+    file; it is None for a misuse of the store (closed, a transaction across an ``await``).
+    """
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def error_kind(exc: sqlite3.Error) -> str:
+    """Which of :data:`ERROR_KINDS` an SQLite error is (``other`` when SQLite gave no code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int):
+        return "corrupt" if "malformed" in str(exc) else "other"
+    return _KIND_OF_CODE.get(code & 0xFF, "other")
+
+
+class StateCondition:
+    """What the store has learned about its file from its own reads and writes since it was opened.
+
+    ``writable`` turns False when a write fails and True again at the next successful commit (a
+    delivery's, or :meth:`StateStore.probe` from housekeeping). ``damage`` is set by the first error
+    saying the file is malformed and stays: only restoring or moving the file away and restarting
+    fixes that. ``errors`` counts failed reads and writes per kind. ``on_change`` is called after
+    every change of :attr:`problem` (``/-/ready`` follows it).
+    """
+
+    def __init__(self) -> None:
+        self.writable = True
+        self.write_error = ""
+        self.damage = ""
+        self.errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+        self.free_bytes: float = math.nan
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def problem(self) -> str:
+        """Why the state is not healthy (shown on ``/-/ready``); empty while it is."""
+        if self.damage:
+            return f"state file damaged ({self.damage}); restore it from a backup or move it away, then restart"
+        if not self.writable:
+            return f"state file not writable ({self.write_error}); deliveries are answered 503 until a write succeeds"
+        return ""
+
+    def _error(self, exc: sqlite3.Error, *, write: bool) -> str:
+        kind = error_kind(exc)
+        self.errors[kind] += 1
+        before = self.problem
+        if kind == "corrupt" and not self.damage:
+            self.damage = str(exc)
+        if write:
+            self.writable = False
+            self.write_error = f"{kind}: {exc}"
+        if self.problem != before:
+            self._changed()
+        return kind
+
+    def _committed(self) -> None:
+        if not self.writable:
+            self.writable = True
+            self.write_error = ""
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,12 +347,19 @@ class ZerohashBalance:
 class StateStore:
     """Typed facade over the SQLite state file; create it with :meth:`open`."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float], lock: int | None = None
+    ) -> None:
         self._db: sqlite3.Connection | None = conn
         self._path = path
         self._clock = clock
         self._depth = 0
         self._owner: object = None
+        self._lock = lock
+        self._condition = StateCondition()
+        self._checkpoint_pages = WAL_AUTOCHECKPOINT_PAGES
+        self.volume_free_bytes()  # fits the checkpoint threshold to the volume from the start
+        self.ensure_reserve()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -261,8 +371,13 @@ class StateStore:
         clock: Callable[[], float] = time.time,
         durability: Durability = "process",
         migrations: Sequence[Migration] = MIGRATIONS,
+        exclusive: bool = False,
     ) -> StateStore:
         """Open (creating if needed) and migrate the state file at ``path``.
+
+        ``exclusive=True`` (what the exporter does) first takes the lock ``<state>.lock`` and
+        raises :class:`StateError` naming the holder's pid when another process has it; without
+        it the file is opened unlocked (a second connection that inspects it, as tests do).
 
         ``durability="process"`` (``synchronous=NORMAL``) makes every commit survive a crash or
         SIGKILL of this process; ``"power"`` (``synchronous=FULL``) also survives power loss at
@@ -273,22 +388,33 @@ class StateStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot open state file {path}: {exc}") from exc
+        lock = _lock(path) if exclusive else None
+        try:
             # Autocommit mode: transactions are issued explicitly by transaction().
             conn = sqlite3.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
+            if lock is not None:
+                os.close(lock)
             raise StateError(f"cannot open state file {path}: {exc}") from exc
         try:
             _prepare(conn, path, durability, migrations)
         except BaseException:
             conn.close()
+            if lock is not None:
+                os.close(lock)
             raise
-        return cls(conn, path, clock)
+        return cls(conn, path, clock, lock)
 
     def close(self) -> None:
-        """Close the file; an open transaction is rolled back. Closing twice is harmless."""
+        """Close the file and release its lock; an open transaction is rolled back. Closing twice is harmless."""
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
     def __enter__(self) -> StateStore:
         return self
@@ -302,6 +428,11 @@ class StateStore:
     def path(self) -> Path:
         """The state file."""
         return self._path
+
+    @property
+    def condition(self) -> StateCondition:
+        """Whether the file is writable and undamaged, and its failed reads and writes by kind."""
+        return self._condition
 
     @property
     def schema_version(self) -> int:
@@ -326,7 +457,7 @@ class StateStore:
         try:
             conn.execute("BEGIN IMMEDIATE" if outer else f"SAVEPOINT {savepoint}")
         except sqlite3.Error as exc:
-            raise StateError(f"cannot begin a transaction on {self._path}: {exc}") from exc
+            raise self._failure(f"cannot begin a transaction on {self._path}", exc) from exc
         if outer:
             self._owner = owner
         self._depth += 1
@@ -338,9 +469,17 @@ class StateStore:
             conn.execute("COMMIT" if outer else f"RELEASE {savepoint}")
         except BaseException as exc:
             _undo(conn, None if outer else savepoint)
+            failure = exc
             if isinstance(exc, sqlite3.Error):
-                raise StateError(f"state write to {self._path} failed: {exc}") from exc
+                failure = self._failure(f"state write to {self._path} failed", exc)
+            if outer and isinstance(failure, StateError) and failure.kind == "full":
+                self._make_room()
+            if failure is not exc:
+                raise failure from exc
             raise
+        else:
+            if outer:
+                self._condition._committed()
         finally:
             if outer:
                 self._owner = None
@@ -396,7 +535,7 @@ class StateStore:
                 try:
                     conn.execute(begin)
                 except sqlite3.Error as exc:
-                    raise StateError(f"cannot begin a savepoint on {self._path}: {exc}") from exc
+                    raise self._failure(f"cannot begin a savepoint on {self._path}", exc) from exc
                 self._depth = depth + 1
                 try:
                     value = job()
@@ -404,8 +543,9 @@ class StateStore:
                     self._depth = depth
                     _undo(conn, name)
                     if not conn.in_transaction:
+                        kind = exc.kind if isinstance(exc, StateError) else None
                         raise StateError(
-                            f"state write to {self._path} failed and ended the transaction: {exc}"
+                            f"state write to {self._path} failed and ended the transaction: {exc}", kind
                         ) from exc
                     outcomes.append((None, exc))
                     continue
@@ -414,7 +554,7 @@ class StateStore:
                 try:
                     conn.execute(release)
                 except sqlite3.Error as exc:
-                    raise StateError(f"state write to {self._path} failed: {exc}") from exc
+                    raise self._failure(f"state write to {self._path} failed", exc) from exc
                 outcomes.append((value, None))
         return outcomes
 
@@ -608,19 +748,119 @@ class StateStore:
             f"SELECT {_ZEROHASH_COLUMNS} FROM zerohash_balances"
             " ORDER BY participant_code, account_group, account_label, account_type, asset"
         )
-        return [
-            ZerohashBalance(
-                participant_code=r[0],
-                account_group=r[1],
-                account_label=r[2],
-                account_type=r[3],
-                asset=r[4],
-                balance=Decimal(r[5]),
-                timestamp=float(r[6]),
-                run_id=r[7],
+        return [_zerohash_balance(r) for r in rows]
+
+    def zerohash_balance(self, account: tuple[str, str, str, str, str]) -> ZerohashBalance | None:
+        """The stored balance of one Zero Hash account (participant_code, account_group,
+        account_label, account_type, asset), or None: one primary-key read."""
+        rows = self._query(
+            f"SELECT {_ZEROHASH_COLUMNS} FROM zerohash_balances WHERE participant_code = ? AND account_group = ?"
+            " AND account_label = ? AND account_type = ? AND asset = ?",
+            account,
+        )
+        return _zerohash_balance(rows[0]) if rows else None
+
+    # -- the file's health ---------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Write and commit one tiny row, to learn whether the file is writable again (housekeeping).
+
+        Raises :class:`StateError` when it is not; a success marks the condition writable.
+        """
+        with self.transaction():
+            self._conn().execute(
+                "INSERT INTO cursors (account, name, value, updated_at) VALUES ('', ?, ?, ?)"
+                " ON CONFLICT (account, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (_PROBE, repr(self._now()), self._now()),
             )
-            for r in rows
-        ]
+
+    def checkpoint(self, *, truncate: bool = False) -> bool:
+        """Copy the WAL into the file (``PRAGMA wal_checkpoint``); True when all of it was.
+
+        ``truncate`` also cuts the WAL file to 0 bytes. Never inside a transaction (returns False).
+        """
+        if self._depth or self._db is None:
+            return False
+        try:
+            busy, _, _ = self._db.execute(f"PRAGMA wal_checkpoint({'TRUNCATE' if truncate else 'PASSIVE'})").fetchone()
+        except sqlite3.Error as exc:
+            self._condition._error(exc, write=False)
+            return False
+        return int(busy) == 0
+
+    def wal_bytes(self) -> int:
+        """The size of the ``-wal`` file now (0 when there is none)."""
+        try:
+            return self._path.with_name(self._path.name + "-wal").stat().st_size
+        except OSError:
+            return 0
+
+    def volume_free_bytes(self) -> float:
+        """Bytes an unprivileged writer may still use on the state file's volume (one ``statvfs``)."""
+        try:
+            st = os.statvfs(self._path.parent)
+        except OSError:
+            free = math.nan
+        else:
+            free = float(st.f_bavail * st.f_frsize)
+        self._condition.free_bytes = free
+        self.fit_checkpoints(free)
+        return free
+
+    def fit_checkpoints(self, free: float) -> None:
+        """Set the autocheckpoint threshold for ``free`` bytes on the volume (see :data:`WAL_AUTOCHECKPOINT_PAGES`)."""
+        if self._db is None or self._depth:
+            return
+        pages = WAL_AUTOCHECKPOINT_PAGES
+        if math.isfinite(free):
+            pages = max(WAL_AUTOCHECKPOINT_MIN_PAGES, min(pages, int(free / 8 / _PAGE_BYTES)))
+        if pages != self._checkpoint_pages:
+            try:
+                self._db.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+                self._db.execute(f"PRAGMA journal_size_limit = {pages * _PAGE_BYTES}")
+            except sqlite3.Error as exc:
+                self._condition._error(exc, write=False)
+                return
+            self._checkpoint_pages = pages
+
+    @property
+    def reserve_path(self) -> Path:
+        """``<state>.reserve``: room held back for a checkpoint when the volume fills up."""
+        return self._path.with_name(self._path.name + ".reserve")
+
+    def ensure_reserve(self) -> bool:
+        """Write the reserve file if it is missing and the volume has room for it twice; True if it exists."""
+        reserve = self.reserve_path
+        if reserve.exists():
+            return True
+        if not self.volume_free_bytes() >= 2 * RESERVE_BYTES:
+            return False
+        try:
+            # Written, not truncated to size: a sparse file would hold no blocks back.
+            with reserve.open("wb") as f:
+                f.write(bytes(RESERVE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            reserve.unlink(missing_ok=True)
+            return False
+        return True
+
+    def upkeep(self) -> None:
+        """Housekeeping's frequent round: free space, a probe while unwritable, a short WAL, the reserve."""
+        self.volume_free_bytes()
+        if not self._condition.writable:
+            try:
+                self.probe()
+            except StateError:
+                return
+        self.checkpoint(truncate=self.wal_bytes() > self._checkpoint_pages * _PAGE_BYTES)
+        self.ensure_reserve()
+
+    def _make_room(self) -> None:
+        """The volume is full: give up the reserve and checkpoint, so the WAL shrinks and writes can resume."""
+        self.reserve_path.unlink(missing_ok=True)
+        self.checkpoint(truncate=True)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -638,7 +878,7 @@ class StateStore:
         try:
             return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StateError(f"state read from {self._path} failed: {exc}") from exc
+            raise self._failure(f"state read from {self._path} failed", exc, write=False) from exc
 
     def _write(self, sql: str, params: Sequence[object]) -> sqlite3.Cursor:
         """Run ONE write statement atomically: in its own transaction, or in the caller's.
@@ -654,7 +894,19 @@ class StateStore:
         try:
             return conn.execute(sql, params)
         except sqlite3.Error as exc:
-            raise StateError(f"state write to {self._path} failed: {exc}") from exc
+            raise self._failure(f"state write to {self._path} failed", exc) from exc
+
+    def _failure(self, what: str, exc: sqlite3.Error, *, write: bool = True) -> StateError:
+        """The StateError to raise for ``exc``, after counting it and noting what it says about the file.
+
+        A failed statement inside a transaction marks the file unwritable at once: the caller's
+        commit cannot succeed without it, and the next successful commit marks it writable again.
+        """
+        if isinstance(exc, sqlite3.IntegrityError):
+            # A constraint violated by a caller's data says nothing about the file.
+            return StateError(f"{what}: {exc}")
+        kind = self._condition._error(exc, write=write)
+        return StateError(f"{what}: {exc}", kind)
 
     def _atomic(self) -> AbstractContextManager[None]:
         """A transaction of its own, or nothing when the caller's is already open (no savepoint)."""
@@ -664,6 +916,8 @@ class StateStore:
         return nullcontext()
 
 
+#: The cursor (of account "") that :meth:`StateStore.probe` rewrites.
+_PROBE = "state:probe"
 _TRANSFER_COLUMNS = (
     "account, kind, key, status, status_name, ticker, amount, created_at, updated_at, final, outcome,"
     " webhook_seen, history_seen, missed_counted, confirmations_actual, confirmations_required,"
@@ -678,6 +932,19 @@ _ADD_TRANSFER = (
     f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({_TRANSFER_PLACEHOLDERS})"
     " ON CONFLICT (account, kind, key) DO NOTHING"
 )
+
+
+def _zerohash_balance(r: Sequence[Any]) -> ZerohashBalance:
+    return ZerohashBalance(
+        participant_code=r[0],
+        account_group=r[1],
+        account_label=r[2],
+        account_type=r[3],
+        asset=r[4],
+        balance=Decimal(r[5]),
+        timestamp=float(r[6]),
+        run_id=r[7],
+    )
 
 
 def _transfer_row(record: TransferRecord) -> tuple[Any, ...]:
@@ -784,6 +1051,44 @@ def _undo(conn: sqlite3.Connection, savepoint: str | None) -> None:
         pass
 
 
+def lock_path(path: Path) -> Path:
+    """``<state>.lock``: holds the pid of the exporter that has the state file open."""
+    return path.with_name(path.name + ".lock")
+
+
+def _lock(path: Path) -> int:
+    """Take the exclusive lock of the state file at ``path``; its file descriptor, held until close.
+
+    An ``flock`` on ``<state>.lock``: two exporters writing one file would each keep their own
+    in-memory view of it. The kernel drops the lock when its holder exits however it exits, so a
+    lock file left by a dead process never blocks a start.
+    """
+    where = lock_path(path)
+    try:
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StateError(f"cannot open lock file {where}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = ""
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            with suppress(OSError):
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StateError(f"cannot lock {where}: {exc}") from exc
+        raise StateError(
+            f"{path} is in use by another whitebit-exporter (pid {holder or 'unknown'});"
+            " run one exporter per state file"
+        ) from None
+    # Without the pid the lock still holds; only a second instance's message is poorer.
+    with suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _prepare(conn: sqlite3.Connection, path: Path, durability: Durability, migrations: Sequence[Migration]) -> None:
     """Check that ``conn`` is a state file this code understands, configure it and migrate it."""
     try:
@@ -801,10 +1106,14 @@ def _prepare(conn: sqlite3.Connection, path: Path, durability: Durability, migra
             f"{path} was written by a newer whitebit-exporter (schema version {version};"
             f" this version knows up to {len(migrations)})"
         )
+    if has_objects:
+        _check_integrity(conn, path)
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         conn.execute(f"PRAGMA synchronous = {'NORMAL' if durability == 'process' else 'FULL'}")
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_AUTOCHECKPOINT_PAGES * _PAGE_BYTES}")
     except sqlite3.Error as exc:
         raise StateError(f"cannot configure state file {path}: {exc}") from exc
     if str(mode).lower() != "wal":
@@ -812,6 +1121,25 @@ def _prepare(conn: sqlite3.Connection, path: Path, durability: Durability, migra
         raise StateError(f"{path}: SQLite refused WAL journal mode (got {mode!r}); use a local filesystem")
     for index in range(version, len(migrations)):
         _migrate(conn, path, index + 1, migrations[index])
+
+
+def _check_integrity(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged file at start (``PRAGMA quick_check``), not one delivery at a time later.
+
+    quick_check reads every page (it skips only the index-versus-table comparison of
+    ``integrity_check``), so damage anywhere is found before anything is served.
+    """
+    try:
+        rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.Error as exc:
+        found = str(exc)
+    else:
+        found = "" if [tuple(r) for r in rows] == [("ok",)] else " ".join(str(r[0]) for r in rows)
+    if found:
+        found = " ".join(found.split())[:200]
+        raise StateError(
+            f"{path} is damaged (quick_check: {found}); restore it from a backup, or move it away to start empty"
+        )
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, target: int, migration: Migration) -> None:

@@ -1,7 +1,8 @@
 """One HTTP listener: an aiohttp application bound to an address, with a bounded stop.
 
 Both the metrics and the webhook listener are a :class:`Listener`; they differ only in their
-application and in how long a stop waits for the requests in flight.
+application, their connection limits (:mod:`exporter.http.limits`) and in how long a stop waits for
+the requests in flight.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from exporter.config.schema import ListenAddress
+from exporter.core.metrics import SeriesValues
+from exporter.http.limits import ACCEPT_BATCH, ConnectionLimits, LimitedRunner, ListenerConnections
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +49,31 @@ class DebugAccessLogger(AbstractAccessLogger):
 class Listener:
     """Serves ``app`` on ``address`` between :meth:`start` and :meth:`stop`.
 
-    ``shutdown_timeout`` bounds how long :meth:`stop` lets requests in flight finish.
+    ``shutdown_timeout`` bounds how long :meth:`stop` lets requests in flight finish; ``limits`` are
+    its connection limits, counted in ``connections`` (a :class:`ListenerConnections` of its own when
+    not given, reachable as ``listener.connections``).
     """
 
-    def __init__(self, name: str, app: web.Application, address: ListenAddress, *, shutdown_timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        app: web.Application,
+        address: ListenAddress,
+        *,
+        shutdown_timeout: float,
+        limits: ConnectionLimits | None = None,
+        connections: ListenerConnections | None = None,
+    ) -> None:
         self.name = name
         self._address = address
         self._shutdown_timeout = shutdown_timeout
-        self._runner = web.AppRunner(
+        self.limits = limits if limits is not None else ConnectionLimits()
+        self.connections = connections if connections is not None else ListenerConnections(SeriesValues())
+        self.guard = self.connections.guard(name, self.limits.max_connections)
+        self._runner = LimitedRunner(
             app,
+            limits=self.limits,
+            guard=self.guard,
             access_log_class=DebugAccessLogger,
             access_log=logging.getLogger(f"exporter.access.{name}"),
             shutdown_timeout=shutdown_timeout,
@@ -72,7 +91,7 @@ class Listener:
         """Bind and serve; raises :class:`ListenError` when the address cannot be bound."""
         await self._runner.setup()
         # An empty host means every interface, as in Prometheus' ":9945".
-        site = web.TCPSite(self._runner, self._address.host or None, self._address.port)
+        site = web.TCPSite(self._runner, self._address.host or None, self._address.port, backlog=ACCEPT_BATCH)
         try:
             await site.start()
         except OSError as exc:
@@ -86,7 +105,8 @@ class Listener:
         self._url = None
         try:
             # shutdown_timeout already bounds in-flight requests; this bounds the rest.
-            await asyncio.wait_for(self._runner.cleanup(), timeout=self._shutdown_timeout + 0.25)
+            async with asyncio.timeout(self._shutdown_timeout + 0.25):
+                await self._runner.cleanup()
         except TimeoutError:
             log.error("listener did not stop in time", extra={"listener": self.name})
 

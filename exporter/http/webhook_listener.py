@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestPayloadError
 
 from exporter.config.schema import WebhooksConfig, WhitebitAccountConfig
 from exporter.core.metrics import WEBHOOK_LISTENER_REJECTED, SeriesValues
@@ -124,15 +125,25 @@ class ListenerRefusals:
         self._log.rejected(("listener", "", reason), describe)
 
 
+class ParserRefusals(Protocol):
+    """What a listener does with a request aiohttp's HTTP parser refused (aiohttp has answered 400)."""
+
+    def parser_refused(self, exc: HttpProcessingError, remote: str | None) -> None:
+        """Count and log (rate-limited) one refused request; ``remote`` is the client's address."""
+        ...
+
+
 class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
-    """The ``logger`` of the listener's aiohttp request handlers (see the module docstring).
+    """The ``logger`` of a listener's aiohttp request handlers (see the module docstring).
 
     A record carrying an :class:`HttpProcessingError` is a request the HTTP parser refused: counted
     and logged by ``refusals`` instead of aiohttp's error line with a traceback (which quotes the
-    request's bytes). Anything else goes to ``aiohttp.server`` as before.
+    request's bytes). A body that broke off or does not decode (a receiver counted it already) is a
+    debug line. Anything else goes to ``aiohttp.server`` as before. The metrics listener uses
+    one too (:mod:`exporter.http.metrics_listener`).
     """
 
-    def __init__(self, refusals: ListenerRefusals) -> None:
+    def __init__(self, refusals: ParserRefusals) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self._refusals = refusals
 
@@ -151,6 +162,11 @@ class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
             # aiohttp logs "Error handling request from %s" with the client's address as the argument.
             remote = args[0] if args and isinstance(args[0], str) else None
             self._refusals.parser_refused(exc_info, remote)
+            return
+        if isinstance(exc_info, (RequestPayloadError, ConnectionError)):
+            # A body that stopped or does not decode, met again when aiohttp drains it after the
+            # answer: the receiver has counted it (``unreadable_body``); no traceback for the client's fault.
+            super().log(logging.DEBUG, "request body unreadable after the answer: %s", type(exc_info).__name__)
             return
         super().log(
             level,

@@ -4,6 +4,10 @@
 ``{"status": "rejected", "reason": "bad_signature"}``), built once, so nothing a sender sent is ever
 echoed back and a flood of forged deliveries costs no serialisation.
 
+**Unexpected exceptions.** A receiver answers an exception it did not expect with 503
+``internal_error`` (a bug of ours: the sender retries), counted like a rejection and logged through
+the same rate limit as :func:`exception_text`: the class and a bounded message, never a traceback.
+
 **Rejection logs.** Every rejection is counted, but a flood of forged deliveries must not flood the
 log (nor spend the CPU formatting it): per (provider, account, reason) the first rejection is
 logged at once and later ones at most once per ``interval`` seconds, with the number suppressed
@@ -28,7 +32,14 @@ REJECT_REASONS = (
     "bad_signature",
     "bad_json",
     "body_too_large",
+    # The body could not be read: the client went away mid-body, or its encoding was broken (a
+    # Content-Encoding that does not decode); 400, if anyone is still there to read it.
+    "unreadable_body",
     "nonce_regression",
+    # The state file failed the write (full, unwritable, damaged): 503, so the sender retries.
+    "state_unavailable",
+    # An unexpected exception in the receiver (our bug, not the sender's): 503, so the sender retries.
+    "internal_error",
 )
 #: Seconds between two log lines for the same (provider, account, reason).
 REJECTION_LOG_INTERVAL = 10.0
@@ -44,6 +55,8 @@ class Replies:
         for reason in reasons:
             bodies[reason] = json.dumps({"status": "rejected", "reason": reason}).encode()
         bodies["unavailable"] = b'{"status":"error","reason":"unavailable"}'
+        if "internal_error" in bodies:
+            bodies["internal_error"] = b'{"status":"error","reason":"internal_error"}'
         self._bodies = bodies
 
     def reply(self, status: int, word: str) -> web.Response:
@@ -85,3 +98,20 @@ class RejectionLog:
         if suppressed:
             fields = {**fields, "suppressed": suppressed}
         self._log.warning(self._message, extra=fields)
+
+
+#: The most characters of an unexpected exception's message that are logged (it may quote content).
+EXCEPTION_TEXT_LIMIT = 200
+
+
+def exception_text(exc: BaseException) -> str:
+    """``ClassName: message`` of an unexpected exception, cut to :data:`EXCEPTION_TEXT_LIMIT` characters.
+
+    What a receiver logs instead of a traceback: one line per rate-limit interval, never a flood.
+    """
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not break the answer
+        message = "?"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= EXCEPTION_TEXT_LIMIT else text[: EXCEPTION_TEXT_LIMIT - 1] + "…"

@@ -94,7 +94,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal, TypeGuard
 
 from prometheus_client.core import Metric
@@ -107,6 +107,7 @@ from exporter.core.metrics import (
     WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
 )
 from exporter.core.state import StateStore, TransferKind, TransferRecord
+from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_NUMBER_TEXT, MAX_TIMESTAMP, OutOfBounds, bounded_decimal
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,13 @@ SOURCES: tuple[TransferSource, ...] = ("webhook", "history")
 DEPOSIT: TransferKind = "deposit"
 WITHDRAW: TransferKind = "withdraw"
 TRANSFER_KINDS: tuple[TransferKind, ...] = (DEPOSIT, WITHDRAW)
+#: The longest ticker accepted (WhiteBIT's are a few letters, with a ``_NETWORK`` suffix at most).
+MAX_TICKER_LENGTH = 64
+#: ``createdAt`` at or above this is no time (None): year 2100 in milliseconds, so a value in either
+#: unit stays what it was (exporter/webhooks/bounds.py has the bounds of everything else).
+MAX_CREATED_AT = MAX_TIMESTAMP * 1000
+#: The most digits of an id sent as a JSON number (a 64-bit integer has 19).
+MAX_ID_DIGITS = 40
 #: Final transfers are kept this long so late deliveries and history rows are recognized as known.
 FINAL_TRANSFER_RETENTION = 30 * 86400.0
 #: How far apart (s) the two views' ``createdAt`` of one transfer may be. Both views document it as
@@ -977,9 +985,15 @@ def _observation(
     ticker = fields.get("ticker") or fields.get("currency")
     if not isinstance(ticker, str) or not ticker.strip():
         raise ObservationError("transfer has no ticker")
-    amount = _decimal(fields.get("amount"))
-    if amount is None:
-        raise ObservationError(f"transfer amount is not a decimal: {fields.get('amount')!r}")
+    if len(ticker) > MAX_TICKER_LENGTH:
+        # asset_of() caches tickers: an unbounded one would make the cache hold megabytes.
+        raise ObservationError(f"transfer ticker is longer than {MAX_TICKER_LENGTH} characters")
+    try:
+        # Bounded before anything spells it out (exporter/webhooks/bounds.py): _amount_text()
+        # normalizes it, the state file stores it as plain digits.
+        amount = bounded_decimal(fields.get("amount"), "transfer amount")
+    except OutOfBounds as exc:
+        raise ObservationError(str(exc)) from None
     confirmations = fields.get("confirmations")
     actual = required = None
     if isinstance(confirmations, Mapping):
@@ -995,12 +1009,12 @@ def _observation(
         amount=amount,
         observed_at=observed_at,
         created_at=created_at,
-        transaction_id=_text(fields.get("transactionId", fields.get("transaction_id"))),
-        unique_id=_text(fields.get("uniqueId", fields.get("unique_id"))),
-        transaction_hash=_text(fields.get("transactionHash")),
-        address=_text(fields.get("address")),
-        memo=_text(fields.get("memo")),
-        network=_text(fields.get("network")),
+        transaction_id=_text(fields.get("transactionId", fields.get("transaction_id")), "transactionId"),
+        unique_id=_text(fields.get("uniqueId", fields.get("unique_id")), "uniqueId"),
+        transaction_hash=_text(fields.get("transactionHash"), "transactionHash"),
+        address=_text(fields.get("address"), "address"),
+        memo=_text(fields.get("memo"), "memo"),
+        network=_text(fields.get("network"), "network"),
         confirmations_actual=actual,
         confirmations_required=required,
         event=event,
@@ -1008,13 +1022,19 @@ def _observation(
 
 
 def created_at_of(value: Any) -> float | None:
-    """``createdAt`` in unix seconds: an integer as documented, or a float or a numeric string; None otherwise."""
+    """``createdAt`` in unix seconds: an integer as documented, or a float or a numeric string; None otherwise.
+
+    None also for a value outside [0, :data:`MAX_CREATED_AT`) (the ``int`` 10**400 is a number too,
+    but no float), so that what follows (match windows, fingerprints) only ever sees a sane time.
+    """
     if isinstance(value, str):
+        if len(value) > MAX_NUMBER_TEXT:
+            return None
         try:
             value = float(value.strip())
         except ValueError:
             return None
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    if not _is_number(value) or not 0 <= value < MAX_CREATED_AT:  # NaN fails too
         return None
     return float(value)
 
@@ -1024,31 +1044,32 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
 
 
 def int_or_none(value: Any) -> int | None:
+    """``value`` as a signed 64-bit integer (an int, an integral float or a string of ASCII digits), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value if -(2**63) <= value < 2**63 else None
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        number = int(value.strip())
-        return number if -(2**63) <= number < 2**63 else None
+    if isinstance(value, str):
+        # ASCII only: str.isdigit() also takes digits int() refuses ("²"), and a 64-bit integer
+        # has at most 20 characters, so int() never sees thousands of digits.
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
+        if len(text) <= 20 and digits.isascii() and digits.isdigit():
+            number = int(text)
+            return number if -(2**63) <= number < 2**63 else None
     return None
 
 
-def _decimal(value: Any) -> Decimal | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = Decimal(str(value).strip())
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() else None
-
-
-def _text(value: Any) -> str | None:
+def _text(value: Any, name: str = "id") -> str | None:
+    """A string (or number) field as text, None when absent or empty; :class:`ObservationError` when too long."""
     if isinstance(value, str):
+        if len(value) > MAX_ID_LENGTH:
+            raise ObservationError(f"transfer {name} is longer than {MAX_ID_LENGTH} characters")
         return value if value != "" else None
+    if isinstance(value, int) and not isinstance(value, bool) and not -(10**MAX_ID_DIGITS) < value < 10**MAX_ID_DIGITS:
+        raise ObservationError(f"transfer {name} is a number of more than {MAX_ID_DIGITS} digits")
     if _is_number(value):
         return str(value)
     return None

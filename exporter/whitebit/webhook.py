@@ -3,20 +3,28 @@
 Order of checks, each rejection counted by reason (the README's "Webhooks and transfers" lists the
 answers; docs/protocol.md#webhook-envelope-and-signature the scheme):
 
-1. read the raw body once, bounded by ``webhooks.max_body_bytes``  -> 413 ``body_too_large``
+1. read the raw body once, bounded by ``webhooks.max_body_bytes``  -> 413 ``body_too_large``; a
+   body that cannot be read (the client went away, a broken ``Content-Encoding``)  -> 400
+   ``unreadable_body``
 2. ``X-TXC-APIKEY``, ``X-TXC-PAYLOAD`` and ``X-TXC-SIGNATURE`` present  -> 401 ``missing_header``
 3. the key names a configured account's webhook key  -> 401 ``unknown_key`` (account ``unknown``)
 4. ``X-TXC-PAYLOAD`` is base64 of the body, byte for byte  -> 401 ``payload_mismatch``
 5. the HMAC-SHA512 hex of the payload under any configured secret equals the signature, compared
    in constant time against every secret  -> 401 ``bad_signature``
-6. only now the JSON: an object with a string ``id``, a string ``method`` and an object ``params``
-   (and, for a deposit or withdrawal, an amount and an asset)  -> 400 ``bad_json``
+6. only now the JSON, nested at most 32 deep (checked on the bytes first): an object with a string
+   ``id``, a string ``method`` and an object ``params`` (and, for a deposit or withdrawal, an amount
+   and an asset), every number, time and id within the bounds of :mod:`exporter.webhooks.bounds`
+   -> 400 ``bad_json``
 7. in ONE state transaction: remember the signed ``id`` (seen before -> 200, counted as a duplicate,
    nothing else done), raise the account's highest nonce (a nonce not above it is a regression:
    counted and accepted under ``count``, 409 ``nonce_regression`` and nothing stored under
    ``strict``), and advance the transfer. Committed before the 200 (with the deliveries that
    arrived at the same time, see :mod:`exporter.webhooks.commit`), so a delivery answered 200
    survives a kill of the process; a failed write answers 503 so WhiteBIT retries.
+
+Nothing is ever answered 500: an exception none of these steps expected is a bug of ours, answered
+503 ``internal_error`` (so WhiteBIT retries), counted and logged as one rate-limited line naming the
+exception, without a traceback. Garbage in a header (any bytes, any script) only fails its check.
 
 **Nonces as documented.** WhiteBIT's deposit and withdrawal examples carry no ``nonce``, and its
 envelope and refund examples carry ``"nonce": 0`` (docs/protocol.md#webhook-envelope-and-signature).
@@ -53,8 +61,9 @@ from exporter.core.metrics import (
     SeriesValues,
 )
 from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
-from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies
+from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, exception_text
 from exporter.whitebit.signing import HEADER_APIKEY, HEADER_PAYLOAD, HEADER_SIGNATURE, Secrets, payload_matches_body
 from exporter.whitebit.transfers import (
     WEBHOOK_TRANSFER_EVENTS,
@@ -120,9 +129,12 @@ class Envelope(NamedTuple):
 
 def parse_envelope(body: bytes, account: str) -> Envelope:
     """The envelope of a verified body; raises :class:`RejectedDelivery` (400 ``bad_json``) otherwise."""
+    if json_depth_exceeds(body):
+        # Before json.loads, which would recurse once per level (exporter/webhooks/bounds.py).
+        raise RejectedDelivery(Rejection(400, "bad_json", account, detail=f"nested deeper than {MAX_JSON_DEPTH}"))
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RejectedDelivery(Rejection(400, "bad_json", account, detail="not JSON")) from None
     if not isinstance(document, dict):
         raise RejectedDelivery(Rejection(400, "bad_json", account, detail="not a JSON object"))
@@ -131,7 +143,7 @@ def parse_envelope(body: bytes, account: str) -> Envelope:
     params = document.get("params")
     if not isinstance(document.get("method"), str):
         raise RejectedDelivery(Rejection(400, "bad_json", account, detail="no method"))
-    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > 256:
+    if not isinstance(delivery_id, str) or not delivery_id or len(delivery_id) > MAX_ID_LENGTH:
         raise RejectedDelivery(Rejection(400, "bad_json", account, method, detail="no usable id"))
     if not isinstance(params, dict):
         raise RejectedDelivery(Rejection(400, "bad_json", account, method, detail="params is not an object"))
@@ -230,7 +242,20 @@ class WhitebitReceiver:
             self._last_received[(name,)] = last.get(name, store.first_watched(name, FEED))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Verify and record one delivery; see the module docstring for the order of checks."""
+        """Verify and record one delivery; see the module docstring for the order of checks.
+
+        Never a 500: an exception nothing below expected is our bug, not the sender's, so it is
+        answered 503 ``internal_error`` (WhiteBIT retries), counted, and logged as one
+        rate-limited line without a traceback.
+        """
+        try:
+            return await self._handle(request)
+        except Exception as exc:
+            webhook = self._by_key.get(request.headers.get(HEADER_APIKEY) or "")
+            label = webhook.account if webhook is not None else RESERVED_ACCOUNT_NAME
+            return self._reject(Rejection(503, "internal_error", label, detail=exception_text(exc)), request)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         key = request.headers.get(HEADER_APIKEY)
         webhook = self._by_key.get(key) if key else None
         label = webhook.account if webhook is not None else RESERVED_ACCOUNT_NAME
@@ -238,6 +263,8 @@ class WhitebitReceiver:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(Rejection(413, "body_too_large", label), request)
+        except (web.RequestPayloadError, ConnectionError) as exc:
+            return self._reject(Rejection(400, "unreadable_body", label, detail=type(exc).__name__), request)
         # The checks before the signature's are what a flood of forged deliveries costs: they
         # return their rejection instead of raising it.
         headers = request.headers
@@ -309,10 +336,21 @@ class WhitebitReceiver:
             self._nonce_regressions[(name,)] += 1
             raise RejectedDelivery(Rejection(409, "nonce_regression", name, method)) from None
         except StateError as exc:
+            # Counted as a rejection (state_unavailable), logged at most once per interval: a full
+            # disk fails every delivery. 503 so that WhiteBIT retries once the state recovers.
+            error = str(exc)
             self._received[(name, method)] += 1
-            log.error(
-                "webhook not recorded; answering 503 so it is retried",
-                extra={"provider": PROVIDER, "account": name, "method": method, "error": str(exc)},
+            self._rejected[(name, "state_unavailable")] += 1
+            self._rejection_log.rejected(
+                (PROVIDER, name, "state_unavailable"),
+                lambda: {
+                    "provider": PROVIDER,
+                    "account": name,
+                    "method": method,
+                    "reason": "state_unavailable",
+                    "status": 503,
+                    "error": error,
+                },
             )
             return self.reply(503, "unavailable")
         return self.reply(200, "ok" if fresh else "duplicate")

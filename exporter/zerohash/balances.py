@@ -1,10 +1,13 @@
 """Zero Hash balances from ``account_balance.changed``: held per participant, exported in aggregate.
 
 Each event carries the new absolute balance of one account, identified by (participant_code,
-account_group, account_label, account_type, asset). Events are applied only when their payload
-``timestamp`` is not older than what is held for that account (delivery order is not guaranteed);
-the per-participant values live in the state file (:meth:`StateStore.apply_zerohash_balance`) and
-are reloaded at start. Metrics never carry one series per end customer:
+account_group, account_label, account_type, asset). Delivery order is not guaranteed, so an event
+is applied only when it :func:`supersedes` what is held for that account: a newer payload
+``timestamp``, or an equal one with a ``run_id`` not lower (runs are numbered upwards, see
+docs/protocol.md#account-balance-events), and between equal ``run_id`` the later arrival (a
+redelivery of the same event changes nothing). The per-participant values live in the state file
+(:meth:`StateStore.apply_zerohash_balance`) and are reloaded at start. Metrics never carry one
+series per end customer:
 
 * ``zerohash_balance``: the sum over participants, per account_group, account_label, account_type, asset;
 * ``zerohash_participant_balance``: one series per participant only for the configured allow-list;
@@ -12,14 +15,16 @@ are reloaded at start. Metrics never carry one series per end customer:
 * ``zerohash_balance_movements_total``: movements of applied-or-not events (every movement happened,
   whatever order it arrived in), by account_type, asset and movement_type (documented names or ``other``).
 
-Amounts are summed as Decimal and exported as float64 whole asset units.
+Amounts are summed as Decimal and exported as float64 whole asset units. What an event carries is
+parsed within the bounds of :mod:`exporter.webhooks.bounds` (a balance of ``"1e999999999"`` is refused,
+not spelled out), so a sender's bug cannot block the process or fill its memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.core import Metric
@@ -33,6 +38,7 @@ from exporter.core.metrics import (
     ZEROHASH_PARTICIPANT_BALANCE,
 )
 from exporter.core.state import ZerohashBalance
+from exporter.webhooks.bounds import MAX_DIGITS, OutOfBounds, bounded_decimal, bounded_id, bounded_seconds
 from exporter.zerohash.signing import timestamp_to_seconds
 
 #: Zero Hash movement types (docs/protocol.md#movement-and-account-types); anything else is ``other``.
@@ -91,44 +97,67 @@ def parse_balance_event(document: Any) -> BalanceEvent:
     """
     if not isinstance(document, Mapping):
         raise BalancePayloadError("the body is not a JSON object")
-    key: dict[str, str] = {}
-    for name in _KEY_FIELDS:
-        value = document.get(name)
-        if not isinstance(value, str) or not value:
-            raise BalancePayloadError(f"{name} is missing or not a string")
-        key[name] = value
-    raw_balance = document.get("balance")
-    if isinstance(raw_balance, bool) or not isinstance(raw_balance, (str, int, float)):
-        raise BalancePayloadError("balance is missing or not a decimal")
     try:
-        balance = Decimal(str(raw_balance).strip())
-    except InvalidOperation:
-        raise BalancePayloadError(f"balance is not a decimal: {raw_balance!r}") from None
-    if not balance.is_finite():
-        raise BalancePayloadError("balance is not finite")
-    raw_ts = document.get("timestamp")
-    try:
-        if isinstance(raw_ts, bool) or not isinstance(raw_ts, (int, float, str)):
-            raise ValueError
-        timestamp = timestamp_to_seconds(raw_ts)
-    except (ValueError, OverflowError):
-        raise BalancePayloadError("timestamp is missing or not a number") from None
-    if not 0 <= timestamp < 1e11:
-        raise BalancePayloadError("timestamp is out of range")
-    run_id = document.get("run_id")
+        key: dict[str, str] = {}
+        for name in _KEY_FIELDS:
+            value = document.get(name)
+            if not isinstance(value, str) or not value:
+                raise BalancePayloadError(f"{name} is missing or not a string")
+            key[name] = bounded_id(value, name)
+        balance = bounded_decimal(document.get("balance"), "balance")
+        raw_ts = document.get("timestamp")
+        try:
+            if isinstance(raw_ts, bool) or not isinstance(raw_ts, (int, float, str)):
+                raise ValueError
+            timestamp = timestamp_to_seconds(raw_ts.strip() if isinstance(raw_ts, str) else raw_ts)
+        except (ValueError, OverflowError):
+            raise BalancePayloadError("timestamp is missing or not a number") from None
+        timestamp = bounded_seconds(timestamp, "timestamp")
+        run_id = _run_id(document.get("run_id"))
+    except OutOfBounds as exc:
+        raise BalancePayloadError(str(exc)) from None
     movements = document.get("movements") or []
     if not isinstance(movements, list):
         raise BalancePayloadError("movements is not a list")
     types = tuple(movement_type_label(m.get("movement_type")) for m in movements if isinstance(m, Mapping))
-    return BalanceEvent(
-        ZerohashBalance(
-            balance=balance,
-            timestamp=timestamp,
-            run_id=None if run_id is None or isinstance(run_id, bool) else str(run_id),
-            **key,
-        ),
-        types,
-    )
+    return BalanceEvent(ZerohashBalance(balance=balance, timestamp=timestamp, run_id=run_id, **key), types)
+
+
+def _run_id(value: Any) -> str | None:
+    """``run_id`` as text: a string or an integer (docs/protocol.md#account-balance-events), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(10**MAX_DIGITS) < value < 10**MAX_DIGITS:
+            raise OutOfBounds(f"run_id has more than {MAX_DIGITS} digits")
+        return str(value)
+    if isinstance(value, str):
+        return bounded_id(value, "run_id")
+    raise BalancePayloadError("run_id is not a string or an integer")
+
+
+def run_order(run_id: str | None) -> tuple[int, int, str]:
+    """Sort key of a ``run_id``: none first, then decimal ids by value, then any other text.
+
+    Decimal ids (``"9000123"``, the only form documented) are compared by value without int(): by
+    the number of digits without leading zeros, then as text.
+    """
+    if run_id is None:
+        return (0, 0, "")
+    if run_id.isascii() and run_id.isdigit():
+        digits = run_id.lstrip("0")
+        return (1, len(digits), digits)
+    return (2, 0, run_id)
+
+
+def supersedes(new: ZerohashBalance, held: ZerohashBalance | None) -> bool:
+    """True when ``new`` replaces ``held`` for their account (module docstring): a newer timestamp,
+    or an equal one and a ``run_id`` not lower; equal both ways, the later arrival (``new``) wins."""
+    if held is None:
+        return True
+    if new.timestamp != held.timestamp:
+        return new.timestamp > held.timestamp
+    return run_order(new.run_id) >= run_order(held.run_id)
 
 
 def movement_type_label(value: Any) -> str:
@@ -155,7 +184,7 @@ class ZerohashBalances:
 
     def apply(self, balance: ZerohashBalance) -> None:
         """Hold ``balance`` for its account (the caller has checked it is not older)."""
-        self._balances[_key(balance)] = balance
+        self._balances[account_key(balance)] = balance
         for movement_type in CORE_MOVEMENT_TYPES:
             self._movements.setdefault((balance.account_type, balance.asset, movement_type), 0)
 
@@ -167,6 +196,10 @@ class ZerohashBalances:
             ident = (account_type, asset, movement_type)
             self._movements[ident] = self._movements.get(ident, 0) + 1
 
+    def held_for(self, balance: ZerohashBalance) -> ZerohashBalance | None:
+        """The balance held for ``balance``'s account, None when none is."""
+        return self._balances.get(account_key(balance))
+
     def held(self) -> list[ZerohashBalance]:
         """Every held balance, ordered by account key."""
         return [self._balances[k] for k in sorted(self._balances)]
@@ -176,7 +209,8 @@ class ZerohashBalances:
         return dict(self._movements)
 
 
-def _key(b: ZerohashBalance) -> _AccountKey:
+def account_key(b: ZerohashBalance) -> _AccountKey:
+    """The account ``b`` is the balance of: (participant_code, account_group, account_label, account_type, asset)."""
     return (b.participant_code, b.account_group, b.account_label, b.account_type, b.asset)
 
 

@@ -8,6 +8,10 @@ Zero Hash signs a delivery in one of four ways (docs/protocol.md#zero-hash-signa
 * ``x-zh-hook-rsa-signature-256``: the legacy hex RSA signature of the raw body.
 
 The RSA padding is undocumented, so verification accepts PSS (any salt length) and PKCS#1 v1.5.
+
+A timestamp is digits (docs/protocol.md#zero-hash-signatures): one that is not ASCII was never
+signed by Zero Hash, so it verifies nothing (instead of failing to encode), and
+:func:`timestamp_to_seconds` refuses it with a ValueError like any other unreadable time.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ HEADER_SIGNATURE = "x-zh-hook-signature"
 HEADER_SIGNATURE_LEGACY = "x-zh-hook-signature-256"
 HEADER_RSA_SIGNATURE = "x-zh-hook-rsa-signature"
 HEADER_RSA_SIGNATURE_LEGACY = "x-zh-hook-rsa-signature-256"
+#: The longest timestamp text read (milliseconds are 13 digits; room for a fraction).
+MAX_TIMESTAMP_TEXT = 32
 
 
 def signed_message(body: bytes, timestamp: str | None) -> bytes:
@@ -42,6 +48,8 @@ def hmac_signature(secret: str, body: bytes, timestamp: str | None) -> str:
 
 def hmac_matches(secrets: Iterable[str], body: bytes, timestamp: str | None, presented: str) -> int | None:
     """Index of the first secret whose HMAC equals ``presented`` (constant-time, all tried), else None."""
+    if timestamp is not None and not timestamp.isascii():
+        return None
     wanted = presented.strip().lower().encode("utf-8", "replace")
     matched: int | None = None
     for index, secret in enumerate(secrets):
@@ -64,6 +72,8 @@ def rsa_matches(
     public_keys: Iterable[rsa.RSAPublicKey], body: bytes, timestamp: str | None, presented: str
 ) -> int | None:
     """Index of the first public key that verifies ``presented`` under PSS or PKCS#1 v1.5, else None."""
+    if timestamp is not None and not timestamp.isascii():
+        return None
     try:
         signature = bytes.fromhex(presented.strip())
     except ValueError:
@@ -87,6 +97,10 @@ def timestamp_to_seconds(value: str | int | float) -> float:
     """Unix time in seconds from a Zero Hash timestamp that may be in ms (documented) or seconds.
 
     Values below 1e11 cannot be milliseconds of any date after 1973, so they are read as seconds.
+    Raises ValueError for text that is not ASCII (``float`` would read other scripts' digits) or
+    longer than :data:`MAX_TIMESTAMP_TEXT`, OverflowError for an integer beyond any float.
     """
+    if isinstance(value, str) and (len(value) > MAX_TIMESTAMP_TEXT or not value.isascii()):
+        raise ValueError("not a timestamp")
     number = float(value)
     return number / 1000.0 if number >= 1e11 else number

@@ -2,23 +2,26 @@
 
 Order of checks, each rejection counted by reason:
 
-1. read the raw body once, bounded by ``webhooks.max_body_bytes``  -> 413 ``body_too_large``
+1. read the raw body once, bounded by ``webhooks.max_body_bytes``  -> 413 ``body_too_large``; a
+   body that cannot be read (the client went away, a broken ``Content-Encoding``)  -> 400
+   ``unreadable_body``
 2. ``x-zh-hook-notification-id``, ``x-zh-hook-payload-type`` and at least one signature header;
    a timestamped signature without ``x-zh-hook-timestamp`` counts as missing  -> 401 ``missing_header``
 3. a signature verifies, tried in this order with every configured key: ``x-zh-hook-signature``
    (HMAC-SHA256 of body + timestamp), ``x-zh-hook-rsa-signature`` (RSA over body + timestamp, PSS
    or PKCS#1 v1.5), then the legacy ``x-zh-hook-signature-256`` and ``x-zh-hook-rsa-signature-256``
-   over the body alone  -> 401 ``bad_signature``
+   over the body alone  -> 401 ``bad_signature``; verified only by a legacy one while those are
+   refused (see "Downgrades" below)  -> 401 ``legacy_signature_refused``
 4. when ``x-zh-hook-timestamp`` is present (milliseconds, or seconds by magnitude) it is at most
    ``timestamp_tolerance`` ahead of the clock and younger than the dedupe retention less the
    tolerance and :data:`LATE_MARGIN` (see "Late retries" below)  -> 401 ``stale_timestamp``. The
    signature is checked first so that ``stale_timestamp`` means "a genuine delivery, replayed or
    delayed", while anything forged counts as ``bad_signature``.
-5. the body is a JSON object (an ``account_balance.changed`` one with the fields it must carry)
-   -> 400 ``bad_json``
-6. in ONE state transaction: remember the delivery and, for a balance, store it unless a newer
-   one is held; committed before the 200 (group commit, see :mod:`exporter.webhooks.commit`; a
-   failed write answers 503).
+5. the body is a JSON object nested at most 32 deep (an ``account_balance.changed`` one with the
+   fields it must carry, within the bounds of :mod:`exporter.webhooks.bounds`)  -> 400 ``bad_json``
+6. in ONE state transaction: remember the delivery and, for a balance, store it when it
+   supersedes the one held (see "Equal timestamps" below); committed before the 200 (group
+   commit, see :mod:`exporter.webhooks.commit`; a failed write answers 503).
 
 **Dedupe key.** ``x-zh-hook-notification-id`` is not covered by any signature, so a replayed body
 could come with a fresh id. The receiver therefore remembers the SHA-256 of the signed content
@@ -37,6 +40,23 @@ timestamp ``timestamp_tolerance`` in the future) is still remembered when its ti
 old, so any genuine body is accepted at most once; its replays are duplicates, and after the
 retention they are ``stale_timestamp``. ``LATE_MARGIN`` covers the time between this check and the
 commit of the dedupe record, and clock steps. (README.md#zero-hash says the same for operators.)
+
+**Downgrades.** A delivery may carry the timestamped and the legacy signature side by side. Strip
+the timestamp and its signature from a captured one and the legacy signature still verifies, with no
+timestamp left to be stale. Under ``legacy_signature: auto`` (the default), once a delivery verified
+by a timestamped signature has been accepted, remembered in the state file's cursor
+(:data:`PROVIDER`, :data:`TIMESTAMPED_SEEN_CURSOR`) across restarts, a delivery verified only by a
+legacy signature is refused; ``refuse`` refuses those from the start, ``accept`` never does.
+
+**Equal timestamps.** A balance is applied when it supersedes the held one
+(:func:`exporter.zerohash.balances.supersedes`: newer timestamp, then higher ``run_id``, then the
+later arrival). The held one is read from memory, which equals the committed state, unless another
+delivery for the same account is in flight (possibly earlier in the same batch transaction): then
+from the state file, inside the transaction.
+
+Nothing is ever answered 500: an exception none of these steps expected is a bug of ours, answered
+503 ``internal_error`` (so Zero Hash retries), counted and logged as one rate-limited line naming
+the exception, without a traceback. A non-ASCII ``x-zh-hook-timestamp`` verifies nothing.
 
 Other payload types are verified, counted by ``payload_type`` (documented names or ``other``) and
 acknowledged with 200.
@@ -65,11 +85,19 @@ from exporter.core.metrics import (
     ZEROHASH_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore, ZerohashBalance
+from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
-from exporter.webhooks.intake import RejectionLog, Replies
-from exporter.zerohash.balances import BalanceEvent, BalancePayloadError, ZerohashBalances, parse_balance_event
+from exporter.webhooks.intake import RejectionLog, Replies, exception_text
+from exporter.zerohash.balances import (
+    BalanceEvent,
+    BalancePayloadError,
+    ZerohashBalances,
+    account_key,
+    parse_balance_event,
+    supersedes,
+)
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
     HEADER_PAYLOAD_TYPE,
@@ -86,8 +114,9 @@ from exporter.zerohash.signing import (
 log = logging.getLogger(__name__)
 
 PATH = "/webhooks/zerohash"
-#: Why a delivery was rejected: the reasons both receivers share plus a timestamp outside the tolerance.
-REJECT_REASONS = (*SHARED_REJECT_REASONS, "stale_timestamp")
+#: Why a delivery was rejected: the reasons both receivers share, a timestamp outside the tolerance,
+#: and a delivery signed only the legacy way once that is refused (module docstring, "Downgrades").
+REJECT_REASONS = (*SHARED_REJECT_REASONS, "stale_timestamp", "legacy_signature_refused")
 #: Every documented Zero Hash ``x-zh-hook-payload-type`` (docs/protocol.md#zero-hash-payload-types,
 #: both spellings where Zero Hash's pages disagree); anything else is ``other``.
 PAYLOAD_TYPES = (
@@ -114,6 +143,9 @@ PROVIDER = "zerohash"
 FEED = "zerohash_webhook"
 ACCOUNT_BALANCE_CHANGED = "account_balance.changed"
 _SIGNATURE_HEADERS = (HEADER_SIGNATURE, HEADER_RSA_SIGNATURE, HEADER_SIGNATURE_LEGACY, HEADER_RSA_SIGNATURE_LEGACY)
+#: The state file's cursor (account :data:`PROVIDER`) set when a timestamped signature first verified.
+TIMESTAMPED_SEEN_CURSOR = "timestamped_signature_seen"
+_TIMESTAMPED, _LEGACY = "timestamped", "legacy"
 #: Seconds kept between the oldest accepted timestamp and the end of the dedupe retention (see "Late
 #: retries" in the module docstring): room for the commit after the check, and for clock steps.
 LATE_MARGIN = 3600.0
@@ -171,6 +203,11 @@ class ZerohashReceiver:
         self._balances = balances
         self._clock = clock
         self._ttl = delivery_ttl
+        self._legacy_policy = config.legacy_signature
+        # Remembered across restarts, so a restart does not reopen the downgrade ("Downgrades").
+        self._timestamped_seen = store.get_cursor(PROVIDER, TIMESTAMPED_SEEN_CURSOR) is not None
+        # Deliveries per balance account between their intake and their answer (see _held()).
+        self._in_flight: dict[tuple[str, str, str, str, str], int] = {}
         types = [(payload_type,) for payload_type in (*PAYLOAD_TYPES, OTHER)]
         self.collector = SeriesValues()
         self._received = self.collector.series(ZEROHASH_WEBHOOKS_RECEIVED, types)
@@ -184,7 +221,12 @@ class ZerohashReceiver:
         self._last_received[()] = store.last_deliveries(PROVIDER).get("", store.first_watched("", FEED))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """Verify and record one delivery; see the module docstring for the order of checks."""
+        """Verify and record one delivery; see the module docstring for the order of checks.
+
+        Never a 500: an exception nothing below expected is our bug, not the sender's, so it is
+        answered 503 ``internal_error`` (Zero Hash retries), counted, and logged as one
+        rate-limited line without a traceback.
+        """
         payload_type = payload_type_label(request.headers.get(HEADER_PAYLOAD_TYPE))
         self._received[(payload_type,)] += 1
         try:
@@ -192,25 +234,33 @@ class ZerohashReceiver:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise _Rejected(413, "body_too_large") from None
+            except (web.RequestPayloadError, ConnectionError) as exc:
+                # The client went away mid-body, or its Content-Encoding does not decode.
+                raise _Rejected(400, "unreadable_body", type(exc).__name__) from None
             return await self._process(request, payload_type, body)
         except _Rejected as rejected:
-            self._rejected[(rejected.reason,)] += 1
+            return self._reject(request, payload_type, rejected)
+        except Exception as exc:
+            return self._reject(request, payload_type, _Rejected(503, "internal_error", exception_text(exc)))
 
-            def describe(rejected: _Rejected = rejected) -> dict[str, Any]:
-                fields: dict[str, Any] = {
-                    "provider": PROVIDER,
-                    "payload_type": payload_type,
-                    "reason": rejected.reason,
-                    "status": rejected.status,
-                    "remote": request.remote,
-                }
-                if rejected.detail:
-                    fields["detail"] = rejected.detail
-                return fields
+    def _reject(self, request: web.Request, payload_type: str, rejected: _Rejected) -> web.Response:
+        self._rejected[(rejected.reason,)] += 1
 
-            # Zero Hash has no account: one log budget per (provider, reason).
-            self._rejection_log.rejected((PROVIDER, "", rejected.reason), describe)
-            return self._replies.reply(rejected.status, rejected.reason)
+        def describe() -> dict[str, Any]:
+            fields: dict[str, Any] = {
+                "provider": PROVIDER,
+                "payload_type": payload_type,
+                "reason": rejected.reason,
+                "status": rejected.status,
+                "remote": request.remote,
+            }
+            if rejected.detail:
+                fields["detail"] = rejected.detail
+            return fields
+
+        # Zero Hash has no account: one log budget per (provider, reason).
+        self._rejection_log.rejected((PROVIDER, "", rejected.reason), describe)
+        return self._replies.reply(rejected.status, rejected.reason)
 
     async def _process(self, request: web.Request, payload_type: str, body: bytes) -> web.StreamResponse:
         headers = request.headers
@@ -223,16 +273,23 @@ class ZerohashReceiver:
             raise _Rejected(401, "missing_header")
         if timestamped and not timestamp and not legacy:
             raise _Rejected(401, "missing_header", "timestamped signature without x-zh-hook-timestamp")
-        if not self._verify(body, timestamp, signatures):
+        scheme = self._verify(body, timestamp, signatures)
+        if scheme is None:
             raise _Rejected(401, "bad_signature")
+        if scheme == _LEGACY and self._refuses_legacy():
+            raise _Rejected(401, "legacy_signature_refused")
+        signed_with_time = scheme == _TIMESTAMPED
         now = self._clock()
         age = self._age(timestamp, now) if timestamp is not None else 0.0
         if not -self._tolerance <= age < self._max_age:  # NaN (an unreadable timestamp) fails too
             raise _Rejected(401, "stale_timestamp")
         late = age > self._tolerance
+        if json_depth_exceeds(body):
+            # Before json.loads, which would recurse once per level (exporter/webhooks/bounds.py).
+            raise _Rejected(400, "bad_json", f"nested deeper than {MAX_JSON_DEPTH}")
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise _Rejected(400, "bad_json", "not JSON") from None
         if not isinstance(document, dict):
             raise _Rejected(400, "bad_json", "not a JSON object")
@@ -246,14 +303,23 @@ class ZerohashReceiver:
         digest = hashlib.sha256(body).hexdigest()
 
         def record() -> tuple[bool, bool]:
-            # Runs inside the batch transaction: dedupe and balance commit together.
+            # Runs inside the batch transaction: dedupe, the downgrade marker and balance commit together.
             fresh = self._store.remember_delivery(PROVIDER, "", digest, ttl=self._ttl)
-            applied = fresh and event is not None and self._store.apply_zerohash_balance(event.balance)
+            if signed_with_time and not self._timestamped_seen:
+                self._store.set_cursor(PROVIDER, TIMESTAMPED_SEEN_CURSOR, repr(now))
+            applied = (
+                fresh
+                and event is not None
+                and supersedes(event.balance, self._held(event))
+                and self._store.apply_zerohash_balance(event.balance)
+            )
             return fresh, applied
 
         def committed(result: tuple[bool, bool]) -> None:
             fresh, applied = result
             self._last_received[()] = now
+            if signed_with_time:
+                self._timestamped_seen = True
             if not fresh:
                 self._duplicate[()] += 1
                 log.info("duplicate webhook ignored", extra={"provider": PROVIDER, "payload_type": payload_type})
@@ -273,26 +339,72 @@ class ZerohashReceiver:
                     log.info("older balance event not applied", extra={"provider": PROVIDER, "asset": b.asset})
 
         try:
-            fresh, _ = await self._committer.run(record, committed)
+            fresh, _ = await self._commit(event, record, committed)
         except StateError as exc:
-            log.error(
-                "webhook not recorded; answering 503 so it is retried",
-                extra={"provider": PROVIDER, "payload_type": payload_type, "error": str(exc)},
+            # Counted as a rejection (state_unavailable), logged at most once per interval: a full
+            # disk fails every delivery. 503 so that Zero Hash retries once the state recovers.
+            error = str(exc)
+            self._rejected[("state_unavailable",)] += 1
+            self._rejection_log.rejected(
+                (PROVIDER, "", "state_unavailable"),
+                lambda: {
+                    "provider": PROVIDER,
+                    "payload_type": payload_type,
+                    "reason": "state_unavailable",
+                    "status": 503,
+                    "error": error,
+                },
             )
             return self._replies.reply(503, "unavailable")
         return self._replies.reply(200, "ok" if fresh else "duplicate")
 
-    def _verify(self, body: bytes, timestamp: str | None, signatures: dict[str, str | None]) -> bool:
+    async def _commit(
+        self,
+        event: BalanceEvent | None,
+        record: Callable[[], tuple[bool, bool]],
+        committed: Callable[[tuple[bool, bool]], None],
+    ) -> tuple[bool, bool]:
+        """``committer.run(record, committed)``, with ``event``'s account counted in flight meanwhile."""
+        if event is None:
+            return await self._committer.run(record, committed)
+        key = account_key(event.balance)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            return await self._committer.run(record, committed)
+        finally:
+            left = self._in_flight.pop(key) - 1
+            if left:
+                self._in_flight[key] = left
+
+    def _held(self, event: BalanceEvent) -> ZerohashBalance | None:
+        """What the state file holds for ``event``'s account, read inside the batch transaction.
+
+        The in-memory view equals the committed state unless another delivery for the same
+        account is in flight (it may be ahead in this very batch): then the state file is read.
+        """
+        key = account_key(event.balance)
+        if self._in_flight.get(key, 0) <= 1:
+            return self._balances.held_for(event.balance)
+        return self._store.zerohash_balance(key)
+
+    def _refuses_legacy(self) -> bool:
+        """Whether a delivery verified only by a legacy (body-only) signature is refused now."""
+        return self._legacy_policy == "refuse" or (self._legacy_policy == "auto" and self._timestamped_seen)
+
+    def _verify(self, body: bytes, timestamp: str | None, signatures: dict[str, str | None]) -> str | None:
+        """Which scheme verified the delivery (``timestamped`` or ``legacy``), None when none did."""
         sig, rsa_sig = signatures[HEADER_SIGNATURE], signatures[HEADER_RSA_SIGNATURE]
         legacy, rsa_legacy = signatures[HEADER_SIGNATURE_LEGACY], signatures[HEADER_RSA_SIGNATURE_LEGACY]
         if timestamp:
             if sig and self._secrets and hmac_matches(self._secrets, body, timestamp, sig) is not None:
-                return True
+                return _TIMESTAMPED
             if rsa_sig and self._rsa_keys and rsa_matches(self._rsa_keys, body, timestamp, rsa_sig) is not None:
-                return True
+                return _TIMESTAMPED
         if legacy and self._secrets and hmac_matches(self._secrets, body, None, legacy) is not None:
-            return True
-        return bool(rsa_legacy and self._rsa_keys and rsa_matches(self._rsa_keys, body, None, rsa_legacy) is not None)
+            return _LEGACY
+        if rsa_legacy and self._rsa_keys and rsa_matches(self._rsa_keys, body, None, rsa_legacy) is not None:
+            return _LEGACY
+        return None
 
     @staticmethod
     def _age(timestamp: str, now: float) -> float:

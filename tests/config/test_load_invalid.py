@@ -118,6 +118,14 @@ EXPECTED: dict[str, list[str]] = {
         'whitebit[0].api_key: unterminated "${" (write "$${" for a literal "${")',
         'whitebit[0].api_secret: invalid environment variable name "1SECRET"',
     ],
+    "listener-limits": [
+        'webhooks.keepalive_timeout: unknown key (did you mean "idle_timeout"?)',
+        'web.request_timeout: must be greater than zero, got "0s"',
+        'web.idle_timeout: invalid duration "soon" (use forms like 30s, 10m, 1h)',
+        "web.max_connections: must be from 1 to 65536, got 0",
+        "webhooks.request_timeout: negative duration -1",
+        "webhooks.max_connections: must be from 1 to 65536, got 100000",
+    ],
     "rest-settings": [
         'rest.timeout: must be greater than zero, got "0s"',
         "rest.max_retries: must be from 0 to 20, got 50",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -142,20 +143,29 @@ class Harness:
 StartHarness = Callable[..., Awaitable[Harness]]
 
 
-@pytest.fixture
-async def start(make_config: Callable[..., Config]) -> AsyncIterator[StartHarness]:
+@contextlib.asynccontextmanager
+async def exporters_started(default: Callable[[], Config]) -> AsyncIterator[StartHarness]:
+    """``go(config=None)`` starts an Exporter (on ``default()`` without a config); all are stopped on exit."""
     exporters: list[Exporter] = []
     async with aiohttp.ClientSession() as http:
 
         async def go(config: Config | None = None) -> Harness:
-            exporter = Exporter(config or make_config(ACCOUNTS, max_body_bytes=4096))
+            exporter = Exporter(config or default())
             exporters.append(exporter)
             await exporter.start()
             return Harness(exporter, http)
 
+        try:
+            yield go
+        finally:
+            for exporter in exporters:
+                await exporter.stop()
+
+
+@pytest.fixture
+async def start(make_config: Callable[..., Config]) -> AsyncIterator[StartHarness]:
+    async with exporters_started(lambda: make_config(ACCOUNTS, max_body_bytes=4096)) as go:
         yield go
-        for exporter in exporters:
-            await exporter.stop()
 
 
 # -- known-answer vector ------------------------------------------------------------------------
@@ -400,7 +410,10 @@ async def test_a_state_write_failure_answers_503_so_the_sender_retries(start: St
     h.exporter.state.close()
     status, delta = await h.measure(code_apply("s-1", 1), signed_with(code_apply("s-1", 1)))
     assert status == 503
-    assert delta == accepted("main", "code.apply")
+    assert delta == {
+        **accepted("main", "code.apply"),
+        k("whitebit_webhooks_rejected_total", account="main", reason="state_unavailable"): 1.0,
+    }
 
 
 # -- nonces --------------------------------------------------------------------------------------
