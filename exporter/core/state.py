@@ -71,17 +71,18 @@ BUSY_TIMEOUT_MS = 5000
 #: WAL pages after which a commit checkpoints them into the file (``PRAGMA wal_autocheckpoint``).
 #: SQLite's default, 1000 pages (~4 MB), is more than a small state volume holds, and a WAL that
 #: cannot reach it never shrinks; but each checkpoint syncs the file, so a short one costs intake
-#: its throughput (benchmarks/bench_webhooks.py: 64 pages took the verified ratio from 0.24 to 0.20).
-#: So the threshold follows the volume: :data:`WAL_AUTOCHECKPOINT_PAGES` pages, or fewer (down to
-#: :data:`WAL_AUTOCHECKPOINT_MIN_PAGES`) so that the WAL never takes more than an eighth of the free space.
-WAL_AUTOCHECKPOINT_PAGES = 512
+#: its throughput (benchmarks/bench_webhooks.py: 64 pages took the verified ratio from 0.24 to 0.20,
+#: 512 pages to 0.22-0.23). So the threshold follows the volume: SQLite's default where there is
+#: room, fewer pages (down to :data:`WAL_AUTOCHECKPOINT_MIN_PAGES`) so that the WAL never takes more
+#: than an eighth of the free space.
+WAL_AUTOCHECKPOINT_PAGES = 1000
 WAL_AUTOCHECKPOINT_MIN_PAGES = 64
 #: A WAL emptied by a checkpoint is cut back to the size of the checkpoint threshold (``PRAGMA
 #: journal_size_limit``): not below it, as a WAL cut shorter is only grown again, block by block,
 #: before the next checkpoint (benchmarks/bench_webhooks.py measured that cost on the dedupe stage).
 #: The WAL stays below this under steady load: the largest autocheckpoint threshold (with 4 KiB
 #: pages) plus one batch's commit.
-WAL_LIMIT = 3 * 1024 * 1024
+WAL_LIMIT = 5 * 1024 * 1024
 #: Bytes kept in ``<state>.reserve``: deleted when a write finds the volume full, so a checkpoint can
 #: still move the WAL into the file and shrink it; written again once there is room (twice this).
 RESERVE_BYTES = 512 * 1024

@@ -15,7 +15,8 @@ The bounds, and why they hold every genuine payload with room to spare:
 * :data:`MAX_DIGITS` significant digits and a decimal exponent within ``±``:data:`MAX_EXPONENT`:
   a balance up to 1e15 with 18 decimals has 34 digits and exponent -18.
 * times within [:data:`MIN_TIMESTAMP`, :data:`MAX_TIMESTAMP`) seconds (years 2000 to 2100).
-* ids and labels at most :data:`MAX_ID_LENGTH` characters (a UUID is 36).
+* ids and labels at most :data:`MAX_ID_LENGTH` characters (a UUID is 36), and text that can be
+  stored: no lone surrogate (:func:`storable_text`).
 * JSON nested at most :data:`MAX_JSON_DEPTH` deep (a genuine payload is 3 deep): checked on the
   raw bytes before ``json.loads``, whose recursion on a body 1,200 deep raises ``RecursionError``,
   and whose result later code (``repr``, ``json.dumps``) would recurse into again.
@@ -77,6 +78,10 @@ def bounded_decimal(value: Any, name: str) -> Decimal:
         raise OutOfBounds(f"{name} is not a decimal") from None
     if not number.is_finite():
         raise OutOfBounds(f"{name} is not finite")
+    if len(text) <= MAX_DIGITS and "e" not in text and "E" not in text:
+        # Plain notation this short holds at most MAX_DIGITS digits and an exponent above -MAX_DIGITS
+        # (MAX_EXPONENT): every genuine amount, without building the digit tuple.
+        return number
     _, digits, exponent = number.as_tuple()
     if len(digits) > MAX_DIGITS or not isinstance(exponent, int) or abs(exponent) > MAX_EXPONENT:
         raise OutOfBounds(f"{name} is out of range (at most {MAX_DIGITS} digits, exponent within ±{MAX_EXPONENT})")
@@ -90,10 +95,29 @@ def bounded_seconds(value: float, name: str) -> float:
     return value
 
 
+def storable_text(value: str) -> bool:
+    """True when ``value`` can be written as UTF-8 text (to SQLite, to a log): no lone surrogate.
+
+    ``json.loads`` lets lone surrogates through, from a ``\\udcff`` escape in valid JSON or from
+    bytes that are not UTF-8 (it decodes with ``surrogatepass``); SQLite's driver then fails to bind
+    the string, on every retry of the delivery.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def bounded_id(value: str, name: str) -> str:
-    """``value`` when it has at most :data:`MAX_ID_LENGTH` characters, else :class:`OutOfBounds`."""
+    """``value`` when it has at most :data:`MAX_ID_LENGTH` characters and is :func:`storable_text`,
+    else :class:`OutOfBounds`."""
     if len(value) > MAX_ID_LENGTH:
         raise OutOfBounds(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    if not storable_text(value):
+        raise OutOfBounds(f"{name} is not valid text (a lone surrogate)")
     return value
 
 

@@ -107,7 +107,14 @@ from exporter.core.metrics import (
     WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
 )
 from exporter.core.state import StateStore, TransferKind, TransferRecord
-from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_NUMBER_TEXT, MAX_TIMESTAMP, OutOfBounds, bounded_decimal
+from exporter.webhooks.bounds import (
+    MAX_ID_LENGTH,
+    MAX_NUMBER_TEXT,
+    MAX_TIMESTAMP,
+    OutOfBounds,
+    bounded_decimal,
+    storable_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -988,6 +995,8 @@ def _observation(
     if len(ticker) > MAX_TICKER_LENGTH:
         # asset_of() caches tickers: an unbounded one would make the cache hold megabytes.
         raise ObservationError(f"transfer ticker is longer than {MAX_TICKER_LENGTH} characters")
+    if not storable_text(ticker):
+        raise ObservationError("transfer ticker is not valid text (a lone surrogate)")
     try:
         # Bounded before anything spells it out (exporter/webhooks/bounds.py): _amount_text()
         # normalizes it, the state file stores it as plain digits.
@@ -1067,6 +1076,8 @@ def _text(value: Any, name: str = "id") -> str | None:
     if isinstance(value, str):
         if len(value) > MAX_ID_LENGTH:
             raise ObservationError(f"transfer {name} is longer than {MAX_ID_LENGTH} characters")
+        if not storable_text(value):
+            raise ObservationError(f"transfer {name} is not valid text (a lone surrogate)")
         return value if value != "" else None
     if isinstance(value, int) and not isinstance(value, bool) and not -(10**MAX_ID_DIGITS) < value < 10**MAX_ID_DIGITS:
         raise ObservationError(f"transfer {name} is a number of more than {MAX_ID_DIGITS} digits")

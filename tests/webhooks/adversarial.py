@@ -74,6 +74,17 @@ async def abandon(url: str, headers: list[tuple[bytes, bytes]], sent: bytes, len
     await writer.wait_closed()
 
 
+#: Replaced in a body by a lone surrogate (see :func:`lone_surrogate`).
+SURROGATE = "@lone-surrogate@"
+
+
+def lone_surrogate(body: bytes, *, escaped: bool) -> bytes:
+    """``body`` with each :data:`SURROGATE` made a lone surrogate: the JSON escape ``\\udcff`` (valid
+    JSON text) when ``escaped``, else its bytes as ``surrogatepass`` writes them (not UTF-8). json.loads
+    reads both as the string ``"\\udcff"``, which SQLite's driver cannot bind."""
+    return body.replace(SURROGATE.encode(), b"\\udcff" if escaped else "\udcff".encode("utf-8", "surrogatepass"))
+
+
 def deep_body(document: Any) -> bytes:
     """``document`` as JSON, each :data:`DEEP` string in it replaced by arrays nested DEEP_LEVELS deep."""
     nested = b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS

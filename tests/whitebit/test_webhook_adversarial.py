@@ -26,9 +26,11 @@ from tests.webhooks.adversarial import (
     DEEP,
     FUZZ_SETTINGS,
     ODD_VALUES,
+    SURROGATE,
     FuzzServer,
     abandon,
     deep_body,
+    lone_surrogate,
     raw_post,
     receiver_lines,
 )
@@ -156,6 +158,16 @@ ODD_CONTENT = [
     ("nonce of 5,000 digits", envelope("code.apply", {"code": "x", "nonce": "9" * 5000}, "odd-12"), 200),
     ("nonce of superscript digits", envelope("code.apply", {"code": "x", "nonce": "\u00b2"}, "odd-13"), 200),
     ("confirmations of 400 digits", deposit("odd-14", confirmations={"actual": 10**400, "required": "9" * 999}), 200),
+    # A lone surrogate reaches a string through json.loads; stored, it would fail every retry as a 503.
+    *(
+        (f"{what} with a lone surrogate{form}", lone_surrogate(body, escaped=escaped), 400)
+        for escaped, form in ((True, " escape"), (False, " in bytes"))
+        for what, body in (
+            ("ticker", deposit("odd-15", ticker=f"USDT{SURROGATE}")),
+            ("unique id", deposit("odd-16", uniqueId=SURROGATE)),
+            ("id", envelope("code.apply", {"code": "x"}, f"odd-17{SURROGATE}")),
+        )
+    ),
 ]
 
 

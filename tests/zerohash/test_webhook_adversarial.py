@@ -36,9 +36,11 @@ from tests.webhooks.adversarial import (
     DEEP,
     FUZZ_SETTINGS,
     ODD_VALUES,
+    SURROGATE,
     FuzzServer,
     abandon,
     deep_body,
+    lone_surrogate,
     raw_post,
     receiver_lines,
 )
@@ -239,6 +241,10 @@ ODD_CONTENT = [
     ("participant code of 10 KB", odd(participant_code="P" * 10_000)),
     ("JSON nested 1,200 deep in a field", deep_body({**balance_payload(), "movements": DEEP})),
     ("JSON nested 1,200 deep at the top", deep_body(DEEP)),
+    # A lone surrogate reaches a string through json.loads; stored, it would fail every retry as a 503.
+    ("account type with a lone surrogate escape", lone_surrogate(odd(account_type=SURROGATE), escaped=True)),
+    ("account type with a lone surrogate in bytes", lone_surrogate(odd(account_type=SURROGATE), escaped=False)),
+    ("run_id with a lone surrogate escape", lone_surrogate(odd(run_id=SURROGATE), escaped=True)),
 ]
 
 
