@@ -395,6 +395,7 @@ class StateStore:
         try:
             # Autocommit mode: transactions are issued explicitly by transaction().
             conn = sqlite3.connect(path, isolation_level=None)
+            conn.create_function("zerohash_run_key", 1, zerohash_run_key, deterministic=True)
         except (OSError, sqlite3.Error) as exc:
             if lock is not None:
                 os.close(lock)
@@ -721,8 +722,10 @@ class StateStore:
     def apply_zerohash_balance(self, b: ZerohashBalance) -> bool:
         """Store ``b`` unless a newer event for the same account is stored; True if applied.
 
-        Zero Hash does not guarantee delivery order, so the payload timestamp decides; an equal
-        timestamp applies (a redelivery of the same event changes nothing).
+        Zero Hash does not guarantee delivery order, so the payload timestamp decides, then the
+        ``run_id`` (:func:`zerohash_run_key`), then the later arrival (a redelivery of the same
+        event changes nothing). Decided by the statement itself, so deliveries for one account in
+        one batch transaction are ordered against each other too.
         """
         row = (
             b.participant_code,
@@ -738,7 +741,9 @@ class StateStore:
             f"INSERT INTO zerohash_balances ({_ZEROHASH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (participant_code, account_group, account_label, account_type, asset) DO UPDATE"
             " SET balance = excluded.balance, timestamp = excluded.timestamp, run_id = excluded.run_id"
-            " WHERE excluded.timestamp >= zerohash_balances.timestamp",
+            " WHERE excluded.timestamp > zerohash_balances.timestamp"
+            " OR (excluded.timestamp = zerohash_balances.timestamp"
+            " AND zerohash_run_key(excluded.run_id) >= zerohash_run_key(zerohash_balances.run_id))",
             row,
         )
         return cur.rowcount == 1
@@ -750,16 +755,6 @@ class StateStore:
             " ORDER BY participant_code, account_group, account_label, account_type, asset"
         )
         return [_zerohash_balance(r) for r in rows]
-
-    def zerohash_balance(self, account: tuple[str, str, str, str, str]) -> ZerohashBalance | None:
-        """The stored balance of one Zero Hash account (participant_code, account_group,
-        account_label, account_type, asset), or None: one primary-key read."""
-        rows = self._query(
-            f"SELECT {_ZEROHASH_COLUMNS} FROM zerohash_balances WHERE participant_code = ? AND account_group = ?"
-            " AND account_label = ? AND account_type = ? AND asset = ?",
-            account,
-        )
-        return _zerohash_balance(rows[0]) if rows else None
 
     # -- the file's health ---------------------------------------------------------------------
 
@@ -933,6 +928,22 @@ _ADD_TRANSFER = (
     f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES ({_TRANSFER_PLACEHOLDERS})"
     " ON CONFLICT (account, kind, key) DO NOTHING"
 )
+
+
+def zerohash_run_key(run_id: str | None) -> str:
+    """Sort key of a Zero Hash ``run_id`` as text: none first, then decimal ids by value (runs are
+    numbered upwards, docs/protocol.md#account-balance-events), then any other text.
+
+    Text, so that SQLite compares it the same way (registered on the connection for
+    :meth:`StateStore.apply_zerohash_balance`); decimal ids by their digit count without leading
+    zeros, then their digits, without int() on a string of any length.
+    """
+    if run_id is None:
+        return "0"
+    if run_id.isascii() and run_id.isdigit():
+        digits = run_id.lstrip("0")
+        return f"1{len(digits):05d}{digits}"
+    return "2" + run_id
 
 
 def _zerohash_balance(r: Sequence[Any]) -> ZerohashBalance:

@@ -37,7 +37,7 @@ from exporter.core.metrics import (
     ZEROHASH_BALANCE_MOVEMENTS,
     ZEROHASH_PARTICIPANT_BALANCE,
 )
-from exporter.core.state import ZerohashBalance
+from exporter.core.state import ZerohashBalance, zerohash_run_key
 from exporter.webhooks.bounds import MAX_DIGITS, OutOfBounds, bounded_decimal, bounded_id, bounded_seconds
 from exporter.zerohash.signing import timestamp_to_seconds
 
@@ -136,18 +136,10 @@ def _run_id(value: Any) -> str | None:
     raise BalancePayloadError("run_id is not a string or an integer")
 
 
-def run_order(run_id: str | None) -> tuple[int, int, str]:
-    """Sort key of a ``run_id``: none first, then decimal ids by value, then any other text.
-
-    Decimal ids (``"9000123"``, the only form documented) are compared by value without int(): by
-    the number of digits without leading zeros, then as text.
-    """
-    if run_id is None:
-        return (0, 0, "")
-    if run_id.isascii() and run_id.isdigit():
-        digits = run_id.lstrip("0")
-        return (1, len(digits), digits)
-    return (2, 0, run_id)
+def run_order(run_id: str | None) -> str:
+    """Sort key of a ``run_id``: the state file's (:func:`exporter.core.state.zerohash_run_key`), which
+    decides what it stores; none first, then decimal ids by value, then any other text."""
+    return zerohash_run_key(run_id)
 
 
 def supersedes(new: ZerohashBalance, held: ZerohashBalance | None) -> bool:
@@ -171,8 +163,8 @@ _AccountKey = tuple[str, str, str, str, str]
 class ZerohashBalances:
     """The held per-participant balances and movement counts; render with :class:`ZerohashBalanceCollector`.
 
-    ``apply()`` is called only with an event the state file accepted (not older than held), after
-    its transaction committed; ``count_movements()`` for every new verified event.
+    ``apply()`` is called with an event the state file accepted, after its transaction committed
+    (and with the held ones at start); ``count_movements()`` for every new verified event.
     """
 
     def __init__(self, participants: Iterable[str], held: Iterable[ZerohashBalance] = ()) -> None:
@@ -183,8 +175,10 @@ class ZerohashBalances:
             self.apply(balance)
 
     def apply(self, balance: ZerohashBalance) -> None:
-        """Hold ``balance`` for its account (the caller has checked it is not older)."""
-        self._balances[account_key(balance)] = balance
+        """Hold ``balance`` for its account when it :func:`supersedes` the one held (as the state file decided)."""
+        key = account_key(balance)
+        if supersedes(balance, self._balances.get(key)):
+            self._balances[key] = balance
         for movement_type in CORE_MOVEMENT_TYPES:
             self._movements.setdefault((balance.account_type, balance.asset, movement_type), 0)
 
@@ -195,10 +189,6 @@ class ZerohashBalances:
         for movement_type in movement_types:
             ident = (account_type, asset, movement_type)
             self._movements[ident] = self._movements.get(ident, 0) + 1
-
-    def held_for(self, balance: ZerohashBalance) -> ZerohashBalance | None:
-        """The balance held for ``balance``'s account, None when none is."""
-        return self._balances.get(account_key(balance))
 
     def held(self) -> list[ZerohashBalance]:
         """Every held balance, ordered by account key."""

@@ -50,9 +50,9 @@ legacy signature is refused; ``refuse`` refuses those from the start, ``accept``
 
 **Equal timestamps.** A balance is applied when it supersedes the held one
 (:func:`exporter.zerohash.balances.supersedes`: newer timestamp, then higher ``run_id``, then the
-later arrival). The held one is read from memory, which equals the committed state, unless another
-delivery for the same account is in flight (possibly earlier in the same batch transaction): then
-from the state file, inside the transaction.
+later arrival), decided by the state file's upsert itself
+(:meth:`exporter.core.state.StateStore.apply_zerohash_balance`), so that deliveries for one account
+in one batch transaction are ordered against each other as well.
 
 Nothing is ever answered 500: an exception none of these steps expected is a bug of ours, answered
 503 ``internal_error`` (so Zero Hash retries), counted and logged as one rate-limited line naming
@@ -85,7 +85,7 @@ from exporter.core.metrics import (
     ZEROHASH_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore, ZerohashBalance
+from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
 from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
@@ -94,9 +94,7 @@ from exporter.zerohash.balances import (
     BalanceEvent,
     BalancePayloadError,
     ZerohashBalances,
-    account_key,
     parse_balance_event,
-    supersedes,
 )
 from exporter.zerohash.signing import (
     HEADER_NOTIFICATION_ID,
@@ -206,8 +204,6 @@ class ZerohashReceiver:
         self._legacy_policy = config.legacy_signature
         # Remembered across restarts, so a restart does not reopen the downgrade ("Downgrades").
         self._timestamped_seen = store.get_cursor(PROVIDER, TIMESTAMPED_SEEN_CURSOR) is not None
-        # Deliveries per balance account between their intake and their answer (see _held()).
-        self._in_flight: dict[tuple[str, str, str, str, str], int] = {}
         types = [(payload_type,) for payload_type in (*PAYLOAD_TYPES, OTHER)]
         self.collector = SeriesValues()
         self._received = self.collector.series(ZEROHASH_WEBHOOKS_RECEIVED, types)
@@ -307,12 +303,7 @@ class ZerohashReceiver:
             fresh = self._store.remember_delivery(PROVIDER, "", digest, ttl=self._ttl)
             if signed_with_time and not self._timestamped_seen:
                 self._store.set_cursor(PROVIDER, TIMESTAMPED_SEEN_CURSOR, repr(now))
-            applied = (
-                fresh
-                and event is not None
-                and supersedes(event.balance, self._held(event))
-                and self._store.apply_zerohash_balance(event.balance)
-            )
+            applied = fresh and event is not None and self._store.apply_zerohash_balance(event.balance)
             return fresh, applied
 
         def committed(result: tuple[bool, bool]) -> None:
@@ -339,7 +330,7 @@ class ZerohashReceiver:
                     log.info("older balance event not applied", extra={"provider": PROVIDER, "asset": b.asset})
 
         try:
-            fresh, _ = await self._commit(event, record, committed)
+            fresh, _ = await self._committer.run(record, committed)
         except StateError as exc:
             # Counted as a rejection (state_unavailable), logged at most once per interval: a full
             # disk fails every delivery. 503 so that Zero Hash retries once the state recovers.
@@ -357,35 +348,6 @@ class ZerohashReceiver:
             )
             return self._replies.reply(503, "unavailable")
         return self._replies.reply(200, "ok" if fresh else "duplicate")
-
-    async def _commit(
-        self,
-        event: BalanceEvent | None,
-        record: Callable[[], tuple[bool, bool]],
-        committed: Callable[[tuple[bool, bool]], None],
-    ) -> tuple[bool, bool]:
-        """``committer.run(record, committed)``, with ``event``'s account counted in flight meanwhile."""
-        if event is None:
-            return await self._committer.run(record, committed)
-        key = account_key(event.balance)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-        try:
-            return await self._committer.run(record, committed)
-        finally:
-            left = self._in_flight.pop(key) - 1
-            if left:
-                self._in_flight[key] = left
-
-    def _held(self, event: BalanceEvent) -> ZerohashBalance | None:
-        """What the state file holds for ``event``'s account, read inside the batch transaction.
-
-        The in-memory view equals the committed state unless another delivery for the same
-        account is in flight (it may be ahead in this very batch): then the state file is read.
-        """
-        key = account_key(event.balance)
-        if self._in_flight.get(key, 0) <= 1:
-            return self._balances.held_for(event.balance)
-        return self._store.zerohash_balance(key)
 
     def _refuses_legacy(self) -> bool:
         """Whether a delivery verified only by a legacy (body-only) signature is refused now."""
