@@ -13,7 +13,10 @@ Several servers are measured in turn, each several rounds, under the same load:
   (durability included);
 * ``forged``: the same Exporter receiving deliveries signed with a wrong secret (401 ``bad_signature``,
   one warning log line each, written to /dev/null through the exporter's logfmt formatter);
-* ``zerohash``: correctly signed Zero Hash ``account_balance.changed`` deliveries (informational).
+* ``zerohash``: correctly signed Zero Hash ``account_balance.changed`` deliveries (informational);
+* ``unlimited``: the ``forged`` load on a receiver mounted next to ``bare``, which is served without
+  the listener's connection limits (:mod:`exporter.http.limits`): ``forged`` less this is what the
+  limits cost a request (informational).
 
 Two more servers break the verified path into stages, so the output shows where the time goes
 (both mounted next to ``bare``, built from the real receiver, informational):
@@ -22,6 +25,10 @@ Two more servers break the verified path into stages, so the output shows where 
   answering 200 without touching any state: the ceiling of any verified path on this stack;
 * ``dedupe``: ``checked`` plus the durable dedupe record of each delivery id, committed through a
   :class:`~exporter.webhooks.commit.GroupCommitter` before the 200: the cost of durability alone.
+
+The exporter runs as its command line runs it: the garbage collector is tuned before it starts
+(:mod:`exporter.core.gc_tuning`); ``--gc default`` leaves CPython's defaults instead, to show what
+that tuning is worth.
 
 The load comes from a second process: ``--connections`` keep-alive HTTP/1.1 connections over
 loopback, each sending its next request as soon as the previous answer arrived, written with raw
@@ -68,6 +75,7 @@ from exporter.config.schema import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
+from exporter.core.gc_tuning import tune_garbage_collector
 from exporter.core.logs import setup_logging
 from exporter.core.state import StateStore
 from exporter.http.webhook_listener import create_webhook_app
@@ -274,12 +282,14 @@ def exporter_config(state_dir: Path) -> Config:
     )
 
 
-async def main(seconds: float, rounds: int, connections: int) -> None:
+async def main(seconds: float, rounds: int, connections: int, gc_settings: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as state_dir:
         config = exporter_config(Path(state_dir))
         stage_store = StateStore.open(Path(state_dir) / "stages.db")
         runner, bare_port = await bare_server(config, stage_store)
         exporter = Exporter(config)
+        if gc_settings == "exporter":
+            tune_garbage_collector()  # what exporter.cli does before the exporter starts
         await exporter.start()
         exporter_port = int(exporter.webhooks_url.rsplit(":", 1)[1])
         targets = {
@@ -288,6 +298,7 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
             "dedupe": (bare_port, "verified", DurableDedupeReceiver.path),
             "verified": (exporter_port, "verified", "/webhooks/whitebit"),
             "forged": (exporter_port, "forged", "/webhooks/whitebit"),
+            "unlimited": (bare_port, "forged", ChecksOnlyReceiver.path),
             "zerohash": (exporter_port, "zerohash", "/webhooks/zerohash"),
         }
         rates: dict[str, list[float]] = {name: [] for name in targets}
@@ -309,7 +320,7 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(
         f"webhook intake benchmark: {rounds} rounds x {seconds:g}s, {connections} connections, "
-        f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus"
+        f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus, gc {gc_settings}"
     )
     print(f"  state file: {durability}")
     for name in targets:
@@ -323,6 +334,10 @@ async def main(seconds: float, rounds: int, connections: int) -> None:
     print(f"  dedupe   / bare = {median['dedupe'] / median['bare']:.2f}   (stage: checked + durable dedupe record)")
     print(f"  verified / bare = {median['verified'] / median['bare']:.2f}   (goal >= 0.5, durable commit included)")
     print(f"  forged   / bare = {median['forged'] / median['bare']:.2f}   (goal >= 0.7)")
+    print(
+        f"  unlimited/ bare = {median['unlimited'] / median['bare']:.2f}   (forged, served without the listener's"
+        " connection limits: what they cost)"
+    )
     print(f"  zerohash / bare = {median['zerohash'] / median['bare']:.2f}   (informational)")
     print(f"  exporter counted: {result}")
 
@@ -362,8 +377,14 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--gc",
+        choices=("exporter", "default"),
+        default="exporter",
+        help="the exporter's garbage-collector settings (default) or CPython's defaults",
+    )
     options = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         # Real log formatting, discarded: the cost of a rejection's log line is part of the measure.
         setup_logging("info", "logfmt", stream=devnull)
-        asyncio.run(main(options.seconds, options.rounds, options.connections))
+        asyncio.run(main(options.seconds, options.rounds, options.connections, options.gc))

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from exporter import __version__
 from exporter.config.load import ConfigError, ConfigProblem, load_config, parse_listen_address
 from exporter.config.schema import Config, ListenAddress
+from exporter.core.gc_tuning import tune_garbage_collector
 from exporter.core.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     log.info("config loaded", extra={"file": path})
     exporter = Exporter(apply_overrides(config, args))
+    tune_garbage_collector()
     try:
         return asyncio.run(run_until_signal(exporter))
     except StartupError as exc:

@@ -38,6 +38,7 @@ from exporter.config.schema import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
+from exporter.core.gc_tuning import tune_garbage_collector
 from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulator, SimulatorSettings
 
 log = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="whitebit-exporter-demo-") as state_dir:
         demo = Demo(options, Path(state_dir))
         try:
+            tune_garbage_collector()  # the demo owns its process, as the command line does
             return asyncio.run(demo.run())
         except StartupError as exc:
             log.error(f"exiting: cannot start the demo: {exc}")

@@ -213,6 +213,17 @@ class LimitedHandler(RequestHandler):
     per request would cost every delivery a heap push and a cancel.
     """
 
+    # aiohttp's handler has __slots__; without ours every instance would get a __dict__, and every
+    # method lookup aiohttp makes on it per request would look there first.
+    __slots__ = (
+        "_limit_admitted",
+        "_limit_cut_off",
+        "_limit_guard",
+        "_limit_started",
+        "event_loop",
+        "request_timeout",
+    )
+
     def __init__(
         self,
         manager: Server,
@@ -247,16 +258,18 @@ class LimitedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         # The first byte of a request starts its deadline; the answer (finish_response) ends it.
+        # aiohttp's method is called directly, not through super(): every chunk of every request
+        # passes here.
         if self._limit_started is None:
             self._limit_started = self.event_loop.time()
-        super().data_received(data)
+        _AIOHTTP_DATA_RECEIVED(self, data)
 
     def finish_response(
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> Coroutine[Any, Any, tuple[StreamResponse, bool]]:
         # Not a coroutine itself: aiohttp's, returned as is, saves every answer a frame.
         self._limit_started = None
-        return super().finish_response(request, resp, start_time)
+        return _AIOHTTP_FINISH_RESPONSE(self, request, resp, start_time)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         # Cutting a connection off makes the application's read of the body fail, which aiohttp would
@@ -279,6 +292,10 @@ class LimitedHandler(RequestHandler):
         self._limit_cut_off = True
         self._limit_guard.timed_out()
         self.force_close()
+
+
+_AIOHTTP_DATA_RECEIVED = RequestHandler.data_received
+_AIOHTTP_FINISH_RESPONSE = RequestHandler.finish_response
 
 
 class LimitedServer(Server):
