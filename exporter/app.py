@@ -41,20 +41,22 @@ from exporter.http.metrics_listener import create_metrics_app
 from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
 from exporter.webhooks.commit import GroupCommitter
+from exporter.webhooks.inbox import Deriver, InboxConsumer
 from exporter.whitebit.sources import WhitebitSources, build_sources
 from exporter.whitebit.transfers import FINAL_TRANSFER_RETENTION, TransferBook, TransferCollector
-from exporter.whitebit.webhook import WhitebitReceiver
+from exporter.whitebit.webhook import WhitebitDeriver, WhitebitReceiver
 from exporter.zerohash.balances import ZerohashBalanceCollector, ZerohashBalances
-from exporter.zerohash.webhook import ZerohashReceiver
+from exporter.zerohash.webhook import ZerohashDeriver, ZerohashReceiver
 
 log = logging.getLogger(__name__)
 
 #: ``Exporter.stop()`` finishes within this many seconds, whatever its parts do.
 STOP_TIMEOUT = 5.0
-# How the stop budget is split: in-flight webhook deliveries, supervised tasks, scrapes.
+# How the stop budget is split: in-flight webhook deliveries, supervised tasks, deriving the inbox, scrapes.
 _WEBHOOKS_STOP_TIMEOUT = 1.0
 _TASKS_STOP_TIMEOUT = 2.0
 _METRICS_STOP_TIMEOUT = 0.5
+_INBOX_STOP_BUDGET = 1.0
 
 #: Exit status when a second signal cuts a slow shutdown short.
 FORCED_EXIT_STATUS = 1
@@ -110,6 +112,7 @@ class Exporter:
         self._metrics: Listener | None = None
         self._webhooks: Listener | None = None
         self._whitebit: WhitebitSources | None = None
+        self._inbox: InboxConsumer | None = None
         self._started = False
         self._stopped = False
 
@@ -171,7 +174,15 @@ class Exporter:
         committer = GroupCommitter(state)
         transfers = TransferBook(state, (a.name for a in config.whitebit), clock=self.clock)
         self.registry.register(TransferCollector(transfers))
-        receivers = self._receivers(state, committer, transfers)
+        derivers: list[Deriver] = [WhitebitDeriver(transfers)]
+        receivers = self._receivers(state, committer, derivers)
+        # What the receivers stored before a restart and was not derived yet is derived first, so the
+        # sources below start from the state every answered delivery implies.
+        inbox = self._inbox = InboxConsumer(state, derivers, clock=self.clock)
+        self.registry.register(inbox)
+        caught_up = inbox.drain()
+        if caught_up:
+            log.info("inbox deliveries derived at start", extra={"deliveries": caught_up})
         listener_refusals = SeriesValues()
         self.registry.register(listener_refusals)
         # Each listener has its own cap, so a flood on the webhook port cannot take the descriptors
@@ -213,35 +224,52 @@ class Exporter:
             registry=self.registry,
             clock=self.clock,
         )
+        retention = config.state.inbox_retention
         housekeeping = Housekeeping(
             {
-                "delivery_ids": lambda now: state.purge_expired_deliveries(),
+                "inbox": lambda now: state.purge_inbox(retention),
                 "final_transfers": lambda now: transfers.purge_final(now - FINAL_TRANSFER_RETENTION),
             },
             clock=self.clock,
             upkeep=state.upkeep,
         )
-        for source in (*self._whitebit.sources, housekeeping):
+        for source in (inbox, *self._whitebit.sources, housekeeping):
             self.supervisor.start(source.name, source.run)
 
     def _receivers(
-        self, state: StateStore, committer: GroupCommitter, transfers: TransferBook
+        self, state: StateStore, committer: GroupCommitter, derivers: list[Deriver]
     ) -> list[WebhookReceiver]:
-        """Every webhook receiver the config asks for, each with its collectors registered."""
+        """Every webhook receiver the config asks for, each with its collectors registered; the Zero
+        Hash deriver is added to ``derivers`` when Zero Hash is configured."""
         receivers: list[WebhookReceiver] = []
         webhook_accounts = [account for account in self.config.whitebit if account.webhook is not None]
         if webhook_accounts:
-            whitebit = WhitebitReceiver(webhook_accounts, state, transfers, committer, clock=self.clock)
+            whitebit = WhitebitReceiver(
+                webhook_accounts, state, committer, on_stored=self._inbox_stored, clock=self.clock
+            )
             self.registry.register(whitebit.collector)
             receivers.append(whitebit)
         if self.config.zerohash is not None:
             settings = self.config.zerohash.webhook
             balances = ZerohashBalances(settings.participants, state.zerohash_balances())
             self.registry.register(ZerohashBalanceCollector(balances))
-            zerohash = ZerohashReceiver(settings, state, balances, committer, clock=self.clock)
+            derivers.append(ZerohashDeriver(state, balances))
+            zerohash = ZerohashReceiver(settings, state, committer, on_stored=self._inbox_stored, clock=self.clock)
             self.registry.register(zerohash.collector)
             receivers.append(zerohash)
         return receivers
+
+    def _inbox_stored(self) -> None:
+        """A receiver committed a new inbox row."""
+        if self._inbox is not None:
+            self._inbox.notify()
+
+    @property
+    def inbox(self) -> InboxConsumer:
+        """The inbox consumer (only between ``start()`` and ``stop()``)."""
+        if self._inbox is None:
+            raise RuntimeError("the exporter is not started")
+        return self._inbox
 
     async def stop(self) -> None:
         """Stop accepting webhooks, stop every source, stop serving metrics, close the state.
@@ -259,6 +287,13 @@ class Exporter:
         await self.supervisor.stop(timeout=_TASKS_STOP_TIMEOUT)
         if self._whitebit is not None:
             await self._whitebit.close()
+        if self._inbox is not None and self._state is not None:
+            # What was answered but not derived yet is derived now, within a bounded part of the stop
+            # budget; whatever is left is derived at the next start.
+            try:
+                self._inbox.drain(budget=_INBOX_STOP_BUDGET)
+            except StateError as exc:
+                log.warning("inbox not derived before stopping", extra={"error": str(exc)})
         if self._metrics is not None:
             await self._metrics.stop()
         if self._state is not None:

@@ -125,6 +125,27 @@ ALERTS: tuple[Alert, ...] = (
         ("job", "instance"),
     ),
     Alert(
+        "WhitebitExporterInboxBehind",
+        "max by (job, instance) (whitebit_exporter_inbox_lag_seconds{[[selector]]}) > [[threshold]]",
+        "The WhiteBIT exporter is behind in deriving its webhook deliveries.",
+        "{{ $labels.instance }} answered webhook deliveries that it has not applied to transfers and balances for "
+        "{{ $value | humanizeDuration }} (more than [[threshold]] s, for [[for]]): their metrics lag, though nothing is "
+        "lost (they are in the inbox). whitebit_exporter_inbox_pending_deliveries says how many wait.",
+        WEBHOOKS,
+        ("job", "instance"),
+    ),
+    Alert(
+        "WhitebitExporterInboxDeriveFailures",
+        "sum by (job, instance, provider) (increase(whitebit_exporter_inbox_derive_failures_total{[[selector]]}"
+        "[[[window]]])) > 0",
+        "The WhiteBIT exporter could not derive state from a webhook delivery.",
+        "{{ $labels.instance }} kept {{ $value | humanize }} {{ $labels.provider }} delivery(ies) in its inbox in the "
+        "last [[window]] without deriving transfers or balances from them: their metrics miss those deliveries. "
+        "The log line names the inbox row and the reason.",
+        WEBHOOKS,
+        ("job", "instance"),
+    ),
+    Alert(
         "WhitebitWebhookInternalErrors",
         '(sum by (job, instance) (increase(whitebit_webhooks_rejected_total{[[selector]], reason="internal_error"}'
         "[[[window]]])) > 0) or (sum by (job, instance) (increase(zerohash_webhooks_rejected_total{[[selector]], "

@@ -28,7 +28,7 @@ from exporter.config.schema import (
 from exporter.core.backoff import Backoff
 from exporter.core.logs import LogfmtFormatter
 from exporter.core.metrics import EXPORTER_BUILD_INFO, WEBHOOK_LISTENER_REJECTED, WHITEBIT_UP
-from exporter.core.state import MIN_DELIVERY_TTL, StateStore
+from exporter.core.state import MIN_DELIVERY_TTL, InboxDelivery, StateStore
 from exporter.core.supervisor import Supervisor, TaskStatus
 from exporter.http.webhook_listener import REFUSAL_REASONS
 from tests.exporters import ACCOUNTS, API_ACCOUNTS, API_KEY, API_SECRET, HOOK_SECRET, ZEROHASH, ZH_SECRET, StartExporter
@@ -192,21 +192,25 @@ async def test_start_opens_the_state_file_and_stop_closes_it(make_config: Callab
         _ = exporter.state
 
 
-async def test_old_state_is_purged_by_the_housekeeping_task_at_start(make_config: Callable[..., Config]) -> None:
+async def test_old_inbox_rows_are_purged_by_the_housekeeping_task_at_start(make_config: Callable[..., Config]) -> None:
     config = make_config(ACCOUNTS)
-    with StateStore.open(config.state.path, clock=lambda: 1_000.0) as store:
-        store.remember_delivery("whitebit", "main", "old-id", ttl=MIN_DELIVERY_TTL)
-        store.remember_delivery("whitebit", "main", "fresh-id", ttl=MIN_DELIVERY_TTL * 10)
-    exporter = Exporter(config, clock=lambda: 1_000.0 + MIN_DELIVERY_TTL + 1)
+    retention = config.state.inbox_retention
+    with StateStore.open(config.state.path) as store:
+        for delivery_id, ttl in (("old-id", MIN_DELIVERY_TTL), ("long-id", retention * 2)):
+            body = f'{{"method":"code.apply","params":{{"code":"C"}},"id":"{delivery_id}"}}'.encode()
+            delivery = InboxDelivery("whitebit", "main", delivery_id, "code.apply", 1_000.0, body, {})
+            store.add_delivery(delivery, ttl=ttl)
+    exporter = Exporter(config, clock=lambda: 1_000.0 + retention + 1)
     await exporter.start()
 
-    def stored_ids() -> set[str]:
+    def stored() -> dict[str, bytes | None]:
         with closing(sqlite3.connect(config.state.path)) as reader:
-            return {row[0] for row in reader.execute("SELECT delivery_id FROM webhook_deliveries")}
+            return dict(reader.execute("SELECT delivery_id, body FROM inbox").fetchall())
 
     try:
-        # An expired id is no longer "seen" anyway; the clean-up also removes its row from the file.
-        await wait_for(lambda: stored_ids() == {"fresh-id"})
+        # Past the retention: a row past its dedupe window too is deleted; one still inside it keeps
+        # its id (a redelivery stays a duplicate) and loses its body.
+        await wait_for(lambda: stored() == {"long-id": None})
         assert task_status(exporter, "state:housekeeping").running
     finally:
         await exporter.stop()

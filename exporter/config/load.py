@@ -60,7 +60,7 @@ _TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash")
 _LISTENER_LIMIT_KEYS = ("request_timeout", "idle_timeout", "max_connections")
 _WEB_KEYS = ("listen_address", *_LISTENER_LIMIT_KEYS)
 _WEBHOOKS_KEYS = ("listen_address", "max_body_bytes", *_LISTENER_LIMIT_KEYS)
-_STATE_KEYS = ("path",)
+_STATE_KEYS = ("path", "inbox_retention")
 _ACCOUNT_KEYS = (
     "name",
     "rest_url",
@@ -350,6 +350,7 @@ class _Loader:
         webhooks_limits = self.listener_limits(webhooks, "webhooks", WebhooksConfig.max_connections)
         state = self.mapping(top.get("state"), "state", _STATE_KEYS) or {}
         state_path = self.string_field(state, "path", "state")
+        inbox_retention = self.duration(state, "inbox_retention", "state")
         rest = self.rest(top.get("rest"))
         accounts = self.accounts(top.get("whitebit"))
         zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
@@ -362,7 +363,10 @@ class _Loader:
                 max_body_bytes=max_body or WebhooksConfig.max_body_bytes,
                 **webhooks_limits,
             ),
-            state=StateConfig(path=state_path or StateConfig.path),
+            state=StateConfig(
+                path=state_path or StateConfig.path,
+                inbox_retention=StateConfig.inbox_retention if inbox_retention is None else inbox_retention,
+            ),
             whitebit=accounts,
             zerohash=zerohash,
             rest=rest,

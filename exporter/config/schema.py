@@ -108,9 +108,11 @@ class WebhooksConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
-    """Where the durable SQLite state lives."""
+    """Where the durable SQLite state lives, and how long the webhook inbox keeps what was received."""
 
     path: str = "whitebit-exporter.db"
+    # Raw deliveries (bodies and headers) are kept this long; their ids at least the dedupe window too.
+    inbox_retention: float = 30 * 86400.0
 
 
 @dataclass(frozen=True)

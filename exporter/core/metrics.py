@@ -124,6 +124,24 @@ EXPORTER_TASK_RUNNING = GaugeDef(
 EXPORTER_TASK_RESTARTS = CounterDef(
     "whitebit_exporter_task_restarts", "Times a supervised task crashed or ended and was restarted.", ("task",)
 )
+EXPORTER_INBOX_PENDING = GaugeDef(
+    "whitebit_exporter_inbox_pending_deliveries",
+    "Webhook deliveries in the inbox (answered 200, durable) whose state has not been derived yet.",
+)
+EXPORTER_INBOX_LAG_SECONDS = GaugeDef(
+    "whitebit_exporter_inbox_lag_seconds",
+    "Seconds since the oldest inbox delivery whose state has not been derived yet was received; 0 when none waits.",
+)
+EXPORTER_INBOX_DERIVED = CounterDef(
+    "whitebit_exporter_inbox_derived",
+    "Inbox deliveries whose state (transfers, Zero Hash balances) has been derived, by provider.",
+    ("provider",),
+)
+EXPORTER_INBOX_DERIVE_FAILURES = CounterDef(
+    "whitebit_exporter_inbox_derive_failures",
+    "Inbox deliveries whose state could not be derived (kept in the inbox with the reason), by provider.",
+    ("provider",),
+)
 EXPORTER_STATE_WRITABLE = GaugeDef(
     "whitebit_exporter_state_writable",
     "1 while the state file accepts writes, 0 from a failed write until one succeeds.",
@@ -399,6 +417,10 @@ METRICS: tuple[MetricDef, ...] = (
     EXPORTER_STATE_WRITABLE,
     EXPORTER_STATE_VOLUME_FREE_BYTES,
     EXPORTER_STATE_ERRORS,
+    EXPORTER_INBOX_PENDING,
+    EXPORTER_INBOX_LAG_SECONDS,
+    EXPORTER_INBOX_DERIVED,
+    EXPORTER_INBOX_DERIVE_FAILURES,
     WHITEBIT_BALANCE,
     WHITEBIT_BALANCE_FROZEN,
     WHITEBIT_COLLATERAL_BORROWED,

@@ -64,6 +64,10 @@ MIN_DELIVERY_TTL = 48 * 3600.0
 _LAST_DELIVERY = ":last_delivery"
 _FIRST_WATCHED = ":first_watched"
 DEFAULT_DELIVERY_TTL = 7 * 86400.0
+#: The cursor (table ``cursors``, account '') of the last inbox row whose state has been derived.
+_INBOX_APPLIED = "inbox:applied"
+#: Inbox rows one purge call deletes or empties at most (see :meth:`StateStore.purge_inbox`).
+INBOX_PURGE_BATCH = 500
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -213,9 +217,51 @@ def _reconciliation_columns_v2(conn: sqlite3.Connection) -> None:
         )
 
 
+def _inbox_v3(conn: sqlite3.Connection) -> None:
+    """Schema v3: the webhook inbox (one row per accepted delivery, body as received) replaces the
+    delivery-id table as the dedupe record.
+
+    The ids remembered by v2 move into the inbox as rows without a body (what was received was not
+    kept then), and the inbox cursor is set past them: their state was derived when they arrived.
+    ``seq`` is AUTOINCREMENT: after a purge that deleted the newest rows, a new delivery must not reuse
+    a seq at or below the cursor, which would pass it over as derived.
+    A snapshot of the v3 format: it uses no helper that may change later.
+    """
+    conn.execute(
+        "CREATE TABLE inbox ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " provider TEXT NOT NULL,"
+        " account TEXT NOT NULL,"
+        " delivery_id TEXT NOT NULL,"
+        " method TEXT NOT NULL,"
+        " received_at REAL NOT NULL,"
+        " expires_at REAL NOT NULL,"
+        " status INTEGER NOT NULL,"
+        " verdict TEXT NOT NULL,"
+        " nonce INTEGER,"
+        " headers TEXT,"
+        " body BLOB,"
+        " duplicates INTEGER NOT NULL DEFAULT 0,"
+        " last_duplicate_at REAL,"
+        " derive_error TEXT,"
+        " UNIQUE (provider, account, delivery_id))"
+    )
+    conn.execute("CREATE INDEX inbox_by_time ON inbox (received_at)")
+    conn.execute(
+        "INSERT INTO inbox (provider, account, delivery_id, method, received_at, expires_at, status, verdict)"
+        " SELECT provider, account, delivery_id, '', first_seen, expires_at, 200, 'ok' FROM webhook_deliveries"
+        " ORDER BY first_seen, provider, account, delivery_id"
+    )
+    conn.execute("DROP TABLE webhook_deliveries")
+    conn.execute(
+        "INSERT INTO cursors (account, name, value, updated_at)"
+        " SELECT '', 'inbox:applied', CAST(COALESCE(MAX(seq), 0) AS TEXT), 0 FROM inbox"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
 #: migration that has shipped, since files in the field were built by it.
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _reconciliation_columns_v2)
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _reconciliation_columns_v2, _inbox_v3)
 
 
 class _Rerun(Exception):
@@ -329,6 +375,35 @@ class TransferRecord:
     history_final_at: float | None = None
     history_waived: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxDelivery:
+    """One accepted webhook delivery as received: a row of the inbox (see :meth:`StateStore.add_delivery`).
+
+    ``delivery_id`` is what identifies the delivery to dedupe (WhiteBIT's signed ``id``, the SHA-256
+    of a Zero Hash body); ``headers`` the ones that were signed or identify it; ``body`` the raw
+    body, None once the retention has removed it; ``status`` and ``verdict`` what the receiver
+    answered and why (``ok``; ``nonce_regression`` accepted under the ``count`` policy; ``late``).
+    ``seq`` (the order received), ``expires_at``, ``duplicates``, ``last_duplicate_at`` and
+    ``derive_error`` are set by the store.
+    """
+
+    provider: str
+    account: str
+    delivery_id: str
+    method: str
+    received_at: float
+    body: bytes | None
+    headers: dict[str, str] = field(default_factory=dict)
+    nonce: int | None = None
+    status: int = 200
+    verdict: str = "ok"
+    seq: int = 0
+    expires_at: float = math.inf
+    duplicates: int = 0
+    last_duplicate_at: float | None = None
+    derive_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -560,64 +635,131 @@ class StateStore:
                 outcomes.append((value, None))
         return outcomes
 
-    # -- webhook deliveries ------------------------------------------------------------------
+    # -- the webhook inbox -------------------------------------------------------------------
 
-    def remember_delivery(
-        self, provider: str, account: str, delivery_id: str, *, ttl: float = DEFAULT_DELIVERY_TTL
-    ) -> bool:
-        """Record a delivery id; True if it is new (or its old record expired), False if seen."""
+    def add_delivery(self, delivery: InboxDelivery, *, ttl: float = DEFAULT_DELIVERY_TTL) -> int | None:
+        """Store an accepted delivery as received; its ``seq`` if it is new, None if it was received before.
+
+        The row is the delivery's dedupe record: a delivery with the same (provider, account,
+        delivery id) is a duplicate for as long as the row exists, which is at least ``ttl`` (and
+        the inbox retention, see :meth:`purge_inbox`). A duplicate is counted on the first row.
+        """
         if not (math.isfinite(ttl) and ttl >= MIN_DELIVERY_TTL):
             raise ValueError(f"delivery ttl must be at least {MIN_DELIVERY_TTL:.0f} s, not {ttl!r}")
-        now = self._now()
-        # One statement decides and writes, so "seen?" and "remember" cannot be split; an
-        # expired row is refreshed as if it were new.
+        received_at = _finite(delivery.received_at, "received_at")
         cur = self._write(
-            "INSERT INTO webhook_deliveries (provider, account, delivery_id, first_seen, expires_at)"
-            " VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (provider, account, delivery_id) DO UPDATE"
-            " SET first_seen = excluded.first_seen, expires_at = excluded.expires_at"
-            " WHERE webhook_deliveries.expires_at <= ?",
-            (provider, account, delivery_id, now, now + ttl, now),
+            "INSERT INTO inbox (provider, account, delivery_id, method, received_at, expires_at, status, verdict,"
+            " nonce, headers, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (provider, account, delivery_id) DO NOTHING",
+            (
+                delivery.provider,
+                delivery.account,
+                delivery.delivery_id,
+                delivery.method,
+                received_at,
+                received_at + ttl,
+                delivery.status,
+                delivery.verdict,
+                delivery.nonce,
+                json.dumps(delivery.headers, separators=(",", ":")),
+                delivery.body,
+            ),
         )
-        return cur.rowcount == 1
+        if cur.rowcount == 1:
+            return int(cur.lastrowid or 0)
+        self._write(
+            "UPDATE inbox SET duplicates = duplicates + 1, last_duplicate_at = ?"
+            " WHERE provider = ? AND account = ? AND delivery_id = ?",
+            (received_at, delivery.provider, delivery.account, delivery.delivery_id),
+        )
+        return None
+
+    def set_verdict(self, seq: int, verdict: str) -> None:
+        """Change what the inbox row ``seq`` says of its delivery (in the transaction that stored it)."""
+        self._write("UPDATE inbox SET verdict = ? WHERE seq = ?", (verdict, seq))
 
     def delivery_seen(self, provider: str, account: str, delivery_id: str) -> bool:
-        """True if the delivery id is remembered and not expired."""
+        """True if the delivery is in the inbox (received before, so a new one with its id is a duplicate)."""
         rows = self._query(
-            "SELECT 1 FROM webhook_deliveries WHERE provider = ? AND account = ? AND delivery_id = ?"
-            " AND expires_at > ?",
-            (provider, account, delivery_id, self._now()),
+            "SELECT 1 FROM inbox WHERE provider = ? AND account = ? AND delivery_id = ?",
+            (provider, account, delivery_id),
         )
         return bool(rows)
 
-    def purge_expired_deliveries(self) -> int:
-        """Delete expired delivery ids; returns how many.
+    def inbox_after(self, seq: int, limit: int, *, headers: bool = True) -> list[InboxDelivery]:
+        """Up to ``limit`` inbox rows after ``seq``, in the order received (bodies purged or not).
 
-        The newest ``first_seen`` of each feed (provider and account) among them is kept first, as
-        the cursor ``<provider>:last_delivery``, so :meth:`last_deliveries` survives the purge.
+        ``headers=False`` leaves each row's ``headers`` empty, unread (derivation needs only the body).
+        """
+        columns = _INBOX_COLUMNS if headers else _INBOX_COLUMNS.replace(" headers,", " NULL,")
+        rows = self._query(f"SELECT {columns} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [_inbox_delivery(r) for r in rows]
+
+    def inbox_cursor(self) -> int:
+        """The ``seq`` of the last inbox row whose state has been derived (0 before any)."""
+        rows = self._query("SELECT value FROM cursors WHERE account = '' AND name = ?", (_INBOX_APPLIED,))
+        return int(rows[0][0]) if rows else 0
+
+    def set_inbox_cursor(self, seq: int) -> None:
+        """Record that the state of every inbox row up to ``seq`` has been derived."""
+        self.set_cursor("", _INBOX_APPLIED, str(_int(seq, "seq")))
+
+    def inbox_backlog(self) -> tuple[int, float | None]:
+        """(inbox rows not derived yet, when the oldest of them was received, None when there is none)."""
+        cursor = self.inbox_cursor()
+        count = self._query("SELECT COUNT(*) FROM inbox WHERE seq > ?", (cursor,))[0][0]
+        oldest = self._query("SELECT received_at FROM inbox WHERE seq > ? ORDER BY seq LIMIT 1", (cursor,))
+        return int(count), (float(oldest[0][0]) if oldest else None)
+
+    def last_inbox_seq(self) -> int:
+        """The ``seq`` of the newest inbox row (0 when there is none)."""
+        return int(self._query("SELECT COALESCE(MAX(seq), 0) FROM inbox")[0][0])
+
+    def mark_derive_error(self, seq: int, error: str) -> None:
+        """Note on inbox row ``seq`` why its state could not be derived (the row is kept, the cursor moves on)."""
+        self._write("UPDATE inbox SET derive_error = ? WHERE seq = ?", (error, seq))
+
+    def purge_inbox(self, retention: float, *, limit: int = INBOX_PURGE_BATCH) -> int:
+        """Forget at most ``limit`` old deliveries; how many rows were deleted or emptied.
+
+        A row whose state has been derived is deleted once it is older than ``retention`` and past
+        its dedupe expiry; a row older than ``retention`` but still needed for dedupe keeps its id
+        and loses its body and headers. The newest ``received_at`` of each feed among the deleted
+        rows is kept first, as the cursor ``<provider>:last_delivery``, so :meth:`last_deliveries`
+        survives the purge. At most ``limit`` rows per call, so one call holds the loop only briefly.
         """
         now = self._now()
+        before = now - retention
         with self.transaction():
             conn = self._conn()
+            cursor = self.inbox_cursor()
+            doomed = (
+                "SELECT seq FROM inbox WHERE received_at <= ? AND expires_at <= ? AND seq <= ? ORDER BY seq LIMIT ?"
+            )
             conn.execute(
                 "INSERT INTO cursors (account, name, value, updated_at)"
-                " SELECT account, provider || ?, CAST(MAX(first_seen) AS TEXT), ? FROM webhook_deliveries"
-                " WHERE expires_at <= ? GROUP BY provider, account"
+                f" SELECT account, provider || ?, CAST(MAX(received_at) AS TEXT), ? FROM inbox WHERE seq IN ({doomed})"
+                " GROUP BY provider, account"
                 " ON CONFLICT (account, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
                 " WHERE CAST(excluded.value AS REAL) > CAST(cursors.value AS REAL)",
-                (_LAST_DELIVERY, now, now),
+                (_LAST_DELIVERY, now, before, now, cursor, limit),
             )
-            cur = conn.execute("DELETE FROM webhook_deliveries WHERE expires_at <= ?", (now,))
-            return cur.rowcount
+            deleted = conn.execute(f"DELETE FROM inbox WHERE seq IN ({doomed})", (before, now, cursor, limit)).rowcount
+            emptied = conn.execute(
+                "UPDATE inbox SET body = NULL, headers = NULL WHERE seq IN (SELECT seq FROM inbox"
+                " WHERE received_at <= ? AND body IS NOT NULL AND seq <= ? ORDER BY seq LIMIT ?)",
+                (before, cursor, max(limit - deleted, 0)),
+            ).rowcount
+            return deleted + emptied
 
     def last_deliveries(self, provider: str) -> dict[str, float]:
-        """When each account's newest delivery from ``provider`` was first seen, remembered or purged."""
+        """When each account's newest delivery from ``provider`` was received, kept or purged."""
         newest: dict[str, float] = {}
         purged = self._query("SELECT account, value FROM cursors WHERE name = ?", (provider + _LAST_DELIVERY,))
-        remembered = self._query(
-            "SELECT account, MAX(first_seen) FROM webhook_deliveries WHERE provider = ? GROUP BY account", (provider,)
+        kept = self._query(
+            "SELECT account, MAX(received_at) FROM inbox WHERE provider = ? GROUP BY account", (provider,)
         )
-        for account, value in [*purged, *remembered]:
+        for account, value in [*purged, *kept]:
             newest[str(account)] = max(newest.get(str(account), -math.inf), float(value))
         return newest
 
@@ -944,6 +1086,40 @@ def zerohash_run_key(run_id: str | None) -> str:
         digits = run_id.lstrip("0")
         return f"1{len(digits):05d}{digits}"
     return "2" + run_id
+
+
+_INBOX_COLUMNS = (
+    "seq, provider, account, delivery_id, method, received_at, expires_at, status, verdict, nonce, headers, body,"
+    " duplicates, last_duplicate_at, derive_error"
+)
+
+
+def _inbox_delivery(r: Sequence[Any]) -> InboxDelivery:
+    headers: dict[str, str] = {}
+    if r[10] is not None:
+        try:
+            parsed = json.loads(r[10])
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            headers = {str(k): str(v) for k, v in parsed.items()}
+    return InboxDelivery(
+        provider=r[1],
+        account=r[2],
+        delivery_id=r[3],
+        method=r[4],
+        received_at=float(r[5]),
+        body=None if r[11] is None else bytes(r[11]),
+        headers=headers,
+        nonce=None if r[9] is None else int(r[9]),
+        status=int(r[7]),
+        verdict=r[8],
+        seq=int(r[0]),
+        expires_at=float(r[6]),
+        duplicates=int(r[12]),
+        last_duplicate_at=None if r[13] is None else float(r[13]),
+        derive_error=r[14],
+    )
 
 
 def _zerohash_balance(r: Sequence[Any]) -> ZerohashBalance:

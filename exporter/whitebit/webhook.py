@@ -15,12 +15,15 @@ answers; docs/protocol.md#webhook-envelope-and-signature the scheme):
    ``id``, a string ``method`` and an object ``params`` (and, for a deposit or withdrawal, an amount
    and an asset), every number, time and id within the bounds of :mod:`exporter.webhooks.bounds`
    -> 400 ``bad_json``
-7. in ONE state transaction: remember the signed ``id`` (seen before -> 200, counted as a duplicate,
-   nothing else done), raise the account's highest nonce (a nonce not above it is a regression:
-   counted and accepted under ``count``, 409 ``nonce_regression`` and nothing stored under
-   ``strict``), and advance the transfer. Committed before the 200 (with the deliveries that
-   arrived at the same time, see :mod:`exporter.webhooks.commit`), so a delivery answered 200
-   survives a kill of the process; a failed write answers 503 so WhiteBIT retries.
+7. in ONE state transaction: store the delivery in the inbox as received, which is also the
+   dedupe record of its signed ``id`` (seen before -> 200, counted as a duplicate, nothing else
+   done), and raise the account's highest nonce (a nonce not above it is a regression: counted,
+   accepted and marked on the row under ``count``; 409 ``nonce_regression`` and nothing stored
+   under ``strict``). Committed before the 200 (with the deliveries that arrived at the same time,
+   see :mod:`exporter.webhooks.commit`), so a delivery answered 200 survives a kill of the
+   process; a failed write answers 503 so WhiteBIT retries.
+8. after the answer, :class:`WhitebitDeriver` advances the transfer from the inbox row
+   (:mod:`exporter.webhooks.inbox`).
 
 Nothing is ever answered 500: an exception none of these steps expected is a bug of ours, answered
 503 ``internal_error`` (so WhiteBIT retries), counted and logged as one rate-limited line naming the
@@ -60,9 +63,10 @@ from exporter.core.metrics import (
     WHITEBIT_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError, StateStore
 from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_JSON_DEPTH, json_depth_exceeds, storable_text
 from exporter.webhooks.commit import GroupCommitter
+from exporter.webhooks.inbox import Applied, DeriveError
 from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, exception_text
 from exporter.whitebit.signing import HEADER_APIKEY, HEADER_PAYLOAD, HEADER_SIGNATURE, Secrets, payload_matches_body
 from exporter.whitebit.transfers import (
@@ -70,7 +74,6 @@ from exporter.whitebit.transfers import (
     ObservationError,
     TransferBook,
     TransferObservation,
-    TransferUpdate,
     int_or_none,
     observation_from_webhook,
 )
@@ -211,15 +214,15 @@ class WhitebitReceiver:
         self,
         accounts: Sequence[WhitebitAccountConfig],
         store: StateStore,
-        transfers: TransferBook,
         committer: GroupCommitter,
         *,
+        on_stored: Callable[[], None],
         clock: Callable[[], float] = time.time,
         delivery_ttl: float = DEFAULT_DELIVERY_TTL,
     ) -> None:
         self._store = store
         self._committer = committer
-        self._transfers = transfers
+        self._on_stored = on_stored
         self._clock = clock
         self._ttl = delivery_ttl
         self._rejection_log = RejectionLog(log)
@@ -278,7 +281,7 @@ class WhitebitReceiver:
             if webhook.secrets.match(payload, signature) is None:
                 return self._reject(Rejection(401, "bad_signature", label), request)
             try:
-                return await self._process(webhook, body)
+                return await self._process(webhook, body, key, signature)
             except RejectedDelivery as rejected:
                 return self._reject(rejected.rejection, request)
         except Exception as exc:
@@ -288,30 +291,46 @@ class WhitebitReceiver:
         """One of the receiver's fixed answers (``ok``, ``duplicate``, ``unavailable`` or a reason)."""
         return self._replies.reply(status, word)
 
-    async def _process(self, webhook: AccountWebhook, body: bytes) -> web.StreamResponse:
+    async def _process(self, webhook: AccountWebhook, body: bytes, key: str, signature: str) -> web.StreamResponse:
         name = webhook.account
         delivery_id, method, params = parse_envelope(body, name)
         now = self._clock()
-        observation = self._observation(name, method, params, now)
+        # Checked before the 200 so that a transfer delivery the deriver could not read is refused
+        # (400), not stored; the transfer itself is derived from the inbox row afterwards.
+        self._observation(name, method, params, now)
         nonce = _comparable_nonce(params.get("nonce"))
         self._verified[(name, method)] += 1
         strict = webhook.strict_nonces
 
-        def record() -> tuple[bool, bool, TransferUpdate | None]:
-            # Runs inside the batch transaction: dedupe, nonce and transfer commit together.
-            fresh = self._store.remember_delivery(PROVIDER, name, delivery_id, ttl=self._ttl)
-            if not fresh:
-                return False, False, None
+        delivery = InboxDelivery(
+            PROVIDER,
+            name,
+            delivery_id,
+            method,
+            now,
+            body,
+            {HEADER_APIKEY: key, HEADER_SIGNATURE: signature},
+            nonce,
+        )
+
+        def record() -> tuple[bool, bool]:
+            # Runs inside the batch transaction: the inbox row (the dedupe record) and the nonce
+            # commit together; the transfer is derived from the row after the answer.
+            store = self._store
+            seq = store.add_delivery(delivery, ttl=self._ttl)
+            if seq is None:
+                return False, False
             regression = False
             if nonce is not None:
-                regression = not self._store.raise_nonce(name, nonce)
-                if regression and strict:
-                    raise _NonceRejected
-            update = self._transfers.stage(observation) if observation is not None else None
-            return True, regression, update
+                regression = not store.raise_nonce(name, nonce)
+                if regression:
+                    if strict:
+                        raise _NonceRejected
+                    store.set_verdict(seq, "nonce_regression")
+            return True, regression
 
-        def committed(result: tuple[bool, bool, TransferUpdate | None]) -> None:
-            fresh, regression, update = result
+        def committed(result: tuple[bool, bool]) -> None:
+            fresh, regression = result
             self._received[(name, method)] += 1
             self._last_received[(name,)] = now
             if not fresh:
@@ -324,15 +343,14 @@ class WhitebitReceiver:
                     "webhook nonce regression accepted (nonce_policy count)",
                     extra={"provider": PROVIDER, "account": name, "method": method},
                 )
-            if update is not None:
-                self._transfers.apply(update)
+            self._on_stored()
             if method == OTHER:
                 log.info(
                     "webhook with an undocumented method acknowledged", extra={"provider": PROVIDER, "account": name}
                 )
 
         try:
-            fresh, _, _ = await self._committer.run(record, committed)
+            fresh, _ = await self._committer.run(record, committed)
         except _NonceRejected:
             self._nonce_regressions[(name,)] += 1
             raise RejectedDelivery(Rejection(409, "nonce_regression", name, method)) from None
@@ -382,3 +400,36 @@ class WhitebitReceiver:
 
         self._rejection_log.rejected((PROVIDER, rejection.account, rejection.reason), describe)
         return self.reply(rejection.status, rejection.reason)
+
+
+class WhitebitDeriver:
+    """Derives the transfers of WhiteBIT inbox rows (see :mod:`exporter.webhooks.inbox`).
+
+    Reads nothing but the row: the envelope from its body, the time from when it was received; a
+    method that is no transfer event derives nothing.
+    """
+
+    provider = PROVIDER
+
+    def __init__(self, transfers: TransferBook) -> None:
+        self._transfers = transfers
+
+    def stage(self, delivery: InboxDelivery) -> Applied:
+        """Stage the transfer the row reports (inside the consumer's transaction); its in-memory update."""
+        body = delivery.body
+        if body is None:
+            return None
+        account = delivery.account
+        try:
+            _, method, params = parse_envelope(body, account)
+        except RejectedDelivery as rejected:
+            raise DeriveError(f"envelope: {rejected.rejection.detail or rejected.rejection.reason}") from None
+        if method not in WEBHOOK_TRANSFER_EVENTS:
+            return None
+        try:
+            observation = observation_from_webhook(account, method, params, delivery.received_at)
+        except ObservationError as exc:
+            raise DeriveError(str(exc)) from None
+        transfers = self._transfers
+        update = transfers.stage(observation)
+        return lambda: transfers.apply(update)

@@ -19,9 +19,11 @@ Order of checks, each rejection counted by reason:
    delayed", while anything forged counts as ``bad_signature``.
 5. the body is a JSON object nested at most 32 deep (an ``account_balance.changed`` one with the
    fields it must carry, within the bounds of :mod:`exporter.webhooks.bounds`)  -> 400 ``bad_json``
-6. in ONE state transaction: remember the delivery and, for a balance, store it when it
-   supersedes the one held (see "Equal timestamps" below); committed before the 200 (group
-   commit, see :mod:`exporter.webhooks.commit`; a failed write answers 503).
+6. in ONE state transaction: store the delivery in the inbox as received (which is also its
+   dedupe record, see "Dedupe key" below) and the downgrade marker; committed before the 200
+   (group commit, see :mod:`exporter.webhooks.commit`; a failed write answers 503).
+7. after the answer, :class:`ZerohashDeriver` stores a balance from the inbox row when it
+   supersedes the one held (see "Equal timestamps" below; :mod:`exporter.webhooks.inbox`).
 
 **Dedupe key.** ``x-zh-hook-notification-id`` is not covered by any signature, so a replayed body
 could come with a fresh id. The receiver therefore remembers the SHA-256 of the signed content
@@ -85,13 +87,13 @@ from exporter.core.metrics import (
     ZEROHASH_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, StateError, StateStore
+from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError, StateStore
 from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
+from exporter.webhooks.inbox import Applied, DeriveError
 from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
 from exporter.webhooks.intake import RejectionLog, Replies, exception_text
 from exporter.zerohash.balances import (
-    BalanceEvent,
     BalancePayloadError,
     ZerohashBalances,
     parse_balance_event,
@@ -141,6 +143,8 @@ PROVIDER = "zerohash"
 FEED = "zerohash_webhook"
 ACCOUNT_BALANCE_CHANGED = "account_balance.changed"
 _SIGNATURE_HEADERS = (HEADER_SIGNATURE, HEADER_RSA_SIGNATURE, HEADER_SIGNATURE_LEGACY, HEADER_RSA_SIGNATURE_LEGACY)
+#: The headers an inbox row keeps: what identifies the delivery and every signature (with its timestamp).
+_STORED_HEADERS = (HEADER_NOTIFICATION_ID, HEADER_PAYLOAD_TYPE, HEADER_TIMESTAMP, *_SIGNATURE_HEADERS)
 #: The state file's cursor (account :data:`PROVIDER`) set when a timestamped signature first verified.
 TIMESTAMPED_SEEN_CURSOR = "timestamped_signature_seen"
 _TIMESTAMPED, _LEGACY = "timestamped", "legacy"
@@ -177,9 +181,9 @@ class ZerohashReceiver:
         self,
         config: ZerohashWebhookConfig,
         store: StateStore,
-        balances: ZerohashBalances,
         committer: GroupCommitter,
         *,
+        on_stored: Callable[[], None],
         clock: Callable[[], float] = time.time,
         delivery_ttl: float = DEFAULT_DELIVERY_TTL,
     ) -> None:
@@ -198,7 +202,7 @@ class ZerohashReceiver:
                 f" retention: it must be below {(delivery_ttl - LATE_MARGIN) / 2:.0f} s"
             )
         self._store = store
-        self._balances = balances
+        self._on_stored = on_stored
         self._clock = clock
         self._ttl = delivery_ttl
         self._legacy_policy = config.legacy_signature
@@ -289,25 +293,34 @@ class ZerohashReceiver:
             raise _Rejected(400, "bad_json", "not JSON") from None
         if not isinstance(document, dict):
             raise _Rejected(400, "bad_json", "not a JSON object")
-        event: BalanceEvent | None = None
         if payload_type == ACCOUNT_BALANCE_CHANGED:
+            # Checked before the 200 so that a balance the deriver could not read is refused (400),
+            # not stored; the balance itself is derived from the inbox row afterwards.
             try:
-                event = parse_balance_event(document)
+                parse_balance_event(document)
             except BalancePayloadError as exc:
                 raise _Rejected(400, "bad_json", str(exc)) from None
         self._verified[(payload_type,)] += 1
-        digest = hashlib.sha256(body).hexdigest()
+        delivery = InboxDelivery(
+            PROVIDER,
+            "",
+            hashlib.sha256(body).hexdigest(),
+            payload_type,
+            now,
+            body,
+            {name: value for name in _STORED_HEADERS if (value := headers.get(name)) is not None},
+            verdict="late" if late else "ok",
+        )
 
-        def record() -> tuple[bool, bool]:
-            # Runs inside the batch transaction: dedupe, the downgrade marker and balance commit together.
-            fresh = self._store.remember_delivery(PROVIDER, "", digest, ttl=self._ttl)
+        def record() -> bool:
+            # Runs inside the batch transaction: the inbox row (the dedupe record) and the downgrade
+            # marker commit together; the balance is derived from the row after the answer.
+            fresh = self._store.add_delivery(delivery, ttl=self._ttl) is not None
             if signed_with_time and not self._timestamped_seen:
                 self._store.set_cursor(PROVIDER, TIMESTAMPED_SEEN_CURSOR, repr(now))
-            applied = fresh and event is not None and self._store.apply_zerohash_balance(event.balance)
-            return fresh, applied
+            return fresh
 
-        def committed(result: tuple[bool, bool]) -> None:
-            fresh, applied = result
+        def committed(fresh: bool) -> None:
             self._last_received[()] = now
             if signed_with_time:
                 self._timestamped_seen = True
@@ -321,16 +334,10 @@ class ZerohashReceiver:
                     "late webhook accepted (timestamp older than timestamp_tolerance, never seen before)",
                     extra={"provider": PROVIDER, "payload_type": payload_type, "age_seconds": round(age, 3)},
                 )
-            if event is not None:
-                b = event.balance
-                self._balances.count_movements(b.account_type, b.asset, event.movement_types)
-                if applied:
-                    self._balances.apply(b)
-                else:
-                    log.info("older balance event not applied", extra={"provider": PROVIDER, "asset": b.asset})
+            self._on_stored()
 
         try:
-            fresh, _ = await self._committer.run(record, committed)
+            fresh = await self._committer.run(record, committed)
         except StateError as exc:
             # Counted as a rejection (state_unavailable), logged at most once per interval: a full
             # disk fails every delivery. 503 so that Zero Hash retries once the state recovers.
@@ -376,3 +383,47 @@ class ZerohashReceiver:
         except (ValueError, OverflowError):
             return math.nan
         return now - seconds if math.isfinite(seconds) else math.nan
+
+
+class ZerohashDeriver:
+    """Derives the Zero Hash balances of inbox rows (see :mod:`exporter.webhooks.inbox`).
+
+    Reads nothing but the row: an ``account_balance.changed`` body is stored when it supersedes the
+    balance held (:meth:`StateStore.apply_zerohash_balance`), and its movements are counted.
+    """
+
+    provider = PROVIDER
+
+    def __init__(self, store: StateStore, balances: ZerohashBalances) -> None:
+        self._store = store
+        self._balances = balances
+
+    def stage(self, delivery: InboxDelivery) -> Applied:
+        """Store the balance the row reports, when it is newer (inside the consumer's transaction)."""
+        if delivery.method != ACCOUNT_BALANCE_CHANGED or delivery.body is None:
+            return None
+        body = delivery.body
+        if json_depth_exceeds(body):
+            raise DeriveError(f"nested deeper than {MAX_JSON_DEPTH}")
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise DeriveError("not JSON") from None
+        if not isinstance(document, dict):
+            raise DeriveError("not a JSON object")
+        try:
+            event = parse_balance_event(document)
+        except BalancePayloadError as exc:
+            raise DeriveError(str(exc)) from None
+        applied = self._store.apply_zerohash_balance(event.balance)
+        balances = self._balances
+
+        def update() -> None:
+            b = event.balance
+            balances.count_movements(b.account_type, b.asset, event.movement_types)
+            if applied:
+                balances.apply(b)
+            else:
+                log.info("older balance event not applied", extra={"provider": PROVIDER, "asset": b.asset})
+
+        return update

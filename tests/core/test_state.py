@@ -14,12 +14,17 @@ from pathlib import Path
 import pytest
 
 from exporter.core.state import (
+    _SCHEMA_V1,
+    APPLICATION_ID,
     DEFAULT_DELIVERY_TTL,
     MIGRATIONS,
+    MIN_DELIVERY_TTL,
+    InboxDelivery,
     StateError,
     StateStore,
     TransferRecord,
     ZerohashBalance,
+    _reconciliation_columns_v2,
 )
 
 DAY = 86400.0
@@ -78,6 +83,30 @@ def zh_balance(balance: str = "10.5", timestamp: float = 1_700_000_000.0, **chan
         run_id="run-1",
     )
     return replace(b, **changes)
+
+
+def delivery(delivery_id: str, received_at: float, **changes: object) -> InboxDelivery:
+    """An accepted WhiteBIT delivery as the receiver stores it: its body as received and the signed headers."""
+    d = InboxDelivery(
+        provider="whitebit",
+        account="main",
+        delivery_id=delivery_id,
+        method="deposit.processed",
+        received_at=received_at,
+        body=json.dumps({"id": delivery_id}, separators=(",", ":")).encode(),
+        headers={"X-TXC-APIKEY": "key-1", "X-TXC-SIGNATURE": f"sig-{delivery_id}"},
+    )
+    return replace(d, **changes)
+
+
+def inbox(store: StateStore) -> list[InboxDelivery]:
+    """Every inbox row, in the order received."""
+    return store.inbox_after(0, 1_000_000)
+
+
+def derive_all(store: StateStore) -> None:
+    """Move the inbox cursor past every row, as the inbox consumer does once it has derived them."""
+    store.set_inbox_cursor(store.last_inbox_seq())
 
 
 @contextmanager
@@ -161,16 +190,19 @@ def test_calls_after_close_raise_state_error_and_close_is_idempotent(db_path: Pa
 
 
 def test_reopening_keeps_everything_that_was_written(db_path: Path, clock: FakeClock) -> None:
+    start = clock.now
     with StateStore.open(db_path, clock=clock) as s:
-        assert s.remember_delivery("whitebit", "main", "d-1")
+        seq = s.add_delivery(delivery("d-1", clock.now, nonce=42))
+        assert seq is not None
         s.raise_nonce("main", 42)
         s.put_transfer(transfer(details={"address": "bc1q", "memo": None}))
         s.set_cursor("main", "history", "offset=100")
         s.apply_zerohash_balance(zh_balance("7.000000001"))
     clock.now += 2 * DAY  # at least 48 h of dedupe memory across restarts (README.md#durable-state)
     with StateStore.open(db_path, clock=clock) as s:
+        assert inbox(s) == [replace(delivery("d-1", start, nonce=42), seq=seq, expires_at=start + DEFAULT_DELIVERY_TTL)]
         assert s.delivery_seen("whitebit", "main", "d-1")
-        assert not s.remember_delivery("whitebit", "main", "d-1")
+        assert s.add_delivery(delivery("d-1", clock.now)) is None
         assert s.highest_nonce("main") == 42
         assert s.get_transfer("main", "deposit", "tx-1") == transfer(details={"address": "bc1q", "memo": None})
         assert s.get_cursor("main", "history") == "offset=100"
@@ -282,6 +314,57 @@ def test_schema_v2_moves_reconciliation_fields_out_of_the_details_of_a_v1_file(d
         )
 
 
+def test_migrating_a_hand_made_v2_file_moves_its_delivery_ids_into_the_inbox(db_path: Path, clock: FakeClock) -> None:
+    start = clock.now
+    remembered = [  # (provider, account, delivery_id, first_seen, expires_at), not in first_seen order
+        ("whitebit", "main", "w-2", start - 5, start - 5 + DEFAULT_DELIVERY_TTL),
+        ("whitebit", "trading", "w-3", start - 7, start - 7 + DEFAULT_DELIVERY_TTL),
+        ("zerohash", "", "z-1", start - 9, start - 9 + DEFAULT_DELIVERY_TTL),
+        ("whitebit", "main", "w-1", start - 10, start - 10 + DEFAULT_DELIVERY_TTL),
+        # Expired and not yet purged: v2 took it as new again; in the inbox it waits for the purge.
+        ("whitebit", "main", "w-old", start - 10 * DAY, start - 3 * DAY),
+    ]
+    db_path.parent.mkdir(parents=True)
+    with raw(db_path) as conn:
+        conn.executescript(_SCHEMA_V1)
+        _reconciliation_columns_v2(conn)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.executemany("INSERT INTO webhook_deliveries VALUES (?, ?, ?, ?, ?)", remembered)
+        conn.execute("INSERT INTO nonces (account, highest, updated_at) VALUES ('main', 9, 1.0)")
+
+    with StateStore.open(db_path, clock=clock) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        assert s.highest_nonce("main") == 9
+        rows = inbox(s)
+        seqs = [r.seq for r in rows]
+        assert seqs == sorted(set(seqs))
+        # In the order first seen, each id a row without a body (v2 never kept one), already derived.
+        assert [(r.provider, r.account, r.delivery_id, r.received_at, r.expires_at) for r in rows] == sorted(
+            remembered, key=lambda r: r[3]
+        )
+        assert {(r.method, r.body, str(r.headers), r.nonce, r.status, r.verdict, r.duplicates) for r in rows} == {
+            ("", None, "{}", None, 200, "ok", 0)
+        }
+        assert s.inbox_cursor() == seqs[-1] == s.last_inbox_seq()
+        assert s.inbox_backlog() == (0, None)
+        assert s.last_deliveries("whitebit") == {"main": start - 5, "trading": start - 7}
+        assert s.last_deliveries("zerohash") == {"": start - 9}
+        for provider, account, delivery_id, *_ in remembered:
+            assert s.delivery_seen(provider, account, delivery_id)
+            assert s.add_delivery(delivery(delivery_id, clock.now, provider=provider, account=account)) is None
+        assert [r.duplicates for r in inbox(s)] == [1] * len(remembered)
+        # Derived, so the purge takes them as any other row: the expired one goes, the others stay.
+        assert s.purge_inbox(DAY) == 1
+        assert not s.delivery_seen("whitebit", "main", "w-old")
+        assert [r.delivery_id for r in inbox(s)] == ["w-1", "z-1", "w-3", "w-2"]
+        assert s.last_deliveries("whitebit") == {"main": start - 5, "trading": start - 7}
+        new = s.add_delivery(delivery("w-new", clock.now))
+        assert new is not None and new > seqs[-1]
+    with raw(db_path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'webhook_deliveries'").fetchall() == []
+
+
 @pytest.mark.parametrize(
     "broken",
     [
@@ -302,76 +385,283 @@ def test_a_failing_migration_is_rolled_back_and_refused(db_path: Path, broken: o
         assert s.highest_nonce("main") == 5
 
 
-# -- webhook deliveries --------------------------------------------------------------------
+# -- the webhook inbox ---------------------------------------------------------------------
 
 
-def test_remember_delivery_reports_new_once_per_provider_account_and_id(store: StateStore) -> None:
-    assert store.remember_delivery("whitebit", "main", "d-1")
-    assert not store.remember_delivery("whitebit", "main", "d-1")
-    assert store.remember_delivery("whitebit", "other", "d-1")
-    assert store.remember_delivery("zerohash", "main", "d-1")
-    assert store.remember_delivery("whitebit", "main", "d-2")
+def test_add_delivery_is_new_once_per_provider_account_and_id(store: StateStore, clock: FakeClock) -> None:
+    now = clock.now
+    first = store.add_delivery(delivery("d-1", now))
+    assert first is not None
+    assert store.add_delivery(delivery("d-1", now)) is None
+    others = [
+        store.add_delivery(delivery("d-1", now, account="other")),
+        store.add_delivery(delivery("d-1", now, provider="zerohash", account="")),
+        store.add_delivery(delivery("d-2", now)),
+    ]
+    seqs = [first, *(seq for seq in others if seq is not None)]
+    assert len(seqs) == 4 and seqs == sorted(set(seqs))  # each new, each its own row
     assert store.delivery_seen("whitebit", "main", "d-1")
+    assert store.delivery_seen("zerohash", "", "d-1")
     assert not store.delivery_seen("whitebit", "main", "d-3")
+    assert not store.delivery_seen("zerohash", "main", "d-1")
 
 
-def test_a_delivery_is_remembered_until_its_ttl_then_counts_as_new(store: StateStore, clock: FakeClock) -> None:
+def test_add_delivery_round_trips_every_field_in_the_order_received(store: StateStore, clock: FakeClock) -> None:
     start = clock.now
-    assert DEFAULT_DELIVERY_TTL >= 2 * DAY
-    assert store.remember_delivery("whitebit", "main", "d-1")
-    clock.now = start + DEFAULT_DELIVERY_TTL - 1
-    assert store.delivery_seen("whitebit", "main", "d-1")
-    assert not store.remember_delivery("whitebit", "main", "d-1")
-    clock.now = start + DEFAULT_DELIVERY_TTL
-    assert not store.delivery_seen("whitebit", "main", "d-1")
-    assert store.remember_delivery("whitebit", "main", "d-1")  # refreshed with a new expiry
-    clock.now = start + 2 * DEFAULT_DELIVERY_TTL - 1
-    assert store.delivery_seen("whitebit", "main", "d-1")
+    sent = [
+        delivery(
+            "d-1",
+            start,
+            nonce=7,
+            headers={"X-TXC-APIKEY": "key-1", "X-TXC-PAYLOAD": "eyJpZCI6ImQtMSJ9", "X-TXC-SIGNATURE": "ab12"},
+        ),
+        # The body exactly as received: its spacing, a trailing newline, bytes that are not UTF-8.
+        delivery("d-2", start + 1.25, body=b'{"id": "d-2",\t"memo": "caf\xc3\xa9 \xff"}\n', nonce=3, verdict="late"),
+        delivery(
+            "d-3",
+            start + 2.5,
+            provider="zerohash",
+            account="",
+            method="account_balance.changed",
+            headers={"X-ZH-Hook-Signature-256": "0f" * 32, "X-ZH-Hook-Timestamp": "1700000002"},
+            status=202,
+            verdict="nonce_regression",
+        ),
+        # Arrival order, not received_at, orders the rows (here a clock that stepped back).
+        delivery("d-4", start + 2.0, headers={}),
+    ]
+    ttls = [DEFAULT_DELIVERY_TTL, MIN_DELIVERY_TTL, 30 * DAY, DEFAULT_DELIVERY_TTL]
+    added = [store.add_delivery(d, ttl=ttl) for d, ttl in zip(sent, ttls, strict=True)]
+    seqs = [seq for seq in added if seq is not None]
+    assert len(seqs) == 4 and seqs == sorted(set(seqs))
+    expected = [
+        replace(d, seq=seq, expires_at=d.received_at + ttl) for d, seq, ttl in zip(sent, seqs, ttls, strict=True)
+    ]
+    assert inbox(store) == expected
+    assert store.inbox_after(seqs[1], 1) == [expected[2]]
+    assert store.inbox_after(seqs[3], 10) == []
+    assert store.last_inbox_seq() == seqs[3]
 
 
-def test_remember_delivery_honours_a_custom_ttl_and_refuses_one_below_48_hours(
+def test_a_duplicate_is_counted_on_the_first_row_without_changing_it(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    first = delivery("d-1", start, nonce=7)
+    seq = store.add_delivery(first)
+    other = store.add_delivery(delivery("d-2", start + 1))
+    assert seq is not None and other is not None
+    rows = inbox(store)
+    # Redeliveries with another body, nonce, verdict and expiry: only the count and the last time move.
+    again = replace(first, received_at=start + 60, body=b'{"id":"d-1","retry":1}', nonce=8, verdict="late")
+    assert store.add_delivery(again, ttl=30 * DAY) is None
+    assert inbox(store) == [replace(rows[0], duplicates=1, last_duplicate_at=start + 60), rows[1]]
+    assert store.add_delivery(replace(again, received_at=start + 120)) is None
+    assert inbox(store) == [replace(rows[0], duplicates=2, last_duplicate_at=start + 120), rows[1]]
+    assert store.last_inbox_seq() == other
+
+
+def test_set_verdict_and_mark_derive_error_change_only_their_row(store: StateStore, clock: FakeClock) -> None:
+    seqs = [store.add_delivery(delivery(f"d-{i}", clock.now + i)) for i in range(2)]
+    assert seqs[0] is not None and seqs[1] is not None
+    rows = inbox(store)
+    store.set_verdict(seqs[0], "nonce_regression")
+    store.mark_derive_error(seqs[1], "bad_json: params.amount is not a number")
+    assert inbox(store) == [
+        replace(rows[0], verdict="nonce_regression"),
+        replace(rows[1], derive_error="bad_json: params.amount is not a number"),
+    ]
+
+
+def test_an_id_stays_a_duplicate_while_its_row_exists_and_is_new_again_once_purged(
     store: StateStore, clock: FakeClock
 ) -> None:
-    assert store.remember_delivery("zerohash", "", "n-1", ttl=2 * DAY)
-    clock.now += 2 * DAY
+    start = clock.now
+    assert DEFAULT_DELIVERY_TTL >= 2 * DAY
+    first = store.add_delivery(delivery("d-1", start))
+    assert first is not None
+    derive_all(store)
+    # Past the retention but inside its dedupe window: the purge empties the row and keeps the id.
+    clock.now = start + DEFAULT_DELIVERY_TTL - 1
+    assert store.purge_inbox(DAY) == 1
+    assert store.delivery_seen("whitebit", "main", "d-1")
+    assert store.add_delivery(delivery("d-1", clock.now)) is None
+    # Past its expiry, but the row is still there: still a duplicate.
+    clock.now = start + 2 * DEFAULT_DELIVERY_TTL
+    assert store.delivery_seen("whitebit", "main", "d-1")
+    assert store.add_delivery(delivery("d-1", clock.now)) is None
+    assert store.purge_inbox(3 * DEFAULT_DELIVERY_TTL) == 0  # a longer retention keeps it
+    assert store.add_delivery(delivery("d-1", clock.now)) is None
+    # Past both: the row is deleted, after which the id is new again, with an expiry from now.
+    assert store.purge_inbox(DAY) == 1
+    assert not store.delivery_seen("whitebit", "main", "d-1")
+    again = store.add_delivery(delivery("d-1", clock.now))
+    assert again is not None and again > first
+    assert store.inbox_backlog() == (1, clock.now)  # a new delivery, so one to derive
+    assert inbox(store) == [replace(delivery("d-1", clock.now), seq=again, expires_at=clock.now + DEFAULT_DELIVERY_TTL)]
+
+
+def test_add_delivery_honours_a_custom_ttl_and_refuses_one_below_48_hours(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    store.add_delivery(delivery("n-1", start, provider="zerohash", account=""), ttl=MIN_DELIVERY_TTL)
+    store.add_delivery(delivery("n-2", start, provider="zerohash", account=""))
+    assert [r.expires_at for r in inbox(store)] == [start + 2 * DAY, start + DEFAULT_DELIVERY_TTL]
+    derive_all(store)
+    clock.now = start + 2 * DAY
+    assert store.purge_inbox(DAY) == 2  # n-1 is past its 48 h and deleted; n-2 is only emptied
     assert not store.delivery_seen("zerohash", "", "n-1")
-    with pytest.raises(ValueError, match="at least"):
-        store.remember_delivery("zerohash", "", "n-2", ttl=3600)
-    with pytest.raises(ValueError, match="at least"):
-        store.remember_delivery("zerohash", "", "n-2", ttl=float("nan"))
+    assert store.delivery_seen("zerohash", "", "n-2")
+    last = store.last_inbox_seq()
+    for bad in (MIN_DELIVERY_TTL - 1, 3600.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="at least"):
+            store.add_delivery(delivery("n-3", clock.now), ttl=bad)
+    assert not store.delivery_seen("whitebit", "main", "n-3")
+    assert store.last_inbox_seq() == last
 
 
-def test_purge_expired_deliveries_deletes_only_expired_ids(store: StateStore, clock: FakeClock) -> None:
-    store.remember_delivery("whitebit", "main", "old-1")
-    store.remember_delivery("whitebit", "main", "old-2")
-    clock.now += DAY
-    store.remember_delivery("whitebit", "main", "young")
-    clock.now += DEFAULT_DELIVERY_TTL - DAY
-    assert store.purge_expired_deliveries() == 2
-    assert store.purge_expired_deliveries() == 0
-    assert store.delivery_seen("whitebit", "main", "young")
+def test_purge_inbox_deletes_only_derived_rows_past_retention_and_expiry(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    store.add_delivery(delivery("old-1", start))
+    store.add_delivery(delivery("old-2", start))
+    young = delivery("young", start + DAY)
+    young_seq = store.add_delivery(young)
+    derive_all(store)
+    clock.now = start + DEFAULT_DELIVERY_TTL
+    # The old rows are past their expiry and the retention; the young one is inside both.
+    retention = DEFAULT_DELIVERY_TTL - DAY / 2
+    assert store.purge_inbox(retention) == 2
+    assert store.purge_inbox(retention) == 0
+    assert inbox(store) == [replace(young, seq=young_seq, expires_at=start + DAY + DEFAULT_DELIVERY_TTL)]
+
+
+def test_purge_inbox_never_deletes_or_empties_a_row_not_yet_derived(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    sent = [delivery(f"d-{i}", start + i) for i in range(3)]
+    seqs = [store.add_delivery(d) for d in sent]
+    assert seqs[0] is not None
+    pending = [
+        replace(d, seq=seq, expires_at=d.received_at + DEFAULT_DELIVERY_TTL) for d, seq in zip(sent, seqs, strict=True)
+    ][1:]
+    store.set_inbox_cursor(seqs[0])
+    # Past the retention, inside the dedupe window: only the derived row is emptied.
+    clock.now = start + 2 * DAY
+    assert store.purge_inbox(DAY) == 1
+    assert inbox(store)[0].body is None and inbox(store)[1:] == pending
+    # Past both: only the derived row is deleted; the others wait, whole, however old they are.
+    clock.now = start + 10 * DEFAULT_DELIVERY_TTL
+    assert store.purge_inbox(DAY) == 1
+    assert store.purge_inbox(DAY) == 0
+    assert inbox(store) == pending
+    assert store.inbox_backlog() == (2, start + 1)
+    store.set_inbox_cursor(pending[0].seq)
+    assert store.purge_inbox(DAY) == 1
+    assert inbox(store) == pending[1:]
+
+
+def test_a_delivery_after_the_purge_deleted_the_newest_rows_is_still_to_be_derived(
+    store: StateStore, clock: FakeClock
+) -> None:
+    start = clock.now
+    for i in range(3):
+        store.add_delivery(delivery(f"d-{i}", start))
+    derive_all(store)
+    derived_up_to = store.inbox_cursor()
+    # A quiet month: every row is past the retention and its expiry, and the purge deletes them all.
+    clock.now = start + 31 * DAY
+    assert store.purge_inbox(30 * DAY) == 3
+    assert inbox(store) == []
+    seq = store.add_delivery(delivery("d-new", clock.now))
+    # Its seq must come after every row already derived, or the consumer (which reads after the
+    # cursor) never derives it.
+    assert seq is not None and seq > derived_up_to == store.inbox_cursor()
+    assert store.inbox_backlog() == (1, clock.now)
+    assert [r.delivery_id for r in store.inbox_after(store.inbox_cursor(), 10)] == ["d-new"]
+
+
+def test_purge_inbox_empties_a_row_past_retention_but_keeps_its_id_inside_the_dedupe_window(
+    store: StateStore, clock: FakeClock
+) -> None:
+    start = clock.now
+    old = delivery("d-old", start)
+    old_seq = store.add_delivery(old)
+    recent = delivery("d-recent", start + 1.5 * DAY)
+    recent_seq = store.add_delivery(recent)
+    derive_all(store)
+    clock.now = start + 2 * DAY
+    assert store.purge_inbox(DAY) == 1
+    assert store.purge_inbox(DAY) == 0  # an emptied row is not counted again
+    emptied = replace(old, seq=old_seq, expires_at=start + DEFAULT_DELIVERY_TTL, body=None, headers={})
+    assert inbox(store) == [
+        emptied,
+        replace(recent, seq=recent_seq, expires_at=recent.received_at + DEFAULT_DELIVERY_TTL),
+    ]
     with raw(store.path) as conn:
-        assert conn.execute("SELECT delivery_id FROM webhook_deliveries").fetchall() == [("young",)]
+        assert conn.execute("SELECT delivery_id FROM inbox WHERE body IS NULL AND headers IS NULL").fetchall() == [
+            ("d-old",)
+        ]
+    # Its id is still a duplicate, counted on the emptied row.
+    assert store.delivery_seen("whitebit", "main", "d-old")
+    assert store.add_delivery(delivery("d-old", clock.now)) is None
+    assert inbox(store)[0] == replace(emptied, duplicates=1, last_duplicate_at=clock.now)
+    # Past its expiry it is deleted (and the recent one, now past the retention too, emptied).
+    clock.now = start + DEFAULT_DELIVERY_TTL
+    assert store.purge_inbox(DAY) == 2
+    assert [(r.delivery_id, r.body) for r in inbox(store)] == [("d-recent", None)]
+    assert not store.delivery_seen("whitebit", "main", "d-old")
+    assert store.add_delivery(delivery("d-old", clock.now)) is not None
+
+
+def test_purge_inbox_works_in_batches_of_its_limit_and_keeps_last_deliveries(
+    store: StateStore, clock: FakeClock
+) -> None:
+    start = clock.now
+    # Seven rows past their expiry (deleted), received newest first so that later batches delete
+    # older ones; then five rows inside their dedupe window (emptied).
+    for i in range(7):
+        account = ("main", "trading")[i % 2]
+        store.add_delivery(delivery(f"gone-{i}", start + 7 - i, account=account), ttl=MIN_DELIVERY_TTL)
+    for i in range(5):
+        store.add_delivery(delivery(f"kept-{i}", start + i))
+    derive_all(store)
+    last = store.last_deliveries("whitebit")
+    assert last == {"main": start + 7, "trading": start + 6}
+    clock.now = start + 3 * DAY
+    counts: list[int] = []
+    for _ in range(10):
+        bodies = sum(r.body is not None for r in inbox(store))
+        count = store.purge_inbox(DAY, limit=3)
+        counts.append(count)
+        # Every row it counted lost its body (deleted or emptied), and the feeds' newest time stays.
+        assert bodies - sum(r.body is not None for r in inbox(store)) == count
+        assert store.last_deliveries("whitebit") == last
+        if count == 0:
+            break
+    assert counts == [3, 3, 3, 3, 0]
+    assert [(r.delivery_id, r.body) for r in inbox(store)] == [(f"kept-{i}", None) for i in range(5)]
 
 
 def test_the_newest_delivery_of_each_feed_survives_the_purge(store: StateStore, clock: FakeClock) -> None:
     start = clock.now
-    store.remember_delivery("whitebit", "main", "a")
-    clock.now += 10.5
-    store.remember_delivery("whitebit", "main", "b")
-    store.remember_delivery("whitebit", "trading", "c")
-    store.remember_delivery("zerohash", "", "d")
+    store.add_delivery(delivery("a", start))
+    store.add_delivery(delivery("b", start + 10.5))
+    store.add_delivery(delivery("c", start + 10.5, account="trading"))
+    store.add_delivery(delivery("d", start + 10.5, provider="zerohash", account=""))
     assert store.last_deliveries("whitebit") == {"main": start + 10.5, "trading": start + 10.5}
-    clock.now += DEFAULT_DELIVERY_TTL + 1
-    assert store.purge_expired_deliveries() == 4
+    derive_all(store)
+    clock.now = start + DEFAULT_DELIVERY_TTL + 11
+    assert store.purge_inbox(DAY) == 4
+    assert inbox(store) == []
     assert store.last_deliveries("whitebit") == {"main": start + 10.5, "trading": start + 10.5}
     assert store.last_deliveries("zerohash") == {"": start + 10.5}
     # A newer delivery wins; purging it later keeps the newer time, never an older one.
-    store.remember_delivery("whitebit", "main", "e")
-    assert store.last_deliveries("whitebit")["main"] == clock.now
     newest = clock.now
+    store.add_delivery(delivery("e", newest))
+    assert store.last_deliveries("whitebit")["main"] == newest
+    derive_all(store)
     clock.now += DEFAULT_DELIVERY_TTL + 1
-    store.purge_expired_deliveries()
+    assert store.purge_inbox(DAY) == 1
+    assert store.last_deliveries("whitebit") == {"main": newest, "trading": start + 10.5}
+    store.add_delivery(delivery("f", start))  # received by a clock that stepped back
+    derive_all(store)
+    assert store.purge_inbox(DAY) == 1
     assert store.last_deliveries("whitebit") == {"main": newest, "trading": start + 10.5}
 
 
@@ -568,7 +858,7 @@ def test_apply_zerohash_balance_rejects_non_decimal_balances(store: StateStore) 
 
 
 def write_one_of_everything(s: StateStore, n: int = 1) -> None:
-    assert s.remember_delivery("whitebit", "main", f"d-{n}")
+    assert s.add_delivery(delivery(f"d-{n}", 1_700_000_000.0 + n, nonce=n)) is not None
     s.raise_nonce("main", n)
     s.put_transfer(transfer(f"tx-{n}"))
     s.set_cursor("main", "history", str(n))
@@ -576,16 +866,25 @@ def write_one_of_everything(s: StateStore, n: int = 1) -> None:
 
 
 def test_nothing_inside_a_transaction_is_committed_before_it_ends(store: StateStore) -> None:
+    tables = ("inbox", "nonces", "transfers", "cursors", "zerohash_balances")
     with raw(store.path) as observer:
+
+        def counts() -> dict[str, int]:
+            return {table: observer.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
+
+        before = counts()
         with store.transaction():
             write_one_of_everything(store)
             with store.transaction():  # nested: still not committed
                 store.set_cursor("main", "other", "x")
-            for table in ("webhook_deliveries", "nonces", "transfers", "cursors", "zerohash_balances"):
-                assert observer.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+            assert counts() == before
             assert store.highest_nonce("main") == 1  # but visible to the store itself
-        assert observer.execute("SELECT count(*) FROM cursors").fetchone() == (2,)
+            assert store.delivery_seen("whitebit", "main", "d-1")
+        after = {table: before[table] + 1 for table in tables}
+        after["cursors"] += 1  # "history" and "other"
+        assert counts() == after
         assert observer.execute("SELECT highest FROM nonces").fetchone() == (1,)
+        assert observer.execute("SELECT delivery_id, body FROM inbox").fetchall() == [("d-1", b'{"id":"d-1"}')]
 
 
 def test_an_exception_inside_a_transaction_rolls_all_of_it_back(store: StateStore) -> None:
@@ -597,6 +896,7 @@ def test_an_exception_inside_a_transaction_rolls_all_of_it_back(store: StateStor
     with pytest.raises(RuntimeError, match="boom"):
         write_then_fail()
     assert not store.delivery_seen("whitebit", "main", "d-1")
+    assert inbox(store) == []
     assert store.highest_nonce("main") is None
     assert store.transfers() == []
     assert store.get_cursor("main", "history") is None
@@ -636,22 +936,25 @@ def test_a_failed_call_inside_a_transaction_leaves_earlier_calls_in_it(store: St
 # -- asyncio -------------------------------------------------------------------------------
 
 
-async def test_many_tasks_on_one_loop_share_the_store_safely(store: StateStore) -> None:
+async def test_many_tasks_on_one_loop_share_the_store_safely(store: StateStore, clock: FakeClock) -> None:
     ids = [f"d-{i}" for i in range(30)]
+    bases = (0, 1000, 500, 2000)
 
     async def worker(nonce_base: int) -> list[str]:
         won = []
         for i, delivery_id in enumerate(ids):
             with store.transaction():
-                if store.remember_delivery("whitebit", "main", delivery_id):
+                if store.add_delivery(delivery(delivery_id, clock.now, nonce=nonce_base + i)) is not None:
                     won.append(delivery_id)
                 store.raise_nonce("main", nonce_base + i)
             await asyncio.sleep(0)
         return won
 
-    results = await asyncio.gather(*(worker(base) for base in (0, 1000, 500, 2000)))
+    results = await asyncio.gather(*(worker(base) for base in bases))
     claimed = [d for won in results for d in won]
     assert sorted(claimed) == sorted(ids)  # each delivery is new to exactly one task
+    # One row per id, and every other task's delivery counted on it as a duplicate.
+    assert sorted((r.delivery_id, r.duplicates) for r in inbox(store)) == sorted((d, len(bases) - 1) for d in ids)
     assert store.highest_nonce("main") == 2000 + len(ids) - 1
 
 

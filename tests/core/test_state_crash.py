@@ -1,8 +1,8 @@
 """A SIGKILLed writer leaves a state file that opens cleanly with everything it had committed.
 
-A child process writes one transaction after another as fast as it can (a delivery id, a nonce,
-a transfer, a cursor and a Zero Hash balance per transaction) and prints each transaction's number
-only after the commit has returned. The parent kills it with SIGKILL at varying points, reopens
+A child process writes one transaction after another as fast as it can (an inbox row with its
+body, a nonce, a transfer, a cursor and a Zero Hash balance per transaction) and prints each
+transaction's number only after the commit has returned. The parent kills it with SIGKILL at varying points, reopens
 the file and checks that every reported transaction is there, whole, and nothing half-written is.
 """
 
@@ -32,14 +32,18 @@ TIMEOUT = 120.0
 CHILD = """
 import sys
 from decimal import Decimal
-from exporter.core.state import StateStore, TransferRecord, ZerohashBalance
+from exporter.core.state import InboxDelivery, StateStore, TransferRecord, ZerohashBalance
 
 path, durability, account = sys.argv[1], sys.argv[2], sys.argv[3]
 with StateStore.open(path, durability=durability) as store:
     n = (store.highest_nonce(account) or 0) + 1
     while True:
         with store.transaction():
-            assert store.remember_delivery("whitebit", account, f"d-{n}")
+            assert store.add_delivery(InboxDelivery(
+                provider="whitebit", account=account, delivery_id=f"d-{n}", method="deposit.processed",
+                received_at=1_700_000_000.0 + n, body=('{"id":"d-%d"}' % n).encode(),
+                headers={"X-TXC-APIKEY": "key", "X-TXC-SIGNATURE": f"sig-{n}"}, nonce=n,
+            )) is not None
             store.raise_nonce(account, n)
             store.put_transfer(TransferRecord(
                 account=account, kind="deposit", key=f"t-{n}", status=15, status_name="pending",
@@ -121,6 +125,13 @@ def assert_exactly_first_n_transactions(store: StateStore, n: int) -> None:
     assert {t.key for t in store.transfers(ACCOUNT)} == {f"t-{i}" for i in range(1, n + 1)}
     assert all(store.delivery_seen("whitebit", ACCOUNT, f"d-{i}") for i in range(1, n + 1))
     assert not store.delivery_seen("whitebit", ACCOUNT, f"d-{n + 1}")
+    rows = store.inbox_after(0, n + 1)
+    assert [(r.delivery_id, r.received_at, r.body, r.nonce) for r in rows] == [
+        (f"d-{i}", 1_700_000_000.0 + i, f'{{"id":"d-{i}"}}'.encode(), i) for i in range(1, n + 1)
+    ]
+    assert [r.headers for r in rows] == [
+        {"X-TXC-APIKEY": "key", "X-TXC-SIGNATURE": f"sig-{i}"} for i in range(1, n + 1)
+    ]
     [balance] = store.zerohash_balances()
     assert (balance.balance, balance.timestamp) == (n, float(n))
 

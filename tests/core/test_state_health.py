@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from exporter.core.housekeeping import Housekeeping
-from exporter.core.state import WAL_LIMIT, StateError, StateStore, TransferRecord, lock_path
+from exporter.core.state import WAL_LIMIT, InboxDelivery, StateError, StateStore, TransferRecord, lock_path
 from exporter.webhooks.commit import GroupCommitter
 from tests.helpers import wait_for
 
@@ -84,6 +85,29 @@ def transfer(n: int) -> TransferRecord:
     )
 
 
+def whitebit_delivery(n: int) -> InboxDelivery:
+    """A deposit webhook as WhiteBIT sends it, stored as received (its body and signed headers)."""
+    params = {
+        "address": f"T{n:033d}",
+        "amount": "25.500000000000000000",
+        "createdAt": 1_700_000_000 + n,
+        "currency": "Tether US",
+        "fee": "0.000000000000000000",
+        "method": 1,
+        "network": "TRC20",
+        "status": 3,
+        "ticker": "USDT",
+        "transactionHash": f"0x{n:064x}",
+        "uniqueId": None,
+        "confirmations": {"actual": 3, "required": 3},
+        "nonce": n,
+    }
+    delivery_id = f"delivery-{n:08d}"
+    body = json.dumps({"method": "deposit.processed", "params": params, "id": delivery_id}).encode()
+    headers = {"X-TXC-APIKEY": "public-key", "X-TXC-SIGNATURE": f"{n:0128x}"}
+    return InboxDelivery("whitebit", "main", delivery_id, "deposit.processed", 1_700_000_000.0 + n, body, headers, n)
+
+
 def damage_page(path: Path, page: int, page_size: int = 4096) -> None:
     """Overwrite one page of the (checkpointed) file with garbage, as a failing disk might."""
     with path.open("r+b") as f:
@@ -142,14 +166,15 @@ def test_damage_found_while_running_marks_the_file_and_is_counted(tmp_path: Path
 
 
 async def test_the_wal_stays_under_its_limit_through_10000_deliveries(tmp_path: Path) -> None:
-    """The receivers' write path (group commit of dedupe, nonce and transfer per delivery), 50 at a time."""
+    """The receivers' write path (group commit of the inbox row with its body and the nonce per delivery),
+    and the transfer derived from it, 50 at a time."""
     store = StateStore.open(tmp_path / "state.db")
     committer = GroupCommitter(store)
     wal = tmp_path / "state.db-wal"
     largest = 0
 
     def deliver(n: int) -> bool:
-        fresh = store.remember_delivery("whitebit", "main", f"delivery-{n:08d}")
+        fresh = store.add_delivery(whitebit_delivery(n)) is not None
         store.raise_nonce("main", n)
         store.add_transfer(transfer(n))
         return fresh
@@ -162,6 +187,7 @@ async def test_the_wal_stays_under_its_limit_through_10000_deliveries(tmp_path: 
         assert committer.jobs == 10_000
         assert 0 < largest <= WAL_LIMIT, largest
         assert store.highest_nonce("main") == 9_999
+        assert len(store.inbox_after(0, 20_000)) == 10_000
     finally:
         store.close()
 

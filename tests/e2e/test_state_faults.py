@@ -229,7 +229,7 @@ async def test_a_delivery_table_damaged_while_running_turns_ready_503(make_confi
             assert exporter.state.checkpoint(truncate=True)
             with sqlite3.connect(path) as conn:
                 [(root,)] = conn.execute(
-                    "SELECT rootpage FROM sqlite_master WHERE name = 'webhook_deliveries'"
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_inbox_1'"
                 ).fetchall()
             conn.close()
             with StateStore.open(path) as other:

@@ -85,6 +85,7 @@ async def test_simulated_deposits_and_withdrawals_drive_transfer_metrics(make_co
         assert (await sender.send_tampered("main"))["attempts"] == [401]
         assert (await sender.replay_last("main"))["attempts"] == [200]  # type: ignore[index]
 
+        await exporter.inbox.caught_up()  # transfers are derived from the inbox after the 200s
         result = await scrape(exporter.metrics_url)
         total = "whitebit_transfers_total"
         assert result.value(total, account="main", kind="deposit", outcome="successful", asset="USDT") == 1

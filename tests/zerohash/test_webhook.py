@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import socket
@@ -22,7 +23,6 @@ from exporter.config.schema import Config, ZerohashConfig, ZerohashWebhookConfig
 from exporter.core.state import DEFAULT_DELIVERY_TTL, StateStore
 from exporter.simulator.zerohash import ZerohashLedger, ZerohashSender
 from exporter.webhooks.commit import GroupCommitter
-from exporter.zerohash.balances import ZerohashBalances
 from exporter.zerohash.signing import hmac_signature, rsa_signature
 from exporter.zerohash.webhook import LATE_MARGIN, PAYLOAD_TYPES, REJECT_REASONS, ZerohashReceiver, payload_type_label
 from tests.helpers import Scrape, scrape, wait_for
@@ -529,7 +529,9 @@ async def test_a_late_delivery_is_accepted_once_and_its_replays_are_duplicates_t
         outcomes.append(status)
         assert delta in (accepted(duplicate=True), rejected("stale_timestamp")), offset
     assert outcomes == [200, 200, 200, 401, 401, 401]
-    h.exporter.state.purge_expired_deliveries()  # the hourly housekeeping, after the retention
+    # The hourly housekeeping, with an inbox retention no longer than the dedupe window: the row goes.
+    assert h.exporter.state.purge_inbox(RETENTION) == 1
+    assert not h.exporter.state.delivery_seen("zerohash", "", hashlib.sha256(body).hexdigest())
     assert await h.measure(body, hdrs) == (401, rejected("stale_timestamp"))
     result = await scrape(h.exporter.metrics_url)
     assert (
@@ -553,9 +555,9 @@ def test_a_tolerance_that_leaves_no_room_in_the_retention_is_refused(tmp_path: P
     try:
         config = ZerohashWebhookConfig(hmac_secrets=(NEW_SECRET,), timestamp_tolerance=(RETENTION - LATE_MARGIN) / 2)
         with pytest.raises(ValueError, match="leaves no room in the 604800 s dedupe retention"):
-            ZerohashReceiver(config, store, ZerohashBalances(()), GroupCommitter(store))
+            ZerohashReceiver(config, store, GroupCommitter(store), on_stored=lambda: None)
         config = ZerohashWebhookConfig(hmac_secrets=(NEW_SECRET,), timestamp_tolerance=86400.0)
-        ZerohashReceiver(config, store, ZerohashBalances(()), GroupCommitter(store))
+        ZerohashReceiver(config, store, GroupCommitter(store), on_stored=lambda: None)
     finally:
         store.close()
 

@@ -364,6 +364,7 @@ def run(participant: str, run_id: str, balance: str, timestamp: int = TS_MS) -> 
 
 
 async def participant_balance(h: Harness, participant: str) -> float | None:
+    await h.exporter.inbox.caught_up()  # balances are derived from the inbox after the 200s
     return (await scrape(h.exporter.metrics_url)).value(
         "zerohash_participant_balance",
         participant=participant,
