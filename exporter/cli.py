@@ -176,6 +176,10 @@ def _exit_status(exc: SystemExit) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "inbox":
+        from exporter.inbox_cli import main as inbox_main
+
+        return inbox_main(args_list[1:])
     if args_list and args_list[0] == "simulate":
         from exporter.simulator.cli import main as simulate_main
 

@@ -424,7 +424,13 @@ class StateStore:
     """Typed facade over the SQLite state file; create it with :meth:`open`."""
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, clock: Callable[[], float], lock: int | None = None
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        clock: Callable[[], float],
+        lock: int | None = None,
+        *,
+        read_only: bool = False,
     ) -> None:
         self._db: sqlite3.Connection | None = conn
         self._path = path
@@ -434,10 +440,40 @@ class StateStore:
         self._lock = lock
         self._condition = StateCondition()
         self._checkpoint_pages = WAL_AUTOCHECKPOINT_PAGES
-        self.volume_free_bytes()  # fits the checkpoint threshold to the volume from the start
-        self.ensure_reserve()
+        if not read_only:
+            self.volume_free_bytes()  # fits the checkpoint threshold to the volume from the start
+            self.ensure_reserve()
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open_read_only(cls, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> StateStore:
+        """Open an existing state file to read it only (the inspection commands), beside a running exporter.
+
+        Nothing is written: no migration, no lock, no reserve. A file of another schema version is
+        refused (start the exporter of this version once to migrate it); any write raises
+        :class:`StateError`.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise StateError(f"no state file at {path}")
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StateError(f"{path} is not a usable SQLite state file: {exc}") from exc
+        if app_id != APPLICATION_ID:
+            conn.close()
+            raise StateError(f"{path} is not a whitebit-exporter state file")
+        if version != len(migrations):
+            conn.close()
+            raise StateError(
+                f"{path} has schema version {version}, this version reads {len(migrations)}:"
+                " start this version of the exporter on it once to migrate it"
+            )
+        return cls(conn, path, time.time, read_only=True)
 
     @classmethod
     def open(
@@ -694,6 +730,53 @@ class StateStore:
         columns = _INBOX_COLUMNS if headers else _INBOX_COLUMNS.replace(" headers,", " NULL,")
         rows = self._query(f"SELECT {columns} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
         return [_inbox_delivery(r) for r in rows]
+
+    def find_deliveries(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        provider: str | None = None,
+        account: str | None = None,
+        method: str | None = None,
+        containing: Sequence[str] = (),
+        limit: int = 100,
+    ) -> list[InboxDelivery]:
+        """Inbox rows received in [``since``, ``until``) with the given provider, account and method,
+        whose body contains any of ``containing`` (when given), newest first, at most ``limit``."""
+        where: list[str] = []
+        params: list[object] = []
+        for clause, value in (
+            ("received_at >= ?", since),
+            ("received_at < ?", until),
+            ("provider = ?", provider),
+            ("account = ?", account),
+            ("method = ?", method),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if containing:
+            where.append("(" + " OR ".join("instr(body, ?) > 0" for _ in containing) + ")")
+            params.extend(text.encode() for text in containing)
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(f"SELECT {_INBOX_COLUMNS} FROM inbox{condition} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return [_inbox_delivery(r) for r in rows]
+
+    def get_delivery(self, seq: int) -> InboxDelivery | None:
+        """The inbox row ``seq``, or None."""
+        rows = self._query(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE seq = ?", (seq,))
+        return _inbox_delivery(rows[0]) if rows else None
+
+    def deliveries_with_id(self, delivery_id: str) -> list[InboxDelivery]:
+        """The inbox rows (one per provider and account at most) whose delivery id is ``delivery_id``."""
+        rows = self._query(f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE delivery_id = ? ORDER BY seq", (delivery_id,))
+        return [_inbox_delivery(r) for r in rows]
+
+    def transfers_with_key(self, key: str) -> list[TransferRecord]:
+        """Every account's and kind's transfer stored under ``key``."""
+        rows = self._query(f"SELECT {_TRANSFER_COLUMNS} FROM transfers WHERE key = ?", (key,))
+        return [_transfer(r) for r in rows]
 
     def inbox_cursor(self) -> int:
         """The ``seq`` of the last inbox row whose state has been derived (0 before any)."""
