@@ -23,7 +23,8 @@ from typing import Any, TextIO
 
 from exporter.config.load import ConfigError, load_config, parse_duration
 from exporter.core.logs import redact
-from exporter.core.state import InboxDelivery, StateError, StateStore
+from exporter.core.state import DeliveryQuery, InboxDelivery, StateError, StateStore
+from exporter.core.storage import InboxReader
 
 PROG = "whitebit-exporter inbox"
 #: Headers shown in part only: the key that names an account, and every signature.
@@ -112,7 +113,7 @@ def when(text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def _list(store: StateStore, args: argparse.Namespace, out: TextIO) -> int:
+def _list(store: InboxReader, args: argparse.Namespace, out: TextIO) -> int:
     if args.limit < 1:
         raise ValueError("--limit must be at least 1")
     now = time.time()
@@ -130,15 +131,16 @@ def _list(store: StateStore, args: argparse.Namespace, out: TextIO) -> int:
                     containing.append(value)
         if not containing:
             raise ValueError(f"transfer {args.transfer_key!r} carries no id a delivery body would hold")
-    rows = store.find_deliveries(
+    query = DeliveryQuery(
         since=when(args.since, now) if args.since else None,
         until=when(args.until, now) if args.until else None,
         provider=args.provider,
         account=args.account,
         method=args.method,
-        containing=containing,
+        containing=tuple(containing),
         limit=args.limit,
     )
+    rows = store.find_deliveries(query)
     cursor = store.inbox_cursor()
     if args.format == "json":
         for row in rows:
@@ -148,7 +150,7 @@ def _list(store: StateStore, args: argparse.Namespace, out: TextIO) -> int:
     return 0 if rows else 1
 
 
-def _show(store: StateStore, args: argparse.Namespace, out: TextIO) -> int:
+def _show(store: InboxReader, args: argparse.Namespace, out: TextIO) -> int:
     wanted = str(args.delivery)
     rows = [row] if wanted.isdigit() and (row := store.get_delivery(int(wanted))) is not None else []
     if not rows:

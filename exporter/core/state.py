@@ -407,6 +407,20 @@ class InboxDelivery:
 
 
 @dataclass(frozen=True)
+class DeliveryQuery:
+    """Which inbox rows to find: received in [``since``, ``until``), of that provider, account and
+    method, whose body contains any of ``containing`` (each filter only when given); at most ``limit``."""
+
+    since: float | None = None
+    until: float | None = None
+    provider: str | None = None
+    account: str | None = None
+    method: str | None = None
+    containing: tuple[str, ...] = ()
+    limit: int = 100
+
+
+@dataclass(frozen=True)
 class ZerohashBalance:
     """The absolute balance of one Zero Hash account at its payload event time."""
 
@@ -731,36 +745,26 @@ class StateStore:
         rows = self._query(f"SELECT {columns} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
         return [_inbox_delivery(r) for r in rows]
 
-    def find_deliveries(
-        self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        provider: str | None = None,
-        account: str | None = None,
-        method: str | None = None,
-        containing: Sequence[str] = (),
-        limit: int = 100,
-    ) -> list[InboxDelivery]:
-        """Inbox rows received in [``since``, ``until``) with the given provider, account and method,
-        whose body contains any of ``containing`` (when given), newest first, at most ``limit``."""
+    def find_deliveries(self, query: DeliveryQuery) -> list[InboxDelivery]:
+        """Inbox rows matching every filter of ``query``, newest first, at most ``query.limit``."""
         where: list[str] = []
         params: list[object] = []
         for clause, value in (
-            ("received_at >= ?", since),
-            ("received_at < ?", until),
-            ("provider = ?", provider),
-            ("account = ?", account),
-            ("method = ?", method),
+            ("received_at >= ?", query.since),
+            ("received_at < ?", query.until),
+            ("provider = ?", query.provider),
+            ("account = ?", query.account),
+            ("method = ?", query.method),
         ):
             if value is not None:
                 where.append(clause)
                 params.append(value)
-        if containing:
-            where.append("(" + " OR ".join("instr(body, ?) > 0" for _ in containing) + ")")
-            params.extend(text.encode() for text in containing)
+        if query.containing:
+            where.append("(" + " OR ".join("instr(body, ?) > 0" for _ in query.containing) + ")")
+            params.extend(text.encode() for text in query.containing)
         condition = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._query(f"SELECT {_INBOX_COLUMNS} FROM inbox{condition} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        sql = f"SELECT {_INBOX_COLUMNS} FROM inbox{condition} ORDER BY seq DESC LIMIT ?"
+        rows = self._query(sql, (*params, query.limit))
         return [_inbox_delivery(r) for r in rows]
 
     def get_delivery(self, seq: int) -> InboxDelivery | None:

@@ -23,7 +23,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from exporter.core.state import StateError, StateStore
+from exporter.core.state import StateError
+from exporter.core.storage import Transactions
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAX_WAIT_TURNS = 4
 class GroupCommitter:
     """Runs synchronous state jobs of concurrent deliveries in one transaction per event-loop turn."""
 
-    def __init__(self, store: StateStore, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: Transactions, *, max_batch: int = MAX_BATCH) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._store = store

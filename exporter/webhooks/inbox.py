@@ -48,7 +48,8 @@ from exporter.core.metrics import (
     EXPORTER_INBOX_LAG_SECONDS,
     EXPORTER_INBOX_PENDING,
 )
-from exporter.core.state import InboxDelivery, StateError, StateStore
+from exporter.core.state import InboxDelivery, StateError
+from exporter.core.storage import InboxLog
 from exporter.webhooks.intake import RejectionLog, exception_text
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class InboxConsumer(Collector):
 
     def __init__(
         self,
-        store: StateStore,
+        store: InboxLog,
         derivers: Iterable[Deriver],
         *,
         batch_size: int = BATCH_SIZE,

@@ -103,7 +103,8 @@ from prometheus_client.registry import Collector
 
 from exporter.core.health import HealthRegistry
 from exporter.core.metrics import WHITEBIT_WEBHOOKS_MISSED, WHITEBIT_WEBHOOKS_OVERDUE, LabelValues
-from exporter.core.state import StateError, StateStore, TransferKind, TransferRecord
+from exporter.core.state import StateError, TransferKind, TransferRecord
+from exporter.core.storage import TransferStorage
 from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
 from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient, ValidationError
 from exporter.whitebit.transfers import (
@@ -305,7 +306,7 @@ class HistoryPoll:
         self,
         client: RestClient,
         book: TransferBook,
-        store: StateStore,
+        store: TransferStorage,
         *,
         grace: float,
         missed: MissedWebhooks | None,
@@ -620,7 +621,7 @@ class HistoryPoll:
 def build_history_poller(
     client: RestClient,
     book: TransferBook,
-    store: StateStore,
+    store: TransferStorage,
     *,
     health: HealthRegistry,
     interval: float,

@@ -106,7 +106,8 @@ from exporter.core.metrics import (
     WHITEBIT_TRANSFERS_IN_FLIGHT,
     WHITEBIT_TRANSFERS_OLDEST_IN_FLIGHT_TIMESTAMP_SECONDS,
 )
-from exporter.core.state import StateStore, TransferKind, TransferRecord
+from exporter.core.state import TransferKind, TransferRecord
+from exporter.core.storage import TransferStorage
 from exporter.webhooks.bounds import (
     MAX_ID_LENGTH,
     MAX_NUMBER_TEXT,
@@ -1118,7 +1119,9 @@ class TransferBook:
     reconciliation's counted flag. These are the only writers of a transfer row.
     """
 
-    def __init__(self, store: StateStore, accounts: Iterable[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: TransferStorage, accounts: Iterable[str], *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._store = store
         self._clock = clock
         self.accounts = tuple(dict.fromkeys(accounts))

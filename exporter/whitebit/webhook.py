@@ -63,7 +63,8 @@ from exporter.core.metrics import (
     WHITEBIT_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError, StateStore
+from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError
+from exporter.core.storage import DeliveryIntake
 from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_JSON_DEPTH, json_depth_exceeds, storable_text
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
@@ -213,7 +214,7 @@ class WhitebitReceiver:
     def __init__(
         self,
         accounts: Sequence[WhitebitAccountConfig],
-        store: StateStore,
+        store: DeliveryIntake,
         committer: GroupCommitter,
         *,
         on_stored: Callable[[], None],

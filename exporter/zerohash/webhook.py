@@ -87,7 +87,8 @@ from exporter.core.metrics import (
     ZEROHASH_WEBHOOKS_VERIFIED,
     SeriesValues,
 )
-from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError, StateStore
+from exporter.core.state import DEFAULT_DELIVERY_TTL, InboxDelivery, StateError
+from exporter.core.storage import BalanceStorage, DeliveryIntake
 from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
@@ -180,7 +181,7 @@ class ZerohashReceiver:
     def __init__(
         self,
         config: ZerohashWebhookConfig,
-        store: StateStore,
+        store: DeliveryIntake,
         committer: GroupCommitter,
         *,
         on_stored: Callable[[], None],
@@ -394,7 +395,7 @@ class ZerohashDeriver:
 
     provider = PROVIDER
 
-    def __init__(self, store: StateStore, balances: ZerohashBalances) -> None:
+    def __init__(self, store: BalanceStorage, balances: ZerohashBalances) -> None:
         self._store = store
         self._balances = balances
 
