@@ -380,6 +380,54 @@ WEBHOOKS = Dashboard(
                 ),
             ),
         ),
+        Row(
+            "Inbox",
+            (
+                Panel(
+                    "Inbox lag",
+                    "Seconds since the oldest delivery answered 200 but not yet applied to transfers and balances "
+                    "was received; 0 when none waits (whitebit_exporter_inbox_lag_seconds; alert: "
+                    "WhitebitExporterInboxBehind).",
+                    "s",
+                    (Target(f"whitebit_exporter_inbox_lag_seconds{{{SEL}}}", "{{instance}}"),),
+                    width=6,
+                ),
+                Panel(
+                    "Deliveries waiting",
+                    "Deliveries in the inbox whose state is not derived yet "
+                    "(whitebit_exporter_inbox_pending_deliveries).",
+                    "short",
+                    (Target(f"whitebit_exporter_inbox_pending_deliveries{{{SEL}}}", "{{instance}}"),),
+                    width=6,
+                ),
+                Panel(
+                    "Derived per second",
+                    "Inbox deliveries whose transfers or balances were derived, per second, by provider "
+                    "(whitebit_exporter_inbox_derived_total).",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (provider) (rate(whitebit_exporter_inbox_derived_total{{{SEL}}}{RATE}))",
+                            "{{provider}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+                Panel(
+                    "Not derived",
+                    "Inbox deliveries whose state could not be derived (kept with the reason; "
+                    "whitebit_exporter_inbox_derive_failures_total; alert: WhitebitExporterInboxDeriveFailures).",
+                    "short",
+                    (
+                        Target(
+                            f"sum by (provider) (increase(whitebit_exporter_inbox_derive_failures_total{{{SEL}}}{RATE}))",
+                            "{{provider}}",
+                        ),
+                    ),
+                    width=6,
+                ),
+            ),
+        ),
     ),
 )
 
