@@ -33,7 +33,7 @@ from exporter.core.health import HealthRegistry, UpCollector
 from exporter.core.housekeeping import Housekeeping
 from exporter.core.logs import redact
 from exporter.core.metrics import BuildInfoCollector, SeriesValues
-from exporter.core.state import StateError, StateStore
+from exporter.core.state import INBOX_PURGE_BATCH, StateError, StateStore
 from exporter.core.state_watch import StateWatch
 from exporter.core.supervisor import Supervisor, SupervisorCollector
 from exporter.http.limits import ConnectionLimits, FileBudgetError, ListenerConnections, ensure_open_files, files_needed
@@ -226,12 +226,11 @@ class Exporter:
         )
         retention = config.state.inbox_retention
         housekeeping = Housekeeping(
-            {
-                "inbox": lambda now: state.purge_inbox(retention),
-                "final_transfers": lambda now: transfers.purge_final(now - FINAL_TRANSFER_RETENTION),
-            },
+            {"final_transfers": lambda now: transfers.purge_final(now - FINAL_TRANSFER_RETENTION)},
             clock=self.clock,
             upkeep=state.upkeep,
+            # A day of deliveries may be due at once: batch after batch, intake between them.
+            batched={"inbox": (lambda now: state.purge_inbox(retention), INBOX_PURGE_BATCH)},
         )
         for source in (inbox, *self._whitebit.sources, housekeeping):
             self.supervisor.start(source.name, source.run)

@@ -43,8 +43,10 @@ class Housekeeping:
         clock: Callable[[], float] = time.time,
         upkeep: Callable[[], None] | None = None,
         upkeep_interval: float = UPKEEP_INTERVAL,
+        batched: Mapping[str, tuple[Purge, int]] | None = None,
     ) -> None:
         self._purges = dict(purges)
+        self._batched = dict(batched or {})
         self._interval = interval
         self._clock = clock
         self._upkeep = upkeep
@@ -58,6 +60,7 @@ class Housekeeping:
             now = loop.time()
             if now >= next_purge:
                 self.purge_once()
+                await self.purge_in_batches()
                 next_purge = now + self._interval
             if self._upkeep is not None:
                 self.upkeep_once()
@@ -74,6 +77,30 @@ class Housekeeping:
             self._upkeep()
         except (StateError, OSError) as exc:
             log.warning("state upkeep failed", extra={"error": str(exc)})
+
+    async def purge_in_batches(self) -> dict[str, int]:
+        """Run every batched purge until it removes less than its batch, letting every other task run
+        between two batches (one batch holds the event loop only briefly); how many each removed (one
+        that failed before removing anything is left out, as in :meth:`purge_once`)."""
+        removed: dict[str, int] = {}
+        for what, (purge, batch) in self._batched.items():
+            total, failed = 0, False
+            while True:
+                try:
+                    count = purge(self._clock())
+                except StateError as exc:
+                    log.warning("purging old state failed", extra={"records": what, "error": str(exc)})
+                    failed = True
+                    break
+                total += count
+                if count < batch:
+                    break
+                await asyncio.sleep(0)
+            if total or not failed:
+                removed[what] = total
+        if any(removed.values()):
+            log.info("purged old state", extra=removed)
+        return removed
 
     def purge_once(self) -> dict[str, int]:
         """Run every purge now; the number of records each removed (failed ones are left out)."""

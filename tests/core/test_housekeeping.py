@@ -55,3 +55,39 @@ async def test_the_task_purges_at_start_and_then_every_interval() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_batched_purge_runs_batch_after_batch_until_one_is_short_letting_others_run_between() -> None:
+    left = [1250]  # rows due: two full batches of 500, then 250
+    calls: list[int] = []
+    between: list[int] = []
+
+    def purge(now: float) -> int:
+        calls.append(len(between))
+        removed = min(left[0], 500)
+        left[0] -= removed
+        return removed
+
+    async def other_task() -> None:
+        while len(calls) < 3:
+            between.append(len(calls))
+            await asyncio.sleep(0)
+
+    housekeeping = Housekeeping({}, batched={"inbox": (purge, 500)}, clock=lambda: 1.0)
+    other = asyncio.create_task(other_task())
+    removed = await housekeeping.purge_in_batches()
+    await other
+    assert removed == {"inbox": 1250} and left == [0] and len(calls) == 3
+    # The other task ran between every two batches: each batch saw more of its turns than the last.
+    assert calls[0] < calls[1] < calls[2]
+
+
+async def test_a_failing_batched_purge_is_logged_and_stops_until_the_next_round(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def purge(now: float) -> int:
+        raise StateError("disk I/O error", "io")
+
+    housekeeping = Housekeeping({}, batched={"inbox": (purge, 500)})
+    assert await housekeeping.purge_in_batches() == {}
+    assert [r.getMessage() for r in caplog.records] == ["purging old state failed"]
