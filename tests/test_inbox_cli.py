@@ -153,7 +153,6 @@ def test_no_key_or_signature_is_ever_printed_whole(state: Path) -> None:
 
 def test_it_reads_beside_a_running_exporter_and_writes_nothing(state: Path) -> None:
     reserve = state.with_name(state.name + ".reserve")
-    reserve.unlink()
     with StateStore.open(state, exclusive=True) as writer:  # as the exporter holds it
         reserve.unlink()
         writer.set_cursor("x", "y", "z")

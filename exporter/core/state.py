@@ -456,6 +456,9 @@ class StateStore:
         self._checkpoint_pages = WAL_AUTOCHECKPOINT_PAGES
         if not read_only:
             self.volume_free_bytes()  # fits the checkpoint threshold to the volume from the start
+        if lock is not None:
+            # The exporter's own store (exclusive): it keeps the room a full volume needs to recover.
+            # Another connection to the file (tests, benchmarks) writes no reserve of its own.
             self.ensure_reserve()
 
     # -- lifecycle ---------------------------------------------------------------------------

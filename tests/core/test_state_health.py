@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from exporter.core.housekeeping import Housekeeping
-from exporter.core.state import WAL_LIMIT, InboxDelivery, StateError, StateStore, TransferRecord, lock_path
+from exporter.core.state import (
+    RESERVE_BYTES,
+    WAL_LIMIT,
+    InboxDelivery,
+    StateError,
+    StateStore,
+    TransferRecord,
+    lock_path,
+)
 from exporter.webhooks.commit import GroupCommitter
 from tests.helpers import wait_for
 
@@ -220,7 +228,7 @@ async def test_housekeeping_runs_the_upkeep_often_and_purges_on_its_own_schedule
 
 
 def test_upkeep_probes_while_unwritable_and_restores_the_reserve(tmp_path: Path) -> None:
-    store = StateStore.open(tmp_path / "state.db")
+    store = StateStore.open(tmp_path / "state.db", exclusive=True)
     try:
         assert store.reserve_path.exists()
         store.reserve_path.unlink()
@@ -248,3 +256,11 @@ def test_the_checkpoint_threshold_follows_the_free_space(tmp_path: Path) -> None
             assert threshold() == pages, free
             limit = int(store._conn().execute("PRAGMA journal_size_limit").fetchone()[0])
             assert limit == pages * 4096, free
+
+
+def test_only_the_exporters_exclusive_store_keeps_a_reserve(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with StateStore.open(path) as other:
+        assert not other.reserve_path.exists()  # a second connection (tests, benchmarks) writes none
+    with StateStore.open(path, exclusive=True) as own:
+        assert own.reserve_path.stat().st_size == RESERVE_BYTES
