@@ -523,7 +523,7 @@ class StateStore:
         try:
             # Autocommit mode: transactions are issued explicitly by transaction().
             conn = sqlite3.connect(path, isolation_level=None)
-            conn.create_function("zerohash_run_key", 1, zerohash_run_key, deterministic=True)
+            conn.create_function("run_id_sort_key", 1, run_id_sort_key, deterministic=True)
         except (OSError, sqlite3.Error) as exc:
             if lock is not None:
                 os.close(lock)
@@ -955,7 +955,7 @@ class StateStore:
         """Store ``b`` unless a newer event for the same account is stored; True if applied.
 
         Zero Hash does not guarantee delivery order, so the payload timestamp decides, then the
-        ``run_id`` (:func:`zerohash_run_key`), then the later arrival (a redelivery of the same
+        ``run_id`` (:func:`run_id_sort_key`), then the later arrival (a redelivery of the same
         event changes nothing). Decided by the statement itself, so deliveries for one account in
         one batch transaction are ordered against each other too.
         """
@@ -975,7 +975,7 @@ class StateStore:
             " SET balance = excluded.balance, timestamp = excluded.timestamp, run_id = excluded.run_id"
             " WHERE excluded.timestamp > zerohash_balances.timestamp"
             " OR (excluded.timestamp = zerohash_balances.timestamp"
-            " AND zerohash_run_key(excluded.run_id) >= zerohash_run_key(zerohash_balances.run_id))",
+            " AND run_id_sort_key(excluded.run_id) >= run_id_sort_key(zerohash_balances.run_id))",
             row,
         )
         return cur.rowcount == 1
@@ -1162,7 +1162,7 @@ _ADD_TRANSFER = (
 )
 
 
-def zerohash_run_key(run_id: str | None) -> str:
+def run_id_sort_key(run_id: str | None) -> str:
     """Sort key of a Zero Hash ``run_id`` as text: none first, then decimal ids by value (runs are
     numbered upwards, docs/protocol.md#account-balance-events), then any other text.
 

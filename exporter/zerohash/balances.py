@@ -37,7 +37,7 @@ from exporter.core.metrics import (
     ZEROHASH_BALANCE_MOVEMENTS,
     ZEROHASH_PARTICIPANT_BALANCE,
 )
-from exporter.core.state import ZerohashBalance, zerohash_run_key
+from exporter.core.state import ZerohashBalance, run_id_sort_key
 from exporter.webhooks.bounds import MAX_DIGITS, OutOfBounds, bounded_decimal, bounded_id, bounded_seconds
 from exporter.zerohash.signing import timestamp_to_seconds
 
@@ -136,12 +136,6 @@ def _run_id(value: Any) -> str | None:
     raise BalancePayloadError("run_id is not a string or an integer")
 
 
-def run_order(run_id: str | None) -> str:
-    """Sort key of a ``run_id``: the state file's (:func:`exporter.core.state.zerohash_run_key`), which
-    decides what it stores; none first, then decimal ids by value, then any other text."""
-    return zerohash_run_key(run_id)
-
-
 def supersedes(new: ZerohashBalance, held: ZerohashBalance | None) -> bool:
     """True when ``new`` replaces ``held`` for their account (module docstring): a newer timestamp,
     or an equal one and a ``run_id`` not lower; equal both ways, the later arrival (``new``) wins."""
@@ -149,7 +143,7 @@ def supersedes(new: ZerohashBalance, held: ZerohashBalance | None) -> bool:
         return True
     if new.timestamp != held.timestamp:
         return new.timestamp > held.timestamp
-    return run_order(new.run_id) >= run_order(held.run_id)
+    return run_id_sort_key(new.run_id) >= run_id_sort_key(held.run_id)
 
 
 def movement_type_label(value: Any) -> str:

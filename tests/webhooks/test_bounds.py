@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from exporter.core.state import ZerohashBalance
+from exporter.core.state import run_id_sort_key as run_order
 from exporter.webhooks.bounds import (
     MAX_JSON_DEPTH,
     OutOfBounds,
@@ -18,7 +19,7 @@ from exporter.webhooks.bounds import (
     json_depth_exceeds,
 )
 from exporter.whitebit.transfers import created_at_of, int_or_none
-from exporter.zerohash.balances import run_order, supersedes
+from exporter.zerohash.balances import supersedes
 
 
 @pytest.mark.parametrize(
