@@ -100,6 +100,23 @@ class RejectionLog:
         self._log.warning(self._message, extra=fields)
 
 
+def rejection_fields(
+    provider: str, label: tuple[str, str], reason: str, status: int, remote: str | None, detail: str = ""
+) -> dict[str, Any]:
+    """The log fields of one rejection: provider, the receiver's own label (``("account", name)`` or
+    ``("payload_type", type)``), reason, status, the client's address, and ``detail`` when there is one."""
+    fields: dict[str, Any] = {
+        "provider": provider,
+        label[0]: label[1],
+        "reason": reason,
+        "status": status,
+        "remote": remote,
+    }
+    if detail:
+        fields["detail"] = detail
+    return fields
+
+
 #: The most characters of an unexpected exception's message that are logged (it may quote content).
 EXCEPTION_TEXT_LIMIT = 200
 

@@ -68,7 +68,7 @@ from exporter.core.storage import DeliveryIntake
 from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_JSON_DEPTH, json_depth_exceeds, storable_text
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
-from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, exception_text
+from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, exception_text, rejection_fields
 from exporter.whitebit.signing import HEADER_APIKEY, HEADER_PAYLOAD, HEADER_SIGNATURE, Secrets, payload_matches_body
 from exporter.whitebit.transfers import (
     WEBHOOK_TRANSFER_EVENTS,
@@ -388,16 +388,10 @@ class WhitebitReceiver:
         self._rejected[(rejection.account, rejection.reason)] += 1
 
         def describe() -> dict[str, Any]:
-            fields: dict[str, Any] = {
-                "provider": PROVIDER,
-                "account": rejection.account,
-                "reason": rejection.reason,
-                "status": rejection.status,
-                "remote": request.remote,
-            }
-            if rejection.detail:
-                fields["detail"] = rejection.detail
-            return fields
+            label = ("account", rejection.account)
+            return rejection_fields(
+                PROVIDER, label, rejection.reason, rejection.status, request.remote, rejection.detail
+            )
 
         self._rejection_log.rejected((PROVIDER, rejection.account, rejection.reason), describe)
         return self.reply(rejection.status, rejection.reason)

@@ -93,7 +93,7 @@ from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
 from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
-from exporter.webhooks.intake import RejectionLog, Replies, exception_text
+from exporter.webhooks.intake import RejectionLog, Replies, exception_text, rejection_fields
 from exporter.zerohash.balances import (
     BalancePayloadError,
     ZerohashBalances,
@@ -248,16 +248,8 @@ class ZerohashReceiver:
         self._rejected[(rejected.reason,)] += 1
 
         def describe() -> dict[str, Any]:
-            fields: dict[str, Any] = {
-                "provider": PROVIDER,
-                "payload_type": payload_type,
-                "reason": rejected.reason,
-                "status": rejected.status,
-                "remote": request.remote,
-            }
-            if rejected.detail:
-                fields["detail"] = rejected.detail
-            return fields
+            label = ("payload_type", payload_type)
+            return rejection_fields(PROVIDER, label, rejected.reason, rejected.status, request.remote, rejected.detail)
 
         # Zero Hash has no account: one log budget per (provider, reason).
         self._rejection_log.rejected((PROVIDER, "", rejected.reason), describe)
