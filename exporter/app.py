@@ -40,6 +40,7 @@ from exporter.http.limits import ConnectionLimits, FileBudgetError, ListenerConn
 from exporter.http.metrics_listener import create_metrics_app
 from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
+from exporter.rebuild import DERIVATION_RULES, rebuild_if_rules_changed, report_summary, settings_from_config
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Deriver, InboxConsumer
 from exporter.whitebit.sources import WhitebitSources, build_sources
@@ -167,6 +168,12 @@ class Exporter:
         except StateError as exc:
             raise StartupError(str(exc)) from exc
         log.info("state opened", extra={"path": str(config.state.path), "schema_version": state.schema_version})
+        rebuilt = rebuild_if_rules_changed(state, settings_from_config(config), clock=self.clock)
+        if rebuilt is not None:
+            log.warning(
+                "state derived again from the deliveries and history kept: this version derives it by newer rules",
+                extra={"rules": DERIVATION_RULES, **report_summary(rebuilt)},
+            )
         self.registry.register(StateWatch(state, self.health))
         # What the providers share, built before any of them: one committer for both receivers, so
         # deliveries arriving together share one commit, and one book for every account's transfers,
@@ -230,7 +237,11 @@ class Exporter:
             clock=self.clock,
             upkeep=state.upkeep,
             # A day of deliveries may be due at once: batch after batch, intake between them.
-            batched={"inbox": (lambda now: state.purge_inbox(retention), INBOX_PURGE_BATCH)},
+            # History records are the other half of the evidence a rebuild replays: kept as long.
+            batched={
+                "inbox": (lambda now: state.purge_inbox(retention), INBOX_PURGE_BATCH),
+                "history_records": (lambda now: state.purge_history(retention), INBOX_PURGE_BATCH),
+            },
         )
         for source in (inbox, *self._whitebit.sources, housekeeping):
             self.supervisor.start(source.name, source.run)

@@ -68,6 +68,9 @@ DEFAULT_DELIVERY_TTL = 7 * 86400.0
 _INBOX_APPLIED = "inbox:applied"
 #: Inbox rows one purge call deletes or empties at most (see :meth:`StateStore.purge_inbox`).
 INBOX_PURGE_BATCH = 500
+#: The cursor (account '') before which the evidence of derived state is not all kept (see
+#: :meth:`StateStore.evidence_horizon`).
+_EVIDENCE_HORIZON = "evidence:horizon"
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -259,9 +262,50 @@ def _inbox_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _history_records_v4(conn: sqlite3.Connection) -> None:
+    """Schema v4: the history the polls read, kept as evidence that ``whitebit-exporter state
+    rebuild`` derives transfers from again, together with the inbox.
+
+    ``history_feeds`` has one row per time a poll fed records to the lifecycle (``at``, the poll's
+    clock; ``baseline``, whether it was the account's baseline). ``history_records`` keeps each
+    distinct record (``digest`` of its content) once: the feed that first read it, the last feed
+    that read it and when (``last_seen_at``, what the retention counts from). Nothing was kept of
+    the history read before this version, so the evidence horizon (cursor ``evidence:horizon``) is
+    set to now when transfers exist, and at least past the inbox rows that have no body (their
+    content was never kept). A snapshot of the v4 format.
+    """
+    conn.execute(
+        "CREATE TABLE history_feeds ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " account TEXT NOT NULL,"
+        " at REAL NOT NULL,"
+        " baseline INTEGER NOT NULL CHECK (baseline IN (0, 1)))"
+    )
+    conn.execute("CREATE INDEX history_feeds_by_time ON history_feeds (at)")
+    conn.execute(
+        "CREATE TABLE history_records ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " account TEXT NOT NULL,"
+        " digest TEXT NOT NULL,"
+        " first_feed INTEGER NOT NULL,"
+        " last_feed INTEGER NOT NULL,"
+        " last_seen_at REAL NOT NULL,"
+        " record TEXT NOT NULL,"
+        " UNIQUE (account, digest))"
+    )
+    conn.execute("CREATE INDEX history_records_by_last_seen ON history_records (last_seen_at)")
+    conn.execute(
+        "INSERT INTO cursors (account, name, value, updated_at)"
+        " SELECT '', 'evidence:horizon', CAST(MAX(at) AS TEXT), 0 FROM ("
+        " SELECT (julianday('now') - 2440587.5) * 86400.0 AS at WHERE EXISTS (SELECT 1 FROM transfers)"
+        " UNION ALL SELECT MAX(received_at) FROM inbox WHERE body IS NULL)"
+        " HAVING MAX(at) IS NOT NULL"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
 #: migration that has shipped, since files in the field were built by it.
-MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _reconciliation_columns_v2, _inbox_v3)
+MIGRATIONS: tuple[Migration, ...] = (_SCHEMA_V1, _reconciliation_columns_v2, _inbox_v3, _history_records_v4)
 
 
 class _Rerun(Exception):
@@ -418,6 +462,31 @@ class DeliveryQuery:
     method: str | None = None
     containing: tuple[str, ...] = ()
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFeed:
+    """One time a poll fed history records to the lifecycle (see :meth:`StateStore.record_history`)."""
+
+    seq: int
+    account: str
+    at: float
+    baseline: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEvidence:
+    """One distinct history record as the polls read it (see :meth:`StateStore.record_history`).
+
+    ``record`` is the record as JSON text; ``first_feed`` and ``last_feed`` the ``seq`` of the first
+    and the last :class:`HistoryFeed` that read it; ``seq`` the order stored (that of ``first_feed``).
+    """
+
+    seq: int
+    account: str
+    first_feed: int
+    last_feed: int
+    record: str
 
 
 @dataclass(frozen=True)
@@ -840,7 +909,106 @@ class StateStore:
                 " WHERE received_at <= ? AND body IS NOT NULL AND seq <= ? ORDER BY seq LIMIT ?)",
                 (before, cursor, max(limit - deleted, 0)),
             ).rowcount
+            if deleted + emptied:
+                _raise_horizon(conn, before, now)
             return deleted + emptied
+
+    # -- history evidence --------------------------------------------------------------------
+
+    def record_history(
+        self, account: str, records: Sequence[tuple[str, str]], *, observed_at: float, baseline: bool
+    ) -> int:
+        """Keep what one poll of ``account`` fed the lifecycle: (digest, record as JSON text) each; the feed's seq.
+
+        The feed itself is one row (when, whether it was the baseline); a record whose digest is kept
+        already only has its last feed moved on. Call it in the transaction that stages the records,
+        so the evidence and what was derived from it commit together.
+        """
+        at = _finite(observed_at, "observed_at")
+        with self.transaction():  # a savepoint inside the caller's transaction
+            conn = self._conn()
+            feed = conn.execute(
+                "INSERT INTO history_feeds (account, at, baseline) VALUES (?, ?, ?)", (account, at, int(baseline))
+            ).lastrowid
+            conn.executemany(
+                "INSERT INTO history_records (account, digest, first_feed, last_feed, last_seen_at, record)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account, digest)"
+                " DO UPDATE SET last_feed = excluded.last_feed, last_seen_at = excluded.last_seen_at",
+                [(account, digest, feed, feed, at, text) for digest, text in records],
+            )
+        return int(feed or 0)
+
+    def history_feeds_after(self, seq: int, limit: int) -> list[HistoryFeed]:
+        """Up to ``limit`` kept feeds after ``seq``, in the order they were fed."""
+        rows = self._query(
+            "SELECT seq, account, at, baseline FROM history_feeds WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [HistoryFeed(int(r[0]), str(r[1]), float(r[2]), bool(r[3])) for r in rows]
+
+    def history_after(self, seq: int, limit: int) -> list[HistoryEvidence]:
+        """Up to ``limit`` kept history records stored after ``seq``, in the order stored."""
+        rows = self._query(
+            "SELECT seq, account, first_feed, last_feed, record FROM history_records"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [HistoryEvidence(int(r[0]), str(r[1]), int(r[2]), int(r[3]), str(r[4])) for r in rows]
+
+    def purge_history(self, retention: float, *, limit: int = INBOX_PURGE_BATCH) -> int:
+        """Forget at most ``limit`` history records no poll has read for ``retention`` seconds, and
+        as many feeds older than that; how many rows were deleted.
+
+        A record still read (a transfer in flight for months) is kept however old it is.
+        """
+        now = self._now()
+        before = now - retention
+        with self.transaction():
+            conn = self._conn()
+            deleted = conn.execute(
+                "DELETE FROM history_records WHERE seq IN"
+                " (SELECT seq FROM history_records WHERE last_seen_at <= ? ORDER BY last_seen_at LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            feeds = conn.execute(
+                "DELETE FROM history_feeds WHERE seq IN"
+                " (SELECT seq FROM history_feeds WHERE at <= ? ORDER BY at LIMIT ?)",
+                (before, limit),
+            ).rowcount
+            if deleted or feeds:
+                _raise_horizon(conn, before, now)
+            return max(deleted, feeds)
+
+    def evidence_horizon(self) -> float | None:
+        """The time before which evidence of derived state may be gone: None when all is kept.
+
+        Evidence is the inbox's bodies and the history records: a purge that removes some, or the
+        upgrade that began keeping history, moves the horizon to when it stops being complete. A
+        transfer created before it cannot be derived again from what is kept.
+        """
+        value = self.get_cursor("", _EVIDENCE_HORIZON)
+        return None if value is None else float(value)
+
+    def evidence_counts(self) -> tuple[int, int]:
+        """(inbox rows with a body, history records kept): the evidence a rebuild replays."""
+        inbox = self._query("SELECT COUNT(*) FROM inbox WHERE body IS NOT NULL")[0][0]
+        history = self._query("SELECT COUNT(*) FROM history_records")[0][0]
+        return int(inbox), int(history)
+
+    def reset_derived_state(self, *, keep_transfers_created_before: float | None) -> tuple[int, int]:
+        """Delete what the inbox and history derive, for a rebuild (inside its transaction).
+
+        Deletes every transfer created at or after ``keep_transfers_created_before`` (all when
+        None), every Zero Hash balance and every inbox row's derive error, and puts the inbox
+        cursor back to 0. Nonces and cursors stay: they are decided at intake and by the polls.
+        Returns (transfers deleted, Zero Hash balances deleted).
+        """
+        conn = self._conn()
+        keep = -math.inf if keep_transfers_created_before is None else keep_transfers_created_before
+        transfers = conn.execute("DELETE FROM transfers WHERE created_at >= ?", (keep,)).rowcount
+        balances = conn.execute("DELETE FROM zerohash_balances").rowcount
+        conn.execute("UPDATE inbox SET derive_error = NULL WHERE derive_error IS NOT NULL")
+        self.set_inbox_cursor(0)
+        return transfers, balances
 
     def last_deliveries(self, provider: str) -> dict[str, float]:
         """When each account's newest delivery from ``provider`` was received, kept or purged."""
@@ -1209,6 +1377,16 @@ def _inbox_delivery(r: Sequence[Any]) -> InboxDelivery:
         duplicates=int(r[12]),
         last_duplicate_at=None if r[13] is None else float(r[13]),
         derive_error=r[14],
+    )
+
+
+def _raise_horizon(conn: sqlite3.Connection, at: float, now: float) -> None:
+    """Move the evidence horizon (see :meth:`StateStore.evidence_horizon`) to ``at`` unless it is past it."""
+    conn.execute(
+        "INSERT INTO cursors (account, name, value, updated_at) VALUES ('', ?, ?, ?)"
+        " ON CONFLICT (account, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        " WHERE CAST(excluded.value AS REAL) > CAST(cursors.value AS REAL)",
+        (_EVIDENCE_HORIZON, repr(at), now),
     )
 
 

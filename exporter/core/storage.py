@@ -15,6 +15,7 @@ The protocols are narrow on purpose: each lists the calls of one part, nothing m
 - :class:`TransferStorage`: the transfer book's and reconciliation's records and cursors.
 - :class:`BalanceStorage`: Zero Hash balances.
 - :class:`InboxReader`: the read-only inspection commands.
+- :class:`Rebuild`: what ``whitebit-exporter state rebuild`` needs besides the parts it replays.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from exporter.core.state import DeliveryQuery, InboxDelivery, TransferKind, TransferRecord, ZerohashBalance
+from exporter.core.state import (
+    DeliveryQuery,
+    HistoryEvidence,
+    HistoryFeed,
+    InboxDelivery,
+    TransferKind,
+    TransferRecord,
+    ZerohashBalance,
+)
 
 
 class Transactions(Protocol):
@@ -128,6 +137,16 @@ class TransferStorage(Transactions, Cursors, Protocol):
         """Delete final records last updated before ``older_than``; how many."""
         ...
 
+    def record_history(
+        self, account: str, records: Sequence[tuple[str, str]], *, observed_at: float, baseline: bool
+    ) -> int:
+        """Keep what a poll fed: one feed, and each record (digest, JSON text) once per distinct digest."""
+        ...
+
+    def purge_history(self, retention: float, *, limit: int = ...) -> int:
+        """Forget at most ``limit`` history records no poll read for ``retention`` seconds."""
+        ...
+
 
 class BalanceStorage(Protocol):
     """Zero Hash balances, newest event per account."""
@@ -165,11 +184,39 @@ class InboxReader(Protocol):
         ...
 
 
+class Rebuild(InboxLog, TransferStorage, BalanceStorage, Protocol):
+    """What a rebuild reads and resets, besides the calls of the parts it replays."""
+
+    def history_feeds_after(self, seq: int, limit: int) -> list[HistoryFeed]:
+        """Kept history feeds after ``seq``, in the order fed."""
+        ...
+
+    def history_after(self, seq: int, limit: int) -> list[HistoryEvidence]:
+        """Kept history records after ``seq``, in the order stored (that of their first feed)."""
+        ...
+
+    def evidence_horizon(self) -> float | None:
+        """The time before which the evidence is not all kept (None: all of it is)."""
+        ...
+
+    def evidence_counts(self) -> tuple[int, int]:
+        """(inbox rows with a body, history records)."""
+        ...
+
+    def last_inbox_seq(self) -> int:
+        """The newest inbox row's ``seq``."""
+        ...
+
+    def reset_derived_state(self, *, keep_transfers_created_before: float | None) -> tuple[int, int]:
+        """Delete the derived transfers (those created before the cutoff kept) and balances; counts."""
+        ...
+
+
 if TYPE_CHECKING:
     from exporter.core.state import StateStore
 
     def _sqlite_implements_every_protocol(
         store: StateStore,
-    ) -> tuple[DeliveryIntake, InboxLog, TransferStorage, BalanceStorage, InboxReader]:
+    ) -> tuple[DeliveryIntake, InboxLog, TransferStorage, BalanceStorage, InboxReader, Rebuild]:
         # Checked by mypy, never run: the SQLite store must keep satisfying each protocol.
-        return store, store, store, store, store
+        return store, store, store, store, store, store

@@ -88,12 +88,13 @@ outputs of one transaction to one address are not reported missed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -294,6 +295,63 @@ def _created_at(record: Mapping[str, Any]) -> float | None:
     return created_at_of(record.get("createdAt"))
 
 
+# --- feeding the lifecycle (the poll's and a rebuild's) ------------------------------------------
+
+
+def history_observations(
+    account: str, records: Iterable[Mapping[str, Any]], observed_at: float
+) -> tuple[list[TransferObservation], list[str]]:
+    """(the observations of ``records``, read at ``observed_at``; why each record that is none was skipped)."""
+    observations: list[TransferObservation] = []
+    skipped: list[str] = []
+    for raw in records:
+        try:
+            observations.append(observation_from_history(account, raw, observed_at))
+        except ObservationError as exc:
+            skipped.append(str(exc))
+    return observations, skipped
+
+
+def stage_history(
+    book: TransferBook, observations: Sequence[TransferObservation], cursor: HistoryCursor | None, now: float
+) -> tuple[list[TransferUpdate], HistoryCursor]:
+    """Stage one poll's observations (inside a state transaction): (the updates, the cursor after the poll).
+
+    ``cursor`` None makes it the baseline. A final record is skipped when it is the baseline's, or
+    when an earlier poll read it (:meth:`HistoryCursor.old`) and no record of it is kept: final
+    before the exporter watched, or read and forgotten (purged after its retention), it is old news,
+    neither an outcome nor a miss.
+    """
+    baseline = cursor is None
+    newest = cursor.newest if cursor is not None else None
+    for obs in observations:
+        if obs.created_at is not None and (newest is None or obs.created_at > newest):
+            newest = obs.created_at
+    updates: list[TransferUpdate] = []
+    for obs in observations:
+        if obs.status in FINAL_OUTCOMES[obs.kind] and (
+            cursor is None or (cursor.old(obs.created_at) and book.find(obs) is None)
+        ):
+            continue
+        updates.append(book.stage(obs, baseline=baseline))
+    if cursor is None:
+        cursor = HistoryCursor(newest, now, newest)
+    return updates, replace(cursor, newest=newest)
+
+
+def history_evidence(records: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(digest, JSON text) of each distinct record, as the state file keeps it (``record_history``).
+
+    The text has sorted keys, so that a record read again with its fields in another order is the
+    same evidence; ASCII, so that any string the API sent can be stored.
+    """
+    kept: dict[str, str] = {}
+    for raw in records:
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        kept.setdefault(hashlib.sha256(text.encode()).hexdigest()[:32], text)
+    return list(kept.items())
+
+
 # --- the poll ---------------------------------------------------------------------------------
 
 
@@ -468,38 +526,22 @@ class HistoryPoll:
     # -- feeding the lifecycle -----------------------------------------------------------------
 
     def _feed(self, records: list[Mapping[str, Any]], cursor: HistoryCursor | None) -> set[tuple[str, str]]:
-        """Stage every record as a history observation; returns (kind, key) of the transfers fed."""
+        """Stage every record as a history observation and keep the records as evidence; returns
+        (kind, key) of the transfers fed."""
         now = self._clock()
         baseline = cursor is None
-        observations: list[TransferObservation] = []
-        for raw in records:
-            try:
-                observations.append(observation_from_history(self.account, raw, now))
-            except ObservationError as exc:
-                log.warning("history record skipped", extra={"account": self.account, "reason": str(exc)})
-        newest = cursor.newest if cursor is not None else None
-        for obs in observations:
-            if obs.created_at is not None and (newest is None or obs.created_at > newest):
-                newest = obs.created_at
-        updates: list[TransferUpdate] = []
+        observations, skipped = history_observations(self.account, records, now)
+        for reason in skipped:
+            log.warning("history record skipped", extra={"account": self.account, "reason": reason})
         watch = self._watch_set()
         with self._store.transaction():
-            for obs in observations:
-                if obs.status in FINAL_OUTCOMES[obs.kind] and (
-                    baseline or (cursor is not None and cursor.old(obs.created_at) and not self._known(obs))
-                ):
-                    # Final before the exporter watched (the baseline), or read and forgotten (a final
-                    # record purged after its retention): old news, neither an outcome nor a miss.
-                    continue
-                update = self._book.stage(obs, baseline=baseline)
-                updates.append(update)
-                record = update.transition.record
-                if self._missed is not None and not record.missed_counted and due_since(record) is not None:
-                    watch.add((record.kind, record.key))
-            if cursor is None:
-                cursor = HistoryCursor(newest, now, newest)
-            self._store.set_cursor(self.account, CURSOR_NAME, replace(cursor, newest=newest).encode())
+            updates, after = stage_history(self._book, observations, cursor, now)
+            self._store.record_history(self.account, history_evidence(records), observed_at=now, baseline=baseline)
+            self._store.set_cursor(self.account, CURSOR_NAME, after.encode())
         for update in updates:
+            record = update.transition.record
+            if self._missed is not None and not record.missed_counted and due_since(record) is not None:
+                watch.add((record.kind, record.key))
             self._book.apply(update)
         if baseline:
             log.info(
@@ -507,9 +549,6 @@ class HistoryPoll:
                 extra={"account": self.account, "records": len(records), "in_flight": len(updates)},
             )
         return {(u.transition.record.kind, u.transition.record.key) for u in updates}
-
-    def _known(self, obs: TransferObservation) -> bool:
-        return self._book.find(obs) is not None
 
     # -- missed webhooks -----------------------------------------------------------------------
 
@@ -578,41 +617,54 @@ class HistoryPoll:
             )
 
     def _loosely_matched(self, record: TransferRecord) -> bool:
-        """True when an unmatched webhook-only record looks like ``record``'s own webhook."""
-        due = due_since(record)
-        # The level that fell due: a webhook-only record that reached it would have been this one's.
-        needed = max((level for level, at in _levels_seen(record) if at == due), default=FINAL_LEVEL)
-        for other in self._store.transfers(self.account):
-            if other.key == record.key or other.kind != record.kind or webhook_level(other) < needed:
-                continue
-            # A webhook-known record history never matched, alike in asset and amount: its webhook.
-            unmatched = (
-                other.webhook_seen
-                and not other.history_seen
-                and asset_of(other.ticker) == asset_of(record.ticker)
-                and other.amount == record.amount
-                and abs(other.created_at - record.created_at) <= LOOSE_MATCH_WINDOW
+        """True when an unmatched webhook-only record looks like ``record``'s own webhook (logged once)."""
+        why = loose_match(record, self._store.transfers(self.account))
+        if why is None:
+            return False
+        ident = (record.kind, record.key)
+        if ident not in self._loose_logged:
+            self._loose_logged.add(ident)
+            log.warning(
+                "a history record matches a webhook only by asset and amount; not counted as missed"
+                if why == "unmatched"
+                else "a history record's webhook may have joined a look-alike counted missed; not counted",
+                extra={
+                    "account": self.account,
+                    "kind": record.kind,
+                    "ticker": record.ticker,
+                    "amount": format(record.amount, "f"),
+                },
             )
-            # A look-alike already counted missed whose webhook came since: that webhook may be this
-            # one's (the two cannot be told apart), and the miss was counted once already.
-            recounted = other.missed_counted and due_since(other) is None and look_alike(other, record)
-            if unmatched or recounted:
-                ident = (record.kind, record.key)
-                if ident not in self._loose_logged:
-                    self._loose_logged.add(ident)
-                    log.warning(
-                        "a history record matches a webhook only by asset and amount; not counted as missed"
-                        if unmatched
-                        else "a history record's webhook may have joined a look-alike counted missed; not counted",
-                        extra={
-                            "account": self.account,
-                            "kind": record.kind,
-                            "ticker": record.ticker,
-                            "amount": format(record.amount, "f"),
-                        },
-                    )
-                return True
-        return False
+        return True
+
+
+def loose_match(record: TransferRecord, others: Iterable[TransferRecord]) -> str | None:
+    """Why ``record``, due, is not counted missed although no webhook of its own came; None: it may be.
+
+    ``"unmatched"``: a webhook-only record of its account (among ``others``) that history never
+    matched, alike in asset and amount, reached the level that fell due: its webhook, most likely.
+    ``"recounted"``: a look-alike counted missed has received a webhook since, which may be this
+    one's (the two cannot be told apart), and the one miss among the two was counted already.
+    """
+    due = due_since(record)
+    # The level that fell due: a webhook-only record that reached it would have been this one's.
+    needed = max((level for level, at in _levels_seen(record) if at == due), default=FINAL_LEVEL)
+    for other in others:
+        if other.account != record.account or other.kind != record.kind or other.key == record.key:
+            continue
+        if webhook_level(other) < needed:
+            continue
+        if (
+            other.webhook_seen
+            and not other.history_seen
+            and asset_of(other.ticker) == asset_of(record.ticker)
+            and other.amount == record.amount
+            and abs(other.created_at - record.created_at) <= LOOSE_MATCH_WINDOW
+        ):
+            return "unmatched"
+        if other.missed_counted and due_since(other) is None and look_alike(other, record):
+            return "recounted"
+    return None
 
 
 # --- wiring -----------------------------------------------------------------------------------

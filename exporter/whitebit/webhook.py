@@ -397,12 +397,31 @@ class WhitebitReceiver:
         return self.reply(rejection.status, rejection.reason)
 
 
-class WhitebitDeriver:
-    """Derives the transfers of WhiteBIT inbox rows (see :mod:`exporter.webhooks.inbox`).
+def delivery_observation(delivery: InboxDelivery) -> TransferObservation | None:
+    """The transfer observation a WhiteBIT inbox row reports (None: no body, or no transfer event).
 
-    Reads nothing but the row: the envelope from its body, the time from when it was received; a
-    method that is no transfer event derives nothing.
+    Reads nothing but the row: the envelope from its body, the time from when it was received.
+    Raises :class:`DeriveError` for a body that cannot be one.
     """
+    body = delivery.body
+    if body is None:
+        return None
+    account = delivery.account
+    try:
+        _, method, params = parse_envelope(body, account)
+    except RejectedDelivery as rejected:
+        raise DeriveError(f"envelope: {rejected.rejection.detail or rejected.rejection.reason}") from None
+    if method not in WEBHOOK_TRANSFER_EVENTS:
+        return None
+    try:
+        return observation_from_webhook(account, method, params, delivery.received_at)
+    except ObservationError as exc:
+        raise DeriveError(str(exc)) from None
+
+
+class WhitebitDeriver:
+    """Derives the transfers of WhiteBIT inbox rows (see :mod:`exporter.webhooks.inbox`) by
+    :func:`delivery_observation`; a method that is no transfer event derives nothing."""
 
     provider = PROVIDER
 
@@ -411,20 +430,9 @@ class WhitebitDeriver:
 
     def stage(self, delivery: InboxDelivery) -> Applied:
         """Stage the transfer the row reports (inside the consumer's transaction); its in-memory update."""
-        body = delivery.body
-        if body is None:
+        observation = delivery_observation(delivery)
+        if observation is None:
             return None
-        account = delivery.account
-        try:
-            _, method, params = parse_envelope(body, account)
-        except RejectedDelivery as rejected:
-            raise DeriveError(f"envelope: {rejected.rejection.detail or rejected.rejection.reason}") from None
-        if method not in WEBHOOK_TRANSFER_EVENTS:
-            return None
-        try:
-            observation = observation_from_webhook(account, method, params, delivery.received_at)
-        except ObservationError as exc:
-            raise DeriveError(str(exc)) from None
         transfers = self._transfers
         update = transfers.stage(observation)
         return lambda: transfers.apply(update)

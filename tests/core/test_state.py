@@ -981,3 +981,87 @@ async def test_another_task_cannot_join_a_transaction_left_open_across_an_await(
     assert len(errors) == 1 and "never await inside" in str(errors[0])
     assert store.get_cursor("main", "holder") == "1"
     assert store.highest_nonce("main") is None
+
+
+# -- history evidence and the evidence horizon ---------------------------------------------------
+
+
+def history_rows(store: StateStore) -> list[tuple[str, int, int, str]]:
+    return [(e.account, e.first_feed, e.last_feed, e.record) for e in store.history_after(0, 100)]
+
+
+def test_a_history_record_is_kept_once_and_each_feed_that_reads_it_moves_it_on(
+    store: StateStore, clock: FakeClock
+) -> None:
+    first = store.record_history("main", [("d1", '{"a":1}'), ("d2", '{"a":2}')], observed_at=clock.now, baseline=True)
+    second = store.record_history(
+        "main", [("d2", '{"a":2}'), ("d3", '{"a":3}')], observed_at=clock.now + 60, baseline=False
+    )
+    other = store.record_history("other", [("d1", '{"a":1}')], observed_at=clock.now + 61, baseline=False)
+
+    assert [(f.seq, f.account, f.at, f.baseline) for f in store.history_feeds_after(0, 10)] == [
+        (first, "main", clock.now, True),
+        (second, "main", clock.now + 60, False),
+        (other, "other", clock.now + 61, False),
+    ]
+    assert history_rows(store) == [
+        ("main", first, first, '{"a":1}'),
+        ("main", first, second, '{"a":2}'),
+        ("main", second, second, '{"a":3}'),
+        ("other", other, other, '{"a":1}'),
+    ]
+    assert store.evidence_counts() == (0, 4)
+    assert store.record_history("main", [], observed_at=clock.now + 120, baseline=False) > other  # a feed, no record
+
+
+def test_purge_history_keeps_a_record_still_read_and_moves_the_horizon(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    store.record_history("main", [("old", "{}"), ("kept", "[]")], observed_at=start, baseline=True)
+    store.record_history("main", [("kept", "[]")], observed_at=start + 20 * DAY, baseline=False)
+    clock.now = start + 31 * DAY
+    assert store.evidence_horizon() is None
+
+    assert store.purge_history(30 * DAY) == 1  # the old record and the first feed
+    # A record a poll still reads stays, however old its first reading: a transfer in flight for weeks.
+    assert [row[3] for row in history_rows(store)] == ["[]"]
+    assert [f.at for f in store.history_feeds_after(0, 10)] == [start + 20 * DAY]
+    assert store.evidence_horizon() == clock.now - 30 * DAY
+    assert store.purge_history(30 * DAY) == 0
+    clock.now = start + 40 * DAY
+    assert store.purge_history(60 * DAY) == 0
+    assert store.evidence_horizon() == start + DAY  # never moved back
+
+
+def test_purge_inbox_moves_the_horizon_when_it_removes_a_body(store: StateStore, clock: FakeClock) -> None:
+    start = clock.now
+    store.add_delivery(delivery("old", start))
+    derive_all(store)
+    clock.now = start + DAY
+    assert store.purge_inbox(DAY / 2) == 1  # emptied (inside the dedupe window)
+    assert store.evidence_horizon() == clock.now - DAY / 2
+
+
+def test_reset_derived_state_keeps_older_transfers_and_rewinds_the_inbox(store: StateStore, clock: FakeClock) -> None:
+    store.put_transfer(transfer("older", created_at=100.0))
+    store.put_transfer(transfer("newer", created_at=200.0))
+    store.apply_zerohash_balance(zh_balance())
+    seq = store.add_delivery(delivery("d", clock.now))
+    assert seq is not None
+    derive_all(store)
+    store.mark_derive_error(seq, "no")
+
+    with store.transaction():
+        assert store.reset_derived_state(keep_transfers_created_before=150.0) == (1, 1)
+
+    assert [t.key for t in store.transfers()] == ["older"]
+    assert store.zerohash_balances() == [] and store.inbox_cursor() == 0
+    assert inbox(store)[0].derive_error is None
+
+
+def test_upgrading_to_v4_sets_the_horizon_where_evidence_was_not_kept(db_path: Path, clock: FakeClock) -> None:
+    with StateStore.open(db_path, clock=clock, migrations=MIGRATIONS[:3]) as old:
+        old.add_delivery(delivery("kept", clock.now))
+    with raw(db_path) as conn:
+        conn.execute("UPDATE inbox SET body = NULL, received_at = 5.0")  # as a v2 id migrated into v3
+    with StateStore.open(db_path, clock=clock) as s:
+        assert s.evidence_horizon() == 5.0  # no transfers: the body-less rows are all that is missing
