@@ -25,10 +25,11 @@ transfer created before it (less the ``createdAt`` tolerance) is *carried*: kept
 evidence that joins it is not replayed (it is in the record already).
 
 **Missed webhooks.** ``missed_counted`` says a transfer was counted in
-``whitebit_webhooks_missed_total``. A rebuild keeps that flag where the transfer (or the records it
-was merged from or split into) was counted before, at most as many times as it was, so nothing is
-counted twice; a transfer the new rules find missed that was never counted is left uncounted, and
-the exporter counts it (and alerts) at its next history poll. The report says how many.
+``whitebit_webhooks_missed_total``. The replay checks for missed webhooks when the polls did (each
+poll keeps its check among the feeds) with the same grace and retry window, so a transfer whose
+webhook came too late is counted as it was. Where the old state had counted no record of a
+transfer that the new rules find missed and still without its webhook, the flag is left off: the
+exporter counts it, and alerts, at its next history poll. The report says how many.
 
 **The report** compares the transfers before and after, matched as the same transfer when they
 look alike in every field both views carry (:func:`~exporter.whitebit.transfers.look_alike`) and no
@@ -54,9 +55,10 @@ from exporter.webhooks.inbox import DeriveError
 from exporter.whitebit.reconcile import (
     CURSOR_NAME,
     HistoryCursor,
+    MissedWebhooks,
+    MissedWebhookWatch,
     due_since,
     history_observations,
-    loose_match,
     stage_history,
 )
 from exporter.whitebit.transfers import (
@@ -137,6 +139,7 @@ class RebuildReport:
     removed: int = 0
     missed_before: int = 0
     missed_kept: int = 0
+    no_longer_missed: int = 0
     newly_missed: int = 0
     overdue: int = 0
     zerohash_before: int = 0
@@ -209,13 +212,12 @@ class Rebuilder:
         carried: set[tuple[str, str, str]] = {(r.account, r.kind, r.key) for r in store.transfers()}
         report.carried = len(carried)
         self._replay(book, carried, report)
-        self._replay_clock.now = now
         book.purge_final(now - FINAL_TRANSFER_RETENTION)
         self._restore_balances(balances_before, report)
         old = [r for r in before if (r.account, r.kind, r.key) not in carried]
         new = [r for r in store.transfers() if (r.account, r.kind, r.key) not in carried]
         report.transfers_before, report.transfers_after = len(before), len(new) + len(carried)
-        self._compare(old, new, now, report)
+        self._compare(old, new, report)
 
     def _replay(self, book: TransferBook, carried: set[tuple[str, str, str]], report: RebuildReport) -> None:
         store = self._store
@@ -223,7 +225,9 @@ class Rebuilder:
         total = sum(store.evidence_counts())
         done = 0
         zerohash = ZerohashDeriver(store, ZerohashBalances(())) if self._settings.zerohash else None
-        history = _HistoryReplay(store, book, lambda obs: self._joins_carried(book, obs, carried, report), report)
+        history = _HistoryReplay(
+            store, book, lambda obs: self._joins_carried(book, obs, carried, report), self._watches(book), report
+        )
         for item in _merged(_inbox_rows(store, last_seq), _feeds(store)):
             if isinstance(item, InboxDelivery):
                 self._replay_clock.now = item.received_at
@@ -238,6 +242,29 @@ class Rebuilder:
         if self._progress is not None:
             self._progress(total, total)  # records read before the horizon were counted, not replayed
         store.set_inbox_cursor(last_seq)
+        self._replay_clock.now = self._clock()
+        for watch in history.watches.values():  # as the exporter's next poll will
+            watch.evaluate()
+            report.overdue += len(watch.overdue)
+
+    def _watches(self, book: TransferBook) -> dict[str, MissedWebhookWatch]:
+        """A missed-webhook watch per account with a webhook, on the replay's clock, watching only what
+        the replay feeds it (a carried transfer is left as it is)."""
+        missed = MissedWebhooks(self._settings.webhooks)
+        return {
+            account: MissedWebhookWatch(
+                account,
+                book,
+                self._store,
+                grace=watch.grace,
+                retry_window=watch.retry_window,
+                missed=missed,
+                clock=self._replay_clock,
+                watching=set(),
+                replaying=True,
+            )
+            for account, watch in self._settings.webhooks.items()
+        }
 
     def _replay_delivery(
         self,
@@ -308,36 +335,24 @@ class Rebuilder:
 
     # -- comparing -----------------------------------------------------------------------------
 
-    def _compare(self, old: list[TransferRecord], new: list[TransferRecord], now: float, report: RebuildReport) -> None:
+    def _compare(self, old: list[TransferRecord], new: list[TransferRecord], report: RebuildReport) -> None:
+        """Classify the changes; leave each miss no exporter counted yet to the exporter's next poll."""
         report.missed_before = sum(1 for r in old if r.missed_counted)
-        flagged: list[TransferRecord] = []
         for olds, news in _components(old, new):
             _classify(olds, news, report)
-            counted = sum(1 for r in olds if r.missed_counted)
-            awaiting = sorted((r for r in news if due_since(r) is not None), key=lambda r: (due_since(r), r.created_at))
-            keep = {(r.kind, r.key, r.account) for r in awaiting[:counted]}
-            for record in news:
-                wanted = (record.kind, record.key, record.account) in keep
-                written = record if record.missed_counted == wanted else replace(record, missed_counted=wanted)
-                if written is not record:
-                    self._store.put_transfer(written)
-                flagged.append(written)
-        report.missed_kept = sum(1 for r in flagged if r.missed_counted)
-        by_account: dict[str, list[TransferRecord]] = {}
-        for record in self._store.transfers():
-            by_account.setdefault(record.account, []).append(record)
-        for record in flagged:
-            watch = self._settings.webhooks.get(record.account)
-            if watch is None or record.missed_counted:
-                continue  # nothing can be missed without a webhook; a counted one is not counted again
-            due = due_since(record)
-            if due is None or now - due < watch.grace:
+            counted_before = sum(1 for r in olds if r.missed_counted)
+            counted_now = [r for r in news if r.missed_counted]
+            if counted_before:
+                report.missed_kept += len(counted_now)
+                if not counted_now:
+                    report.no_longer_missed += counted_before
                 continue
-            if loose_match(record, by_account.get(record.account, ())) is not None:
-                continue
-            if now - due < watch.retry_window:
-                report.overdue += 1
-            else:
+            for record in counted_now:
+                if due_since(record) is None:
+                    report.missed_kept += 1  # its webhook came late: counted then, as the exporter did
+                    continue
+                # Missed by these rules and never counted: the exporter counts it (and alerts) next poll.
+                self._store.put_transfer(replace(record, missed_counted=False))
                 report.newly_missed += 1
 
 
@@ -386,6 +401,7 @@ def report_summary(report: RebuildReport) -> dict[str, Any]:
         "removed": report.removed,
         "missed_before": report.missed_before,
         "missed_kept": report.missed_kept,
+        "no_longer_missed": report.no_longer_missed,
         "newly_missed": report.newly_missed,
         "zerohash_changed": report.zerohash_changed,
     }
@@ -454,11 +470,13 @@ class _HistoryReplay:
         store: Rebuild,
         book: TransferBook,
         joins_carried: Callable[[TransferObservation], bool],
+        watches: Mapping[str, MissedWebhookWatch],
         report: RebuildReport,
     ) -> None:
         self._store = store
         self._book = book
         self._joins_carried = joins_carried
+        self.watches = watches
         self._report = report
         self._records = _records(store)
         self._next: HistoryEvidence | None = next(self._records, None)
@@ -473,7 +491,12 @@ class _HistoryReplay:
                 self._dirty.add(_identity(record))
 
     def feed(self, feed: HistoryFeed) -> int:
-        """Replay one feed; how many records it read for the first time."""
+        """Replay one feed (or a poll's check for missed webhooks); how many records it read for the first time."""
+        watch = self.watches.get(feed.account)
+        if feed.evaluation:
+            if watch is not None:
+                watch.evaluate()
+            return 0
         fresh: list[_Kept] = []
         while self._next is not None and self._next.first_feed <= feed.seq:
             evidence, self._next = self._next, next(self._records, None)
@@ -506,6 +529,8 @@ class _HistoryReplay:
                     fed.append(kept)
         cursor = None if feed.baseline else self._cursor(feed)
         updates, self._cursors[feed.account] = stage_history(self._book, observations, cursor, feed.at)
+        if watch is not None:
+            watch.track(updates)
         for update in updates:
             self._book.apply(update)
             self.touched(update)
@@ -689,9 +714,9 @@ def report_lines(report: RebuildReport, path: str) -> Iterable[str]:
         ("  removed", str(report.removed)),
         (
             "missed webhooks",
-            f"{report.missed_before} counted before; {report.missed_kept} still counted,"
-            f" {report.newly_missed} newly missed (counted at the exporter's next history poll),"
-            f" {report.overdue} overdue",
+            f"{report.missed_before} counted before; {report.missed_kept} counted now,"
+            f" {report.no_longer_missed} no longer missed, {report.newly_missed} newly missed (counted at the"
+            f" exporter's next history poll), {report.overdue} overdue",
         ),
         (
             "zero hash balances",

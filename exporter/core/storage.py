@@ -143,6 +143,10 @@ class TransferStorage(Transactions, Cursors, Protocol):
         """Keep what a poll fed: one feed, and each record (digest, JSON text) once per distinct digest."""
         ...
 
+    def record_evaluation(self, account: str, at: float) -> None:
+        """Keep that a poll checked for missed webhooks at ``at`` (among the feeds)."""
+        ...
+
     def purge_history(self, retention: float, *, limit: int = ...) -> int:
         """Forget at most ``limit`` history records no poll read for ``retention`` seconds."""
         ...

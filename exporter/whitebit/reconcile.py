@@ -375,21 +375,17 @@ class HistoryPoll:
         self.account = client.account
         self._book = book
         self._store = store
-        self.grace = grace
-        #: When an overdue webhook counts as missed; the grace itself unless given (then nothing is overdue).
-        self.retry_window = grace if retry_window is None else max(grace, retry_window)
-        #: None: the account has no webhook configured, so nothing is ever counted as missed.
-        self._missed = missed
         self._clock = clock
-        self._watch: set[tuple[str, str]] | None = None  # (kind, key) of transfers awaiting a webhook
-        self._loose_logged: set[tuple[str, str]] = set()
         self._status_filter_refused = False
         self._looked_up: dict[tuple[str, str], float] = {}  # (kind, key) -> when last looked up
-        #: (kind, key) -> when its webhook fell due, for transfers past the grace but not yet missed.
-        self.overdue: dict[tuple[str, str], float] = {}
-        if missed is not None:
-            missed.track_overdue(self.account, self.overdue)
-            book.add_listener(self._on_record)
+        #: None: the account has no webhook configured, so nothing is ever counted as missed.
+        self._watch = (
+            None
+            if missed is None
+            else MissedWebhookWatch(
+                self.account, book, store, grace=grace, retry_window=retry_window, missed=missed, clock=clock
+            )
+        )
 
     async def __call__(self) -> None:
         cursor = HistoryCursor.decode(self._store.get_cursor(self.account, CURSOR_NAME))
@@ -533,15 +529,13 @@ class HistoryPoll:
         observations, skipped = history_observations(self.account, records, now)
         for reason in skipped:
             log.warning("history record skipped", extra={"account": self.account, "reason": reason})
-        watch = self._watch_set()
         with self._store.transaction():
             updates, after = stage_history(self._book, observations, cursor, now)
             self._store.record_history(self.account, history_evidence(records), observed_at=now, baseline=baseline)
             self._store.set_cursor(self.account, CURSOR_NAME, after.encode())
+        if self._watch is not None:
+            self._watch.track(updates)
         for update in updates:
-            record = update.transition.record
-            if self._missed is not None and not record.missed_counted and due_since(record) is not None:
-                watch.add((record.kind, record.key))
             self._book.apply(update)
         if baseline:
             log.info(
@@ -550,16 +544,66 @@ class HistoryPoll:
             )
         return {(u.transition.record.kind, u.transition.record.key) for u in updates}
 
-    # -- missed webhooks -----------------------------------------------------------------------
+    def _evaluate(self) -> None:
+        if self._watch is not None:
+            self._watch.evaluate()
+
+
+class MissedWebhookWatch:
+    """One account's transfers awaiting a webhook: when each is overdue, and when it counts as missed.
+
+    Fed the updates of every history feed (:meth:`track`) and asked after every poll
+    (:meth:`evaluate`), which also keeps the evaluation as evidence (``record_evaluation``), so that
+    a rebuild asks at the same times. ``replaying`` (a rebuild) leaves out the log lines, which were
+    logged when it happened, and keeps no evaluation: the rebuild replays the ones kept.
+    """
+
+    def __init__(
+        self,
+        account: str,
+        book: TransferBook,
+        store: TransferStorage,
+        *,
+        grace: float,
+        retry_window: float | None,
+        missed: MissedWebhooks,
+        clock: Callable[[], float],
+        watching: set[tuple[str, str]] | None = None,
+        replaying: bool = False,
+    ) -> None:
+        self.account = account
+        self._book = book
+        self._store = store
+        self.grace = grace
+        #: When an overdue webhook counts as missed; the grace itself unless given (then nothing is overdue).
+        self.retry_window = grace if retry_window is None else max(grace, retry_window)
+        self._missed = missed
+        self._clock = clock
+        self._replaying = replaying
+        #: (kind, key) of transfers awaiting a webhook; None: read from the state file at the first use.
+        self._watch = watching
+        self._loose_logged: set[tuple[str, str]] = set()
+        #: (kind, key) -> when its webhook fell due, for transfers past the grace but not yet missed.
+        self.overdue: dict[tuple[str, str], float] = {}
+        missed.track_overdue(account, self.overdue)
+        book.add_listener(self._on_record)
+
+    def track(self, updates: Iterable[TransferUpdate]) -> None:
+        """Watch each transfer a history feed left awaiting a webhook."""
+        watch = self._watch_set()
+        for update in updates:
+            record = update.transition.record
+            if not record.missed_counted and due_since(record) is not None:
+                watch.add((record.kind, record.key))
 
     def _watch_set(self) -> set[tuple[str, str]]:
         if self._watch is None:
             # Rebuilt from the state file once per process, so a restart keeps waiting where it was.
-            self._watch = set()
-            if self._missed is not None:
-                for record in self._store.transfers(self.account):
-                    if not record.missed_counted and due_since(record) is not None:
-                        self._watch.add((record.kind, record.key))
+            self._watch = {
+                (record.kind, record.key)
+                for record in self._store.transfers(self.account)
+                if not record.missed_counted and due_since(record) is not None
+            }
         return self._watch
 
     def _on_record(self, record: TransferRecord) -> None:
@@ -572,9 +616,8 @@ class HistoryPoll:
         ):
             del self.overdue[ident]
 
-    def _evaluate(self) -> None:
-        if self._missed is None:
-            return
+    def evaluate(self) -> None:
+        """Count what has waited past the retry window as missed, hold what is past the grace as overdue."""
         now = self._clock()
         watch = self._watch_set()
         counted: list[TransferRecord] = []
@@ -600,8 +643,14 @@ class HistoryPoll:
                     counted.append(self._book.mark_missed(record))
                     watch.discard(ident)
                     self.overdue.pop(ident, None)
+                if not self._replaying:
+                    self._store.record_evaluation(self.account, now)
         except StateError as exc:
             log.warning("missed-webhook check not recorded", extra={"account": self.account, "error": str(exc)})
+            return
+        for record in counted:
+            self._missed.bump(record.account, record.kind)
+        if self._replaying:
             return
         for record in newly_overdue:
             log.warning(
@@ -610,7 +659,6 @@ class HistoryPoll:
                 extra={**_described(record), "grace_seconds": self.grace, "retry_window_seconds": self.retry_window},
             )
         for record in counted:
-            self._missed.bump(record.account, record.kind)
             log.warning(
                 "webhook missed: history shows a transfer whose webhook did not come within webhook_retry_window",
                 extra={**_described(record), "grace_seconds": self.grace, "retry_window_seconds": self.retry_window},
@@ -622,7 +670,7 @@ class HistoryPoll:
         if why is None:
             return False
         ident = (record.kind, record.key)
-        if ident not in self._loose_logged:
+        if ident not in self._loose_logged and not self._replaying:
             self._loose_logged.add(ident)
             log.warning(
                 "a history record matches a webhook only by asset and amount; not counted as missed"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import exporter.core.state as state_module
 from exporter.core.state import (
     _SCHEMA_V1,
     APPLICATION_ID,
@@ -25,6 +26,7 @@ from exporter.core.state import (
     TransferRecord,
     ZerohashBalance,
     _reconciliation_columns_v2,
+    delivery_digest,
 )
 
 DAY = 86400.0
@@ -1059,9 +1061,92 @@ def test_reset_derived_state_keeps_older_transfers_and_rewinds_the_inbox(store: 
 
 
 def test_upgrading_to_v4_sets_the_horizon_where_evidence_was_not_kept(db_path: Path, clock: FakeClock) -> None:
-    with StateStore.open(db_path, clock=clock, migrations=MIGRATIONS[:3]) as old:
-        old.add_delivery(delivery("kept", clock.now))
-    with raw(db_path) as conn:
-        conn.execute("UPDATE inbox SET body = NULL, received_at = 5.0")  # as a v2 id migrated into v3
+    with StateStore.open(db_path, clock=clock, migrations=MIGRATIONS[:3]):
+        pass
+    with raw(db_path) as conn:  # as a v2 id migrated into v3: no body
+        conn.execute(
+            "INSERT INTO inbox (provider, account, delivery_id, method, received_at, expires_at, status, verdict)"
+            " VALUES ('whitebit', 'main', 'kept', '', 5.0, 9e9, 200, 'ok')"
+        )
     with StateStore.open(db_path, clock=clock) as s:
         assert s.evidence_horizon() == 5.0  # no transfers: the body-less rows are all that is missing
+
+
+def test_migrating_to_v5_indexes_the_derived_rows_and_keeps_every_id_a_duplicate(
+    db_path: Path, clock: FakeClock
+) -> None:
+    with StateStore.open(db_path, clock=clock, migrations=MIGRATIONS[:4]):
+        pass
+    with raw(db_path) as conn:
+        for n, delivery_id in enumerate(["derived-1", "derived-2", "pending-3", "purged-4"], start=1):
+            conn.execute(
+                "INSERT INTO inbox (seq, provider, account, delivery_id, method, received_at, expires_at, status,"
+                " verdict, body) VALUES (?, 'whitebit', 'main', ?, 'deposit.processed', ?, 9e9, 200, 'ok', x'7b7d')",
+                (n, delivery_id, clock.now + n),
+            )
+        conn.execute("DELETE FROM inbox WHERE seq = 4")  # the newest row was purged: its seq is never reused
+        conn.execute(
+            "INSERT INTO cursors (account, name, value, updated_at) VALUES ('', 'inbox:applied', '2', 0)"
+            " ON CONFLICT (account, name) DO UPDATE SET value = '2'"
+        )
+
+    with StateStore.open(db_path, clock=clock) as s:
+        assert s.schema_version == len(MIGRATIONS)
+        with raw(db_path) as conn:
+            rows = conn.execute("SELECT seq, delivery_id, digest FROM inbox ORDER BY seq").fetchall()
+            indexed = conn.execute("SELECT seq, digest FROM inbox_ids ORDER BY seq").fetchall()
+        assert [(seq, digest) for seq, _, digest in rows] == [
+            (seq, delivery_digest("whitebit", "main", delivery_id)) for seq, delivery_id, _ in rows
+        ]
+        assert indexed == [(seq, digest) for seq, _, digest in rows if seq <= 2]
+        for delivery_id in ("derived-1", "derived-2", "pending-3"):
+            assert s.add_delivery(delivery(delivery_id, clock.now)) is None
+        assert [r.duplicates for r in inbox(s)] == [1, 1, 1]
+        assert s.add_delivery(delivery("new-5", clock.now)) == 5
+
+
+def test_a_duplicate_is_found_before_and_after_its_row_is_derived_and_across_a_restart(
+    db_path: Path, clock: FakeClock
+) -> None:
+    with StateStore.open(db_path, clock=clock) as s:
+        first = s.add_delivery(delivery("a", clock.now))
+        assert first is not None
+        assert s.add_delivery(delivery("a", clock.now)) is None  # not derived yet: found in memory
+        with s.transaction():  # a savepoint after it is undone, the row stays
+            s.add_delivery(delivery("b", clock.now))
+            with pytest.raises(ZeroDivisionError), s.transaction():
+                raise ZeroDivisionError
+        assert s.delivery_seen("whitebit", "main", "b")
+
+        def store_then_fail() -> None:
+            with s.transaction():
+                s.add_delivery(delivery("c", clock.now))
+                raise RuntimeError
+
+        # Rolled back: the row it stored is gone, so its memory of it must not make "c" a duplicate.
+        with pytest.raises(RuntimeError):
+            store_then_fail()
+        assert not s.delivery_seen("whitebit", "main", "c")
+        assert s.add_delivery(delivery("c", clock.now)) is not None  # really new
+        derive_all(s)
+        assert s.add_delivery(delivery("a", clock.now)) is None  # derived: found by its digest in inbox_ids
+        assert s.add_delivery(delivery("a", clock.now, account="other")) is not None  # another account's id
+        pending = s.add_delivery(delivery("d", clock.now))
+    with StateStore.open(db_path, clock=clock) as s:
+        assert s.add_delivery(delivery("d", clock.now)) is None  # not derived before the restart
+        assert s.add_delivery(delivery("c", clock.now)) is None
+        assert [r.duplicates for r in inbox(s) if r.delivery_id == "a"] == [2, 0]
+        assert pending is not None and s.get_delivery(pending) is not None
+
+
+def test_two_deliveries_sharing_a_digest_are_both_kept(
+    store: StateStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_module, "delivery_digest", lambda provider, account, delivery_id: 42)
+    assert store.add_delivery(delivery("x", clock.now)) is not None
+    assert store.add_delivery(delivery("y", clock.now)) is not None
+    assert store.add_delivery(delivery("y", clock.now)) is None
+    derive_all(store)
+    assert store.add_delivery(delivery("x", clock.now)) is None
+    assert store.add_delivery(delivery("z", clock.now)) is not None
+    assert [(r.delivery_id, r.duplicates) for r in inbox(store)] == [("x", 1), ("y", 1), ("z", 0)]

@@ -228,9 +228,8 @@ async def test_a_delivery_table_damaged_while_running_turns_ready_503(make_confi
             path = Path(exporter.config.state.path)
             assert exporter.state.checkpoint(truncate=True)
             with sqlite3.connect(path) as conn:
-                [(root,)] = conn.execute(
-                    "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_inbox_1'"
-                ).fetchall()
+                # The table every new delivery's dedupe lookup reads (exporter/core/state.py, add_delivery).
+                [(root,)] = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'inbox_ids'").fetchall()
             conn.close()
             with StateStore.open(path) as other:
                 damage_page(path, int(root))

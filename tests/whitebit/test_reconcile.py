@@ -695,7 +695,7 @@ async def test_a_history_poll_writes_each_transfer_row_once(tmp_path: Path, monk
     with StateStore.open(tmp_path / "state.db", clock=clock) as store:
         poll, missed = history_poll(store, client, clock)
         writes = count_row_writes(store, monkeypatch)
-        # White-box: rows SQLite wrote, the cursor and the history evidence (a feed, a row per record) included.
+        # White-box: rows SQLite wrote, the cursor and the evidence (a feed, a row per record, the check) included.
         changes = store._conn().total_changes
 
         def rows_written_by_next_poll() -> tuple[dict[tuple[str, str], int], int]:
@@ -708,7 +708,7 @@ async def test_a_history_poll_writes_each_transfer_row_once(tmp_path: Path, monk
         await poll()  # the baseline: the lifecycle, the first sighting and the waiver in one write
         [record] = store.transfers(ACCOUNT)
         assert (record.history_pending_at, record.history_waived) == (clock.now, PENDING_LEVEL)
-        assert rows_written_by_next_poll() == ({("deposit", record.key): 1}, 2 + 1 + 1)
+        assert rows_written_by_next_poll() == ({("deposit", record.key): 1}, 2 + 1 + 1 + 1)
 
         clock.advance(1)
         client.records = [withdrawal, {**deposit, "status": 3}]
@@ -718,17 +718,17 @@ async def test_a_history_poll_writes_each_transfer_row_once(tmp_path: Path, monk
         assert by_kind["withdraw"].history_pending_at == clock.now
         assert rows_written_by_next_poll() == (
             {("deposit", record.key): 1, ("withdraw", by_kind["withdraw"].key): 1},
-            3 + 1 + 2,
+            3 + 1 + 2 + 1,
         )
 
         await poll()  # nothing new: no transfer row is written at all (the evidence is seen again)
-        assert rows_written_by_next_poll() == ({}, 1 + 1 + 2)
+        assert rows_written_by_next_poll() == ({}, 1 + 1 + 2 + 1)
 
         clock.advance(GRACE + 1)
         await poll()  # both fall due: each row is written once more, with its counted flag
         assert rows_written_by_next_poll() == (
             {("deposit", record.key): 1, ("withdraw", by_kind["withdraw"].key): 1},
-            3 + 1 + 2,
+            3 + 1 + 2 + 1,
         )
         assert [r.missed_counted for r in store.transfers(ACCOUNT)] == [True, True]
         assert missed_counts(missed) == [1, 1]
