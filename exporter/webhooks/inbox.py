@@ -22,10 +22,11 @@ process, from the inbox rows in the order they were received:
 Receivers call :meth:`InboxConsumer.notify` after a commit that stored a row; the consumer also looks
 every ``idle_poll`` seconds. Nothing about derivation has to be decided before a sender gets its
 answer, so while rows keep arriving derivation takes at most :data:`BUSY_SHARE` of the event loop
-(a burst is answered first and derivation falls behind), half of it once it is :data:`LAG_LIMIT`
-seconds behind (so that a long, heavy flow cannot leave it behind for good), and all it needs as
-soon as they stop; the backlog is exported (``whitebit_exporter_inbox_pending_deliveries``,
-``whitebit_exporter_inbox_lag_seconds``).
+(enough to follow a steady flow), only :data:`BURST_SHARE` while rows arrive faster than that
+share can derive them (a burst: it is answered first and derivation falls behind), half of it once it
+is :data:`LAG_LIMIT` seconds behind (so that a long, heavy flow cannot leave it behind for good),
+and all it needs as soon as they stop; the backlog is exported
+(``whitebit_exporter_inbox_pending_deliveries``, ``whitebit_exporter_inbox_lag_seconds``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from functools import partial
@@ -62,6 +64,20 @@ IDLE_POLL = 1.0
 RETRY_PAUSE = 1.0
 #: The most of the event loop's time derivation takes while receivers saturate it with new rows (a burst).
 BUSY_SHARE = 0.1
+#: The most it takes while rows arrive faster than it derives them at :data:`BUSY_SHARE` (a full batch,
+#: and the rate of arrivals times its cost per row above that share): a saturating burst. Following one
+#: is impossible at any share short of most of the loop, and every bit taken from intake slows the
+#: answers, so it takes little until the burst ends or it is :data:`LAG_LIMIT` behind. Only a full
+#: batch tells: a small one's cost per row is mostly the batch's own (a query and a commit).
+BURST_SHARE = 0.02
+#: Seconds over which the rate of arrivals is measured: the answers to a burst reach the consumer in
+#: lumps (those queued while a batch held the loop), which a shorter window would take for a burst.
+RATE_WINDOW = 0.5
+#: The longest pause between two batches while rows keep coming: a batch slowed by a WAL checkpoint
+#: would otherwise buy a pause many times its length.
+MAX_PAUSE = 1.0
+#: Full batches whose cost per row is remembered; the cheapest is taken as the cost.
+COST_SAMPLES = 3
 #: Seconds behind (the oldest row of a batch) from which derivation takes :data:`CATCH_UP_SHARE` instead.
 LAG_LIMIT = 10.0
 CATCH_UP_SHARE = 0.5
@@ -89,6 +105,33 @@ class Deriver(Protocol):
         ...
 
 
+def loop_share(
+    *,
+    took: float,
+    derived: int,
+    full: bool,
+    rate: float,
+    behind: bool,
+    busy_share: float,
+    burst_share: float,
+) -> float:
+    """The share of the event loop derivation takes next while rows keep arriving. Pure.
+
+    ``took``: seconds a batch of ``derived`` rows takes (the cheapest of the last few full ones: one
+    that paid for a WAL checkpoint is not the cost of a row); ``full``: the last batch was full;
+    ``rate``: rows stored per second, measured over at least :data:`RATE_WINDOW`; ``behind``: the
+    oldest row is past the lag limit. Half the loop when behind; ``burst_share`` when a full batch
+    shows that following the arrivals would take more than ``busy_share`` (a burst); else
+    ``busy_share``.
+    """
+    if behind:
+        return CATCH_UP_SHARE
+    needed = rate * took / max(derived, 1)
+    if full and needed > busy_share:
+        return burst_share
+    return busy_share
+
+
 class InboxConsumer(Collector):
     """Derives state from the inbox in the order received, with a durable cursor; renders its progress.
 
@@ -113,14 +156,16 @@ class InboxConsumer(Collector):
         idle_poll: float = IDLE_POLL,
         retry_pause: float = RETRY_PAUSE,
         busy_share: float = BUSY_SHARE,
+        burst_share: float = BURST_SHARE,
         lag_limit: float = LAG_LIMIT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if not 0 < busy_share <= 1:
-            raise ValueError("busy_share must be in (0, 1]")
+        if not 0 < busy_share <= 1 or not 0 < burst_share <= 1:
+            raise ValueError("busy_share and burst_share must be in (0, 1]")
         self._busy_share = busy_share
+        self._burst_share = burst_share
         self._lag_limit = lag_limit
         self._stored = 0
         self._batch_lag = 0.0
@@ -152,13 +197,15 @@ class InboxConsumer(Collector):
         """Derive batches while there are rows, wait for a notify (or ``idle_poll``) when there are none.
 
         While receivers keep storing rows, derivation takes at most ``busy_share`` of the event loop's
-        time (after a batch that took t seconds it pauses ``t * (1 - share) / share``), or
-        :data:`CATCH_UP_SHARE` once its oldest row is ``lag_limit`` seconds old; once they stop, it
-        derives batch after batch, each after every ready callback has run.
+        time (after a batch that took t seconds it pauses ``t * (1 - share) / share``), less during a
+        burst or more when far behind (:func:`loop_share`); once they stop, it derives batch after
+        batch, each after every ready callback has run.
         """
         loop = asyncio.get_running_loop()
         share = self._busy_share
         stored = self._stored
+        rate, window_start, window_stored = 0.0, loop.time(), stored  # arrivals per second, measured
+        costs: deque[float] = deque(maxlen=COST_SAMPLES)  # seconds per row of the last full batches
         while True:
             self._wake.clear()
             started = loop.time()
@@ -175,9 +222,24 @@ class InboxConsumer(Collector):
                     # takes half the loop, so that a flow it cannot follow at its share never leaves
                     # it behind for good.
                     stored = self._stored
-                    took = loop.time() - started
-                    part = share if self._batch_lag < self._lag_limit else CATCH_UP_SHARE
-                    await asyncio.sleep(took * (1 - part) / part)
+                    now = loop.time()
+                    took = now - started
+                    if now - window_start >= RATE_WINDOW:
+                        rate = (stored - window_stored) / (now - window_start)
+                        window_start, window_stored = now, stored
+                    full = derived >= self._batch_size
+                    if full:
+                        costs.append(took / derived)
+                    part = loop_share(
+                        took=min(costs, default=took / derived) * derived,
+                        derived=derived,
+                        full=full,
+                        rate=rate,
+                        behind=self._batch_lag >= self._lag_limit,
+                        busy_share=share,
+                        burst_share=self._burst_share,
+                    )
+                    await asyncio.sleep(min(took * (1 - part) / part, MAX_PAUSE))
                 else:
                     await asyncio.sleep(0)  # every ready callback runs before the next batch
                 continue

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.core.state import InboxDelivery, StateError, StateStore
-from exporter.webhooks.inbox import Applied, DeriveError, InboxConsumer
+from exporter.webhooks.inbox import CATCH_UP_SHARE, Applied, DeriveError, InboxConsumer, loop_share
 from tests.helpers import collected, wait_for
 
 
@@ -183,6 +183,31 @@ async def test_derivation_yields_to_a_burst_then_catches_up_once_it_is_over(stor
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def share(
+    *, took: float = 0.016, derived: int = 256, full: bool = True, rate: float = 0.0, behind: bool = False
+) -> float:
+    return loop_share(
+        took=took,
+        derived=derived,
+        full=full,
+        rate=rate,
+        behind=behind,
+        busy_share=0.1,
+        burst_share=0.02,
+    )
+
+
+def test_the_share_of_the_loop_follows_a_steady_flow_and_yields_to_a_burst() -> None:
+    # 256 rows in 16 ms (62.5 us each). 1,000 rows/s need 6 % of the loop: a steady flow, followed.
+    assert share(rate=1000) == 0.1
+    # 12,000 rows/s would need 75 %: a burst, answered first.
+    assert share(rate=12_000) == 0.02
+    # A small batch says nothing about the cost per row (its query and commit dominate): followed.
+    assert share(took=0.003, derived=10, full=False, rate=12_000) == 0.1
+    # Past the lag limit: half the loop, burst or not.
+    assert share(rate=12_000, behind=True) == CATCH_UP_SHARE
 
 
 async def test_past_the_lag_limit_derivation_takes_half_the_loop(store: StateStore) -> None:
