@@ -142,9 +142,10 @@ class RebuildReport:
     no_longer_missed: int = 0
     newly_missed: int = 0
     overdue: int = 0
-    zerohash_before: int = 0
-    zerohash_after: int = 0
-    zerohash_changed: int = 0
+    #: Zero Hash balances held before and after the rebuild, and how many of them differ.
+    balances_before: int = 0
+    balances_after: int = 0
+    balances_changed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Every field, for ``--format json``."""
@@ -211,7 +212,7 @@ class Rebuilder:
         book = TransferBook(store, self._settings.accounts, clock=self._replay_clock)
         carried: set[tuple[str, str, str]] = {(r.account, r.kind, r.key) for r in store.transfers()}
         report.carried = len(carried)
-        self._replay(book, carried, report)
+        self._replay(book, carried, report, now)
         book.purge_final(now - FINAL_TRANSFER_RETENTION)
         self._restore_balances(balances_before, report)
         old = [r for r in before if (r.account, r.kind, r.key) not in carried]
@@ -219,7 +220,9 @@ class Rebuilder:
         report.transfers_before, report.transfers_after = len(before), len(new) + len(carried)
         self._compare(old, new, report)
 
-    def _replay(self, book: TransferBook, carried: set[tuple[str, str, str]], report: RebuildReport) -> None:
+    def _replay(
+        self, book: TransferBook, carried: set[tuple[str, str, str]], report: RebuildReport, now: float
+    ) -> None:
         store = self._store
         last_seq = store.last_inbox_seq()
         total = sum(store.evidence_counts())
@@ -242,7 +245,7 @@ class Rebuilder:
         if self._progress is not None:
             self._progress(total, total)  # records read before the horizon were counted, not replayed
         store.set_inbox_cursor(last_seq)
-        self._replay_clock.now = self._clock()
+        self._replay_clock.now = now
         for watch in history.watches.values():  # as the exporter's next poll will
             watch.evaluate()
             report.overdue += len(watch.overdue)
@@ -321,17 +324,15 @@ class Rebuilder:
     def _restore_balances(self, before: list[ZerohashBalance], report: RebuildReport) -> None:
         """Put back each balance no kept delivery derived again (its evidence is gone), count changes."""
         store = self._store
-        after = {_balance_key(b): b for b in store.zerohash_balances()}
+        after = {_balance_key(b) for b in store.zerohash_balances()}
         for balance in before:
             if _balance_key(balance) not in after:
                 store.apply_zerohash_balance(balance)
-        report.zerohash_before = len(before)
+        # Every balance held before is held again (put back or derived again): what differs is all that changed.
         rebuilt = store.zerohash_balances()
-        report.zerohash_after = len(rebuilt)
         old = {_balance_key(b): b for b in before}
-        report.zerohash_changed = sum(1 for b in rebuilt if old.get(_balance_key(b)) != b) + sum(
-            1 for key in old if key not in {_balance_key(b) for b in rebuilt}
-        )
+        report.balances_before, report.balances_after = len(before), len(rebuilt)
+        report.balances_changed = sum(1 for b in rebuilt if old.get(_balance_key(b)) != b)
 
     # -- comparing -----------------------------------------------------------------------------
 
@@ -403,7 +404,7 @@ def report_summary(report: RebuildReport) -> dict[str, Any]:
         "missed_kept": report.missed_kept,
         "no_longer_missed": report.no_longer_missed,
         "newly_missed": report.newly_missed,
-        "zerohash_changed": report.zerohash_changed,
+        "balances_changed": report.balances_changed,
     }
 
 
@@ -720,7 +721,7 @@ def report_lines(report: RebuildReport, path: str) -> Iterable[str]:
         ),
         (
             "zero hash balances",
-            f"{report.zerohash_before} before, {report.zerohash_after} after, {report.zerohash_changed} changed",
+            f"{report.balances_before} before, {report.balances_after} after, {report.balances_changed} changed",
         ),
     ]
     width = max(len(name) for name, _ in rows)

@@ -236,7 +236,7 @@ async def test_a_file_derived_by_a_wrong_rule_is_rebuilt_to_what_the_right_rule_
     assert (report.unchanged, report.changed) == (2, 0)
     assert (report.missed_before, report.missed_kept, report.newly_missed) == (3, 1, 0)
     assert (report.webhooks_replayed, report.history_records_replayed, report.not_derivable) == (4, 6, 0)
-    assert (report.zerohash_before, report.zerohash_after, report.zerohash_changed) == (1, 1, 0)
+    assert (report.balances_before, report.balances_after, report.balances_changed) == (1, 1, 0)
     assert report.carried == 0 and report.horizon is None
 
     # Rebuilding what is right changes nothing.
