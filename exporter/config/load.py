@@ -20,6 +20,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,11 +42,15 @@ from exporter.config.schema import (
     MAX_LISTENER_CONNECTIONS,
     MAX_ZEROHASH_TIMESTAMP_TOLERANCE,
     NONCE_POLICIES,
+    RELAY_PROVIDERS,
     RESERVED_ACCOUNT_NAME,
     Config,
     ListenAddress,
     PollConfig,
     RateLimit,
+    RelayConfig,
+    RelayTargetConfig,
+    RelayTlsConfig,
     RestConfig,
     StateConfig,
     WebConfig,
@@ -56,7 +61,28 @@ from exporter.config.schema import (
     ZerohashWebhookConfig,
 )
 
-_TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash")
+_TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash", "relay")
+_RELAY_KEYS = ("targets",)
+_RELAY_TARGET_KEYS = (
+    "name",
+    "url",
+    "providers",
+    "accounts",
+    "methods",
+    "timeout",
+    "retry_for",
+    "max_backoff",
+    "headers",
+    "header_files",
+    "tls",
+)
+_RELAY_TLS_KEYS = ("ca_file", "cert_file", "key_file")
+#: A header field name (RFC 9110 section 5.1: a token).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers the relay writes itself (the body's framing, and each provider's signature headers, forwarded
+#: as received): a target's own headers must not replace them.
+_RELAY_OWN_HEADERS = ("host", "content-type", "content-length", "transfer-encoding", "connection")
+_RELAY_OWN_PREFIXES = ("x-txc-", "x-zh-hook-")
 _LISTENER_LIMIT_KEYS = ("request_timeout", "idle_timeout", "max_connections")
 _WEB_KEYS = ("listen_address", *_LISTENER_LIMIT_KEYS)
 _WEBHOOKS_KEYS = ("listen_address", "max_body_bytes", *_LISTENER_LIMIT_KEYS)
@@ -318,6 +344,13 @@ def _at(location: str, key: str | int) -> str:
     return f"{location}[{key}]" if isinstance(key, int) else f"{location}.{key}" if location else key
 
 
+def _reason(error: OSError | ssl.SSLError) -> str:
+    """What went wrong loading a TLS file, in a few words."""
+    if isinstance(error, ssl.SSLError):
+        return str(error.reason or error)
+    return str(error.strerror or error)
+
+
 def _present(mapping: Mapping[str, Any], key: str) -> bool:
     """A key counts as given when it is there and not null (``null`` means "use the default")."""
     return mapping.get(key) is not None
@@ -354,6 +387,7 @@ class _Loader:
         rest = self.rest(top.get("rest"))
         accounts = self.accounts(top.get("whitebit"))
         zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
+        relay = self.relay(top.get("relay"), accounts)
         if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
             self.problem(self.source, "nothing to monitor (configure a whitebit account or the zerohash section)")
         return Config(
@@ -370,6 +404,7 @@ class _Loader:
             whitebit=accounts,
             zerohash=zerohash,
             rest=rest,
+            relay=relay,
         )
 
     def rest(self, node: Any) -> RestConfig:
@@ -623,6 +658,179 @@ class _Loader:
                 legacy_signature=legacy_signature or ZerohashWebhookConfig.legacy_signature,
             )
         )
+
+    def relay(self, node: Any, accounts: tuple[WhitebitAccountConfig, ...]) -> RelayConfig:
+        fields = self.mapping(node, "relay", _RELAY_KEYS) or {}
+        if not _present(fields, "targets"):
+            return RelayConfig()
+        targets_node = fields["targets"]
+        if not isinstance(targets_node, list):
+            self.problem("relay.targets", f"expected a list of targets, got {_kind(targets_node)}")
+            return RelayConfig()
+        known = {account.name for account in accounts}
+        targets: list[RelayTargetConfig] = []
+        names: dict[str, int] = {}
+        for index, item in enumerate(targets_node):
+            target = self.relay_target(item, f"relay.targets[{index}]", known)
+            if target is None:
+                continue
+            if not _ACCOUNT_NAME.fullmatch(target.name):
+                self.problem(
+                    f"relay.targets[{index}].name", f'invalid target name "{target.name}" (letters, digits, _ . -)'
+                )
+            elif target.name in names:
+                self.problem(
+                    f"relay.targets[{index}].name",
+                    f'duplicate target name "{target.name}" (also relay.targets[{names[target.name]}])',
+                )
+            names.setdefault(target.name, index)
+            targets.append(target)
+        return RelayConfig(targets=tuple(targets))
+
+    def relay_target(self, node: Any, location: str, accounts: set[str]) -> RelayTargetConfig | None:
+        fields = self.mapping(node, location, _RELAY_TARGET_KEYS)
+        if fields is None:
+            return None
+        before = len(self.problems)
+        name = self.string_field(fields, "name", location, required=True)
+        url = self.relay_url(fields, location)
+        providers = self.string_list(fields, "providers", location)
+        for index, provider in enumerate(providers or ()):
+            if provider not in RELAY_PROVIDERS:
+                self.problem(f"{location}.providers[{index}]", f'unknown provider "{provider}" (whitebit or zerohash)')
+        if providers is not None and not providers:
+            self.problem(_at(location, "providers"), "must list at least one provider (leave it out for both)")
+        chosen = providers or RELAY_PROVIDERS
+        target_accounts = self.string_list(fields, "accounts", location)
+        if target_accounts is not None:
+            if "whitebit" not in chosen:
+                self.problem(_at(location, "accounts"), "names WhiteBIT accounts, but whitebit is not a provider")
+            for index, account in enumerate(target_accounts):
+                if account not in accounts:
+                    self.problem(f"{location}.accounts[{index}]", f'no WhiteBIT account "{account}" is configured')
+            if not target_accounts:
+                self.problem(_at(location, "accounts"), "must list at least one account (leave it out for all)")
+        methods = self.string_list(fields, "methods", location)
+        if methods is not None and not methods:
+            self.problem(_at(location, "methods"), "must list at least one method (leave it out for all)")
+        for index, method in enumerate(methods or ()):
+            if method == "":
+                self.problem(f"{location}.methods[{index}]", "must not be empty")
+        timeout = self.duration(fields, "timeout", location)
+        retry_for = self.duration(fields, "retry_for", location)
+        max_backoff = self.duration(fields, "max_backoff", location)
+        defaults = RelayTargetConfig(name="", url="")
+        retry_for = defaults.retry_for if retry_for is None else retry_for
+        for key, value in (("timeout", timeout), ("max_backoff", max_backoff)):
+            if value is not None and value > retry_for:
+                self.problem(_at(location, key), f"must not exceed retry_for ({retry_for:g} s), got {value:g} s")
+        headers = self.relay_headers(fields, location)
+        tls = self.relay_tls(fields, location, url)
+        if len(self.problems) > before or name is None or url is None:
+            return None
+        return RelayTargetConfig(
+            name=name,
+            url=url,
+            providers=tuple(dict.fromkeys(chosen)),
+            accounts=target_accounts,
+            methods=methods,
+            timeout=defaults.timeout if timeout is None else timeout,
+            retry_for=retry_for,
+            max_backoff=defaults.max_backoff if max_backoff is None else max_backoff,
+            headers=headers,
+            tls=tls,
+        )
+
+    def relay_url(self, fields: Mapping[str, Any], location: str) -> str | None:
+        """The target's URL as given (its path kept exactly): http or https, a host, no credentials,
+        no query or fragment (a token there would be logged; give it as a header)."""
+        text = self.string_field(fields, "url", location, required=True)
+        if text is None:
+            return None
+        where = _at(location, "url")
+        try:
+            parts = urllib.parse.urlsplit(text)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # an invalid port raises here
+        except ValueError:
+            valid = False
+        if not valid:
+            self.problem(where, "invalid URL (want http://HOST/PATH or https://HOST/PATH)")
+            return None
+        if parts.username is not None or parts.password is not None:
+            self.problem(where, "must not hold credentials (give them as a header, from ${ENV} or header_files)")
+            return None
+        if parts.query or parts.fragment:
+            self.problem(where, "must not have a query or fragment (give a token as a header)")
+            return None
+        return text
+
+    def relay_headers(self, fields: Mapping[str, Any], location: str) -> tuple[tuple[str, str], ...]:
+        """``headers`` (name: value, ``${ENV}`` allowed) and ``header_files`` (name: a file holding the value)."""
+        found: dict[str, tuple[str, str]] = {}
+        for key in ("headers", "header_files"):
+            if not _present(fields, key):
+                continue
+            where = _at(location, key)
+            node = fields[key]
+            if not isinstance(node, dict):
+                self.problem(where, f"expected a mapping of header names to values, got {_kind(node)}")
+                continue
+            for header, raw in node.items():
+                spot = _at(where, str(header))
+                if not isinstance(header, str) or not _HEADER_NAME.fullmatch(header):
+                    self.problem(spot, "invalid header name")
+                    continue
+                lowered = header.lower()
+                if lowered in _RELAY_OWN_HEADERS or lowered.startswith(_RELAY_OWN_PREFIXES):
+                    self.problem(spot, "the relay sets this header itself (the body's framing, or a signature header)")
+                    continue
+                if lowered in found:
+                    self.problem(spot, f'header "{header}" is given twice')
+                    continue
+                value = self.string(raw, spot) if key == "headers" else self.header_file(raw, spot)
+                if value is None:
+                    continue
+                if value == "" or any(ch in value for ch in "\r\n\x00") or not value.isprintable():
+                    self.problem(spot, "must be a non-empty header value (printable, one line)")
+                    continue
+                found[lowered] = (header, value)
+        return tuple(found.values())
+
+    def header_file(self, raw: Any, location: str) -> str | None:
+        path = self.string(raw, location)
+        return None if path is None else self.read_secret_file(path, location)
+
+    def relay_tls(self, fields: Mapping[str, Any], location: str, url: str | None) -> RelayTlsConfig:
+        """The TLS files of a target, each loaded once here so that a bad one stops the start, not a delivery."""
+        where = _at(location, "tls")
+        tls = self.mapping(fields.get("tls"), where, _RELAY_TLS_KEYS)
+        if not tls:
+            return RelayTlsConfig()
+        if url is not None and not url.startswith("https://"):
+            self.problem(where, "TLS options need an https:// URL")
+            return RelayTlsConfig()
+        paths = {key: self.string_field(tls, key, where) for key in _RELAY_TLS_KEYS}
+        resolved = {key: None if path is None else self.resolve(path) for key, path in paths.items()}
+        if _present(tls, "cert_file") != _present(tls, "key_file"):
+            self.problem(where, "cert_file and key_file go together (a client certificate and its key)")
+            return RelayTlsConfig()
+        try:
+            context = ssl.create_default_context(cafile=resolved["ca_file"])
+        except (OSError, ssl.SSLError) as error:
+            shown = paths["ca_file"]
+            self.problem(_at(where, "ca_file"), f'cannot load "{shown}" as CA certificates: {_reason(error)}')
+            return RelayTlsConfig()
+        if resolved["cert_file"] is not None and resolved["key_file"] is not None:
+            try:
+                context.load_cert_chain(resolved["cert_file"], resolved["key_file"])
+            except (OSError, ssl.SSLError) as error:
+                self.problem(
+                    _at(where, "cert_file"),
+                    f'cannot load "{paths["cert_file"]}" with "{paths["key_file"]}": {_reason(error)}',
+                )
+                return RelayTlsConfig()
+        return RelayTlsConfig(**resolved)
 
     # --- field helpers ---------------------------------------------------------------------------
 

@@ -202,6 +202,49 @@ class ZerohashConfig:
     webhook: ZerohashWebhookConfig
 
 
+#: Providers whose verified deliveries a relay target may receive.
+RELAY_PROVIDERS: tuple[str, ...] = ("whitebit", "zerohash")
+
+
+@dataclass(frozen=True)
+class RelayTlsConfig:
+    """TLS towards a relay target: a CA file to verify it by (else the system's), and a client
+    certificate and key to present (both or neither). Paths as resolved; each was loaded once."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RelayTargetConfig:
+    """One payment backend the verified deliveries are forwarded to.
+
+    ``providers``, ``accounts`` and ``methods`` choose what goes there (None: every account or
+    method); ``timeout`` bounds one attempt, ``retry_for`` how long a delivery is tried before it is
+    a dead letter, ``max_backoff`` the longest wait between two attempts. ``headers`` are added to
+    every request (their values may be secrets, so they never show in ``repr``).
+    """
+
+    name: str
+    url: str
+    providers: tuple[str, ...] = RELAY_PROVIDERS
+    accounts: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None
+    timeout: float = 10.0
+    retry_for: float = 7 * 86400.0
+    max_backoff: float = 3600.0
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    tls: RelayTlsConfig = RelayTlsConfig()
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Where verified deliveries are forwarded (none by default)."""
+
+    targets: tuple[RelayTargetConfig, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -212,3 +255,4 @@ class Config:
     whitebit: tuple[WhitebitAccountConfig, ...]
     zerohash: ZerohashConfig | None = None
     rest: RestConfig = RestConfig()
+    relay: RelayConfig = RelayConfig()
