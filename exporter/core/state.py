@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -375,6 +375,34 @@ def _inbox_dedupe_v5(conn: sqlite3.Connection) -> None:
     )
 
 
+def _relay_v6(conn: sqlite3.Connection) -> None:
+    """Schema v6: what the relay owes each target (``relay_deliveries``, one row per inbox row and target).
+
+    ``state`` is pending until the target answers 2xx (delivered) or the row's time runs out (dead);
+    ``attempts``, ``next_attempt_at``, and the last answer (``last_status``, ``last_error``) say where a
+    pending one stands. Keyed by (seq, target), so the inbox purge finds a row still owed by its seq;
+    ``relay_heads`` finds, per target, the oldest pending row of each (provider, account).
+    A snapshot of the v6 format.
+    """
+    conn.execute(
+        "CREATE TABLE relay_deliveries ("
+        " seq INTEGER NOT NULL,"
+        " target TEXT NOT NULL,"
+        " provider TEXT NOT NULL,"
+        " account TEXT NOT NULL,"
+        " state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'dead')),"
+        " attempts INTEGER NOT NULL DEFAULT 0,"
+        " enqueued_at REAL NOT NULL,"
+        " next_attempt_at REAL NOT NULL,"
+        " last_attempt_at REAL,"
+        " last_status INTEGER,"
+        " last_error TEXT,"
+        " finished_at REAL,"
+        " PRIMARY KEY (seq, target)) WITHOUT ROWID"
+    )
+    conn.execute("CREATE INDEX relay_by_state ON relay_deliveries (target, state, provider, account, seq)")
+
+
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
 #: migration that has shipped, since files in the field were built by it.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -383,6 +411,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _inbox_v3,
     _history_records_v4,
     _inbox_dedupe_v5,
+    _relay_v6,
 )
 
 
@@ -567,6 +596,27 @@ class HistoryEvidence:
     first_feed: int
     last_feed: int
     record: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayItem:
+    """One delivery the relay owes one target: its place (``seq``), its inbox row's ordering key
+    (``provider``, ``account``) and where it stands. ``delivery`` is the inbox row (body and headers),
+    when it was read with it."""
+
+    seq: int
+    target: str
+    provider: str
+    account: str
+    state: str
+    attempts: int
+    enqueued_at: float
+    next_attempt_at: float
+    last_attempt_at: float | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    finished_at: float | None = None
+    delivery: InboxDelivery | None = None
 
 
 @dataclass(frozen=True)
@@ -1060,11 +1110,12 @@ class StateStore:
     def purge_inbox(self, retention: float, *, limit: int = INBOX_PURGE_BATCH) -> int:
         """Forget at most ``limit`` old deliveries; how many rows were deleted or emptied.
 
-        A row whose state has been derived is deleted once it is older than ``retention`` and past
-        its dedupe expiry; a row older than ``retention`` but still needed for dedupe keeps its id
-        and loses its body and headers. The newest ``received_at`` of each feed among the deleted
-        rows is kept first, as the cursor ``<provider>:last_delivery``, so :meth:`last_deliveries`
-        survives the purge. At most ``limit`` rows per call, so one call holds the loop only briefly.
+        A row whose state has been derived, and that the relay owes no target, is deleted once it is
+        older than ``retention`` and past its dedupe expiry; a row older than ``retention`` but still
+        needed for dedupe keeps its id and loses its body and headers. The newest ``received_at`` of
+        each feed among the deleted rows is kept first, as the cursor ``<provider>:last_delivery``, so
+        :meth:`last_deliveries` survives the purge. At most ``limit`` rows per call, so one call holds
+        the loop only briefly.
         """
         now = self._now()
         before = now - retention
@@ -1072,7 +1123,8 @@ class StateStore:
             conn = self._conn()
             cursor = self.inbox_cursor()
             doomed = (
-                "SELECT seq FROM inbox WHERE received_at <= ? AND expires_at <= ? AND seq <= ? ORDER BY seq LIMIT ?"
+                "SELECT seq FROM inbox WHERE received_at <= ? AND expires_at <= ? AND seq <= ?"
+                f" AND {_NOT_OWED} ORDER BY seq LIMIT ?"
             )
             conn.execute(
                 "INSERT INTO cursors (account, name, value, updated_at)"
@@ -1089,12 +1141,86 @@ class StateStore:
             deleted = conn.execute(f"DELETE FROM inbox WHERE seq IN ({doomed})", (before, now, cursor, limit)).rowcount
             emptied = conn.execute(
                 "UPDATE inbox SET body = NULL, headers = NULL WHERE seq IN (SELECT seq FROM inbox"
-                " WHERE received_at <= ? AND body IS NOT NULL AND seq <= ? ORDER BY seq LIMIT ?)",
+                f" WHERE received_at <= ? AND body IS NOT NULL AND seq <= ? AND {_NOT_OWED} ORDER BY seq LIMIT ?)",
                 (before, cursor, max(limit - deleted, 0)),
             ).rowcount
             if deleted + emptied:
                 _raise_horizon(conn, before, now)
             return deleted + emptied
+
+    # -- the relay ---------------------------------------------------------------------------
+
+    def enqueue_relay(self, target: str, rows: Sequence[InboxDelivery], *, at: float) -> None:
+        """Owe ``target`` each of ``rows`` (inbox rows; call in the transaction that derives them)."""
+        when = _finite(at, "at")
+        with self.transaction():
+            self._conn().executemany(
+                "INSERT OR IGNORE INTO relay_deliveries"
+                " (seq, target, provider, account, state, enqueued_at, next_attempt_at)"
+                " VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+                [(row.seq, target, row.provider, row.account, when, when) for row in rows],
+            )
+
+    def relay_heads(self, target: str, now: float, limit: int) -> list[RelayItem]:
+        """Per (provider, account), the oldest delivery ``target`` is owed, when it is due by ``now``;
+        each with its inbox row. A later one waits for it: the order received is the order sent."""
+        rows = self._query(
+            f"SELECT {_RELAY_COLUMNS} FROM relay_deliveries r WHERE target = ? AND state = 'pending'"
+            " AND seq = (SELECT MIN(seq) FROM relay_deliveries o WHERE o.target = r.target AND o.state = 'pending'"
+            " AND o.provider = r.provider AND o.account = r.account)"
+            " AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+            (target, _finite(now, "now"), limit),
+        )
+        items = [_relay_item(r) for r in rows]
+        return [replace(item, delivery=self.get_delivery(item.seq)) for item in items]
+
+    def relay_answered(
+        self,
+        target: str,
+        seq: int,
+        *,
+        at: float,
+        delivered: bool,
+        status: int | None = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """Record one attempt's outcome: delivered, or tried again at ``retry_at``, or (``retry_at`` None
+        and not delivered) dead."""
+        when = _finite(at, "at")
+        state = "delivered" if delivered else ("pending" if retry_at is not None else "dead")
+        self._write(
+            "UPDATE relay_deliveries SET state = ?, attempts = attempts + 1, last_attempt_at = ?, last_status = ?,"
+            " last_error = ?, next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ?"
+            " WHERE seq = ? AND target = ? AND state = 'pending'",
+            (state, when, status, error, retry_at, None if state == "pending" else when, seq, target),
+        )
+
+    def relay_backlog(self, target: str) -> tuple[int, float | None, int]:
+        """(deliveries owed, when the oldest of them was enqueued, dead letters) of ``target``."""
+        owed = self._query(
+            "SELECT COUNT(*), MIN(enqueued_at) FROM relay_deliveries WHERE target = ? AND state = 'pending'",
+            (target,),
+        )[0]
+        dead = self._query("SELECT COUNT(*) FROM relay_deliveries WHERE target = ? AND state = 'dead'", (target,))[0][0]
+        return int(owed[0]), (None if owed[1] is None else float(owed[1])), int(dead)
+
+    def relay_items(self, state: str, target: str | None = None, *, limit: int = 100) -> list[RelayItem]:
+        """Deliveries in ``state`` (of ``target``), oldest first, at most ``limit``."""
+        rows = self._query(
+            f"SELECT {_RELAY_COLUMNS} FROM relay_deliveries WHERE state = ? AND (? IS NULL OR target = ?)"
+            " ORDER BY seq, target LIMIT ?",
+            (state, target, target, limit),
+        )
+        return [_relay_item(r) for r in rows]
+
+    def retry_dead(self, *, target: str | None = None, seq: int | None = None, at: float) -> int:
+        """Owe the dead letters (of ``target``, or the one at ``seq``) again, due at ``at``; how many."""
+        return self._write(
+            "UPDATE relay_deliveries SET state = 'pending', next_attempt_at = ?, finished_at = NULL"
+            " WHERE state = 'dead' AND (? IS NULL OR target = ?) AND (? IS NULL OR seq = ?)",
+            (_finite(at, "at"), target, target, seq, seq),
+        ).rowcount
 
     # -- history evidence --------------------------------------------------------------------
 
@@ -1575,6 +1701,31 @@ _ADD_DELIVERY_UNLESS_INDEXED = (
     " nonce, headers, body, digest) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
     " WHERE NOT EXISTS (SELECT 1 FROM inbox_ids WHERE digest = ?)"
 )
+
+_RELAY_COLUMNS = (
+    "seq, target, provider, account, state, attempts, enqueued_at, next_attempt_at, last_attempt_at, last_status,"
+    " last_error, finished_at"
+)
+#: An inbox row the relay owes no target (the purge leaves one it still owes alone).
+_NOT_OWED = "NOT EXISTS (SELECT 1 FROM relay_deliveries r WHERE r.seq = inbox.seq AND r.state = 'pending')"
+
+
+def _relay_item(r: Sequence[Any]) -> RelayItem:
+    return RelayItem(
+        seq=int(r[0]),
+        target=str(r[1]),
+        provider=str(r[2]),
+        account=str(r[3]),
+        state=str(r[4]),
+        attempts=int(r[5]),
+        enqueued_at=float(r[6]),
+        next_attempt_at=float(r[7]),
+        last_attempt_at=None if r[8] is None else float(r[8]),
+        last_status=None if r[9] is None else int(r[9]),
+        last_error=r[10],
+        finished_at=None if r[11] is None else float(r[11]),
+    )
+
 
 _INBOX_COLUMNS = (
     "seq, provider, account, delivery_id, method, received_at, expires_at, status, verdict, nonce, headers, body,"

@@ -16,6 +16,7 @@ The protocols are narrow on purpose: each lists the calls of one part, nothing m
 - :class:`BalanceStorage`: Zero Hash balances.
 - :class:`InboxReader`: the read-only inspection commands.
 - :class:`Rebuild`: what ``whitebit-exporter state rebuild`` needs besides the parts it replays.
+- :class:`RelayLog`: what the relay owes each target, and where each delivery stands.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from exporter.core.state import (
     HistoryEvidence,
     HistoryFeed,
     InboxDelivery,
+    RelayItem,
     TransferKind,
     TransferRecord,
     ZerohashBalance,
@@ -216,11 +218,49 @@ class Rebuild(InboxLog, TransferStorage, BalanceStorage, Protocol):
         ...
 
 
+class RelayLog(Transactions, Protocol):
+    """The deliveries the relay owes each target (the inbox consumer enqueues, one sender per target sends)."""
+
+    def enqueue_relay(self, target: str, rows: Sequence[InboxDelivery], *, at: float) -> None:
+        """Owe ``target`` each of ``rows`` (once each, however often enqueued)."""
+        ...
+
+    def relay_heads(self, target: str, now: float, limit: int) -> list[RelayItem]:
+        """Per (provider, account), the oldest delivery owed, when due; each with its inbox row."""
+        ...
+
+    def relay_answered(
+        self,
+        target: str,
+        seq: int,
+        *,
+        at: float,
+        delivered: bool,
+        status: int | None = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        """One attempt's outcome: delivered, tried again at ``retry_at``, or dead."""
+        ...
+
+    def relay_backlog(self, target: str) -> tuple[int, float | None, int]:
+        """(owed, when the oldest was enqueued, dead letters)."""
+        ...
+
+    def relay_items(self, state: str, target: str | None = None, *, limit: int = ...) -> list[RelayItem]:
+        """Deliveries in ``state``, oldest first."""
+        ...
+
+    def retry_dead(self, *, target: str | None = None, seq: int | None = None, at: float) -> int:
+        """Owe dead letters again; how many."""
+        ...
+
+
 if TYPE_CHECKING:
     from exporter.core.state import StateStore
 
     def _sqlite_implements_every_protocol(
         store: StateStore,
-    ) -> tuple[DeliveryIntake, InboxLog, TransferStorage, BalanceStorage, InboxReader, Rebuild]:
+    ) -> tuple[DeliveryIntake, InboxLog, TransferStorage, BalanceStorage, InboxReader, Rebuild, RelayLog]:
         # Checked by mypy, never run: the SQLite store must keep satisfying each protocol.
-        return store, store, store, store, store, store
+        return store, store, store, store, store, store, store
