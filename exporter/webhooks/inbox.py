@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from functools import partial
 from typing import Protocol
@@ -159,6 +159,7 @@ class InboxConsumer(Collector):
         burst_share: float = BURST_SHARE,
         lag_limit: float = LAG_LIMIT,
         clock: Callable[[], float] = time.time,
+        taps: Sequence[Callable[[Sequence[InboxDelivery]], None]] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -171,6 +172,10 @@ class InboxConsumer(Collector):
         self._batch_lag = 0.0
         self._store = store
         self._derivers = {deriver.provider: deriver for deriver in derivers}
+        #: Called with each batch's rows in its transaction, once they are derived (the relay enqueues
+        #: them there, so each row is owed to its targets exactly once). A tap writes through the store
+        #: only; what it raises fails the batch like a failed write.
+        self._taps = tuple(taps)
         self._batch_size = batch_size
         self._idle_poll = idle_poll
         self._retry_pause = retry_pause
@@ -277,6 +282,7 @@ class InboxConsumer(Collector):
             # Every row derives in the common case: one transaction, no savepoint per row.
             with store.transaction():
                 applied = [(row.provider, self._stage(row)) for row in rows]
+                self._tap(rows)
                 store.set_inbox_cursor(rows[-1].seq)
             failed: list[tuple[InboxDelivery, str]] = []
         except StateError as exc:
@@ -321,8 +327,18 @@ class InboxConsumer(Collector):
                     failed.append((row, exception_text(exc)))
             for row, error in failed:
                 store.mark_derive_error(row.seq, error)
+            self._tap(rows)
             store.set_inbox_cursor(rows[-1].seq)
         return applied, failed
+
+    def _tap(self, rows: Sequence[InboxDelivery]) -> None:
+        for tap in self._taps:
+            try:
+                tap(rows)
+            except StateError:
+                raise
+            except Exception as exc:  # a bug of the tap's: the batch is tried again later, not lost
+                raise StateError(f"inbox tap failed: {exception_text(exc)}", "other") from exc
 
     def _stage(self, row: InboxDelivery) -> Applied:
         deriver = self._derivers.get(row.provider)
