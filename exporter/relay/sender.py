@@ -1,0 +1,169 @@
+"""One relay target's sender: the deliveries it is owed, POSTed in order per account, retried until delivered.
+
+Each turn reads the target's heads (:meth:`~exporter.core.state.StateStore.relay_heads`: per
+provider and account, the oldest delivery owed that is due) and sends them, at most
+:data:`MAX_IN_FLIGHT` at a time (different accounts; one account's next delivery waits for the one
+before it). A request carries the body byte for byte and the headers stored with the inbox row
+(WhiteBIT's ``X-TXC-*``, Zero Hash's ``x-zh-hook-*``), so the backend verifies the provider's own
+signature; plus :data:`DELIVERY_ID_HEADER` for its dedupe and the target's own headers. Redirects
+are not followed. A 2xx is delivered; anything else, a timeout or no connection is tried again after
+the exporter's retry delay (:mod:`exporter.core.backoff`, from :data:`FIRST_RETRY` doubling to the
+target's ``max_backoff``), until ``retry_for`` has passed since it was owed: then it is a dead letter.
+Each outcome is recorded when the answer came, so a delivery is sent again only when its answer was
+lost (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from exporter.config.schema import RelayTargetConfig
+from exporter.core.backoff import Backoff
+from exporter.core.state import InboxDelivery, RelayItem
+from exporter.core.storage import RelayLog
+
+#: The header that names the delivery (WhiteBIT's signed ``id``; the SHA-256 of a Zero Hash body).
+DELIVERY_ID_HEADER = "X-WhiteBIT-Exporter-Delivery-Id"
+#: Seconds before the first retry of a delivery a target did not take.
+FIRST_RETRY = 5.0
+#: Deliveries (of different accounts) one target is sent at once.
+MAX_IN_FLIGHT = 8
+#: Seconds between two looks at the target's queue when nothing said a delivery was owed.
+IDLE_POLL = 1.0
+#: Bytes of a target's answer read (the rest is discarded: only the status matters).
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST came to: delivered (2xx), or not, with the status or the error."""
+
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """After an attempt: delivered, tried again at ``retry_at``, or (neither) dead."""
+
+    delivered: bool
+    retry_at: float | None
+
+
+def next_step(item: RelayItem, attempt: Attempt, now: float, target: RelayTargetConfig, delay: float) -> NextStep:
+    """What becomes of ``item`` after ``attempt`` at ``now`` (``delay``: the retry delay it would wait). Pure.
+
+    A retry never falls after the deadline (``retry_for`` after it was owed): the last try is at it.
+    """
+    if attempt.delivered:
+        return NextStep(True, None)
+    deadline = item.enqueued_at + target.retry_for
+    if now >= deadline:
+        return NextStep(False, None)
+    return NextStep(False, min(now + delay, deadline))
+
+
+def request_headers(delivery: InboxDelivery, target: RelayTargetConfig) -> dict[str, str]:
+    """The headers of the POST: the ones stored with the row, the delivery id, the target's own."""
+    headers = {"Content-Type": "application/json", **delivery.headers, DELIVERY_ID_HEADER: delivery.delivery_id}
+    headers.update(dict(target.headers))
+    return headers
+
+
+def tls_context(target: RelayTargetConfig) -> ssl.SSLContext | None:
+    """The TLS context towards ``target`` (None for an http URL)."""
+    if not target.url.startswith("https://"):
+        return None
+    context = ssl.create_default_context(cafile=target.tls.ca_file)
+    if target.tls.cert_file is not None and target.tls.key_file is not None:
+        context.load_cert_chain(target.tls.cert_file, target.tls.key_file)
+    return context
+
+
+class RelaySender:
+    """Sends one target what it is owed (see the module docstring); run as the task ``relay:<target>``."""
+
+    def __init__(
+        self,
+        target: RelayTargetConfig,
+        store: RelayLog,
+        *,
+        first_retry: float = FIRST_RETRY,
+        idle_poll: float = IDLE_POLL,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.target = target
+        self.name = f"relay:{target.name}"
+        self._store = store
+        self._backoff = Backoff(min(first_retry, target.max_backoff), target.max_backoff)
+        self._idle_poll = idle_poll
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """A delivery was owed to this target: look now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send what is due, wait for more, until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=self.target.timeout)
+        connector = aiohttp.TCPConnector(ssl=tls_context(self.target) or False, limit=MAX_IN_FLIGHT)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            while True:
+                self._wake.clear()
+                if not await self.send_due(session):
+                    try:
+                        async with asyncio.timeout(self._idle_poll):
+                            await self._wake.wait()
+                    except TimeoutError:
+                        pass
+
+    async def send_due(self, session: aiohttp.ClientSession) -> int:
+        """Send every head that is due, once each; how many were sent."""
+        heads = self._store.relay_heads(self.target.name, self._clock(), MAX_IN_FLIGHT)
+        if not heads:
+            return 0
+        attempts = await asyncio.gather(*(self._post(session, item) for item in heads))
+        for item, attempt in zip(heads, attempts, strict=True):
+            now = self._clock()
+            step = next_step(item, attempt, now, self.target, self._backoff.delay(item.attempts, self._rng))
+            self._store.relay_answered(
+                self.target.name,
+                item.seq,
+                at=now,
+                delivered=step.delivered,
+                status=attempt.status,
+                error=attempt.error,
+                retry_at=step.retry_at,
+            )
+        return len(heads)
+
+    async def _post(self, session: aiohttp.ClientSession, item: RelayItem) -> Attempt:
+        delivery = item.delivery
+        if delivery is None or delivery.body is None:
+            return Attempt(False, error="the inbox row has no body any more")
+        try:
+            async with session.post(
+                self.target.url,
+                data=delivery.body,
+                headers=request_headers(delivery, self.target),
+                allow_redirects=False,
+            ) as answer:
+                await answer.content.read(MAX_ANSWER_BYTES)
+                if 200 <= answer.status < 300:
+                    return Attempt(True, answer.status)
+                return Attempt(False, answer.status, f"HTTP {answer.status}")
+        except TimeoutError:
+            return Attempt(False, error="timeout")
+        except aiohttp.ClientError as exc:
+            return Attempt(False, error=type(exc).__name__)

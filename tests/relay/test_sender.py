@@ -1,0 +1,174 @@
+"""The relay sender against a real backend over loopback: order per account, retries, redirects, timeouts,
+dead letters; the provider's own headers and body arrive as received."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from exporter.config.schema import RelayTargetConfig
+from exporter.core.state import InboxDelivery, RelayItem, StateStore
+from exporter.relay.sender import DELIVERY_ID_HEADER, Attempt, NextStep, RelaySender, next_step
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Backend:
+    """A payment backend: records what it receives; ``script`` says how to answer each delivery id's tries."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bytes, dict[str, str]]] = []
+        self.script: dict[str, list[int]] = {}
+        self.slow: set[str] = set()
+        self.elsewhere = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        delivery_id = request.headers[DELIVERY_ID_HEADER]
+        self.received.append((delivery_id, await request.read(), dict(request.headers)))
+        if delivery_id in self.slow:
+            await asyncio.sleep(1)
+        answers = self.script.get(delivery_id, [])
+        status = answers.pop(0) if answers else 204
+        if status == 302:
+            raise web.HTTPFound("/elsewhere")
+        return web.Response(status=status)
+
+    async def other(self, request: web.Request) -> web.Response:
+        self.elsewhere += 1
+        return web.Response(status=200)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[tuple[Backend, str]]:
+    recorder = Backend()
+    app = web.Application()
+    app.router.add_post("/hooks", recorder.handle)
+    app.router.add_post("/elsewhere", recorder.other)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield recorder, f"http://127.0.0.1:{port}/hooks"
+    await runner.cleanup()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[StateStore]:
+    with StateStore.open(tmp_path / "state.db", clock=clock) as s:
+        yield s
+
+
+def owe(store: StateStore, target: str, delivery_id: str, account: str = "main") -> InboxDelivery:
+    body = b'{"method":"deposit.processed","id":"%s"}' % delivery_id.encode()
+    headers = {"X-TXC-APIKEY": "public-key", "X-TXC-PAYLOAD": "cGF5bG9hZA==", "X-TXC-SIGNATURE": "f" * 128}
+    seq = store.add_delivery(InboxDelivery("whitebit", account, delivery_id, "deposit.processed", T0, body, headers))
+    assert seq is not None
+    store.set_inbox_cursor(seq)
+    row = store.get_delivery(seq)
+    assert row is not None
+    store.enqueue_relay(target, [row], at=T0)
+    return row
+
+
+def target(url: str, **changes: object) -> RelayTargetConfig:
+    fields: dict[str, object] = {
+        "name": "backend",
+        "url": url,
+        "timeout": 1.0,
+        "retry_for": 3600.0,
+        "max_backoff": 60.0,
+    }
+    fields.update(changes)
+    return RelayTargetConfig(**fields)  # type: ignore[arg-type]
+
+
+async def send(sender: RelaySender) -> int:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=sender.target.timeout)) as session:
+        return await sender.send_due(session)
+
+
+async def test_deliveries_arrive_in_order_per_account_with_their_own_headers_after_retries(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    rows = [owe(store, "backend", "a1"), owe(store, "backend", "b1", "other"), owe(store, "backend", "a2")]
+    recorder.script = {"a1": [500, 503]}
+    sender = RelaySender(
+        target(url, headers=(("Authorization", "Bearer t"),)), store, first_retry=1.0, clock=clock, rng=random.Random(1)
+    )
+
+    assert await send(sender) == 2  # a1 (refused) and b1 (taken); a2 waits behind a1
+    assert await send(sender) == 0  # a1 is not due yet
+    for _ in range(3):  # a1 again, a1 taken, then a2
+        clock.now += 60
+        await send(sender)
+    assert [delivery_id for delivery_id, _, _ in recorder.received] == ["a1", "b1", "a1", "a1", "a2"]
+    assert store.relay_backlog("backend") == (0, None, 0)
+    [a1] = [i for i in store.relay_items("delivered") if i.seq == rows[0].seq]
+    assert (a1.attempts, a1.last_status) == (3, 204)
+    # The body and the provider's headers as received, so the backend verifies WhiteBIT's signature itself.
+    _, body, headers = recorder.received[-1]
+    assert body == rows[2].body
+    assert {k: headers[k] for k in ("X-TXC-APIKEY", "X-TXC-PAYLOAD", "X-TXC-SIGNATURE")} == rows[2].headers
+    assert (headers[DELIVERY_ID_HEADER], headers["Authorization"]) == ("a2", "Bearer t")
+
+
+async def test_a_redirect_is_not_followed_and_a_timeout_is_tried_again(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    owe(store, "backend", "moved")
+    owe(store, "backend", "slow", "other")
+    recorder.script = {"moved": [302]}
+    recorder.slow = {"slow"}
+    sender = RelaySender(target(url, timeout=0.2), store, clock=clock, rng=random.Random(1))
+    assert await send(sender) == 2
+    assert recorder.elsewhere == 0  # never followed
+    errors = {i.last_error for i in store.relay_items("pending")}
+    assert errors == {"HTTP 302", "timeout"}
+
+
+async def test_past_retry_for_a_delivery_is_a_dead_letter_and_its_account_goes_on(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    owe(store, "backend", "lost")
+    owe(store, "backend", "next")
+    recorder.script = {"lost": [500] * 100}
+    sender = RelaySender(target(url, retry_for=600.0), store, first_retry=1.0, clock=clock, rng=random.Random(1))
+    while store.relay_backlog("backend")[2] == 0:
+        await send(sender)
+        clock.now += 60
+    assert [i.last_status for i in store.relay_items("dead")] == [500]
+    await send(sender)
+    assert recorder.received[-1][0] == "next" and store.relay_backlog("backend") == (0, None, 1)
+
+
+def test_a_retry_never_falls_after_the_deadline() -> None:
+    item = RelayItem(1, "backend", "whitebit", "main", "pending", 3, T0, T0)
+    config = target("https://b.example/", retry_for=100.0)
+    refused = Attempt(False, 500, "HTTP 500")
+    assert next_step(item, Attempt(True, 200), T0 + 500, config, 10.0) == NextStep(True, None)
+    assert next_step(item, refused, T0 + 10, config, 10.0) == NextStep(False, T0 + 20)
+    assert next_step(item, refused, T0 + 95, config, 10.0) == NextStep(False, T0 + 100)  # the last try at it
+    assert next_step(item, refused, T0 + 100, config, 10.0) == NextStep(False, None)  # dead
