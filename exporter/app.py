@@ -41,6 +41,8 @@ from exporter.http.metrics_listener import create_metrics_app
 from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
 from exporter.rebuild import DERIVATION_RULES, rebuild_if_rules_changed, report_summary, settings_from_config
+from exporter.relay.routing import RelayEnqueuer, RelayRouter
+from exporter.relay.sender import RelaySender
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Deriver, InboxConsumer
 from exporter.whitebit.sources import WhitebitSources, build_sources
@@ -185,7 +187,21 @@ class Exporter:
         receivers = self._receivers(state, committer, derivers)
         # What the receivers stored before a restart and was not derived yet is derived first, so the
         # sources below start from the state every answered delivery implies.
-        inbox = self._inbox = InboxConsumer(state, derivers, clock=self.clock)
+        # Each derived row is owed to its relay targets in the batch that derives it; one sender per target.
+        senders = {target.name: RelaySender(target, state, clock=self.clock) for target in config.relay.targets}
+        taps = (
+            [
+                RelayEnqueuer(
+                    state,
+                    RelayRouter(config.relay.targets),
+                    clock=self.clock,
+                    on_owed=lambda name: senders[name].notify(),
+                )
+            ]
+            if senders
+            else []
+        )
+        inbox = self._inbox = InboxConsumer(state, derivers, clock=self.clock, taps=taps)
         self.registry.register(inbox)
         caught_up = inbox.drain()
         if caught_up:
@@ -243,7 +259,7 @@ class Exporter:
                 "history_records": (lambda now: state.purge_history(retention), INBOX_PURGE_BATCH),
             },
         )
-        for source in (inbox, *self._whitebit.sources, housekeeping):
+        for source in (inbox, *self._whitebit.sources, housekeeping, *senders.values()):
             self.supervisor.start(source.name, source.run)
 
     def _receivers(

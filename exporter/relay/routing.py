@@ -42,12 +42,22 @@ def _takes(target: RelayTargetConfig, row: InboxDelivery) -> bool:
 class RelayEnqueuer:
     """The inbox tap that owes each derived row to its targets (see the module docstring)."""
 
-    def __init__(self, store: RelayLog, router: RelayRouter, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: RelayLog,
+        router: RelayRouter,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_owed: Callable[[str], None] | None = None,
+    ) -> None:
         self._store = store
         self._router = router
         self._clock = clock
+        #: Called with each target that was owed something, once the batch has committed.
+        self._on_owed = on_owed
 
-    def __call__(self, rows: Sequence[InboxDelivery]) -> None:
+    def __call__(self, rows: Sequence[InboxDelivery]) -> Callable[[], None] | None:
+        """Owe ``rows`` to their targets (in the consumer's transaction); what to run after its commit."""
         owed: dict[str, list[InboxDelivery]] = {}
         for row in rows:
             for target in self._router.targets_for(row):
@@ -55,3 +65,12 @@ class RelayEnqueuer:
         now = self._clock()
         for target, batch in owed.items():
             self._store.enqueue_relay(target, batch, at=now)
+        on_owed = self._on_owed
+        if on_owed is None or not owed:
+            return None
+
+        def notify() -> None:
+            for target in owed:
+                on_owed(target)
+
+        return notify

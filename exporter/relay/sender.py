@@ -16,6 +16,7 @@ lost (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import ssl
 import time
@@ -29,6 +30,8 @@ from exporter.core.backoff import Backoff
 from exporter.core.state import InboxDelivery, RelayItem
 from exporter.core.storage import RelayLog
 
+#: WhiteBIT's base64 copy of the body, which its signature covers (docs/protocol.md).
+WHITEBIT_PAYLOAD_HEADER = "X-TXC-PAYLOAD"
 #: The header that names the delivery (WhiteBIT's signed ``id``; the SHA-256 of a Zero Hash body).
 DELIVERY_ID_HEADER = "X-WhiteBIT-Exporter-Delivery-Id"
 #: Seconds before the first retry of a delivery a target did not take.
@@ -72,8 +75,14 @@ def next_step(item: RelayItem, attempt: Attempt, now: float, target: RelayTarget
 
 
 def request_headers(delivery: InboxDelivery, target: RelayTargetConfig) -> dict[str, str]:
-    """The headers of the POST: the ones stored with the row, the delivery id, the target's own."""
+    """The headers of the POST: the ones stored with the row, the delivery id, the target's own.
+
+    WhiteBIT's ``X-TXC-PAYLOAD`` is not stored with the row: the receiver accepted it only as exactly
+    the base64 of the body, so it is that again, byte for byte.
+    """
     headers = {"Content-Type": "application/json", **delivery.headers, DELIVERY_ID_HEADER: delivery.delivery_id}
+    if delivery.provider == "whitebit" and delivery.body is not None:
+        headers.setdefault(WHITEBIT_PAYLOAD_HEADER, base64.b64encode(delivery.body).decode("ascii"))
     headers.update(dict(target.headers))
     return headers
 

@@ -159,7 +159,7 @@ class InboxConsumer(Collector):
         burst_share: float = BURST_SHARE,
         lag_limit: float = LAG_LIMIT,
         clock: Callable[[], float] = time.time,
-        taps: Sequence[Callable[[Sequence[InboxDelivery]], None]] = (),
+        taps: Sequence[Callable[[Sequence[InboxDelivery]], Applied]] = (),
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -174,7 +174,8 @@ class InboxConsumer(Collector):
         self._derivers = {deriver.provider: deriver for deriver in derivers}
         #: Called with each batch's rows in its transaction, once they are derived (the relay enqueues
         #: them there, so each row is owed to its targets exactly once). A tap writes through the store
-        #: only; what it raises fails the batch like a failed write.
+        #: only, and returns what to run once the batch has committed; what it raises fails the batch
+        #: like a failed write.
         self._taps = tuple(taps)
         self._batch_size = batch_size
         self._idle_poll = idle_poll
@@ -282,17 +283,23 @@ class InboxConsumer(Collector):
             # Every row derives in the common case: one transaction, no savepoint per row.
             with store.transaction():
                 applied = [(row.provider, self._stage(row)) for row in rows]
-                self._tap(rows)
+                tapped = self._tap(rows)
                 store.set_inbox_cursor(rows[-1].seq)
             failed: list[tuple[InboxDelivery, str]] = []
         except StateError as exc:
             if exc.kind is not None:
                 raise  # the file failed, not a row: the whole batch is tried again later
-            applied, failed = self._derive_isolated(rows)
+            applied, failed, tapped = self._derive_isolated(rows)
         except Exception:
             # A row failed and took the batch with it (rolled back, memory untouched): again, with a
             # savepoint per row, so that only that row is passed over.
-            applied, failed = self._derive_isolated(rows)
+            applied, failed, tapped = self._derive_isolated(rows)
+        for after in tapped:
+            if after is not None:
+                try:
+                    after()
+                except Exception:  # bookkeeping after the commit must never undo it
+                    log.exception("after-tap bookkeeping failed")
         for provider, update in applied:
             if update is not None:
                 try:
@@ -307,7 +314,7 @@ class InboxConsumer(Collector):
 
     def _derive_isolated(
         self, rows: list[InboxDelivery]
-    ) -> tuple[list[tuple[str, Applied]], list[tuple[InboxDelivery, str]]]:
+    ) -> tuple[list[tuple[str, Applied]], list[tuple[InboxDelivery, str]], list[Applied]]:
         """:meth:`derive_batch`'s transaction with a savepoint per row: rows that fail are marked, not derived."""
         store = self._store
         applied: list[tuple[str, Applied]] = []
@@ -327,18 +334,20 @@ class InboxConsumer(Collector):
                     failed.append((row, exception_text(exc)))
             for row, error in failed:
                 store.mark_derive_error(row.seq, error)
-            self._tap(rows)
+            tapped = self._tap(rows)
             store.set_inbox_cursor(rows[-1].seq)
-        return applied, failed
+        return applied, failed, tapped
 
-    def _tap(self, rows: Sequence[InboxDelivery]) -> None:
+    def _tap(self, rows: Sequence[InboxDelivery]) -> list[Applied]:
+        tapped: list[Applied] = []
         for tap in self._taps:
             try:
-                tap(rows)
+                tapped.append(tap(rows))
             except StateError:
                 raise
             except Exception as exc:  # a bug of the tap's: the batch is tried again later, not lost
                 raise StateError(f"inbox tap failed: {exception_text(exc)}", "other") from exc
+        return tapped
 
     def _stage(self, row: InboxDelivery) -> Applied:
         deriver = self._derivers.get(row.provider)

@@ -1,0 +1,72 @@
+"""The exporter relays what it receives: a signed WhiteBIT delivery reaches the backend byte for byte,
+with the signature headers WhiteBIT sent, and the backend's own check of that signature passes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from exporter.app import Exporter
+from exporter.config.schema import Config, RelayConfig, RelayTargetConfig, WhitebitAccountConfig, WhitebitWebhookConfig
+from exporter.relay.sender import DELIVERY_ID_HEADER
+from exporter.whitebit.signing import compact_json, sign_body, sign_payload
+from tests.helpers import wait_for
+
+KEY, SECRET = "whk-relay-PUBLIC", "whsec-relay-0123456789"
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[tuple[list[tuple[bytes, dict[str, str]]], str]]:
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append((await request.read(), dict(request.headers)))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/whitebit", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield received, f"http://127.0.0.1:{runner.addresses[0][1]}/whitebit"
+    await runner.cleanup()
+
+
+async def test_a_verified_delivery_reaches_the_backend_as_whitebit_sent_it(
+    backend: tuple[list[tuple[bytes, dict[str, str]]], str], make_config: Callable[..., Config]
+) -> None:
+    received, url = backend
+    account = WhitebitAccountConfig(name="main", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,)))
+    config = make_config([account])
+    config = Config(**{**config.__dict__, "relay": RelayConfig((RelayTargetConfig(name="backend", url=url),))})
+    exporter = Exporter(config)
+    await exporter.start()
+    try:
+        bodies = [
+            compact_json({"method": "code.apply", "params": {"code": f"WBX-{n}", "nonce": n}, "id": f"relay-{n}"})
+            for n in range(1, 4)
+        ]
+        async with aiohttp.ClientSession() as http:
+            for body in bodies:
+                async with http.post(
+                    f"{exporter.webhooks_url}/webhooks/whitebit",
+                    data=body,
+                    headers=sign_body(body, key=KEY, secret=SECRET),
+                ) as answer:
+                    assert answer.status == 200
+        await wait_for(lambda: len(received) == 3, timeout=10)
+    finally:
+        await exporter.stop()
+
+    assert [body for body, _ in received] == bodies  # byte for byte, in the order received
+    for body, headers in received:
+        # The backend checks WhiteBIT's signature exactly as it would on a delivery from WhiteBIT.
+        assert headers["X-TXC-PAYLOAD"] == base64.b64encode(body).decode()
+        assert headers["X-TXC-SIGNATURE"] == sign_payload(headers["X-TXC-PAYLOAD"], SECRET)
+        assert headers["X-TXC-APIKEY"] == KEY
+    assert [headers[DELIVERY_ID_HEADER] for _, headers in received] == ["relay-1", "relay-2", "relay-3"]
