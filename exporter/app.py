@@ -42,7 +42,7 @@ from exporter.http.server import Listener, ListenError
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
 from exporter.rebuild import DERIVATION_RULES, rebuild_if_rules_changed, report_summary, settings_from_config
 from exporter.relay.routing import RelayEnqueuer, RelayRouter
-from exporter.relay.sender import RelaySender
+from exporter.relay.sender import RelayCollector, RelaySender
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Deriver, InboxConsumer
 from exporter.whitebit.sources import WhitebitSources, build_sources
@@ -201,6 +201,8 @@ class Exporter:
             if senders
             else []
         )
+        if senders:
+            self.registry.register(RelayCollector(senders.values(), state, clock=self.clock))
         inbox = self._inbox = InboxConsumer(state, derivers, clock=self.clock, taps=taps)
         self.registry.register(inbox)
         caught_up = inbox.drain()

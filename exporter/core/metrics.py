@@ -142,6 +142,32 @@ EXPORTER_INBOX_DERIVE_FAILURES = CounterDef(
     "Inbox deliveries whose state could not be derived (kept in the inbox with the reason), by provider.",
     ("provider",),
 )
+EXPORTER_RELAY_DELIVERIES = CounterDef(
+    "whitebit_exporter_relay_deliveries",
+    "Relay attempts by target and outcome: delivered (2xx), retry (refused, timed out or unreachable; tried"
+    " again), dead (out of time).",
+    ("target", "outcome"),
+)
+EXPORTER_RELAY_PENDING = GaugeDef(
+    "whitebit_exporter_relay_pending_deliveries",
+    "Deliveries the relay still owes the target (not yet answered 2xx, not dead).",
+    ("target",),
+)
+EXPORTER_RELAY_OLDEST_PENDING_SECONDS = GaugeDef(
+    "whitebit_exporter_relay_oldest_pending_seconds",
+    "Seconds since the oldest delivery the relay still owes the target was owed; 0 when none is.",
+    ("target",),
+)
+EXPORTER_RELAY_DEAD_LETTERS = GaugeDef(
+    "whitebit_exporter_relay_dead_letters",
+    "Deliveries the relay gave up on (retry_for passed) and keeps for relay retry, by target.",
+    ("target",),
+)
+EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS = HistogramDef(
+    "whitebit_exporter_relay_attempt_duration_seconds",
+    "Duration of each relay attempt (the POST and its answer, or the timeout), by target.",
+    ("target",),
+)
 EXPORTER_STATE_WRITABLE = GaugeDef(
     "whitebit_exporter_state_writable",
     "1 while the state file accepts writes, 0 from a failed write until one succeeds.",
@@ -421,6 +447,11 @@ METRICS: tuple[MetricDef, ...] = (
     EXPORTER_INBOX_LAG_SECONDS,
     EXPORTER_INBOX_DERIVED,
     EXPORTER_INBOX_DERIVE_FAILURES,
+    EXPORTER_RELAY_DELIVERIES,
+    EXPORTER_RELAY_PENDING,
+    EXPORTER_RELAY_OLDEST_PENDING_SECONDS,
+    EXPORTER_RELAY_DEAD_LETTERS,
+    EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS,
     WHITEBIT_BALANCE,
     WHITEBIT_BALANCE_FROZEN,
     WHITEBIT_COLLATERAL_BORROWED,

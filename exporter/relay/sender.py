@@ -20,13 +20,22 @@ import base64
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from exporter.config.schema import RelayTargetConfig
 from exporter.core.backoff import Backoff
+from exporter.core.metrics import (
+    EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS,
+    EXPORTER_RELAY_DEAD_LETTERS,
+    EXPORTER_RELAY_DELIVERIES,
+    EXPORTER_RELAY_OLDEST_PENDING_SECONDS,
+    EXPORTER_RELAY_PENDING,
+)
 from exporter.core.state import InboxDelivery, RelayItem
 from exporter.core.storage import RelayLog
 
@@ -42,6 +51,9 @@ MAX_IN_FLIGHT = 8
 IDLE_POLL = 1.0
 #: Bytes of a target's answer read (the rest is discarded: only the status matters).
 MAX_ANSWER_BYTES = 64 * 1024
+#: Bounds (seconds) of the attempt duration histogram: a backend answers in milliseconds; a timeout is 10 s.
+ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+OUTCOMES = ("delivered", "retry", "dead")
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,10 @@ class RelaySender:
         self._clock = clock
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        #: Attempts by outcome, and the attempt durations (bucket counts, sum), for the collector.
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.durations: list[int] = [0] * (len(ATTEMPT_BUCKETS) + 1)
+        self.duration_sum = 0.0
 
     def notify(self) -> None:
         """A delivery was owed to this target: look now."""
@@ -142,7 +158,7 @@ class RelaySender:
         heads = self._store.relay_heads(self.target.name, self._clock(), MAX_IN_FLIGHT)
         if not heads:
             return 0
-        attempts = await asyncio.gather(*(self._post(session, item) for item in heads))
+        attempts = await asyncio.gather(*(self._timed_post(session, item) for item in heads))
         for item, attempt in zip(heads, attempts, strict=True):
             now = self._clock()
             step = next_step(item, attempt, now, self.target, self._backoff.delay(item.attempts, self._rng))
@@ -155,7 +171,19 @@ class RelaySender:
                 error=attempt.error,
                 retry_at=step.retry_at,
             )
+            outcome = "delivered" if step.delivered else ("retry" if step.retry_at is not None else "dead")
+            self.outcomes[outcome] += 1
         return len(heads)
+
+    async def _timed_post(self, session: aiohttp.ClientSession, item: RelayItem) -> Attempt:
+        started = time.monotonic()
+        try:
+            return await self._post(session, item)
+        finally:
+            seconds = time.monotonic() - started
+            index = next((i for i, bound in enumerate(ATTEMPT_BUCKETS) if seconds <= bound), len(ATTEMPT_BUCKETS))
+            self.durations[index] += 1
+            self.duration_sum += seconds
 
     async def _post(self, session: aiohttp.ClientSession, item: RelayItem) -> Attempt:
         delivery = item.delivery
@@ -176,3 +204,41 @@ class RelaySender:
             return Attempt(False, error="timeout")
         except aiohttp.ClientError as exc:
             return Attempt(False, error=type(exc).__name__)
+
+
+class RelayCollector(Collector):
+    """The relay's series, per target: attempts by outcome and their durations (from the senders), what is
+    owed, how long the oldest has waited, and the dead letters (from the state file, at scrape time)."""
+
+    def __init__(self, senders: Iterable[RelaySender], store: RelayLog, *, clock: Callable[[], float] = time.time):
+        self._senders = tuple(senders)
+        self._store = store
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        deliveries: dict[tuple[str, ...], float] = {
+            (s.target.name, outcome): float(n) for s in self._senders for outcome, n in s.outcomes.items()
+        }
+        yield EXPORTER_RELAY_DELIVERIES.render(deliveries)
+        pending: dict[tuple[str, ...], float] = {}
+        oldest: dict[tuple[str, ...], float] = {}
+        dead: dict[tuple[str, ...], float] = {}
+        now = self._clock()
+        for sender in self._senders:
+            name = sender.target.name
+            owed, first, letters = self._store.relay_backlog(name)
+            pending[(name,)] = float(owed)
+            oldest[(name,)] = 0.0 if first is None else max(now - first, 0.0)
+            dead[(name,)] = float(letters)
+        yield EXPORTER_RELAY_PENDING.render(pending)
+        yield EXPORTER_RELAY_OLDEST_PENDING_SECONDS.render(oldest)
+        yield EXPORTER_RELAY_DEAD_LETTERS.render(dead)
+        durations = EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS.family()
+        for sender in self._senders:
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip((*ATTEMPT_BUCKETS, float("inf")), sender.durations, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+            durations.add_metric([sender.target.name], buckets, sender.duration_sum)
+        yield durations

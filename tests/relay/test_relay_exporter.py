@@ -14,7 +14,7 @@ from exporter.app import Exporter
 from exporter.config.schema import Config, RelayConfig, RelayTargetConfig, WhitebitAccountConfig, WhitebitWebhookConfig
 from exporter.relay.sender import DELIVERY_ID_HEADER
 from exporter.whitebit.signing import compact_json, sign_body, sign_payload
-from tests.helpers import wait_for
+from tests.helpers import scrape, wait_for
 
 KEY, SECRET = "whk-relay-PUBLIC", "whsec-relay-0123456789"
 
@@ -60,6 +60,21 @@ async def test_a_verified_delivery_reaches_the_backend_as_whitebit_sent_it(
                 ) as answer:
                     assert answer.status == 200
         await wait_for(lambda: len(received) == 3, timeout=10)
+        # The delivered outcome is counted right after the answer: wait for it, then read the rest.
+        result = await scrape(exporter.metrics_url)
+
+        async def counted() -> bool:
+            nonlocal result
+            result = await scrape(exporter.metrics_url)
+            return result.value("whitebit_exporter_relay_deliveries_total", target="backend", outcome="delivered") == 3
+
+        await wait_for(counted, timeout=10)
+        assert result.value("whitebit_exporter_relay_deliveries_total", target="backend", outcome="retry") == 0
+        assert result.value("whitebit_exporter_relay_pending_deliveries", target="backend") == 0
+        assert result.value("whitebit_exporter_relay_oldest_pending_seconds", target="backend") == 0
+        assert result.value("whitebit_exporter_relay_dead_letters", target="backend") == 0
+        assert result.value("whitebit_exporter_relay_attempt_duration_seconds_count", target="backend") == 3
+        assert result.value("whitebit_exporter_task_running", task="relay:backend") == 1
     finally:
         await exporter.stop()
 
