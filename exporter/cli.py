@@ -180,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.inbox_cli import main as inbox_main
 
         return inbox_main(args_list[1:])
+    if args_list and args_list[0] == "relay":
+        from exporter.relay_cli import main as relay_main
+
+        return relay_main(args_list[1:])
     if args_list and args_list[0] == "state":
         from exporter.state_cli import main as state_main
 

@@ -71,24 +71,26 @@ def main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None =
     except SystemExit as exc:  # --help (0) or a bad flag (2, message already printed)
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        path = _state_path(args)
+        path = state_path(args)
         with StateStore.open_read_only(path) as store:
             if args.command == "list":
                 return _list(store, args, out)
             return _show(store, args, out)
     except (StateError, ConfigError, ValueError) as exc:
-        print(f"{PROG}: {_reason(exc)}", file=err)
+        print(f"{PROG}: {problem_text(exc)}", file=err)
         return 1
 
 
-def _state_path(args: argparse.Namespace) -> str:
+def state_path(args: argparse.Namespace) -> str:
+    """The state file the flags name: ``--state.path``, or the one of ``--config.file`` (default config.yaml)."""
     if args.state_path:
         return str(args.state_path)
     config = load_config(args.config_file or "config.yaml")
     return config.state.path
 
 
-def _reason(exc: Exception) -> str:
+def problem_text(exc: Exception) -> str:
+    """One line for an error of the inspection commands (a config's problems joined)."""
     if isinstance(exc, ConfigError):
         return "the config is invalid: " + "; ".join(f"{p.location}: {p.message}" for p in exc.problems)
     return str(exc)
@@ -183,7 +185,8 @@ def shown_headers(headers: dict[str, str]) -> dict[str, str]:
     return shown
 
 
-def _iso(seconds: float | None) -> str | None:
+def iso_time(seconds: float | None) -> str | None:
+    """Unix seconds as RFC 3339 UTC with milliseconds; None stays None."""
     if seconds is None:
         return None
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat(timespec="milliseconds")
@@ -206,12 +209,12 @@ def as_json(row: InboxDelivery, cursor: int) -> dict[str, Any]:
         "account": row.account,
         "delivery_id": row.delivery_id,
         "method": row.method,
-        "received_at": _iso(row.received_at),
+        "received_at": iso_time(row.received_at),
         "status": row.status,
         "verdict": row.verdict,
         "nonce": row.nonce,
         "duplicates": row.duplicates,
-        "last_duplicate_at": _iso(row.last_duplicate_at),
+        "last_duplicate_at": iso_time(row.last_duplicate_at),
         "derivation": derivation(row, cursor),
         "derive_error": row.derive_error,
         "headers": shown_headers(row.headers),
@@ -232,7 +235,7 @@ def _table(rows: list[InboxDelivery], cursor: int, out: TextIO) -> None:
     lines.extend(
         (
             str(row.seq),
-            (_iso(row.received_at) or "")[:19],
+            (iso_time(row.received_at) or "")[:19],
             row.provider,
             row.account or "-",
             row.method,
