@@ -30,6 +30,8 @@ from exporter.config.schema import (
     Config,
     ListenAddress,
     PollConfig,
+    RelayConfig,
+    RelayTargetConfig,
     StateConfig,
     WebConfig,
     WebhooksConfig,
@@ -163,6 +165,13 @@ def exporter_config(
         ),
         zerohash=ZerohashConfig(
             webhook=ZerohashWebhookConfig(hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS)
+        ),
+        # Everything received is forwarded to the simulator's payment backend, which checks the signatures.
+        relay=RelayConfig(
+            (
+                RelayTargetConfig(name="payments", url=f"{simulator.url}/_backend/whitebit", providers=("whitebit",)),
+                RelayTargetConfig(name="balances", url=f"{simulator.url}/_backend/zerohash", providers=("zerohash",)),
+            )
         ),
     )
 

@@ -146,6 +146,27 @@ ALERTS: tuple[Alert, ...] = (
         ("job", "instance"),
     ),
     Alert(
+        "WhitebitExporterRelayBehind",
+        "max by (job, instance, target) (whitebit_exporter_relay_oldest_pending_seconds{[[selector]]}) > [[threshold]]",
+        "The WhiteBIT exporter cannot hand deliveries to a payment backend.",
+        "{{ $labels.instance }} has owed relay target {{ $labels.target }} a delivery for "
+        "{{ $value | humanizeDuration }} (more than [[threshold]] s, for [[for]]): the backend is down, refusing or too "
+        "slow. Nothing is lost yet: the exporter keeps trying until the target's retry_for, then keeps it as a dead "
+        "letter. whitebit_exporter_relay_pending_deliveries says how many wait.",
+        WEBHOOKS,
+        ("job", "instance"),
+    ),
+    Alert(
+        "WhitebitExporterRelayDeadLetters",
+        "max by (job, instance, target) (whitebit_exporter_relay_dead_letters{[[selector]]}) > 0",
+        "The WhiteBIT exporter gave up handing deliveries to a payment backend.",
+        "{{ $labels.instance }} holds {{ $value | humanize }} dead letter(s) for relay target {{ $labels.target }}: "
+        "deliveries it tried for the target's whole retry_for. The backend never received them; "
+        "whitebit-exporter relay list --state dead names them, relay retry sends them again.",
+        WEBHOOKS,
+        ("job", "instance"),
+    ),
+    Alert(
         "WhitebitWebhookInternalErrors",
         '(sum by (job, instance) (increase(whitebit_webhooks_rejected_total{[[selector]], reason="internal_error"}'
         "[[[window]]])) > 0) or (sum by (job, instance) (increase(zerohash_webhooks_rejected_total{[[selector]], "

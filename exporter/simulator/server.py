@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.simulator.backend import PaymentBackend
 from exporter.simulator.listing import LISTED_ASSETS, AssetListing, ZeroBalances
 from exporter.simulator.model import Exchange
 from exporter.simulator.rest import RestApi
@@ -125,6 +126,10 @@ class Simulator:
             rng=random.Random(self.rng.getrandbits(64)),
             listing=self.listing,
         )
+        self.backend = PaymentBackend(
+            {a.webhook_key: a.webhook_secret for a in settings.accounts if a.webhook_key and a.webhook_secret},
+            settings.zerohash_secret,
+        )
         self.webhooks: WebhookSender | None = None
         self.zerohash_ledger: ZerohashLedger | None = None
         self.zerohash: ZerohashSender | None = None
@@ -185,10 +190,11 @@ class Simulator:
     # --- lifecycle ---
 
     def build_app(self) -> web.Application:
-        """The aiohttp application: REST, WebSocket and the control API."""
+        """The aiohttp application: REST, WebSocket, the payment backend and the control API."""
         app = web.Application()
         self.rest.register(app)
         self.ws.register(app)
+        self.backend.register(app)
         app.add_routes(
             [
                 web.get("/_simulator/state", self._control_state),
