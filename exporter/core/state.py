@@ -40,7 +40,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -400,7 +400,8 @@ def _relay_v6(conn: sqlite3.Connection) -> None:
         " finished_at REAL,"
         " PRIMARY KEY (seq, target)) WITHOUT ROWID"
     )
-    conn.execute("CREATE INDEX relay_by_state ON relay_deliveries (target, state, provider, account, seq)")
+    # enqueued_at rides along so the backlog's count and age are one pass over the index, not the table.
+    conn.execute("CREATE INDEX relay_by_state ON relay_deliveries (target, state, provider, account, seq, enqueued_at)")
 
 
 #: MIGRATIONS[i] takes the schema from version i to version i + 1. Append only; never edit a
@@ -1161,18 +1162,40 @@ class StateStore:
                 [(row.seq, target, row.provider, row.account, when, when) for row in rows],
             )
 
-    def relay_heads(self, target: str, now: float, limit: int) -> list[RelayItem]:
+    def relay_heads(
+        self, target: str, now: float, limit: int, *, skip: Collection[tuple[str, str]] = ()
+    ) -> list[RelayItem]:
         """Per (provider, account), the oldest delivery ``target`` is owed, when it is due by ``now``;
-        each with its inbox row. A later one waits for it: the order received is the order sent."""
-        rows = self._query(
-            f"SELECT {_RELAY_COLUMNS} FROM relay_deliveries r WHERE target = ? AND state = 'pending'"
-            " AND seq = (SELECT MIN(seq) FROM relay_deliveries o WHERE o.target = r.target AND o.state = 'pending'"
-            " AND o.provider = r.provider AND o.account = r.account)"
-            " AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (target, _finite(now, "now"), limit),
-        )
-        items = [_relay_item(r) for r in rows]
-        return [replace(item, delivery=self.get_delivery(item.seq)) for item in items]
+        each with its inbox row, oldest first, at most ``limit``. A later one waits for it: the order
+        received is the order sent. ``skip``: (provider, account) queues to leave out (their head is
+        being sent)."""
+        due = _finite(now, "now")
+        heads = [
+            item
+            for item in self._relay_queue_heads(target)
+            if item.next_attempt_at <= due and (item.provider, item.account) not in skip
+        ]
+        heads.sort(key=lambda item: item.seq)
+        return [replace(item, delivery=self.get_delivery(item.seq)) for item in heads[:limit]]
+
+    def _relay_queue_heads(self, target: str) -> list[RelayItem]:
+        """The oldest pending delivery of each (provider, account) queue of ``target``, due or not.
+
+        One index seek per queue (a skip scan over ``relay_by_state``), so its cost follows the
+        number of accounts, not the backlog: a target down for days owes millions of rows.
+        """
+        pending = f"SELECT {_RELAY_COLUMNS} FROM relay_deliveries WHERE target = ? AND state = 'pending'"
+        next_provider = f"{pending} AND provider > ? ORDER BY provider, account, seq LIMIT 1"
+        next_account = f"{pending} AND provider = ? AND account > ? ORDER BY account, seq LIMIT 1"
+        heads: list[RelayItem] = []
+        row = self._query(next_provider, (target, ""))
+        while row:
+            head = _relay_item(row[0])
+            heads.append(head)
+            row = self._query(next_account, (target, head.provider, head.account)) or self._query(
+                next_provider, (target, head.provider)
+            )
+        return heads
 
     def relay_answered(
         self,
@@ -1197,7 +1220,12 @@ class StateStore:
         )
 
     def relay_backlog(self, target: str) -> tuple[int, float | None, int]:
-        """(deliveries owed, when the oldest of them was enqueued, dead letters) of ``target``."""
+        """(deliveries owed, when the oldest of them was enqueued, dead letters) of ``target``.
+
+        Both owed figures come from one pass over ``relay_by_state``, which carries ``enqueued_at``
+        for it (tens of milliseconds at a million owed); a dead letter owed again is older than the
+        queue it rejoins, so the oldest is not always a queue's head.
+        """
         owed = self._query(
             "SELECT COUNT(*), MIN(enqueued_at) FROM relay_deliveries WHERE target = ? AND state = 'pending'",
             (target,),
@@ -1215,9 +1243,12 @@ class StateStore:
         return [_relay_item(r) for r in rows]
 
     def retry_dead(self, *, target: str | None = None, seq: int | None = None, at: float) -> int:
-        """Owe the dead letters (of ``target``, or the one at ``seq``) again, due at ``at``; how many."""
+        """Owe the dead letters (of ``target``, or the one at ``seq``) again, due at ``at``; how many.
+
+        Each is owed as from ``at`` (its ``enqueued_at``), so it has a whole ``retry_for`` again, not one try.
+        """
         return self._write(
-            "UPDATE relay_deliveries SET state = 'pending', next_attempt_at = ?, finished_at = NULL"
+            "UPDATE relay_deliveries SET state = 'pending', next_attempt_at = ?1, enqueued_at = ?1, finished_at = NULL"
             " WHERE state = 'dead' AND (? IS NULL OR target = ?) AND (? IS NULL OR seq = ?)",
             (_finite(at, "at"), target, target, seq, seq),
         ).rowcount

@@ -21,7 +21,7 @@ The protocols are narrow on purpose: each lists the calls of one part, nothing m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -225,8 +225,10 @@ class RelayLog(Transactions, Protocol):
         """Owe ``target`` each of ``rows`` (once each, however often enqueued)."""
         ...
 
-    def relay_heads(self, target: str, now: float, limit: int) -> list[RelayItem]:
-        """Per (provider, account), the oldest delivery owed, when due; each with its inbox row."""
+    def relay_heads(
+        self, target: str, now: float, limit: int, *, skip: Collection[tuple[str, str]] = ...
+    ) -> list[RelayItem]:
+        """Per (provider, account) not in ``skip``, the oldest delivery owed, when due; each with its inbox row."""
         ...
 
     def relay_answered(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import random
 import ssl
 import time
@@ -36,7 +37,7 @@ from exporter.core.metrics import (
     EXPORTER_RELAY_OLDEST_PENDING_SECONDS,
     EXPORTER_RELAY_PENDING,
 )
-from exporter.core.state import InboxDelivery, RelayItem
+from exporter.core.state import InboxDelivery, RelayItem, StateError
 from exporter.core.storage import RelayLog
 
 #: WhiteBIT's base64 copy of the body, which its signature covers (docs/protocol.md).
@@ -54,6 +55,8 @@ MAX_ANSWER_BYTES = 64 * 1024
 #: Bounds (seconds) of the attempt duration histogram: a backend answers in milliseconds; a timeout is 10 s.
 ATTEMPT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 OUTCOMES = ("delivered", "retry", "dead")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,10 @@ class RelaySender:
         self._clock = clock
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        #: The task sending each queue's head, by (provider, account): one at a time per queue.
+        self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: After the state file failed it, the sender waits until this (monotonic) before reading it again.
+        self._paused_until = 0.0
         #: Attempts by outcome, and the attempt durations (bucket counts, sum), for the collector.
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.durations: list[int] = [0] * (len(ATTEMPT_BUCKETS) + 1)
@@ -140,40 +147,90 @@ class RelaySender:
         self._wake.set()
 
     async def run(self) -> None:
-        """Send what is due, wait for more, until cancelled."""
+        """Send what is due, wait for more, until cancelled (what is in flight then is cancelled with it)."""
         timeout = aiohttp.ClientTimeout(total=self.target.timeout)
         connector = aiohttp.TCPConnector(ssl=tls_context(self.target) or False, limit=MAX_IN_FLIGHT)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            while True:
-                self._wake.clear()
-                if not await self.send_due(session):
+            try:
+                while True:
+                    self._wake.clear()
+                    self.start_due(session)
                     try:
                         async with asyncio.timeout(self._idle_poll):
                             await self._wake.wait()
                     except TimeoutError:
                         pass
+            finally:
+                for task in self._in_flight.values():
+                    task.cancel()
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
-    async def send_due(self, session: aiohttp.ClientSession) -> int:
-        """Send every head that is due, once each; how many were sent."""
-        heads = self._store.relay_heads(self.target.name, self._clock(), MAX_IN_FLIGHT)
-        if not heads:
+    def start_due(self, session: aiohttp.ClientSession) -> int:
+        """Start sending each due head whose queue has nothing in flight, up to :data:`MAX_IN_FLIGHT` at
+        once; how many were started. Each is recorded as soon as its own answer comes, so a slow queue
+        holds back only itself."""
+        free = MAX_IN_FLIGHT - len(self._in_flight)
+        if free <= 0 or time.monotonic() < self._paused_until:
             return 0
-        attempts = await asyncio.gather(*(self._timed_post(session, item) for item in heads))
-        for item, attempt in zip(heads, attempts, strict=True):
+        try:
+            heads = self._store.relay_heads(self.target.name, self._clock(), free, skip=self._in_flight.keys())
+        except StateError as exc:
+            self._pause(exc, "read what it is owed")
+            return 0
+        for item in heads:
+            queue = (item.provider, item.account)
+            self._in_flight[queue] = asyncio.create_task(self._deliver(session, item), name=f"{self.name}:{item.seq}")
+        return len(heads)
+
+    async def drain(self, session: aiohttp.ClientSession) -> int:
+        """Send until nothing is due and nothing is in flight; how many attempts were made."""
+        attempts = 0
+        while True:
+            self._wake.clear()
+            attempts += self.start_due(session)
+            if not self._in_flight:
+                return attempts
+            await self._wake.wait()
+
+    async def _deliver(self, session: aiohttp.ClientSession, item: RelayItem) -> None:
+        try:
+            attempt = await self._timed_post(session, item)
             now = self._clock()
             step = next_step(item, attempt, now, self.target, self._backoff.delay(item.attempts, self._rng))
-            self._store.relay_answered(
-                self.target.name,
-                item.seq,
-                at=now,
-                delivered=step.delivered,
-                status=attempt.status,
-                error=attempt.error,
-                retry_at=step.retry_at,
-            )
+            try:
+                self._store.relay_answered(
+                    self.target.name,
+                    item.seq,
+                    at=now,
+                    delivered=step.delivered,
+                    status=attempt.status,
+                    error=attempt.error,
+                    retry_at=step.retry_at,
+                )
+            except StateError as exc:
+                # The answer is lost: the delivery is still owed, so it is sent again (at-least-once).
+                self._pause(exc, "record an answer")
+                return
             outcome = "delivered" if step.delivered else ("retry" if step.retry_at is not None else "dead")
             self.outcomes[outcome] += 1
-        return len(heads)
+            if outcome != "delivered":
+                log.warning(
+                    "relay attempt failed target=%s seq=%d provider=%s account=%s attempts=%d error=%s next=%s",
+                    self.target.name,
+                    item.seq,
+                    item.provider,
+                    item.account,
+                    item.attempts + 1,
+                    attempt.error,
+                    "dead letter" if step.retry_at is None else f"in {step.retry_at - now:.0f}s",
+                )
+        finally:
+            del self._in_flight[(item.provider, item.account)]
+            self._wake.set()
+
+    def _pause(self, exc: StateError, what: str) -> None:
+        self._paused_until = time.monotonic() + self._backoff.initial
+        log.error("relay could not %s target=%s error=%s; trying again shortly", what, self.target.name, exc)
 
     async def _timed_post(self, session: aiohttp.ClientSession, item: RelayItem) -> Attempt:
         started = time.monotonic()

@@ -83,8 +83,20 @@ def test_a_dead_letter_is_kept_counted_and_no_longer_holds_back_its_account(stor
     # relay retry: owed again, due now, and first in line again.
     assert store.retry_dead(target="backend", at=T0 + 8 * DAY) == 1
     assert heads(store, "backend", T0 + 8 * DAY) == [("main", "a1")]
-    assert store.relay_backlog("backend") == (2, T0, 0)
+    assert store.relay_backlog("backend") == (2, T0, 0)  # the oldest owed (a2) waits since T0
+    [revived] = [i for i in store.relay_items("pending", "backend") if i.seq == a1.seq]
+    assert revived.enqueued_at == T0 + 8 * DAY  # a whole retry_for again, not one last try
     assert store.retry_dead(at=T0) == 0
+
+
+def test_heads_skip_the_queues_in_flight_and_come_oldest_first_up_to_the_limit(store: StateStore) -> None:
+    rows = [stored(store, f"d{n}", account=f"acct{n % 3}") for n in range(9)]
+    rows.append(stored(store, "z0", account="", provider="zerohash"))
+    store.enqueue_relay("backend", rows, at=T0)
+    assert heads(store, "backend", T0) == [("acct0", "d0"), ("acct1", "d1"), ("acct2", "d2"), ("", "z0")]
+    busy = [("whitebit", "acct1"), ("zerohash", "")]
+    assert [i.account for i in store.relay_heads("backend", T0, 10, skip=busy)] == ["acct0", "acct2"]
+    assert [i.account for i in store.relay_heads("backend", T0, 1)] == ["acct0"]
 
 
 def test_the_inbox_purge_keeps_a_row_still_owed(store: StateStore, clock: Clock) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from exporter.config.schema import RelayTargetConfig
 from exporter.core.state import InboxDelivery, RelayItem, StateStore
 from exporter.relay.sender import DELIVERY_ID_HEADER, Attempt, NextStep, RelaySender, next_step
+from tests.helpers import wait_for
 
 T0 = 1_700_000_000.0
 
@@ -34,6 +35,9 @@ class Backend:
         self.received: list[tuple[str, bytes, dict[str, str]]] = []
         self.script: dict[str, list[int]] = {}
         self.slow: set[str] = set()
+        #: Deliveries whose answer waits for ``gate``.
+        self.gated: set[str] = set()
+        self.gate = asyncio.Event()
         self.elsewhere = 0
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -41,6 +45,8 @@ class Backend:
         self.received.append((delivery_id, await request.read(), dict(request.headers)))
         if delivery_id in self.slow:
             await asyncio.sleep(1)
+        if delivery_id in self.gated:
+            await self.gate.wait()
         answers = self.script.get(delivery_id, [])
         status = answers.pop(0) if answers else 204
         if status == 302:
@@ -104,7 +110,7 @@ def target(url: str, **changes: object) -> RelayTargetConfig:
 
 async def send(sender: RelaySender) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=sender.target.timeout)) as session:
-        return await sender.send_due(session)
+        return await sender.drain(session)
 
 
 async def test_deliveries_arrive_in_order_per_account_with_their_own_headers_after_retries(
@@ -119,7 +125,7 @@ async def test_deliveries_arrive_in_order_per_account_with_their_own_headers_aft
 
     assert await send(sender) == 2  # a1 (refused) and b1 (taken); a2 waits behind a1
     assert await send(sender) == 0  # a1 is not due yet
-    for _ in range(3):  # a1 again, a1 taken, then a2
+    for _ in range(3):  # a1 again; a1 taken, and a2 at once behind it
         clock.now += 60
         await send(sender)
     assert [delivery_id for delivery_id, _, _ in recorder.received] == ["a1", "b1", "a1", "a1", "a2"]
@@ -131,6 +137,30 @@ async def test_deliveries_arrive_in_order_per_account_with_their_own_headers_aft
     assert body == rows[2].body
     assert {k: headers[k] for k in ("X-TXC-APIKEY", "X-TXC-PAYLOAD", "X-TXC-SIGNATURE")} == rows[2].headers
     assert (headers[DELIVERY_ID_HEADER], headers["Authorization"]) == ("a2", "Bearer t")
+
+
+async def test_an_account_waiting_for_its_answer_holds_back_only_itself(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    owe(store, "backend", "stuck", "slow")
+    owe(store, "backend", "stuck-next", "slow")
+    others = [owe(store, "backend", f"fast{n}", "fast") for n in range(5)]
+    recorder.gated = {"stuck"}
+    sender = RelaySender(target(url, timeout=30.0), store, clock=clock, rng=random.Random(1))
+    sending = asyncio.create_task(send(sender))
+    delivered = {row.seq for row in others}
+    await wait_for(
+        lambda: {i.seq for i in store.relay_items("delivered")} == delivered,
+        timeout=10.0,
+        message="the other account's deliveries went out while one account waited",
+    )
+    assert [d for d, _, _ in recorder.received][-1] == "fast4" and "stuck-next" not in {
+        d for d, _, _ in recorder.received
+    }
+    recorder.gate.set()
+    assert await asyncio.wait_for(sending, 10.0) == 7
+    assert [d for d, _, _ in recorder.received if d.startswith("stuck")] == ["stuck", "stuck-next"]
 
 
 async def test_a_redirect_is_not_followed_and_a_timeout_is_tried_again(
