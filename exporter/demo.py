@@ -169,8 +169,8 @@ def exporter_config(
         # Everything received is forwarded to the simulator's payment backend, which checks the signatures.
         relay=RelayConfig(
             (
-                RelayTargetConfig(name="payments", url=f"{simulator.url}/_backend/whitebit", providers=("whitebit",)),
-                RelayTargetConfig(name="balances", url=f"{simulator.url}/_backend/zerohash", providers=("zerohash",)),
+                RelayTargetConfig(name="payments", url=f"{simulator.backend.url}/whitebit", providers=("whitebit",)),
+                RelayTargetConfig(name="balances", url=f"{simulator.backend.url}/zerohash", providers=("zerohash",)),
             )
         ),
     )

@@ -5,7 +5,8 @@ REST under ``/api/v4/…``, the private WebSocket at ``/ws``, WhiteBIT and Zero 
 senders, and the scenario engine that makes activity. Tests and the demo drive it through its
 Python attributes; out-of-process users (``whitebit-exporter simulate``, the end-to-end tests)
 use the control API under ``/_simulator/`` to read the exchange's state and to cause trouble on
-cue (drop WebSocket connections, drop webhooks, force 429s).
+cue (drop WebSocket connections, drop webhooks, force 429s, make the payment backend fail or go
+away: :mod:`exporter.simulator.backend`, which listens on a port of its own).
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class Simulator:
         self.backend = PaymentBackend(
             {a.webhook_key: a.webhook_secret for a in settings.accounts if a.webhook_key and a.webhook_secret},
             settings.zerohash_secret,
+            host=settings.host,
+            rng=random.Random(self.rng.getrandbits(64)),
         )
         self.webhooks: WebhookSender | None = None
         self.zerohash_ledger: ZerohashLedger | None = None
@@ -190,11 +193,11 @@ class Simulator:
     # --- lifecycle ---
 
     def build_app(self) -> web.Application:
-        """The aiohttp application: REST, WebSocket, the payment backend and the control API."""
+        """The aiohttp application: REST, WebSocket and the control API (the payment backend's too)."""
         app = web.Application()
         self.rest.register(app)
         self.ws.register(app)
-        self.backend.register(app)
+        self.backend.register_control(app)
         app.add_routes(
             [
                 web.get("/_simulator/state", self._control_state),
@@ -214,12 +217,19 @@ class Simulator:
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
         self._port = self._runner.addresses[0][1]
+        await self.backend.start()
         for sender in (self.webhooks, self.zerohash):
             if sender is not None:
                 await sender.start()
         if self.settings.scenario_rate > 0 and self.settings.scenario_autostart:
             self.start_scenario()
-        log.info("simulator listening url=%s ws=%s markets=%s", self.url, self.ws_url, ",".join(self.settings.markets))
+        log.info(
+            "simulator listening url=%s ws=%s backend=%s markets=%s",
+            self.url,
+            self.ws_url,
+            self.backend.url,
+            ",".join(self.settings.markets),
+        )
 
     def start_scenario(self) -> None:
         """Start making activity (idempotent)."""
@@ -253,6 +263,7 @@ class Simulator:
         for sender in (self.webhooks, self.zerohash):
             if sender is not None:
                 await sender.stop()
+        await self.backend.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
