@@ -8,12 +8,9 @@ never killed. Deliveries whose answer was lost to a kill are sent again, as Whit
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import sys
 from collections import deque
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
@@ -25,7 +22,7 @@ from benchmarks.bench_webhooks import deposit_body
 from exporter.core.state import StateStore
 from exporter.whitebit.signing import sign_body
 from exporter.whitebit.transfers import record_events
-from tests.helpers import parse_logfmt, wait_for
+from tests.e2e.command_line import Started, start_command_line
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +31,6 @@ SECRET = "crash-webhook-secret-0123456789"
 DELIVERIES = 3000
 ROUNDS = 10
 CONCURRENCY = 32
-STARTUP_TIMEOUT = 30.0
 EXIT_TIMEOUT = 30.0
 
 
@@ -76,47 +72,9 @@ class Running(NamedTuple):
     webhooks: str
 
 
-#: Every process a test started, killed at its end whatever happened (see the ``processes`` fixture).
-Started = list[asyncio.subprocess.Process]
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[Started]:
-    started: Started = []
-    yield started
-    for proc in started:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def start(config: Path, log: Path, started: Started) -> Running:
-    """The command line, its log in a file (a pipe left unread would block it); its webhook URL once listening."""
-    with log.open("ab") as sink:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            cwd=config.parent,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=sink,
-        )
-    started.append(proc)
-    found: dict[str, str] = {}
-
-    def listening() -> bool:
-        for line in log.read_text().splitlines():
-            fields = parse_logfmt(line)
-            if fields.get("msg") == "listening" and fields.get("webhooks"):
-                found.update(fields)
-        return bool(found) and proc.returncode is None
-
-    await wait_for(listening, timeout=STARTUP_TIMEOUT, interval=0.05, message="the exporter is not listening")
-    await asyncio.to_thread(log.write_bytes, b"")  # the next start's "listening" line is the only one
-    return Running(proc, found["webhooks"])
+    proc, listening = await start_command_line(config, log, started)
+    return Running(proc, listening["webhooks"])
 
 
 async def send_all(url: str, queue: deque[Delivery], answered: dict[str, str], *, stop_after: int | None) -> None:
