@@ -37,8 +37,19 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A threshold step: from ``value`` up the panel turns ``color`` (below the first: green)."""
+
+    value: float
+    color: str = "red"
+
+
+@dataclass(frozen=True)
 class Panel:
-    """A panel: a time series by default, or a ``stat``; ``width`` in grid units (24 per row)."""
+    """A panel: a time series by default, or a ``stat``; ``width`` in grid units (24 per row).
+
+    ``thresholds`` colour a stat's value, and draw a line across a time series (an alert's threshold).
+    """
 
     title: str
     description: str
@@ -49,6 +60,7 @@ class Panel:
     height: int = 8
     mappings: tuple[dict[str, Any], ...] = ()
     max: float | None = None
+    thresholds: tuple[Threshold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +105,19 @@ def latency(quantile: str, name: str) -> Target:
         f"(rate(whitebit_rest_request_duration_seconds_bucket{{{SEL_ACCOUNT}}}{RATE})))",
         name + " {{account}} {{endpoint}}",
     )
+
+
+def relay_duration(quantile: str, name: str) -> Target:
+    return Target(
+        f"histogram_quantile({quantile}, sum by (le, target) "
+        f"(rate(whitebit_exporter_relay_attempt_duration_seconds_bucket{{{SEL}}}{RATE})))",
+        name + " {{target}}",
+    )
+
+
+#: WhitebitExporterRelayBehind's threshold in prometheus/config.yaml (seconds); the oldest owed delivery panel
+#: draws it (a test keeps the two equal).
+RELAY_BEHIND_SECONDS = 900
 
 
 OVERVIEW = Dashboard(
@@ -271,7 +296,8 @@ OVERVIEW = Dashboard(
 WEBHOOKS = Dashboard(
     uid="whitebit-webhooks",
     title="WhiteBIT / Webhooks",
-    description="Signed WhiteBIT webhooks: received, verified, rejected, duplicated, replayed and missed.",
+    description="Signed WhiteBIT webhooks: received, verified, rejected, duplicated, replayed and missed; the inbox, "
+    "and the relay of verified deliveries to the payment backends.",
     rows=(
         Row(
             "Missed",
@@ -425,6 +451,74 @@ WEBHOOKS = Dashboard(
                         ),
                     ),
                     width=6,
+                ),
+            ),
+        ),
+        Row(
+            "Relay",
+            (
+                Panel(
+                    "Dead letters",
+                    "Deliveries the relay tried for the target's whole retry_for (7 days by default) and gave up on "
+                    "(whitebit_exporter_relay_dead_letters; alert: WhitebitExporterRelayDeadLetters). Above 0 the "
+                    "payment backend never received them; they are kept: `whitebit-exporter relay list --state dead` "
+                    "names them, and once the backend takes deliveries again `whitebit-exporter relay retry --target "
+                    "NAME` sends them again.",
+                    "short",
+                    (Target(f"sum by (target) (whitebit_exporter_relay_dead_letters{{{SEL}}})", "{{target}}"),),
+                    kind="stat",
+                    width=8,
+                    thresholds=(Threshold(1),),
+                ),
+                Panel(
+                    "Deliveries owed",
+                    "Verified deliveries the relay still owes each target: not yet answered 2xx, not dead "
+                    "(whitebit_exporter_relay_pending_deliveries). Near 0 while the backend keeps up. Owed deliveries "
+                    "pile up while a target is down or refusing; they are kept for retry_for (7 days by default), "
+                    "then become dead letters. `whitebit-exporter relay list --target NAME` shows each one's tries "
+                    "and last answer.",
+                    "short",
+                    (Target(f"sum by (target) (whitebit_exporter_relay_pending_deliveries{{{SEL}}})", "{{target}}"),),
+                    width=8,
+                ),
+                Panel(
+                    "Oldest owed delivery",
+                    "Seconds since the oldest delivery still owed to the target was owed; 0 when none is "
+                    "(whitebit_exporter_relay_oldest_pending_seconds). The line is WhitebitExporterRelayBehind's "
+                    "900 s: above it the backend is down, refusing or too slow, and later deliveries of the same "
+                    "account wait behind the oldest. Nothing is lost yet: fix the backend (its logs say why it "
+                    "refuses) and the backlog goes out by itself, oldest first.",
+                    "s",
+                    (
+                        Target(
+                            f"max by (target) (whitebit_exporter_relay_oldest_pending_seconds{{{SEL}}})", "{{target}}"
+                        ),
+                    ),
+                    width=8,
+                    thresholds=(Threshold(RELAY_BEHIND_SECONDS),),
+                ),
+                Panel(
+                    "Attempt outcomes",
+                    "Relay attempts per second by target and outcome (whitebit_exporter_relay_deliveries_total): "
+                    "delivered (2xx), retry (refused, timed out or unreachable; tried again after a pause growing "
+                    "to the target's max_backoff), dead (retry_for ran out). Retries with no deliveries mean the "
+                    "target is down or refuses everything; any dead is a new dead letter.",
+                    "reqps",
+                    (
+                        Target(
+                            f"sum by (target, outcome) (rate(whitebit_exporter_relay_deliveries_total{{{SEL}}}{RATE}))",
+                            "{{target}} {{outcome}}",
+                        ),
+                    ),
+                ),
+                Panel(
+                    "Attempt duration",
+                    "p50 and p99 of each relay attempt by target: the POST and its answer, or the timeout "
+                    "(whitebit_exporter_relay_attempt_duration_seconds). A p99 at the target's timeout (10 s by "
+                    "default) means attempts time out: the backend is too slow or unreachable, and they come back "
+                    "as retries.",
+                    "s",
+                    (relay_duration("0.5", "p50"), relay_duration("0.99", "p99")),
                 ),
             ),
         ),
@@ -687,8 +781,14 @@ def _panel(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     if panel.max is not None:
         defaults["max"] = panel.max
         defaults["min"] = 0
+    if panel.thresholds:
+        steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+        steps += [{"color": t.color, "value": t.value} for t in panel.thresholds]
+        defaults["thresholds"] = {"mode": "absolute", "steps": steps}
     if panel.kind == "timeseries":
         defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+        if panel.thresholds:
+            defaults["custom"]["thresholdsStyle"] = {"mode": "line"}
         options: dict[str, Any] = {
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"},

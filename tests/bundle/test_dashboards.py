@@ -14,6 +14,9 @@ from pathlib import Path
 import yaml
 
 from tests.bundle.harness import (
+    ALERTS,
+    PROMETHEUS_DIR,
+    alert_rules,
     dashboard_queries,
     dashboards,
     data_panels,
@@ -89,6 +92,30 @@ def test_every_query_selects_on_job_and_instance_and_rates_use_rate_interval() -
                 assert re.search(r'account=~"\$account', matchers), f"{where}: {metric} lacks the account matcher"
         for window in re.findall(r"\(\s*(?:rate|irate|increase)\([^\[]*\[([^\]]+)\]", expr):
             assert window in ("$__rate_interval", "$__range"), f"{where}: window {window}"
+
+
+def test_the_relay_row_draws_its_alerts_thresholds_on_the_dashboard_they_link_to() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "config.yaml").read_text())["alerts"]
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    for alert in ("WhitebitExporterRelayBehind", "WhitebitExporterRelayDeadLetters"):
+        assert "/d/whitebit-webhooks?" in rules[alert]["annotations"]["dashboard_url"], f"{ALERTS}: {alert}"
+    panels = {p["title"]: p for p in data_panels(dashboards()["whitebit-webhooks.json"])}
+
+    def steps(title: str) -> list[tuple[str, float | None]]:
+        thresholds = panels[title]["fieldConfig"]["defaults"]["thresholds"]
+        return [(step["color"], step["value"]) for step in thresholds["steps"]]
+
+    behind = panels["Oldest owed delivery"]
+    assert "whitebit_exporter_relay_oldest_pending_seconds" in behind["targets"][0]["expr"]
+    assert behind["fieldConfig"]["defaults"]["unit"] == "s"
+    assert behind["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "line"}
+    assert steps("Oldest owed delivery") == [
+        ("green", None),
+        ("red", config["WhitebitExporterRelayBehind"]["threshold"]),
+    ]
+    dead = panels["Dead letters"]
+    assert dead["type"] == "stat" and "whitebit_exporter_relay_dead_letters" in dead["targets"][0]["expr"]
+    assert steps("Dead letters") == [("green", None), ("red", 1)]  # a count: red from the first dead letter
 
 
 def test_every_dashboard_query_is_valid_promql_to_promtool(tmp_path: Path) -> None:
