@@ -44,7 +44,7 @@ from exporter.rebuild import DERIVATION_RULES, rebuild_if_rules_changed, report_
 from exporter.relay.routing import RelayEnqueuer, RelayRouter
 from exporter.relay.sender import RelayCollector, RelaySender
 from exporter.webhooks.commit import GroupCommitter
-from exporter.webhooks.inbox import Deriver, InboxConsumer
+from exporter.webhooks.inbox import Deriver, InboxConsumer, TapError
 from exporter.whitebit.sources import WhitebitSources, build_sources
 from exporter.whitebit.transfers import FINAL_TRANSFER_RETENTION, TransferBook, TransferCollector
 from exporter.whitebit.webhook import WhitebitDeriver, WhitebitReceiver
@@ -205,7 +205,11 @@ class Exporter:
             self.registry.register(RelayCollector(senders.values(), state, clock=self.clock))
         inbox = self._inbox = InboxConsumer(state, derivers, clock=self.clock, taps=taps)
         self.registry.register(inbox)
-        caught_up = inbox.drain()
+        try:
+            caught_up = inbox.drain()
+        except TapError as exc:  # the running consumer logs it and tries again; intake must still start
+            log.error("inbox not derived at start: the relay could not owe a batch", extra={"error": str(exc)})
+            caught_up = 0
         if caught_up:
             log.info("inbox deliveries derived at start", extra={"deliveries": caught_up})
         listener_refusals = SeriesValues()

@@ -132,6 +132,11 @@ def loop_share(
     return busy_share
 
 
+class TapError(StateError):
+    """A tap (the relay's enqueue) failed a batch. The batch is rolled back and tried again, so that
+    derivation waits rather than derive a row the relay would never owe."""
+
+
 class InboxConsumer(Collector):
     """Derives state from the inbox in the order received, with a durable cursor; renders its progress.
 
@@ -185,6 +190,7 @@ class InboxConsumer(Collector):
         self._caught_up = asyncio.Event()
         self._failure_log = RejectionLog(log, message="inbox delivery not derived; kept with the reason")
         self._state_log = RejectionLog(log, message="inbox derivation paused: the state file failed a write")
+        self._tap_log = RejectionLog(log, message="inbox derivation paused: the relay could not owe the batch")
         providers = sorted(self._derivers)
         self.derived: dict[str, int] = dict.fromkeys(providers, 0)
         self.failures: dict[str, int] = dict.fromkeys(providers, 0)
@@ -217,6 +223,10 @@ class InboxConsumer(Collector):
             started = loop.time()
             try:
                 derived = self.derive_batch()
+            except TapError as exc:
+                self._tap_log.rejected(("inbox", "", "tap"), partial(dict, error=str(exc)))
+                await asyncio.sleep(self._retry_pause)
+                continue
             except StateError as exc:
                 self._state_log.rejected(("inbox", "", "state"), partial(dict, error=str(exc)))
                 await asyncio.sleep(self._retry_pause)
@@ -346,7 +356,7 @@ class InboxConsumer(Collector):
             except StateError:
                 raise
             except Exception as exc:  # a bug of the tap's: the batch is tried again later, not lost
-                raise StateError(f"inbox tap failed: {exception_text(exc)}", "other") from exc
+                raise TapError(exception_text(exc), "other") from exc
         return tapped
 
     def _stage(self, row: InboxDelivery) -> Applied:

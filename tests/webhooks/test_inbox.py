@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from exporter.core.state import InboxDelivery, StateError, StateStore
-from exporter.webhooks.inbox import CATCH_UP_SHARE, Applied, DeriveError, InboxConsumer, loop_share
+from exporter.webhooks.inbox import CATCH_UP_SHARE, Applied, DeriveError, InboxConsumer, TapError, loop_share
 from tests.helpers import collected, wait_for
 
 
@@ -160,6 +160,33 @@ async def test_the_running_consumer_pauses_on_a_failed_write_and_resumes(store: 
         recorder.state_error_on = ""  # the disk has room again
         await wait_for(lambda: recorder.applied == ["1"], timeout=5.0)
         assert not task.done()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_failing_tap_holds_derivation_back_with_its_own_reason_until_it_works(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    add(store, "1")
+    recorder = Recorder(store)
+    broken = True
+
+    def tap(rows: Sequence[InboxDelivery]) -> Applied:
+        if broken:
+            raise KeyError("a bug in the relay's routing")
+        return None
+
+    consumer = InboxConsumer(store, [recorder], retry_pause=0.05, taps=[tap])
+    with pytest.raises(TapError):
+        consumer.derive_batch()
+    assert recorder.applied == [] and store.inbox_cursor() == 0  # nothing derived that the relay did not owe
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_for(lambda: "the relay could not owe the batch" in caplog.text, timeout=5.0)
+        assert "the state file failed a write" not in caplog.text
+        broken = False
+        await wait_for(lambda: recorder.applied == ["1"], timeout=5.0)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
