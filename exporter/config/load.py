@@ -79,9 +79,16 @@ _RELAY_TARGET_KEYS = (
 _RELAY_TLS_KEYS = ("ca_file", "cert_file", "key_file")
 #: A header field name (RFC 9110 section 5.1: a token).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Headers the relay writes itself (the body's framing, and each provider's signature headers, forwarded
-#: as received): a target's own headers must not replace them.
-_RELAY_OWN_HEADERS = ("host", "content-type", "content-length", "transfer-encoding", "connection")
+#: Headers the relay writes itself (the body's framing, the delivery id, and each provider's signature
+#: headers, forwarded as received): a target's own headers must not replace them.
+_RELAY_OWN_HEADERS = (
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-whitebit-exporter-delivery-id",
+)
 _RELAY_OWN_PREFIXES = ("x-txc-", "x-zh-hook-")
 _LISTENER_LIMIT_KEYS = ("request_timeout", "idle_timeout", "max_connections")
 _WEB_KEYS = ("listen_address", *_LISTENER_LIMIT_KEYS)
@@ -783,7 +790,11 @@ class _Loader:
                     continue
                 lowered = header.lower()
                 if lowered in _RELAY_OWN_HEADERS or lowered.startswith(_RELAY_OWN_PREFIXES):
-                    self.problem(spot, "the relay sets this header itself (the body's framing, or a signature header)")
+                    self.problem(
+                        spot,
+                        "the relay sets this header itself"
+                        " (the body's framing, the delivery id, or a signature header)",
+                    )
                     continue
                 if lowered in found:
                     self.problem(spot, f'header "{header}" is given twice')

@@ -1737,8 +1737,9 @@ _RELAY_COLUMNS = (
     "seq, target, provider, account, state, attempts, enqueued_at, next_attempt_at, last_attempt_at, last_status,"
     " last_error, finished_at"
 )
-#: An inbox row the relay owes no target (the purge leaves one it still owes alone).
-_NOT_OWED = "NOT EXISTS (SELECT 1 FROM relay_deliveries r WHERE r.seq = inbox.seq AND r.state = 'pending')"
+#: An inbox row the relay owes no target, and no target gave up on (the purge leaves one it still owes alone,
+#: and a dead letter too, so that ``relay retry`` has its body to send).
+_NOT_OWED = "NOT EXISTS (SELECT 1 FROM relay_deliveries r WHERE r.seq = inbox.seq AND r.state IN ('pending', 'dead'))"
 
 
 def _relay_item(r: Sequence[Any]) -> RelayItem:

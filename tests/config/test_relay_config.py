@@ -117,7 +117,8 @@ def test_each_mistake_is_refused_where_it_is(tmp_path: Path) -> None:
         "    - {name: e, url: 'https://pay.example/', providers: [zerohash], accounts: [main]}\n"
         "    - {name: f, url: 'https://pay.example/', accounts: [nobody]}\n"
         "    - {name: g, url: 'https://pay.example/', timeout: 8d}\n"
-        "    - {name: h, url: 'https://pay.example/', headers: {Content-Type: text/plain, X-TXC-SIGNATURE: x}}\n"
+        "    - {name: h, url: 'https://pay.example/', headers: {Content-Type: text/plain, X-TXC-SIGNATURE: x,"
+        " X-WhiteBIT-Exporter-Delivery-Id: x}}\n"
         "    - {name: i, url: 'https://pay.example/', headers: {'bad name': x, X-Ok: \"a\\nb\"}}\n"
         "    - {name: j, url: 'http://pay.example/', tls: {ca_file: ca.pem}}\n"
         "    - {name: k, url: 'https://pay.example/', tls: {cert_file: c.pem}}\n"
@@ -132,10 +133,11 @@ def test_each_mistake_is_refused_where_it_is(tmp_path: Path) -> None:
         "relay.targets[4].accounts: names WhiteBIT accounts, but whitebit is not a provider",
         'relay.targets[5].accounts[0]: no WhiteBIT account "nobody" is configured',
         "relay.targets[6].timeout: must not exceed retry_for (604800 s), got 691200 s",
-        "relay.targets[7].headers.Content-Type: the relay sets this header itself (the body's framing, or a"
-        " signature header)",
-        "relay.targets[7].headers.X-TXC-SIGNATURE: the relay sets this header itself (the body's framing, or a"
-        " signature header)",
+        *(
+            f"relay.targets[7].headers.{name}: the relay sets this header itself (the body's framing, the delivery"
+            " id, or a signature header)"
+            for name in ("Content-Type", "X-TXC-SIGNATURE", "X-WhiteBIT-Exporter-Delivery-Id")
+        ),
         "relay.targets[8].headers.bad name: invalid header name",
         "relay.targets[8].headers.X-Ok: must be a non-empty header value (printable, one line)",
         "relay.targets[9].tls: TLS options need an https:// URL",

@@ -99,14 +99,17 @@ def test_heads_skip_the_queues_in_flight_and_come_oldest_first_up_to_the_limit(s
     assert [i.account for i in store.relay_heads("backend", T0, 1)] == ["acct0"]
 
 
-def test_the_inbox_purge_keeps_a_row_still_owed(store: StateStore, clock: Clock) -> None:
-    owed, done = stored(store, "owed"), stored(store, "done")
-    store.enqueue_relay("backend", [owed, done], at=T0)
+def test_the_inbox_purge_keeps_a_row_still_owed_and_a_dead_letter(store: StateStore, clock: Clock) -> None:
+    owed, done, dead = stored(store, "owed"), stored(store, "done"), stored(store, "dead", "other")
+    store.enqueue_relay("backend", [owed, done, dead], at=T0)
     store.relay_answered("backend", done.seq, at=T0, delivered=True, status=200)
+    store.relay_answered("backend", dead.seq, at=T0 + 7 * DAY, delivered=False, error="timeout")
     clock.now = T0 + 40 * DAY
     assert store.purge_inbox(30 * DAY) == 1
     kept = store.get_delivery(owed.seq)
     assert kept is not None and kept.body == owed.body  # the body it must still send
+    letter = store.get_delivery(dead.seq)
+    assert letter is not None and letter.body == dead.body  # relay retry has it to send
     assert store.get_delivery(done.seq) is None
     store.relay_answered("backend", owed.seq, at=clock.now, delivered=True, status=200)
     assert store.purge_inbox(30 * DAY) == 1
