@@ -154,6 +154,10 @@ class PaymentBackend:
         else:
             await self.start()
 
+    def fail_next(self, count: int) -> None:
+        """Answer 500 to ``count`` more deliveries (on top of those already due to fail)."""
+        self.trouble = dataclasses.replace(self.trouble, fail_next=self.trouble.fail_next + count)
+
     # --- deliveries ---
 
     async def _whitebit(self, request: web.Request) -> web.StreamResponse:

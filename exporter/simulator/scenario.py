@@ -8,7 +8,8 @@ refunds, two deposits sharing a transaction hash, partial withdrawals), WhiteBIT
 balance runs, and, when ``forge_every`` is set, forged, tampered, stale and replayed deliveries,
 deliberately lost webhooks (mostly the final ``deposit.processed``/``withdraw.successful``, which
 history reconciliation then counts as missed), bursts of forced 429s on the endpoints the exporter
-polls and dropped WebSocket connections, so that dashboards and alerts have something to show.
+polls, dropped WebSocket connections, and 500s and outages of the payment backend the relay forwards
+to, so that dashboards and alerts have something to show.
 
 Everything goes through :class:`~exporter.simulator.model.Exchange` and
 :class:`~exporter.simulator.zerohash.ZerohashLedger`, so balances stay consistent whatever happens.
@@ -20,6 +21,7 @@ seeded exchange) the sequence of actions is reproducible.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -63,6 +65,7 @@ from exporter.simulator.zerohash import (
 )
 
 if TYPE_CHECKING:
+    from exporter.simulator.backend import PaymentBackend
     from exporter.simulator.rest import RestApi
     from exporter.simulator.ws import WebSocketHub
 
@@ -119,6 +122,12 @@ DROP_PREFIXES: tuple[str, ...] = ("deposit.processed", "withdraw.successful", "d
 # A whole simulator (REST served too, as in --demo) also loses final webhooks more often, so a missed
 # webhook shows within minutes of a demo's start.
 TROUBLE_WEIGHTS: dict[str, float] = {"force_429": 0.4, "ws_drop": 0.15, "drop_final_webhook": 0.5}
+# Trouble for the relay, when the payment backend is there: a few 500s now and then (about every two
+# minutes at the demo's rate), and now and then (about every ten minutes) an outage long enough for the
+# backlog to show on the dashboard and drain after it.
+BACKEND_WEIGHTS: dict[str, float] = {"backend_fail": 0.25, "backend_outage": 0.05}
+#: Seconds a ``backend_outage`` keeps the payment backend's port closed (at random between the two).
+BACKEND_OUTAGE_SECONDS = (45.0, 120.0)
 FINAL_WEBHOOK_PREFIXES: tuple[str, ...] = ("deposit.processed", "withdraw.successful")
 #: Endpoints the exporter polls, whose family a ``force_429`` throttles for a few requests.
 FORCE_429_PATHS: tuple[str, ...] = (
@@ -161,6 +170,7 @@ class ScenarioEngine:
         forge_every: int | None = None,
         rest: RestApi | None = None,
         websocket: WebSocketHub | None = None,
+        backend: PaymentBackend | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         max_open_orders: int = 40,
@@ -188,6 +198,7 @@ class ScenarioEngine:
         self.forge_every = forge_every
         self.rest = rest
         self.websocket = websocket
+        self.backend = backend
         self.max_open_orders = max_open_orders
         self.zerohash_group = zerohash_group
         self.zerohash_participants = tuple(zerohash_participants)
@@ -212,6 +223,8 @@ class ScenarioEngine:
                     self._weights["drop_final_webhook"] = TROUBLE_WEIGHTS["drop_final_webhook"]
             if websocket is not None:
                 self._weights["ws_drop"] = TROUBLE_WEIGHTS["ws_drop"]
+            if backend is not None:
+                self._weights |= BACKEND_WEIGHTS
         self._actions: dict[str, Callable[[], bool]] = {name: getattr(self, f"_do_{name}") for name in self._weights}
         self._adversarial: dict[str, Callable[[], bool]] = {
             name: getattr(self, f"_do_{name}") for name in ADVERSARIAL_ACTIONS
@@ -912,6 +925,28 @@ class ScenarioEngine:
         if not self.websocket.connections(name):
             return False
         return self._spawn(self.websocket.drop(name))
+
+    def _do_backend_fail(self) -> bool:
+        if self.backend is None or self.backend.trouble.down:
+            return False
+        count = self.rng.randint(2, 6)
+        self.backend.fail_next(count)
+        log.info("scenario makes the payment backend answer 500 count=%d", count)
+        return True
+
+    def _do_backend_outage(self) -> bool:
+        if self.backend is None or self.backend.trouble.down:
+            return False
+        return self._spawn(self._backend_outage(self.backend, self.rng.uniform(*BACKEND_OUTAGE_SECONDS)))
+
+    async def _backend_outage(self, backend: PaymentBackend, seconds: float) -> None:
+        log.info("scenario takes the payment backend down seconds=%.0f", seconds)
+        await backend.set_trouble(dataclasses.replace(backend.trouble, down=True))
+        try:
+            await self._sleep(seconds)
+        finally:
+            await backend.set_trouble(dataclasses.replace(backend.trouble, down=False))
+            log.info("scenario brings the payment backend back")
 
     def _do_zh_drop(self) -> bool:
         if self.zerohash_sender is None:

@@ -186,6 +186,7 @@ class Simulator:
                 forge_every=self.settings.scenario_forge_every,
                 rest=self.rest,
                 websocket=self.ws,
+                backend=self.backend,
                 clock=self.clock,
             )
         return self._scenario

@@ -9,9 +9,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from exporter.simulator.backend import PaymentBackend
 from exporter.simulator.model import METHOD_DEPOSIT, METHOD_WITHDRAW, SIDE_BUY, Exchange, WebhookEvent
 from exporter.simulator.scenario import ADVERSARIAL_ACTIONS, ScenarioEngine
 from exporter.simulator.webhooks import WebhookSender
@@ -320,3 +322,40 @@ async def test_mischief_reaches_the_receivers_when_forge_every_is_set(aiohttp_se
     assert zh_stats["forged"] >= 1 and zh_stats["stale"] >= 1 and zh_stats["replayed"] >= 1
     assert zh_stats["tampered"] >= 1 and zh_stats["delivered"] >= 1
     assert any(h.get("x-zh-hook-payload-type") == "trade.status_changed" for h in zerohash)
+
+
+async def test_with_mischief_the_payment_backend_fails_and_goes_away_for_a_while_then_comes_back() -> None:
+    clock = Clock()
+    backend = PaymentBackend({}, None)
+    await backend.start()
+    outage_over = asyncio.Event()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await outage_over.wait()
+
+    engine = ScenarioEngine(
+        build_exchange(clock, 5),
+        accounts=["alpha"],
+        rng=random.Random(5),
+        backend=backend,
+        forge_every=50,
+        clock=clock,
+        sleep=sleep,
+    )
+    try:
+        assert {"backend_fail", "backend_outage"} <= set(engine.action_names())
+        assert engine._do_backend_fail() and 2 <= backend.trouble.fail_next <= 6
+        assert engine._do_backend_outage()
+        await wait_for(lambda: backend.trouble.down and bool(slept), timeout=5.0)
+        assert 45.0 <= slept[0] <= 120.0
+        assert not engine._do_backend_outage() and not engine._do_backend_fail()  # one outage at a time
+        outage_over.set()
+        await engine.drain()
+        assert not backend.trouble.down and 2 <= backend.trouble.fail_next <= 6  # the 500s it was given still due
+        async with aiohttp.ClientSession() as http, http.post(f"{backend.url}/whitebit", data=b"{}") as answer:
+            assert answer.status == 401  # listening again (and an unsigned delivery does not verify)
+    finally:
+        await engine.aclose()
+        await backend.stop()
