@@ -1,6 +1,6 @@
 """Webhook intake throughput relative to a bare aiohttp handler, measured in one run.
 
-    python benchmarks/bench_webhooks.py [--seconds 3] [--rounds 3] [--connections 32]
+    python benchmarks/bench_webhooks.py [--seconds 3] [--rounds 3] [--connections 32] [--relay-down]
 
 Several servers are measured in turn, each several rounds, under the same load:
 
@@ -37,6 +37,15 @@ The exporter runs as its command line runs it: the garbage collector is tuned be
 (:mod:`exporter.core.gc_tuning`); ``--gc default`` leaves CPython's defaults instead, to show what
 that tuning is worth.
 
+``--relay-down`` measures intake while a relay target is down: the exporter is configured with one
+relay target (``relay.targets``, every provider, account and method) whose URL is a loopback port
+bound but never listening, so each connection is refused. Every verified delivery is then owed to
+it as it is derived, and its sender (:class:`~exporter.relay.sender.RelaySender`) keeps looking for
+what is due (after each derived batch and every idle poll) and trying each account's oldest delivery
+again after its retry delay; the ``verified`` and ``zerohash`` ratios then show whether intake slows
+while a target is down (compare with a run without the flag), and the relay's counts (attempts by
+outcome, deliveries owed) are printed with the exporter's. Off by default: no relay target.
+
 The load comes from a second process: ``--connections`` keep-alive HTTP/1.1 connections over
 loopback, each sending its next request as soon as the previous answer arrived, written with raw
 asyncio streams so the load generator is cheaper per request than the servers it measures. The
@@ -56,6 +65,7 @@ import json
 import math
 import multiprocessing
 import os
+import socket
 import sqlite3
 import statistics
 import sys
@@ -76,6 +86,8 @@ from exporter.app import Exporter
 from exporter.config.schema import (
     Config,
     ListenAddress,
+    RelayConfig,
+    RelayTargetConfig,
     StateConfig,
     WebConfig,
     WebhooksConfig,
@@ -100,6 +112,8 @@ LAG_SAMPLE = 0.05
 SECRET = "bench-webhook-secret-0123456789abcdef"
 ZH_SECRET = "bench-zerohash-secret-0123456789"
 LOOPBACK = ListenAddress("127.0.0.1", 0)
+#: The relay target of ``--relay-down``.
+DOWN_TARGET = "down"
 
 
 # --- the load generator (runs in a second process) ------------------------------------------------
@@ -311,7 +325,17 @@ async def bare_server(config: Config, stage_store: StateStore) -> tuple[web.AppR
     return runner, int(runner.addresses[0][1])
 
 
-def exporter_config(state_dir: Path) -> Config:
+def refused_port() -> socket.socket:
+    """A loopback port bound but never listening: a connection to it is refused, and as long as the
+    socket is open no other process can take the port and answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def exporter_config(state_dir: Path, relay_url: str | None = None) -> Config:
+    """The measured exporter's config; with ``relay_url``, one relay target there that takes everything."""
+    relay = RelayConfig((RelayTargetConfig(name=DOWN_TARGET, url=relay_url),) if relay_url else ())
     return Config(
         web=WebConfig(listen_address=LOOPBACK),
         webhooks=WebhooksConfig(listen_address=LOOPBACK),
@@ -320,12 +344,14 @@ def exporter_config(state_dir: Path) -> Config:
             WhitebitAccountConfig(name="bench", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,))),
         ),
         zerohash=ZerohashConfig(ZerohashWebhookConfig(hmac_secrets=(ZH_SECRET,))),
+        relay=relay,
     )
 
 
-async def main(seconds: float, rounds: int, connections: int, gc_settings: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as state_dir:
-        config = exporter_config(Path(state_dir))
+async def main(seconds: float, rounds: int, connections: int, gc_settings: str, relay_down: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as state_dir, closing(refused_port()) as down:
+        relay_url = f"http://127.0.0.1:{down.getsockname()[1]}/hooks" if relay_down else None
+        config = exporter_config(Path(state_dir), relay_url)
         stage_store = StateStore.open(Path(state_dir) / "stages.db")
         runner, bare_port = await bare_server(config, stage_store)
         exporter = Exporter(config)
@@ -357,7 +383,7 @@ async def main(seconds: float, rounds: int, connections: int, gc_settings: str) 
                         # What the burst left to derive is derived before the next target is measured.
                         catch_ups[name].append(await catch_up(exporter))
             steady = await steady_lag(exporter, exporter_port, STEADY_RATE, STEADY_SECONDS)
-            result = await _scrape_counts(exporter)
+            result = await _scrape_counts(exporter, relay_down)
             durability = _durability(exporter.state.path)
         finally:
             await exporter.stop()
@@ -369,6 +395,11 @@ async def main(seconds: float, rounds: int, connections: int, gc_settings: str) 
         f"load from a second process, python {sys.version.split()[0]}, {os.cpu_count()} cpus, gc {gc_settings}"
     )
     print(f"  state file: {durability}")
+    if relay_url is not None:
+        print(
+            f"  relay: one target, {DOWN_TARGET!r} at {relay_url} (bound, not listening: every connection refused),"
+            " owed every verified delivery"
+        )
     for name in targets:
         codes = ", ".join(f"{code}: {count}" for code, count in sorted(statuses[name].items()))
         runs = " ".join(f"{r:.0f}" for r in rates[name])
@@ -462,7 +493,7 @@ def _durability(path: Path) -> str:
     )
 
 
-async def _scrape_counts(exporter: Exporter) -> str:
+async def _scrape_counts(exporter: Exporter, relay_down: bool = False) -> str:
     async with aiohttp.ClientSession() as http, http.get(exporter.metrics_url + "/metrics") as response:
         text = await response.text()
     wanted = {
@@ -472,12 +503,21 @@ async def _scrape_counts(exporter: Exporter) -> str:
         "whitebit_transfers_total": {"account": "bench", "kind": "deposit", "outcome": "successful", "asset": "USDT"},
         "zerohash_webhooks_verified_total": {"payload_type": "account_balance.changed"},
     }
+    relay: dict[tuple[str, str], str] = {}
+    if relay_down:
+        for outcome in ("delivered", "retry", "dead"):
+            relay[("whitebit_exporter_relay_deliveries_total", outcome)] = f"relay_{outcome}"
+        relay[("whitebit_exporter_relay_pending_deliveries", "")] = "relay_pending"
     found = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = wanted.get(sample.name)
             if labels is not None and sample.labels == labels:
                 found[sample.name.removesuffix("_total")] = int(sample.value)
+            elif sample.labels.get("target") == DOWN_TARGET:
+                name = relay.get((sample.name, sample.labels.get("outcome", "")))
+                if name is not None:
+                    found[name] = int(sample.value)
     return ", ".join(f"{k}={v}" for k, v in found.items())
 
 
@@ -492,8 +532,13 @@ if __name__ == "__main__":
         default="exporter",
         help="the exporter's garbage-collector settings (default) or CPython's defaults",
     )
+    parser.add_argument(
+        "--relay-down",
+        action="store_true",
+        help="configure one relay target that refuses every connection (intake while a target is down)",
+    )
     options = parser.parse_args()
     with open(os.devnull, "w") as devnull:
         # Real log formatting, discarded: the cost of a rejection's log line is part of the measure.
         setup_logging("info", "logfmt", stream=devnull)
-        asyncio.run(main(options.seconds, options.rounds, options.connections, options.gc))
+        asyncio.run(main(options.seconds, options.rounds, options.connections, options.gc, options.relay_down))

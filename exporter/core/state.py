@@ -621,6 +621,18 @@ class RelayItem:
 
 
 @dataclass(frozen=True)
+class RelayAnswer:
+    """What one relay attempt came to: delivered, tried again at ``retry_at``, or (neither) dead."""
+
+    seq: int
+    at: float
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
 class ZerohashBalance:
     """The absolute balance of one Zero Hash account at its payload event time."""
 
@@ -1112,11 +1124,11 @@ class StateStore:
         """Forget at most ``limit`` old deliveries; how many rows were deleted or emptied.
 
         A row whose state has been derived, and that the relay owes no target, is deleted once it is
-        older than ``retention`` and past its dedupe expiry; a row older than ``retention`` but still
-        needed for dedupe keeps its id and loses its body and headers. The newest ``received_at`` of
-        each feed among the deleted rows is kept first, as the cursor ``<provider>:last_delivery``, so
-        :meth:`last_deliveries` survives the purge. At most ``limit`` rows per call, so one call holds
-        the loop only briefly.
+        older than ``retention`` and past its dedupe expiry (with the relay's record of it); a row older
+        than ``retention`` but still needed for dedupe keeps its id and loses its body and headers. The
+        newest ``received_at`` of each feed among the deleted rows is kept first, as the cursor
+        ``<provider>:last_delivery``, so :meth:`last_deliveries` survives the purge. At most ``limit``
+        rows per call, so one call holds the loop only briefly.
         """
         now = self._now()
         before = now - retention
@@ -1139,6 +1151,8 @@ class StateStore:
                 f"DELETE FROM inbox_ids WHERE (digest, seq) IN (SELECT digest, seq FROM inbox WHERE seq IN ({doomed}))",
                 (before, now, cursor, limit),
             )
+            # What the relay did with a row goes with it (the doomed rows are owed to no target).
+            conn.execute(f"DELETE FROM relay_deliveries WHERE seq IN ({doomed})", (before, now, cursor, limit))
             deleted = conn.execute(f"DELETE FROM inbox WHERE seq IN ({doomed})", (before, now, cursor, limit)).rowcount
             emptied = conn.execute(
                 "UPDATE inbox SET body = NULL, headers = NULL WHERE seq IN (SELECT seq FROM inbox"
@@ -1178,6 +1192,25 @@ class StateStore:
         heads.sort(key=lambda item: item.seq)
         return [replace(item, delivery=self.get_delivery(item.seq)) for item in heads[:limit]]
 
+    def relay_queue_run(self, target: str, provider: str, account: str, now: float, limit: int) -> list[RelayItem]:
+        """The oldest deliveries ``target`` is owed of one (provider, account) queue, in order, as long as
+        they are due by ``now``, at most ``limit``; each with its inbox row. One query: the sender's next
+        steps through a queue it is sending."""
+        rows = self._query(
+            f"SELECT {_RELAY_COLUMNS_R}, {_INBOX_COLUMNS_I} FROM relay_deliveries r LEFT JOIN inbox i ON i.seq = r.seq"
+            " WHERE r.target = ? AND r.state = 'pending' AND r.provider = ? AND r.account = ? ORDER BY r.seq LIMIT ?",
+            (target, provider, account, limit),
+        )
+        due = _finite(now, "now")
+        run: list[RelayItem] = []
+        for row in rows:
+            item = _relay_item(row[:_RELAY_WIDTH])
+            if item.next_attempt_at > due:
+                break
+            inbox = row[_RELAY_WIDTH:]
+            run.append(replace(item, delivery=None if inbox[0] is None else _inbox_delivery(inbox)))
+        return run
+
     def _relay_queue_heads(self, target: str) -> list[RelayItem]:
         """The oldest pending delivery of each (provider, account) queue of ``target``, due or not.
 
@@ -1210,14 +1243,28 @@ class StateStore:
     ) -> None:
         """Record one attempt's outcome: delivered, or tried again at ``retry_at``, or (``retry_at`` None
         and not delivered) dead."""
-        when = _finite(at, "at")
-        state = "delivered" if delivered else ("pending" if retry_at is not None else "dead")
-        self._write(
-            "UPDATE relay_deliveries SET state = ?, attempts = attempts + 1, last_attempt_at = ?, last_status = ?,"
-            " last_error = ?, next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ?"
-            " WHERE seq = ? AND target = ? AND state = 'pending'",
-            (state, when, status, error, retry_at, None if state == "pending" else when, seq, target),
-        )
+        self.relay_answers(target, [RelayAnswer(seq, at, delivered, status, error, retry_at)])
+
+    def relay_answers(self, target: str, answers: Sequence[RelayAnswer]) -> None:
+        """Record the outcomes of several attempts (of different deliveries) in one commit. An answer to
+        a delivery no longer pending (recorded already) changes nothing."""
+        rows = []
+        for answer in answers:
+            when = _finite(answer.at, "at")
+            retry_at = None if answer.retry_at is None else _finite(answer.retry_at, "retry_at")
+            state = "delivered" if answer.delivered else ("pending" if retry_at is not None else "dead")
+            finished = None if state == "pending" else when
+            rows.append((state, when, answer.status, answer.error, retry_at, finished, answer.seq, target))
+        with self.transaction():
+            try:
+                self._conn().executemany(
+                    "UPDATE relay_deliveries SET state = ?, attempts = attempts + 1, last_attempt_at = ?,"
+                    " last_status = ?, last_error = ?, next_attempt_at = COALESCE(?, next_attempt_at), finished_at = ?"
+                    " WHERE seq = ? AND target = ? AND state = 'pending'",
+                    rows,
+                )
+            except sqlite3.Error as exc:
+                raise self._failure(f"state write to {self._path} failed", exc) from exc
 
     def relay_backlog(self, target: str) -> tuple[int, float | None, int]:
         """(deliveries owed, when the oldest of them was enqueued, dead letters) of ``target``.
@@ -1737,6 +1784,8 @@ _RELAY_COLUMNS = (
     "seq, target, provider, account, state, attempts, enqueued_at, next_attempt_at, last_attempt_at, last_status,"
     " last_error, finished_at"
 )
+_RELAY_COLUMNS_R = ", ".join(f"r.{name.strip()}" for name in _RELAY_COLUMNS.split(","))
+_RELAY_WIDTH = len(_RELAY_COLUMNS.split(","))
 #: An inbox row the relay owes no target, and no target gave up on (the purge leaves one it still owes alone,
 #: and a dead letter too, so that ``relay retry`` has its body to send).
 _NOT_OWED = "NOT EXISTS (SELECT 1 FROM relay_deliveries r WHERE r.seq = inbox.seq AND r.state IN ('pending', 'dead'))"
@@ -1763,6 +1812,7 @@ _INBOX_COLUMNS = (
     "seq, provider, account, delivery_id, method, received_at, expires_at, status, verdict, nonce, headers, body,"
     " duplicates, last_duplicate_at, derive_error"
 )
+_INBOX_COLUMNS_I = ", ".join(f"i.{name.strip()}" for name in _INBOX_COLUMNS.split(","))
 
 
 def _inbox_delivery(r: Sequence[Any]) -> InboxDelivery:

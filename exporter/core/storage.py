@@ -30,6 +30,7 @@ from exporter.core.state import (
     HistoryEvidence,
     HistoryFeed,
     InboxDelivery,
+    RelayAnswer,
     RelayItem,
     TransferKind,
     TransferRecord,
@@ -231,6 +232,10 @@ class RelayLog(Transactions, Protocol):
         """Per (provider, account) not in ``skip``, the oldest delivery owed, when due; each with its inbox row."""
         ...
 
+    def relay_queue_run(self, target: str, provider: str, account: str, now: float, limit: int) -> list[RelayItem]:
+        """One queue's oldest deliveries owed, in order, while due, at most ``limit``; each with its inbox row."""
+        ...
+
     def relay_answered(
         self,
         target: str,
@@ -243,6 +248,10 @@ class RelayLog(Transactions, Protocol):
         retry_at: float | None = None,
     ) -> None:
         """One attempt's outcome: delivered, tried again at ``retry_at``, or dead."""
+        ...
+
+    def relay_answers(self, target: str, answers: Sequence[RelayAnswer]) -> None:
+        """Several attempts' outcomes, in one commit."""
         ...
 
     def relay_backlog(self, target: str) -> tuple[int, float | None, int]:

@@ -1,16 +1,18 @@
 """One relay target's sender: the deliveries it is owed, POSTed in order per account, retried until delivered.
 
-Each turn reads the target's heads (:meth:`~exporter.core.state.StateStore.relay_heads`: per
-provider and account, the oldest delivery owed that is due) and sends them, at most
-:data:`MAX_IN_FLIGHT` at a time (different accounts; one account's next delivery waits for the one
-before it). A request carries the body byte for byte and the headers stored with the inbox row
-(WhiteBIT's ``X-TXC-*``, Zero Hash's ``x-zh-hook-*``), so the backend verifies the provider's own
-signature; plus :data:`DELIVERY_ID_HEADER` for its dedupe and the target's own headers. Redirects
-are not followed. A 2xx is delivered; anything else, a timeout or no connection is tried again after
-the exporter's retry delay (:mod:`exporter.core.backoff`, from :data:`FIRST_RETRY` doubling to the
-target's ``max_backoff``), until ``retry_for`` has passed since it was owed: then it is a dead letter.
-Each outcome is recorded when the answer came, so a delivery is sent again only when its answer was
-lost (at-least-once).
+A look at the target's queues (:meth:`~exporter.core.state.StateStore.relay_heads`: per provider and
+account, the oldest delivery owed, when it is due) starts a task for each queue that has a head due,
+at most :data:`MAX_IN_FLIGHT` queues at once. Each task sends its queue in order: the next delivery as
+soon as the one before it is recorded delivered, so one account's deliveries never overtake each
+other and a slow account holds back only itself. A request carries the body byte for byte and the
+headers stored with the inbox row (WhiteBIT's ``X-TXC-*``, Zero Hash's ``x-zh-hook-*``), so the
+backend verifies the provider's own signature; plus :data:`DELIVERY_ID_HEADER` for its dedupe and
+the target's own headers. Redirects are not followed. A 2xx is delivered; anything else, a timeout
+or no connection is tried again after the exporter's retry delay (:mod:`exporter.core.backoff`, from
+:data:`FIRST_RETRY` doubling to the target's ``max_backoff``), until ``retry_for`` has passed since it
+was owed: then it is a dead letter. Each answer is recorded when it came (the answers that came at
+the same moment in one commit), so a delivery is sent again only when its answer was lost
+(at-least-once).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -37,7 +40,7 @@ from exporter.core.metrics import (
     EXPORTER_RELAY_OLDEST_PENDING_SECONDS,
     EXPORTER_RELAY_PENDING,
 )
-from exporter.core.state import InboxDelivery, RelayItem, StateError
+from exporter.core.state import InboxDelivery, RelayAnswer, RelayItem, StateError
 from exporter.core.storage import RelayLog
 
 #: WhiteBIT's base64 copy of the body, which its signature covers (docs/protocol.md).
@@ -48,6 +51,12 @@ DELIVERY_ID_HEADER = "X-WhiteBIT-Exporter-Delivery-Id"
 FIRST_RETRY = 5.0
 #: Deliveries (of different accounts) one target is sent at once.
 MAX_IN_FLIGHT = 8
+#: Deliveries one queue sends in a row before it goes back in line behind the other queues due.
+QUEUE_RUN = 64
+#: Seconds an answer waits for the answers of the other queues in flight, to share their commit.
+ANSWER_WAIT = 0.001
+#: Deliveries of a queue read from the state file at once, with their inbox rows, while it is being sent.
+PREFETCH = 16
 #: Seconds between two looks at the target's queue when nothing said a delivery was owed.
 IDLE_POLL = 1.0
 #: Bytes of a target's answer read (the rest is discarded: only the status matters).
@@ -137,6 +146,9 @@ class RelaySender:
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: After the state file failed it, the sender waits until this (monotonic) before reading it again.
         self._paused_until = 0.0
+        #: Answers waiting for their commit (written together at the next turn of the event loop).
+        self._answers: list[tuple[RelayItem, Attempt, NextStep, float, asyncio.Future[bool]]] = []
+        self._flush: asyncio.Handle | None = None
         #: Attempts by outcome, and the attempt durations (bucket counts, sum), for the collector.
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.durations: list[int] = [0] * (len(ATTEMPT_BUCKETS) + 1)
@@ -164,6 +176,10 @@ class RelaySender:
                 for task in self._in_flight.values():
                     task.cancel()
                 await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+                # Answers that came before the stop are recorded now, not by a timer after the state closed.
+                if self._flush is not None:
+                    self._flush.cancel()
+                    self._write_answers()
 
     def start_due(self, session: aiohttp.ClientSession) -> int:
         """Start sending each due head whose queue has nothing in flight, up to :data:`MAX_IN_FLIGHT` at
@@ -183,34 +199,85 @@ class RelaySender:
         return len(heads)
 
     async def drain(self, session: aiohttp.ClientSession) -> int:
-        """Send until nothing is due and nothing is in flight; how many attempts were made."""
-        attempts = 0
+        """Send until nothing is due and nothing is in flight; how many attempts were recorded."""
+        before = sum(self.outcomes.values())
         while True:
             self._wake.clear()
-            attempts += self.start_due(session)
+            self.start_due(session)
             if not self._in_flight:
-                return attempts
+                return sum(self.outcomes.values()) - before
             await self._wake.wait()
 
     async def _deliver(self, session: aiohttp.ClientSession, item: RelayItem) -> None:
+        """Send one queue's deliveries in order: each next one as soon as the one before it is recorded
+        delivered (or dead), until its queue has nothing due, an attempt failed, or :data:`QUEUE_RUN` were
+        sent (then the queue goes back in line, so that more queues than slots all get their turn)."""
+        queue: deque[RelayItem] = deque([item])
         try:
-            attempt = await self._timed_post(session, item)
-            now = self._clock()
-            step = next_step(item, attempt, now, self.target, self._backoff.delay(item.attempts, self._rng))
-            try:
-                self._store.relay_answered(
-                    self.target.name,
-                    item.seq,
-                    at=now,
-                    delivered=step.delivered,
-                    status=attempt.status,
-                    error=attempt.error,
-                    retry_at=step.retry_at,
-                )
-            except StateError as exc:
-                # The answer is lost: the delivery is still owed, so it is sent again (at-least-once).
+            for sent in range(QUEUE_RUN):
+                if not queue:
+                    queue.extend(
+                        self._store.relay_queue_run(
+                            self.target.name,
+                            item.provider,
+                            item.account,
+                            self._clock(),
+                            min(PREFETCH, QUEUE_RUN - sent),
+                        )
+                    )
+                    if not queue:
+                        return
+                current = queue.popleft()
+                attempt = await self._timed_post(session, current)
+                now = self._clock()
+                step = next_step(current, attempt, now, self.target, self._backoff.delay(current.attempts, self._rng))
+                if not await self._record(current, attempt, step, now):
+                    return
+                if step.retry_at is not None:
+                    return  # not due again yet
+        except StateError as exc:
+            self._pause(exc, "read what it is owed")
+        finally:
+            del self._in_flight[(item.provider, item.account)]
+            self._wake.set()
+
+    async def _record(self, item: RelayItem, attempt: Attempt, step: NextStep, now: float) -> bool:
+        """Record ``attempt``'s outcome with the others answered at the same moment, in one commit; whether
+        it was recorded. The queue's next delivery is sent only once it was, so that a restart never
+        sends one out of order."""
+        loop = asyncio.get_running_loop()
+        recorded = loop.create_future()
+        self._answers.append((item, attempt, step, now, recorded))
+        if len(self._answers) >= len(self._in_flight):
+            # Every queue in flight is waiting for its commit: nothing more can join it.
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = loop.call_soon(self._write_answers)
+        elif self._flush is None:
+            self._flush = loop.call_later(ANSWER_WAIT, self._write_answers)
+        return bool(await recorded)
+
+    def _write_answers(self) -> None:
+        answers, self._answers, self._flush = self._answers, [], None
+        try:
+            self._store.relay_answers(
+                self.target.name,
+                [
+                    RelayAnswer(item.seq, now, step.delivered, attempt.status, attempt.error, step.retry_at)
+                    for item, attempt, step, now, _ in answers
+                ],
+            )
+        except Exception as exc:
+            # The answers are lost: their deliveries are still owed, so they are sent again (at-least-once).
+            if isinstance(exc, StateError):
                 self._pause(exc, "record an answer")
-                return
+            else:
+                log.exception("relay answers not recorded target=%s", self.target.name)
+            for *_, recorded in answers:
+                if not recorded.done():
+                    recorded.set_result(False)
+            return
+        for item, attempt, step, now, recorded in answers:
             outcome = "delivered" if step.delivered else ("retry" if step.retry_at is not None else "dead")
             self.outcomes[outcome] += 1
             if outcome != "delivered":
@@ -224,9 +291,8 @@ class RelaySender:
                     attempt.error,
                     "dead letter" if step.retry_at is None else f"in {step.retry_at - now:.0f}s",
                 )
-        finally:
-            del self._in_flight[(item.provider, item.account)]
-            self._wake.set()
+            if not recorded.done():
+                recorded.set_result(True)
 
     def _pause(self, exc: StateError, what: str) -> None:
         self._paused_until = time.monotonic() + self._backoff.initial

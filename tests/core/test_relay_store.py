@@ -111,5 +111,6 @@ def test_the_inbox_purge_keeps_a_row_still_owed_and_a_dead_letter(store: StateSt
     letter = store.get_delivery(dead.seq)
     assert letter is not None and letter.body == dead.body  # relay retry has it to send
     assert store.get_delivery(done.seq) is None
+    assert store.relay_items("delivered") == []  # what the relay did with a row goes with it
     store.relay_answered("backend", owed.seq, at=clock.now, delivered=True, status=200)
     assert store.purge_inbox(30 * DAY) == 1

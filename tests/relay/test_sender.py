@@ -14,7 +14,15 @@ from aiohttp import web
 
 from exporter.config.schema import RelayTargetConfig
 from exporter.core.state import InboxDelivery, RelayItem, StateStore
-from exporter.relay.sender import DELIVERY_ID_HEADER, Attempt, NextStep, RelaySender, next_step
+from exporter.relay.sender import (
+    DELIVERY_ID_HEADER,
+    MAX_IN_FLIGHT,
+    QUEUE_RUN,
+    Attempt,
+    NextStep,
+    RelaySender,
+    next_step,
+)
 from tests.helpers import wait_for
 
 T0 = 1_700_000_000.0
@@ -202,3 +210,24 @@ def test_a_retry_never_falls_after_the_deadline() -> None:
     assert next_step(item, refused, T0 + 10, config, 10.0) == NextStep(False, T0 + 20)
     assert next_step(item, refused, T0 + 95, config, 10.0) == NextStep(False, T0 + 100)  # the last try at it
     assert next_step(item, refused, T0 + 100, config, 10.0) == NextStep(False, None)  # dead
+
+
+async def test_more_accounts_than_slots_all_get_their_turn_each_in_order(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    accounts = [f"acct{n:02d}" for n in range(MAX_IN_FLIGHT + 4)]
+    per_account = QUEUE_RUN + 16
+    for n in range(per_account):
+        for account in accounts:
+            owe(store, "backend", f"{account}-{n:03d}", account)
+    sender = RelaySender(target(url), store, clock=clock, rng=random.Random(1))
+    assert await send(sender) == len(accounts) * per_account
+    arrived = [delivery_id for delivery_id, _, _ in recorder.received]
+    for account in accounts:
+        mine = [d for d in arrived if d.startswith(f"{account}-")]
+        assert mine == sorted(mine) and len(mine) == per_account  # in order, each once
+    # No queue ran to its end while others waited: a queue goes back in line after QUEUE_RUN deliveries.
+    firsts = max(arrived.index(f"{account}-000") for account in accounts)
+    lasts = min(arrived.index(f"{account}-{per_account - 1:03d}") for account in accounts)
+    assert firsts < lasts
