@@ -1204,11 +1204,10 @@ class StateStore:
         due = _finite(now, "now")
         run: list[RelayItem] = []
         for row in rows:
-            item = _relay_item(row[:_RELAY_WIDTH])
-            if item.next_attempt_at > due:
+            if float(row[7]) > due:  # next_attempt_at
                 break
             inbox = row[_RELAY_WIDTH:]
-            run.append(replace(item, delivery=None if inbox[0] is None else _inbox_delivery(inbox)))
+            run.append(_relay_item(row, None if inbox[0] is None else _inbox_delivery(inbox)))
         return run
 
     def _relay_queue_heads(self, target: str) -> list[RelayItem]:
@@ -1791,7 +1790,7 @@ _RELAY_WIDTH = len(_RELAY_COLUMNS.split(","))
 _NOT_OWED = "NOT EXISTS (SELECT 1 FROM relay_deliveries r WHERE r.seq = inbox.seq AND r.state IN ('pending', 'dead'))"
 
 
-def _relay_item(r: Sequence[Any]) -> RelayItem:
+def _relay_item(r: Sequence[Any], delivery: InboxDelivery | None = None) -> RelayItem:
     return RelayItem(
         seq=int(r[0]),
         target=str(r[1]),
@@ -1805,6 +1804,7 @@ def _relay_item(r: Sequence[Any]) -> RelayItem:
         last_status=None if r[9] is None else int(r[9]),
         last_error=r[10],
         finished_at=None if r[11] is None else float(r[11]),
+        delivery=delivery,
     )
 
 

@@ -53,7 +53,7 @@ FIRST_RETRY = 5.0
 MAX_IN_FLIGHT = 8
 #: Deliveries one queue sends in a row before it goes back in line behind the other queues due.
 QUEUE_RUN = 64
-#: Seconds an answer waits for the answers of the other queues in flight, to share their commit.
+#: Seconds an answer waits at most for answers of other queues in flight, to share their commit.
 ANSWER_WAIT = 0.001
 #: Deliveries of a queue read from the state file at once, with their inbox rows, while it is being sent.
 PREFETCH = 16
@@ -248,8 +248,10 @@ class RelaySender:
         loop = asyncio.get_running_loop()
         recorded = loop.create_future()
         self._answers.append((item, attempt, step, now, recorded))
-        if len(self._answers) >= len(self._in_flight):
-            # Every queue in flight is waiting for its commit: nothing more can join it.
+        if len(self._answers) >= max(1, len(self._in_flight) // 2):
+            # Half the queues in flight wait for a commit: they share it now. Waiting for all of them
+            # would set the queues in lockstep behind the slowest (bench_relay: 0.49-0.52 of the bare
+            # client that way, 0.52 this way).
             if self._flush is not None:
                 self._flush.cancel()
             self._flush = loop.call_soon(self._write_answers)

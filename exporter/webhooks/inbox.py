@@ -62,8 +62,14 @@ BATCH_SIZE = 256
 IDLE_POLL = 1.0
 #: Seconds before a batch whose state write failed is tried again.
 RETRY_PAUSE = 1.0
-#: The most of the event loop's time derivation takes while receivers saturate it with new rows (a burst).
+#: The share of the event loop's time derivation takes at least while rows keep arriving.
 BUSY_SHARE = 0.1
+#: The most it takes to follow a steady flow: what the flow needs (the rate of arrivals times the cost
+#: per row) with :data:`FOLLOW_MARGIN` to spare. A flow that needs more is a burst. The margin keeps a
+#: flow that needs nearly ``BUSY_SHARE`` (each row's cost grows with what derivation does, a relay's
+#: enqueue for one) from being taken for a burst and left seconds behind by a noisy measurement.
+FOLLOW_LIMIT = 0.25
+FOLLOW_MARGIN = 1.5
 #: The most it takes while rows arrive faster than it derives them at :data:`BUSY_SHARE` (a full batch,
 #: and the rate of arrivals times its cost per row above that share): a saturating burst. Following one
 #: is impossible at any share short of most of the loop, and every bit taken from intake slows the
@@ -120,16 +126,19 @@ def loop_share(
     ``took``: seconds a batch of ``derived`` rows takes (the cheapest of the last few full ones: one
     that paid for a WAL checkpoint is not the cost of a row); ``full``: the last batch was full;
     ``rate``: rows stored per second, measured over at least :data:`RATE_WINDOW`; ``behind``: the
-    oldest row is past the lag limit. Half the loop when behind; ``burst_share`` when a full batch
-    shows that following the arrivals would take more than ``busy_share`` (a burst); else
-    ``busy_share``.
+    oldest row is past the lag limit. Half the loop when behind; ``busy_share`` after a batch that
+    was not full (derivation keeps up); after a full one, ``burst_share`` when following the arrivals
+    would take more than :data:`FOLLOW_LIMIT` (a burst), else what following needs with
+    :data:`FOLLOW_MARGIN` to spare, at least ``busy_share`` and at most ``FOLLOW_LIMIT``.
     """
     if behind:
         return CATCH_UP_SHARE
+    if not full:
+        return busy_share
     needed = rate * took / max(derived, 1)
-    if full and needed > busy_share:
+    if needed > FOLLOW_LIMIT:
         return burst_share
-    return busy_share
+    return min(max(busy_share, needed * FOLLOW_MARGIN), max(FOLLOW_LIMIT, busy_share))
 
 
 class TapError(StateError):

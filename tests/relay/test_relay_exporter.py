@@ -4,6 +4,8 @@ with the signature headers WhiteBIT sent, and the backend's own check of that si
 from __future__ import annotations
 
 import base64
+import dataclasses
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -85,3 +87,41 @@ async def test_a_verified_delivery_reaches_the_backend_as_whitebit_sent_it(
         assert headers["X-TXC-SIGNATURE"] == sign_payload(headers["X-TXC-PAYLOAD"], SECRET)
         assert headers["X-TXC-APIKEY"] == KEY
     assert [headers[DELIVERY_ID_HEADER] for _, headers in received] == ["relay-1", "relay-2", "relay-3"]
+
+
+async def test_a_dead_target_holds_back_neither_intake_nor_another_target(
+    backend: tuple[list[tuple[bytes, dict[str, str]]], str], make_config: Callable[..., Config]
+) -> None:
+    received, url = backend
+    with socket.socket() as refusing:  # bound, never listening: every connection refused
+        refusing.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{refusing.getsockname()[1]}/hooks"
+        account = WhitebitAccountConfig(name="main", webhook=WhitebitWebhookConfig(public_key=KEY, secrets=(SECRET,)))
+        config = make_config([account])
+        targets = (RelayTargetConfig(name="dead", url=dead_url), RelayTargetConfig(name="backend", url=url))
+        exporter = Exporter(dataclasses.replace(config, relay=RelayConfig(targets)))
+        await exporter.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                for n in range(1, 21):
+                    body = compact_json({"method": "code.apply", "params": {"nonce": n}, "id": f"both-{n}"})
+                    async with http.post(
+                        f"{exporter.webhooks_url}/webhooks/whitebit",
+                        data=body,
+                        headers=sign_body(body, key=KEY, secret=SECRET),
+                    ) as answer:
+                        assert answer.status == 200  # intake answers whatever the targets do
+            await wait_for(lambda: len(received) == 20, timeout=10, message="the live target did not get all")
+
+            async def dead_target_owes_all() -> bool:
+                result = await scrape(exporter.metrics_url)
+                return (
+                    result.value("whitebit_exporter_relay_pending_deliveries", target="dead") == 20
+                    and (result.value("whitebit_exporter_relay_deliveries_total", target="dead", outcome="retry") or 0)
+                    >= 1
+                    and result.value("whitebit_exporter_relay_pending_deliveries", target="backend") == 0
+                )
+
+            await wait_for(dead_target_owes_all, timeout=10, message="the dead target's backlog does not show")
+        finally:
+            await exporter.stop()

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from exporter.core.state import InboxDelivery, StateError, StateStore
-from exporter.webhooks.inbox import CATCH_UP_SHARE, Applied, DeriveError, InboxConsumer, TapError, loop_share
+from exporter.webhooks.inbox import (
+    CATCH_UP_SHARE,
+    FOLLOW_LIMIT,
+    Applied,
+    DeriveError,
+    InboxConsumer,
+    TapError,
+    loop_share,
+)
 from tests.helpers import collected, wait_for
 
 
@@ -229,6 +237,10 @@ def share(
 def test_the_share_of_the_loop_follows_a_steady_flow_and_yields_to_a_burst() -> None:
     # 256 rows in 16 ms (62.5 us each). 1,000 rows/s need 6 % of the loop: a steady flow, followed.
     assert share(rate=1000) == 0.1
+    # 2,500 rows/s need 16 %: still a flow, followed with half as much again to spare.
+    assert share(rate=2_500) == pytest.approx(0.234375)
+    # 3,600 rows/s need 22.5 %: followed at the most a flow is given, a quarter of the loop.
+    assert share(rate=3_600) == FOLLOW_LIMIT
     # 12,000 rows/s would need 75 %: a burst, answered first.
     assert share(rate=12_000) == 0.02
     # A small batch says nothing about the cost per row (its query and commit dominate): followed.
