@@ -233,7 +233,7 @@ class RelayTargetConfig:
     methods: tuple[str, ...] | None = None
     timeout: float = 10.0
     retry_for: float = 7 * 86400.0
-    max_backoff: float = 3600.0
+    max_backoff: float = 600.0
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     tls: RelayTlsConfig = RelayTlsConfig()
 

@@ -10,7 +10,8 @@ backend verifies the provider's own signature; plus :data:`DELIVERY_ID_HEADER` f
 the target's own headers. Redirects are not followed. A 2xx is delivered; anything else, a timeout
 or no connection is tried again after the exporter's retry delay (:mod:`exporter.core.backoff`, from
 :data:`FIRST_RETRY` doubling to the target's ``max_backoff``), until ``retry_for`` has passed since it
-was owed: then it is a dead letter. Each answer is recorded when it came (the answers that came at
+was owed: then it is a dead letter. When the target answers again after every attempt failed, the
+queues waiting out their delays are tried at once. Each answer is recorded when it came (the answers that came at
 the same moment in one commit), so a delivery is sent again only when its answer was lost
 (at-least-once).
 """
@@ -51,6 +52,9 @@ DELIVERY_ID_HEADER = "X-WhiteBIT-Exporter-Delivery-Id"
 FIRST_RETRY = 5.0
 #: Deliveries (of different accounts) one target is sent at once.
 MAX_IN_FLIGHT = 8
+#: Failed attempts in a row after which a delivered one means the target is back (see ``_write_answers``):
+#: more than one, so that one delivery the target keeps refusing is not retried early at every success.
+RECOVERY_FAILURES = 3
 #: Deliveries one queue sends in a row before it goes back in line behind the other queues due.
 QUEUE_RUN = 64
 #: Seconds an answer waits at most for answers of other queues in flight, to share their commit.
@@ -149,6 +153,9 @@ class RelaySender:
         #: Answers waiting for their commit (written together at the next turn of the event loop).
         self._answers: list[tuple[RelayItem, Attempt, NextStep, float, asyncio.Future[bool]]] = []
         self._flush: asyncio.Handle | None = None
+        #: Attempts that failed since the last one delivered, and whether the target just answered again.
+        self._failures_in_a_row = 0
+        self._recovered = False
         #: Attempts by outcome, and the attempt durations (bucket counts, sum), for the collector.
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.durations: list[int] = [0] * (len(ATTEMPT_BUCKETS) + 1)
@@ -188,8 +195,13 @@ class RelaySender:
         free = MAX_IN_FLIGHT - len(self._in_flight)
         if free <= 0 or time.monotonic() < self._paused_until:
             return 0
+        now = self._clock()
+        if self._recovered:
+            # Every retry falls within max_backoff of now: each queue's head is due at this look.
+            self._recovered = False
+            now += self.target.max_backoff
         try:
-            heads = self._store.relay_heads(self.target.name, self._clock(), free, skip=self._in_flight.keys())
+            heads = self._store.relay_heads(self.target.name, now, free, skip=self._in_flight.keys())
         except StateError as exc:
             self._pause(exc, "read what it is owed")
             return 0
@@ -282,6 +294,15 @@ class RelaySender:
         for item, attempt, step, now, recorded in answers:
             outcome = "delivered" if step.delivered else ("retry" if step.retry_at is not None else "dead")
             self.outcomes[outcome] += 1
+            if step.delivered:
+                if self._failures_in_a_row >= RECOVERY_FAILURES:
+                    # The target answers again after failing every attempt: the queues waiting out
+                    # their retry delays (up to max_backoff) are tried at the next look.
+                    self._recovered = True
+                    self._wake.set()
+                self._failures_in_a_row = 0
+            else:
+                self._failures_in_a_row += 1
             if outcome != "delivered":
                 log.warning(
                     "relay attempt failed target=%s seq=%d provider=%s account=%s attempts=%d error=%s next=%s",

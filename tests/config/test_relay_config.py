@@ -66,7 +66,7 @@ def test_a_target_with_only_a_name_and_url_gets_every_default(tmp_path: Path) ->
     assert relay.targets == (RelayTargetConfig(name="backend", url="https://pay.example/hooks/whitebit/"),)
     [target] = relay.targets
     assert (target.providers, target.accounts, target.methods) == (("whitebit", "zerohash"), None, None)
-    assert (target.timeout, target.retry_for, target.max_backoff) == (10.0, 7 * 86400.0, 3600.0)
+    assert (target.timeout, target.retry_for, target.max_backoff) == (10.0, 7 * 86400.0, 600.0)
 
 
 def test_every_field_of_a_target_is_loaded(tmp_path: Path) -> None:
@@ -83,7 +83,7 @@ def test_every_field_of_a_target_is_loaded(tmp_path: Path) -> None:
         "      methods: [deposit.processed, withdraw.successful]\n"
         "      timeout: 5s\n"
         "      retry_for: 3d\n"
-        "      max_backoff: 10m\n"
+        "      max_backoff: 20m\n"
         "      headers: {Authorization: 'Bearer ${TOKEN}'}\n"
         "      header_files: {X-Api-Key: token}\n"
         f"      tls: {{ca_file: {cert.name}, cert_file: {cert.name}, key_file: {key.name}}}\n",
@@ -98,7 +98,7 @@ def test_every_field_of_a_target_is_loaded(tmp_path: Path) -> None:
         methods=("deposit.processed", "withdraw.successful"),
         timeout=5.0,
         retry_for=3 * 86400.0,
-        max_backoff=600.0,
+        max_backoff=1200.0,
         headers=(("Authorization", "Bearer env-token"), ("X-Api-Key", "file-token")),
         tls=RelayTlsConfig(ca_file=str(cert), cert_file=str(cert), key_file=str(key)),
     )

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from exporter.config.schema import RelayTargetConfig
-from exporter.core.state import InboxDelivery, RelayItem, StateStore
+from exporter.core.state import InboxDelivery, RelayAnswer, RelayItem, StateStore
 from exporter.relay.sender import (
     DELIVERY_ID_HEADER,
     MAX_IN_FLIGHT,
@@ -231,3 +231,33 @@ async def test_more_accounts_than_slots_all_get_their_turn_each_in_order(
     firsts = max(arrived.index(f"{account}-000") for account in accounts)
     lasts = min(arrived.index(f"{account}-{per_account - 1:03d}") for account in accounts)
     assert firsts < lasts
+
+
+async def test_a_target_back_after_an_outage_gets_every_waiting_queue_at_once(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    a1, b1 = owe(store, "backend", "a1", "a"), owe(store, "backend", "b1", "b")
+    recorder.script = {"a1": [500, 500], "b1": [500, 500]}  # down for two rounds
+    sender = RelaySender(target(url), store, first_retry=10.0, clock=clock, rng=random.Random(1))
+    assert await send(sender) == 2
+    clock.now += 10
+    assert await send(sender) == 2  # four failures in a row
+    # b1 was told to wait much longer than a1 (as after a long outage, up to max_backoff).
+    store.relay_answers("backend", [RelayAnswer(b1.seq, clock.now, False, 500, "HTTP 500", retry_at=T0 + 50)])
+    clock.now += 20  # a1 is due, b1 is not
+    assert await send(sender) == 2  # a1 taken: the target is back, so b1 goes at once
+    assert {i.seq for i in store.relay_items("delivered")} == {a1.seq, b1.seq} and clock.now < T0 + 50
+
+
+async def test_one_delivery_the_target_keeps_refusing_is_not_tried_early_at_every_success(
+    backend: tuple[Backend, str], store: StateStore, clock: Clock
+) -> None:
+    recorder, url = backend
+    owe(store, "backend", "bad", "a")
+    for n in range(5):
+        owe(store, "backend", f"good{n}", "b")
+    recorder.script = {"bad": [400] * 10}
+    sender = RelaySender(target(url), store, first_retry=10.0, clock=clock, rng=random.Random(1))
+    assert await send(sender) == 6
+    assert [d for d, _, _ in recorder.received].count("bad") == 1  # waits out its delay
