@@ -82,6 +82,11 @@ class DemoCredentials:
         )
 
 
+#: The demo's relay waits at most this long between two attempts (10 min by default), so the backlog of
+#: the payment backend's outages drains on the dashboard within half a minute of its return.
+DEMO_RELAY_MAX_BACKOFF = 30.0
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     """What the demo runs with; the defaults make a lively but readable dashboard."""
@@ -169,8 +174,18 @@ def exporter_config(
         # Everything received is forwarded to the simulator's payment backend, which checks the signatures.
         relay=RelayConfig(
             (
-                RelayTargetConfig(name="payments", url=f"{simulator.backend.url}/whitebit", providers=("whitebit",)),
-                RelayTargetConfig(name="balances", url=f"{simulator.backend.url}/zerohash", providers=("zerohash",)),
+                RelayTargetConfig(
+                    name="payments",
+                    url=f"{simulator.backend.url}/whitebit",
+                    providers=("whitebit",),
+                    max_backoff=DEMO_RELAY_MAX_BACKOFF,
+                ),
+                RelayTargetConfig(
+                    name="balances",
+                    url=f"{simulator.backend.url}/zerohash",
+                    providers=("zerohash",),
+                    max_backoff=DEMO_RELAY_MAX_BACKOFF,
+                ),
             )
         ),
     )

@@ -927,7 +927,8 @@ class ScenarioEngine:
         return self._spawn(self.websocket.drop(name))
 
     def _do_backend_fail(self) -> bool:
-        if self.backend is None or self.backend.trouble.down:
+        # One lot of 500s at a time: a backlog retried slowly after an outage would otherwise meet them all.
+        if self.backend is None or self.backend.trouble.down or self.backend.trouble.fail_next:
             return False
         count = self.rng.randint(2, 6)
         self.backend.fail_next(count)

@@ -347,6 +347,7 @@ async def test_with_mischief_the_payment_backend_fails_and_goes_away_for_a_while
     try:
         assert {"backend_fail", "backend_outage"} <= set(engine.action_names())
         assert engine._do_backend_fail() and 2 <= backend.trouble.fail_next <= 6
+        assert not engine._do_backend_fail()  # one lot of 500s at a time
         assert engine._do_backend_outage()
         await wait_for(lambda: backend.trouble.down and bool(slept), timeout=5.0)
         assert 45.0 <= slept[0] <= 120.0
