@@ -57,10 +57,13 @@ USER 10001:10001
 # 9945: /metrics, /-/healthy, /-/ready; 9946: the webhook receivers.
 EXPOSE 9945 9946
 # Python's standard library does the probe: no curl or wget in the image. Set HEALTHCHECK_URL when
-# --web.listen-address moves the metrics listener off port 9945.
-ENV HEALTHCHECK_URL=http://127.0.0.1:9945/-/healthy
+# --web.listen-address moves the metrics listener off port 9945; with TLS (--web.config.file), set it to
+# https://<a name the certificate holds>:9945/-/healthy and HEALTHCHECK_CA_FILE to the CA that signed it
+# (/-/healthy needs no password; see the README's "TLS and basic auth").
+ENV HEALTHCHECK_URL=http://127.0.0.1:9945/-/healthy \
+    HEALTHCHECK_CA_FILE=""
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, ssl, sys, urllib.request; ca = os.environ.get('HEALTHCHECK_CA_FILE'); context = ssl.create_default_context(cafile=ca) if ca else None; sys.exit(0 if urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4, context=context).status == 200 else 1)"]
 ENTRYPOINT ["whitebit-exporter"]
 # The demo needs no credentials; a real deployment replaces CMD (see the header).
 CMD ["--demo", "--web.listen-address", ":9945"]

@@ -28,7 +28,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.config.schema import Config, WebConfig, WebhooksConfig
+from exporter.config.schema import Config, ServerTlsConfig, WebConfig, WebhooksConfig
+from exporter.config.tls import TlsSetupError
 from exporter.core.health import HealthRegistry, UpCollector
 from exporter.core.housekeeping import Housekeeping
 from exporter.core.logs import redact
@@ -39,6 +40,7 @@ from exporter.core.supervisor import Supervisor, SupervisorCollector
 from exporter.http.limits import ConnectionLimits, FileBudgetError, ListenerConnections, ensure_open_files, files_needed
 from exporter.http.metrics_listener import create_metrics_app
 from exporter.http.server import Listener, ListenError
+from exporter.http.tls import ServerTls
 from exporter.http.webhook_listener import WebhookReceiver, create_webhook_app
 from exporter.rebuild import DERIVATION_RULES, rebuild_if_rules_changed, report_summary, settings_from_config
 from exporter.relay.routing import RelayEnqueuer, RelayRouter
@@ -68,6 +70,16 @@ FORCED_EXIT_STATUS = 1
 def _limits(listener: WebConfig | WebhooksConfig) -> ConnectionLimits:
     """A listener's connection limits from its config section."""
     return ConnectionLimits(listener.request_timeout, listener.idle_timeout, listener.max_connections)
+
+
+def _server_tls(config: ServerTlsConfig | None, listener: str) -> ServerTls | None:
+    """A listener's TLS, its files loaded again now (they may have changed since the config was checked)."""
+    if config is None:
+        return None
+    try:
+        return ServerTls(config, listener=listener)
+    except TlsSetupError as exc:
+        raise StartupError(f"cannot set up TLS for the {listener} listener: {exc.message}") from exc
 
 
 class StartupError(Exception):
@@ -224,11 +236,14 @@ class Exporter:
 
         self._metrics = Listener(
             "metrics",
-            create_metrics_app(self.registry, self.health, self.version),
+            create_metrics_app(
+                self.registry, self.health, self.version, security=config.web.security, collector=listener_refusals
+            ),
             config.web.listen_address,
             shutdown_timeout=_METRICS_STOP_TIMEOUT,
             limits=_limits(config.web),
             connections=connections,
+            tls=_server_tls(config.web.security.tls, "metrics"),
         )
         self._webhooks = Listener(
             "webhooks",
@@ -237,6 +252,7 @@ class Exporter:
             shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT,
             limits=_limits(config.webhooks),
             connections=connections,
+            tls=_server_tls(config.webhooks.tls, "webhooks"),
         )
         for listener in (self._metrics, self._webhooks):
             try:
@@ -363,6 +379,18 @@ class Exporter:
                     nonce_policy=account.webhook.nonce_policy,
                 )
             log.info("whitebit account", extra=fields)
+        security = self.config.web.security
+        tls, webhooks_tls = security.tls, self.config.webhooks.tls
+        log.info(
+            "listeners",
+            extra={
+                "metrics_tls": "off" if tls is None else f"{tls.min_version}+ client_auth={tls.client_auth_type}",
+                "metrics_basic_auth_users": len(security.basic_auth_users),
+                "webhooks_tls": "off" if webhooks_tls is None else f"{webhooks_tls.min_version}+",
+            },
+        )
+        if security.basic_auth_users and tls is None:
+            log.warning("basic auth without TLS: passwords cross the network readable (add tls_server_config)")
         if self.config.zerohash is not None:
             zh = self.config.zerohash.webhook
             log.info(

@@ -1,8 +1,8 @@
 """The ``whitebit-exporter`` command line (also ``python -m exporter``).
 
 ``whitebit-exporter [flags]`` runs the exporter until SIGTERM/SIGINT; ``--config.check``
-validates the config without touching the network; ``--demo`` runs against the built-in
-simulator; ``whitebit-exporter simulate …`` runs the simulator alone. Exit status: 0 on a clean
+validates the config (and the ``--web.config.file``) without touching the network; ``--demo`` runs
+against the built-in simulator; ``whitebit-exporter simulate …`` runs the simulator alone. Exit status: 0 on a clean
 stop or a valid config, 1 on an invalid config or a failed start, 2 on a bad flag.
 """
 
@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.config.load import ConfigError, ConfigProblem, load_config, parse_listen_address
-from exporter.config.schema import Config, ListenAddress
+from exporter.config.load import ConfigError, ConfigProblem, load_config, load_web_config, parse_listen_address
+from exporter.config.schema import Config, ListenAddress, WebSecurityConfig
 from exporter.core.gc_tuning import tune_garbage_collector
 from exporter.core.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 
@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="metrics listener address; overrides web.listen_address",
     )
     parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS, response headers and basic auth of the metrics listener, in the Prometheus exporter "
+        "toolkit's web configuration format",
+    )
+    parser.add_argument(
         "--webhooks.listen-address",
         dest="webhooks_listen_address",
         type=_listen_address,
@@ -106,6 +113,13 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
+def with_web_security(config: Config, security: WebSecurityConfig | None) -> Config:
+    """The config with the metrics listener's ``--web.config.file`` settings, if any."""
+    if security is None:
+        return config
+    return dataclasses.replace(config, web=dataclasses.replace(config.web, security=security))
+
+
 def summary(config: Config) -> str:
     """One line describing a valid config, without secrets."""
     names = ", ".join(a.name for a in config.whitebit)
@@ -113,9 +127,16 @@ def summary(config: Config) -> str:
     if names:
         accounts += f" ({names})"
     zerohash = "on" if config.zerohash is not None else "off"
+    security = config.web.security
+    metrics = " (https)" if security.tls is not None else ""
+    if security.basic_auth_users:
+        count = len(security.basic_auth_users)
+        metrics = f"{metrics[:-1]}, " if metrics else " ("
+        metrics += f"basic auth: {count} user{'s' if count != 1 else ''})"
+    webhooks = " (https)" if config.webhooks.tls is not None else ""
     return (
-        f"{accounts}; Zero Hash webhooks {zerohash}; metrics on {config.web.listen_address}; "
-        f"webhooks on {config.webhooks.listen_address}; state in {config.state.path}"
+        f"{accounts}; Zero Hash webhooks {zerohash}; metrics on {config.web.listen_address}{metrics}; "
+        f"webhooks on {config.webhooks.listen_address}{webhooks}; state in {config.state.path}"
     )
 
 
@@ -126,14 +147,44 @@ def format_problem(path: str, problem: ConfigProblem) -> str:
     return f"{path}: {problem}"
 
 
-def _check(path: str, args: argparse.Namespace) -> int:
+def _load_web_security(args: argparse.Namespace) -> tuple[WebSecurityConfig | None, list[str]]:
+    """The ``--web.config.file`` settings (None without the flag), or every problem with them, formatted."""
+    path = args.web_config_file
+    if path is None:
+        return None, []
+    try:
+        return load_web_config(path), []
+    except ConfigError as exc:
+        return None, [format_problem(path, problem) for problem in exc.problems]
+
+
+def load(args: argparse.Namespace) -> tuple[Config | None, list[str]]:
+    """The config with the command line's overrides and web config, or None and every problem of both files."""
+    path = args.config_file
+    config: Config | None = None
+    problems: list[str] = []
     try:
         config = load_config(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(format_problem(path, problem), file=sys.stderr)
+        problems = [format_problem(path, problem) for problem in exc.problems]
+    security, web_problems = _load_web_security(args)
+    problems += web_problems
+    if config is None or problems:
+        return None, problems
+    return with_web_security(apply_overrides(config, args), security), []
+
+
+def _files(args: argparse.Namespace) -> str:
+    return ", ".join(path for path in (args.config_file, args.web_config_file) if path is not None)
+
+
+def _check(args: argparse.Namespace) -> int:
+    config, problems = load(args)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if config is None:
         return 1
-    print(f"{path}: OK: {summary(apply_overrides(config, args))}")
+    print(f"{args.config_file}: OK: {summary(config)}")
     return 0
 
 
@@ -142,19 +193,17 @@ def _run(args: argparse.Namespace) -> int:
     from exporter.app import Exporter, StartupError, run_until_signal
 
     setup_logging(args.log_level, args.log_format)
-    path = args.config_file
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("invalid config", extra={"problem": format_problem(path, problem)})
+    config, problems = load(args)
+    if config is None:
+        for line in problems:
+            log.error("invalid config", extra={"problem": line})
         log.error(
             "exiting: the config is invalid; nothing was started",
-            extra={"file": path, "problems": len(exc.problems)},
+            extra={"file": _files(args), "problems": len(problems)},
         )
         return 1
-    log.info("config loaded", extra={"file": path})
-    exporter = Exporter(apply_overrides(config, args))
+    log.info("config loaded", extra={"file": _files(args)})
+    exporter = Exporter(config)
     tune_garbage_collector()
     try:
         return asyncio.run(run_until_signal(exporter))
@@ -204,10 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {__version__}")
         return 0
     if args.config_check:
-        return _check(args.config_file, args)
+        return _check(args)
     if args.demo:
         from exporter.demo import run_demo
 
         setup_logging(args.log_level, args.log_format)
+        security, problems = _load_web_security(args)
+        if problems:
+            for line in problems:
+                log.error("invalid config", extra={"problem": line})
+            log.error("exiting: the web config is invalid; nothing was started", extra={"file": args.web_config_file})
+            return 1
+        args.web_security = security
         return run_demo(args)
     return _run(args)

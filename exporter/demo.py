@@ -35,6 +35,7 @@ from exporter.config.schema import (
     StateConfig,
     WebConfig,
     WebhooksConfig,
+    WebSecurityConfig,
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
     ZerohashConfig,
@@ -105,6 +106,8 @@ class DemoOptions:
     # the demo only works because the exporter measures the offset and signs on WhiteBIT's clock.
     clock_offset: float = 6.5
     seed: int | None = None
+    # --web.config.file: TLS and basic auth of the metrics listener.
+    web_security: WebSecurityConfig = field(default_factory=WebSecurityConfig)
 
 
 def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> SimulatorSettings:
@@ -143,7 +146,7 @@ def exporter_config(
 ) -> Config:
     """An exporter config that watches the simulated account, built in code (no YAML, no env vars)."""
     return Config(
-        web=WebConfig(listen_address=options.metrics_address),
+        web=WebConfig(listen_address=options.metrics_address, security=options.web_security),
         webhooks=WebhooksConfig(listen_address=options.webhooks_address),
         state=StateConfig(path=str(state_dir / "whitebit-exporter-demo.db")),
         whitebit=(
@@ -272,6 +275,8 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         options = dataclasses.replace(options, metrics_address=args.web_listen_address)
     if getattr(args, "webhooks_listen_address", None) is not None:
         options = dataclasses.replace(options, webhooks_address=args.webhooks_listen_address)
+    if isinstance(getattr(args, "web_security", None), WebSecurityConfig):
+        options = dataclasses.replace(options, web_security=args.web_security)
     return options
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 from aiohttp.test_utils import TestClient
@@ -124,3 +125,14 @@ def collected(collector: Collector, sample_name: str, **labels: str) -> float | 
     registry = CollectorRegistry()
     registry.register(collector)
     return registry.get_sample_value(sample_name, labels)
+
+
+async def stop_and_collect(
+    proc: asyncio.subprocess.Process, lines: Sequence[str], sig: int = signal.SIGTERM, timeout: float = 5.0
+) -> tuple[int, str]:
+    """Stop a command line with ``sig``; its exit status and everything it wrote to stderr (``lines``
+    already read, then the rest). The caller kills it in a ``finally`` should this time out."""
+    proc.send_signal(sig)
+    status = await asyncio.wait_for(proc.wait(), timeout=timeout)
+    assert proc.stderr is not None
+    return status, "\n".join(lines) + (await proc.stderr.read()).decode()

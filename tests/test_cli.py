@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -13,13 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import bcrypt
 import pytest
 
 from exporter import __version__
 from exporter.cli import apply_overrides, main
 from exporter.config.load import load_config
 from exporter.config.schema import ListenAddress
-from tests.helpers import parse_logfmt, scrape
+from tests.certs import Pki, issue_pki
+from tests.helpers import Scrape, parse_logfmt, scrape, stop_and_collect
 
 HOOK_SECRET = "hook-secret-value-0123456789"
 ZH_SECRET = "zh-secret-value-0123456789"
@@ -96,6 +99,7 @@ def test_help_lists_the_spec_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--config.file",
         "--config.check",
         "--web.listen-address",
+        "--web.config.file",
         "--webhooks.listen-address",
         "--log.level",
         "--log.format",
@@ -157,6 +161,48 @@ def test_config_check_shows_listen_address_overrides(
     out = capsys.readouterr().out
     assert "metrics on 127.0.0.1:19945" in out
     assert "webhooks on [::1]:19946" in out
+
+
+WEB_PASSWORD = "scrape-password-0123456789"
+WEB_HASH = bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+@pytest.fixture
+def web_config(tmp_path: Path) -> tuple[Path, Pki]:
+    """A web config with TLS (certificates under tmp_path/pki) and one basic auth user."""
+    pki = issue_pki(tmp_path / "pki")
+    path = pki.directory / "web-config.yml"
+    path.write_text(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server-key.pem\n"
+        f"basic_auth_users:\n  prometheus: '{WEB_HASH}'\n"
+    )
+    return path, pki
+
+
+def test_config_check_validates_the_web_config_too(
+    good_config: Path, secret_env: None, web_config: tuple[Path, Pki], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = web_config
+    assert main(["--config.file", str(good_config), "--web.config.file", str(path), "--config.check"]) == 0
+    out = capsys.readouterr().out
+    assert "metrics on 127.0.0.1:0 (https, basic auth: 1 user);" in out
+    assert WEB_HASH not in out
+
+
+def test_config_check_lists_the_problems_of_both_files_each_under_its_path(
+    bad_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prometheus: '$2y$10$tooshort'\nbogus: 1\n")
+    assert main(["--config.file", str(bad_config), "--web.config.file", str(web), "--config.check"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert any(line.startswith(f"{bad_config}: ") and "bogus_section" in line for line in lines)
+    assert f"{web}: bogus: unknown key" in lines
+    assert any(line.startswith(f"{web}: basic_auth_users.prometheus: not a bcrypt hash") for line in lines)
+    # The hash is never repeated back.
+    assert "tooshort" not in captured.err
 
 
 def test_apply_overrides_replaces_only_the_given_addresses(good_config: Path, secret_env: None) -> None:
@@ -254,15 +300,12 @@ async def test_process_serves_then_exits_0_on_signal(
                 assert json.loads(await response.text()) == [PUBLIC_KEY]
             async with session.get(metrics_url + "/-/ready") as response:
                 assert response.status == 200
-        proc.send_signal(sig)
-        status = await asyncio.wait_for(proc.wait(), timeout=5)
+        status, everything = await stop_and_collect(proc, lines, sig)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     assert status == 0
-    assert proc.stderr is not None
-    everything = "\n".join(lines) + (await proc.stderr.read()).decode()
     assert HOOK_SECRET not in everything and ZH_SECRET not in everything
     assert "received signal" in everything
     assert sig.name in everything
@@ -305,3 +348,43 @@ async def test_process_exits_1_when_a_listener_cannot_bind(
     last = parse_logfmt(stderr.decode().splitlines()[-1])
     assert last["level"] == "error"
     assert f"cannot listen on 127.0.0.1:{occupied_port} for the webhooks listener" in last["msg"]
+
+
+async def test_process_serves_metrics_over_tls_with_basic_auth(
+    good_config: Path, tmp_path: Path, web_config: tuple[Path, Pki]
+) -> None:
+    path, pki = web_config
+    proc = await spawn("--config.file", str(good_config), "--web.config.file", str(path), cwd=tmp_path)
+    try:
+        listening, lines = await read_until(proc, "listening")
+        metrics_url = listening["metrics"]
+        assert metrics_url.startswith("https://127.0.0.1:")
+        context = pki.client_context()
+        async with aiohttp.ClientSession() as session:
+            auth = "Basic " + base64.b64encode(f"prometheus:{WEB_PASSWORD}".encode()).decode()
+            async with session.get(metrics_url + "/metrics", ssl=context, headers={"Authorization": auth}) as response:
+                assert response.status == 200
+                result = Scrape(await response.text())
+            async with session.get(metrics_url + "/metrics", ssl=context) as response:
+                assert (response.status, response.headers["WWW-Authenticate"]) == (401, "Basic")
+        assert result.value("whitebit_up", account="main") == 1.0
+        status, everything = await stop_and_collect(proc, lines, signal.SIGTERM)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert status == 0
+    assert WEB_HASH not in everything and WEB_PASSWORD not in everything
+
+
+async def test_process_with_a_bad_web_config_exits_1_and_starts_nothing(good_config: Path, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: missing.pem\n  key_file: missing-key.pem\n")
+    proc = await spawn("--config.file", str(good_config), "--web.config.file", str(web), cwd=tmp_path)
+    _, stderr = await asyncio.wait_for(proc.communicate(), timeout=STARTUP_TIMEOUT)
+    assert proc.returncode == 1
+    records = [parse_logfmt(line) for line in stderr.decode().splitlines()]
+    [problem] = [r["problem"] for r in records if r.get("msg") == "invalid config"]
+    assert problem.startswith(f"{web}: tls_server_config.cert_file: cannot load ")
+    assert not any(r.get("msg") == "listening" for r in records)
+    assert await asyncio.to_thread(lambda: list(tmp_path.glob("*.db"))) == []

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
 import platform
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from exporter import __version__
-from exporter.config.schema import ListenAddress
-from exporter.demo import DEMO_ACCOUNT, Demo, DemoOptions
-from tests.helpers import parse_logfmt, scrape, scrape_text, wait_for
+from exporter.cli import main
+from exporter.config.schema import ListenAddress, WebSecurityConfig
+from exporter.demo import DEMO_ACCOUNT, Demo, DemoOptions, options_from_args
+from tests.helpers import parse_logfmt, scrape, scrape_text, stop_and_collect, wait_for
 
 STARTUP_TIMEOUT = 30.0  # imports on a loaded 2-core machine can take seconds; not a performance bound
 
@@ -78,15 +82,12 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
             )
             out, err = await lint.communicate(text.encode())
             assert (lint.returncode, out, err) == (0, b"", b"")
-        proc.send_signal(sig)
-        status = await asyncio.wait_for(proc.wait(), timeout=5)
+        status, log_text = await stop_and_collect(proc, lines, sig)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
     assert status == 0
-    assert proc.stderr is not None
-    log_text = "\n".join(lines) + (await proc.stderr.read()).decode()
     assert "Traceback" not in log_text
     # The demo writes nothing outside its temporary directory.
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
@@ -113,3 +114,33 @@ async def test_demo_points_the_simulator_at_the_exporter_and_makes_activity(tmp_
         await demo.simulator.stop()
     # Credentials are generated per run and never equal between runs.
     assert Demo(options, tmp_path).credentials != demo.credentials
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The root logger's handlers and level put back after a test that runs the command line's setup."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_demo_takes_the_web_config_and_refuses_a_bad_one_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prometheus: plain-text-password\n")
+    assert main(["--demo", "--web.config.file", str(web), "--log.format", "json"]) == 1
+    err = capsys.readouterr().err
+    assert f"{web}: basic_auth_users.prometheus: not a bcrypt hash" in err
+    assert "plain-text-password" not in err
+    assert "listening" not in err
+
+    security = WebSecurityConfig(headers=(("X-Frame-Options", "deny"),))
+    options = options_from_args(argparse.Namespace(web_security=security))
+    assert options.web_security == security
+    assert options_from_args(argparse.Namespace()).web_security == WebSecurityConfig()

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.config.schema import (
+    CLIENT_AUTH_TYPES,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_METRICS_ADDRESS,
     DEFAULT_REQUEST_TIMEOUT,
@@ -44,6 +45,7 @@ from exporter.config.schema import (
     NONCE_POLICIES,
     RELAY_PROVIDERS,
     RESERVED_ACCOUNT_NAME,
+    TLS_VERSIONS,
     Config,
     ListenAddress,
     PollConfig,
@@ -52,14 +54,17 @@ from exporter.config.schema import (
     RelayTargetConfig,
     RelayTlsConfig,
     RestConfig,
+    ServerTlsConfig,
     StateConfig,
     WebConfig,
     WebhooksConfig,
+    WebSecurityConfig,
     WhitebitAccountConfig,
     WhitebitWebhookConfig,
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
+from exporter.config.tls import GO_CURVES, TlsSetupError, server_context, tls_version
 
 _TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash", "relay")
 _RELAY_KEYS = ("targets",)
@@ -92,7 +97,42 @@ _RELAY_OWN_HEADERS = (
 _RELAY_OWN_PREFIXES = ("x-txc-", "x-zh-hook-")
 _LISTENER_LIMIT_KEYS = ("request_timeout", "idle_timeout", "max_connections")
 _WEB_KEYS = ("listen_address", *_LISTENER_LIMIT_KEYS)
-_WEBHOOKS_KEYS = ("listen_address", "max_body_bytes", *_LISTENER_LIMIT_KEYS)
+_WEBHOOKS_KEYS = ("listen_address", "max_body_bytes", *_LISTENER_LIMIT_KEYS, "tls")
+# The exporter toolkit's web configuration file (--web.config.file) and its sections.
+_WEB_CONFIG_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+_TLS_KEYS = (
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "client_allowed_sans",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "curve_preferences",
+    "prefer_server_cipher_suites",
+    "cert",
+    "key",
+    "client_ca",
+)
+_TLS_CLIENT_KEYS = ("client_auth_type", "client_ca_file", "client_allowed_sans")
+_TLS_INLINE_KEYS = {"cert": "cert_file", "key": "key_file", "client_ca": "client_ca_file"}
+#: client_auth_type values of the toolkit that Python's ssl module cannot honour: it verifies every
+#: client certificate it asks for. (RequireClientCert is the toolkit's old name of RequireAnyClientCert.)
+_UNVERIFIED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert", "RequireClientCert")
+_HTTP_SERVER_KEYS = ("http2", "headers")
+#: The response headers the toolkit lets a web configuration set, with the values it accepts (None: any).
+WEB_CONFIG_HEADERS: dict[str, tuple[str, ...] | None] = {
+    "Strict-Transport-Security": None,
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": None,
+    "Content-Security-Policy": None,
+}
+#: A bcrypt hash: version, cost, 22 characters of salt and 31 of hash in bcrypt's base64 alphabet.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$([./A-Za-z0-9]{22})[./A-Za-z0-9]{31}")
+_BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+BCRYPT_HINT = """make one with: htpasswd -nBC 10 "" | tr -d ':\\n'"""
 _STATE_KEYS = ("path", "inbox_retention")
 _ACCOUNT_KEYS = (
     "name",
@@ -256,11 +296,38 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     ``state.path`` resolves against the current directory when the state store opens it.
     """
     source = os.fspath(path)
+    document = _read_document(source, "config file")
+    loader = _Loader(source, os.path.dirname(os.path.abspath(source)), os.environ if env is None else env)
+    config = loader.config(document)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return config
+
+
+def load_web_config(path: str | os.PathLike[str]) -> WebSecurityConfig:
+    """Read and validate the exporter toolkit's web configuration file at ``path`` (``--web.config.file``).
+
+    Raises :class:`ConfigError` listing every problem. Relative paths resolve against the file's directory,
+    as the toolkit does; unlike ``config.yaml`` the file takes no ``${ENV}`` references (the toolkit's
+    format has none, and a bcrypt hash is full of ``$``). The certificate, key and client CA files are
+    loaded once here, so a file that does not load is reported before anything starts.
+    """
+    source = os.fspath(path)
+    document = _read_document(source, "web config file")
+    loader = _Loader(source, os.path.dirname(os.path.abspath(source)), {}, expand_env=False)
+    web = loader.web_security(document)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return web
+
+
+def _read_document(source: str, what: str) -> dict[Any, Any]:
+    """The YAML mapping in the file at ``source`` (empty for an empty file); raises ConfigError."""
     try:
         with open(source, "rb") as handle:
             raw = handle.read()
     except OSError as error:
-        raise ConfigError([ConfigProblem(source, f"cannot read the config file: {error.strerror}")]) from None
+        raise ConfigError([ConfigProblem(source, f"cannot read the {what}: {error.strerror}")]) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -272,11 +339,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     if not isinstance(document, dict):
         problem = ConfigProblem(source, f"expected a mapping at the top level, got {_kind(document)}")
         raise ConfigError([problem])
-    loader = _Loader(source, os.path.dirname(os.path.abspath(source)), os.environ if env is None else env)
-    config = loader.config(document)
-    if loader.problems:
-        raise ConfigError(loader.problems)
-    return config
+    return document
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -328,6 +391,22 @@ def _yaml_problem(source: str, error: yaml.MarkedYAMLError) -> ConfigProblem:
     return ConfigProblem(location, message)
 
 
+def bcrypt_hash_problem(hashed: str) -> str | None:
+    """What is wrong with ``hashed`` as a bcrypt hash the ``bcrypt`` package can check, or None."""
+    match = _BCRYPT_HASH.fullmatch(hashed)
+    if match is None:
+        if hashed.startswith(("$2x$", "$2$")):
+            return f"this bcrypt variant is not supported (make the hash again; {BCRYPT_HINT})"
+        return f"not a bcrypt hash ({BCRYPT_HINT})"
+    cost = int(match.group(1))
+    if not 4 <= cost <= 31:
+        return f"bcrypt cost must be from 04 to 31, got {match.group(1)}"
+    # 22 characters of bcrypt's base64 carry the 128-bit salt; the last one's low 4 bits must be 0.
+    if _BCRYPT_ALPHABET.index(match.group(2)[-1]) % 16:
+        return f"not a valid bcrypt hash: its salt is malformed ({BCRYPT_HINT})"
+    return None
+
+
 def _kind(value: object) -> str:
     """How a YAML value reads to a user: "a string", "a list", …"""
     if value is None:
@@ -366,10 +445,11 @@ def _present(mapping: Mapping[str, Any], key: str) -> bool:
 class _Loader:
     """Turns the parsed YAML into :class:`Config`, collecting problems in ``problems``."""
 
-    def __init__(self, source: str, base_dir: str, env: Mapping[str, str]) -> None:
+    def __init__(self, source: str, base_dir: str, env: Mapping[str, str], *, expand_env: bool = True) -> None:
         self.source = source
         self.base_dir = base_dir
         self.env = env
+        self.expand_env = expand_env
         self.problems: list[ConfigProblem] = []
 
     def problem(self, location: str, message: str) -> None:
@@ -386,6 +466,7 @@ class _Loader:
         if web_address is not None and webhooks_address is not None:
             self.check_listeners_apart(web_address, webhooks_address)
         max_body = self.byte_size(webhooks, "max_body_bytes", "webhooks")
+        webhooks_tls = self.server_tls(webhooks.get("tls"), "webhooks.tls", client_certificates=False)
         web_limits = self.listener_limits(web, "web", WebConfig.max_connections)
         webhooks_limits = self.listener_limits(webhooks, "webhooks", WebhooksConfig.max_connections)
         state = self.mapping(top.get("state"), "state", _STATE_KEYS) or {}
@@ -403,6 +484,7 @@ class _Loader:
                 listen_address=webhooks_address or parse_listen_address(DEFAULT_WEBHOOKS_ADDRESS),
                 max_body_bytes=max_body or WebhooksConfig.max_body_bytes,
                 **webhooks_limits,
+                tls=webhooks_tls,
             ),
             state=StateConfig(
                 path=state_path or StateConfig.path,
@@ -413,6 +495,183 @@ class _Loader:
             rest=rest,
             relay=relay,
         )
+
+    def web_security(self, document: dict[Any, Any]) -> WebSecurityConfig:
+        """The web configuration file: ``tls_server_config``, ``http_server_config``, ``basic_auth_users``."""
+        top = self.mapping(document, "", _WEB_CONFIG_KEYS) or {}
+        if "rate_limit" in top:
+            self.problem(
+                "rate_limit",
+                "not supported (the listener's web.max_connections and web.request_timeout bound its clients)",
+            )
+        tls = self.server_tls(top.get("tls_server_config"), "tls_server_config", client_certificates=True)
+        headers = self.http_server(top.get("http_server_config"))
+        users = self.basic_auth_users(top.get("basic_auth_users"))
+        return WebSecurityConfig(tls=tls, headers=headers, basic_auth_users=users)
+
+    def server_tls(self, node: Any, location: str, *, client_certificates: bool) -> ServerTlsConfig | None:
+        """A ``tls_server_config`` section (or ``webhooks.tls``); None when absent or invalid (reported).
+
+        Every setting is either honoured or refused with its reason, never ignored (exporter/config/tls.py).
+        """
+        fields = self.mapping(node, location, _TLS_KEYS)
+        if not fields:
+            return None
+        before = len(self.problems)
+        for key, file_key in _TLS_INLINE_KEYS.items():
+            if key in fields:
+                self.problem(_at(location, key), f"inline PEM is not supported (give {file_key})")
+        if not client_certificates:
+            for key in _TLS_CLIENT_KEYS:
+                if key in fields:
+                    self.problem(
+                        _at(location, key),
+                        "not for the webhook listener: WhiteBIT and Zero Hash present no client certificate",
+                    )
+            fields = {key: value for key, value in fields.items() if key not in _TLS_CLIENT_KEYS}
+        cert_file = self.string_field(fields, "cert_file", location, required=True)
+        key_file = self.string_field(fields, "key_file", location, required=True)
+        client_ca_file = self.string_field(fields, "client_ca_file", location)
+        client_auth = self.client_auth_type(fields, location, client_ca_file is not None)
+        sans = self.string_list(fields, "client_allowed_sans", location)
+        if sans is not None and client_auth != "RequireAndVerifyClientCert":
+            self.problem(
+                _at(location, "client_allowed_sans"),
+                "needs client_auth_type RequireAndVerifyClientCert (a client may otherwise send no certificate)",
+            )
+        if sans == ():
+            self.problem(_at(location, "client_allowed_sans"), "must list at least one SAN (leave it out for any)")
+        versions = [self.tls_version_field(fields, key, location) for key in ("min_version", "max_version")]
+        low = versions[0] or ServerTlsConfig.min_version
+        high = versions[1] or ServerTlsConfig.max_version
+        if tls_version(low) > tls_version(high):
+            self.problem(_at(location, "min_version"), f"{low} is above max_version {high}")
+        suites = self.string_list(fields, "cipher_suites", location) or ()
+        curves = self.string_list(fields, "curve_preferences", location) or ()
+        for index, curve in enumerate(curves):
+            if curve not in GO_CURVES:
+                self.problem(
+                    f"{location}.curve_preferences[{index}]",
+                    f'unknown curve "{curve}" (use {", ".join(GO_CURVES)})',
+                )
+        if len(curves) > 1:
+            self.problem(
+                _at(location, "curve_preferences"),
+                "Python's ssl module sets one curve, not an order of preference: list one",
+            )
+        prefer = self.boolean(fields, "prefer_server_cipher_suites", location)
+        if len(self.problems) > before or cert_file is None or key_file is None or client_auth is None:
+            return None
+        tls = ServerTlsConfig(
+            cert_file=self.resolve(cert_file),
+            key_file=self.resolve(key_file),
+            client_auth_type=client_auth,
+            client_ca_file=None if client_ca_file is None else self.resolve(client_ca_file),
+            client_allowed_sans=sans or (),
+            min_version=low,
+            max_version=high,
+            cipher_suites=suites,
+            curve_preferences=curves,
+            prefer_server_cipher_suites=ServerTlsConfig.prefer_server_cipher_suites if prefer is None else prefer,
+        )
+        try:
+            server_context(tls)
+        except TlsSetupError as error:
+            self.problem(_at(location, error.key), error.message)
+            return None
+        return tls
+
+    def client_auth_type(self, fields: Mapping[str, Any], location: str, has_ca: bool) -> str | None:
+        """``client_auth_type`` (default NoClientCert), checked against ``client_ca_file``; None if invalid."""
+        where = _at(location, "client_auth_type")
+        given = self.string(fields["client_auth_type"], where) if _present(fields, "client_auth_type") else ""
+        if given is None:
+            return None
+        value = given or "NoClientCert"
+        if value in _UNVERIFIED_CLIENT_AUTH:
+            self.problem(
+                where,
+                f"{value} is not supported: Python's ssl module verifies every client certificate it asks for"
+                " (use VerifyClientCertIfGiven or RequireAndVerifyClientCert, with client_ca_file)",
+            )
+            return None
+        if value not in CLIENT_AUTH_TYPES:
+            self.problem(where, f'invalid value "{value}" (use {", ".join(CLIENT_AUTH_TYPES)})')
+            return None
+        if value == "NoClientCert" and has_ca:
+            self.problem(where, "client_ca_file is set but client_auth_type asks for no client certificate")
+            return None
+        if value != "NoClientCert" and not has_ca:
+            self.problem(where, f"{value} needs client_ca_file (the CAs a client certificate must chain to)")
+            return None
+        return value
+
+    def tls_version_field(self, fields: Mapping[str, Any], key: str, location: str) -> str | None:
+        value = self.string_field(fields, key, location)
+        if value is not None and value not in TLS_VERSIONS:
+            self.problem(_at(location, key), f'unknown TLS version "{value}" (use {", ".join(TLS_VERSIONS)})')
+            return None
+        return value
+
+    def http_server(self, node: Any) -> tuple[tuple[str, str], ...]:
+        """``http_server_config``: ``http2`` (only false: the listener serves HTTP/1.1) and ``headers``."""
+        location = "http_server_config"
+        fields = self.mapping(node, location, _HTTP_SERVER_KEYS) or {}
+        if self.boolean(fields, "http2", location):
+            self.problem(
+                _at(location, "http2"), "HTTP/2 is not supported (the listener serves HTTP/1.1): set it to false"
+            )
+        if not _present(fields, "headers"):
+            return ()
+        where = _at(location, "headers")
+        node_headers = fields["headers"]
+        if not isinstance(node_headers, dict):
+            self.problem(where, f"expected a mapping of header names to values, got {_kind(node_headers)}")
+            return ()
+        headers: list[tuple[str, str]] = []
+        for name, raw in node_headers.items():
+            spot = _at(where, str(name))
+            if name not in WEB_CONFIG_HEADERS:
+                self.problem(spot, f"cannot be configured (use {', '.join(WEB_CONFIG_HEADERS)})")
+                continue
+            value = self.string(raw, spot) if raw is not None else ""
+            if value is None or value == "":
+                continue  # the toolkit leaves a blank header unset
+            allowed = WEB_CONFIG_HEADERS[name]
+            if allowed is not None and value not in allowed:
+                self.problem(spot, f'invalid value "{value}" (use {" or ".join(allowed)})')
+            elif any(ch in value for ch in "\r\n\x00") or not value.isprintable():
+                self.problem(spot, "must be a header value (printable, one line)")
+            else:
+                headers.append((name, value))
+        return tuple(headers)
+
+    def basic_auth_users(self, node: Any) -> tuple[tuple[str, str], ...]:
+        """``basic_auth_users``: user name -> bcrypt hash. A hash is never repeated in a message."""
+        location = "basic_auth_users"
+        if node is None:
+            return ()
+        if not isinstance(node, dict):
+            self.problem(location, f"expected a mapping of user names to bcrypt hashes, got {_kind(node)}")
+            return ()
+        users: list[tuple[str, str]] = []
+        for user, hashed in node.items():
+            where = _at(location, str(user))
+            if not isinstance(user, str) or user == "":
+                self.problem(where, "a user name must be a non-empty string")
+                continue
+            if ":" in user:
+                self.problem(where, 'a user name cannot contain ":" (basic auth splits user and password there)')
+                continue
+            if not isinstance(hashed, str):
+                self.problem(where, f"expected a bcrypt hash, got {_kind(hashed)}")
+                continue
+            problem = bcrypt_hash_problem(hashed)
+            if problem is not None:
+                self.problem(where, problem)
+                continue
+            users.append((user, hashed))
+        return tuple(users)
 
     def rest(self, node: Any) -> RestConfig:
         fields = self.mapping(node, "rest", _REST_KEYS) or {}
@@ -864,6 +1123,8 @@ class _Loader:
         if not isinstance(value, str):
             self.problem(location, f"expected a string, got {_kind(value)}")
             return None
+        if not self.expand_env:
+            return value
         failed = False
 
         def replace(match: re.Match[str]) -> str:

@@ -83,6 +83,45 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
+#: ``client_auth_type`` values of the exporter toolkit's web configuration that Python's ssl module can
+#: honour: no client certificate, a certificate verified if given, a certificate required and verified.
+CLIENT_AUTH_TYPES = ("NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+#: ``min_version`` / ``max_version`` values, oldest first.
+TLS_VERSIONS = ("TLS10", "TLS11", "TLS12", "TLS13")
+
+
+@dataclass(frozen=True)
+class ServerTlsConfig:
+    """TLS of a listener, in the terms of the exporter toolkit's ``tls_server_config``.
+
+    Paths are resolved; the loader has loaded each once. ``cipher_suites`` are Go's names, in the
+    server's order of preference; ``curve_preferences`` holds at most one of Go's curve names.
+    """
+
+    cert_file: str
+    key_file: str
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: str | None = None
+    client_allowed_sans: tuple[str, ...] = ()
+    min_version: str = "TLS12"
+    max_version: str = "TLS13"
+    cipher_suites: tuple[str, ...] = ()
+    curve_preferences: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+
+
+@dataclass(frozen=True)
+class WebSecurityConfig:
+    """What ``--web.config.file`` sets for the metrics listener: TLS, response headers, basic auth users.
+
+    ``basic_auth_users`` pairs each user name with its bcrypt hash; hashes never show in ``repr``.
+    """
+
+    tls: ServerTlsConfig | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    basic_auth_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
 @dataclass(frozen=True)
 class WebConfig:
     """The metrics listener: ``/metrics``, ``/``, ``/-/healthy``, ``/-/ready``."""
@@ -93,6 +132,8 @@ class WebConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = 64
+    # From --web.config.file (not config.yaml): TLS, headers and basic auth of this listener.
+    security: WebSecurityConfig = WebSecurityConfig()
 
 
 @dataclass(frozen=True)
@@ -104,6 +145,8 @@ class WebhooksConfig:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = 512
+    # webhooks.tls: served over HTTPS (no client certificates: the providers present none).
+    tls: ServerTlsConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,12 @@ WEBHOOK_LISTENER_REJECTED = CounterDef(
     "unknown path, wrong method), by reason.",
     ("reason",),
 )
+METRICS_LISTENER_AUTH_REJECTED = CounterDef(
+    "whitebit_exporter_metrics_listener_auth_rejected",
+    "Requests the metrics listener refused for want of authentication (--web.config.file): no or unreadable "
+    "credentials, a wrong user or password (401), or a client certificate without an allowed SAN (403).",
+    ("reason",),
+)
 LISTENER_CONNECTIONS = GaugeDef(
     "whitebit_exporter_listener_connections",
     "Connections open on each HTTP listener (metrics, webhooks); capped by its max_connections.",
@@ -477,6 +483,7 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_WEBHOOK_NONCE_REGRESSIONS,
     WHITEBIT_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
     WEBHOOK_LISTENER_REJECTED,
+    METRICS_LISTENER_AUTH_REJECTED,
     LISTENER_CONNECTIONS,
     LISTENER_CONNECTIONS_REFUSED,
     LISTENER_CONNECTIONS_TIMED_OUT,

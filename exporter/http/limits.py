@@ -17,6 +17,8 @@ hour. Each listener therefore serves through a :class:`LimitedRunner`, whose req
 - **a connection cap** (``max_connections``): a connection over the cap is accepted and closed at
   once, before any byte is read, so a flood costs a file descriptor only for an instant. Each
   listener has its own cap, so a flood on the webhook port never takes what the metrics listener needs.
+  On a TLS listener a connection is admitted when it is accepted, before its handshake
+  (:mod:`exporter.http.tls`), and the handshake must be done within ``request_timeout``.
 
 :class:`ListenerConnections` renders, per listener, the open connections
 (``whitebit_exporter_listener_connections``), the refused ones and the ones cut off at the deadline
@@ -217,6 +219,7 @@ class LimitedHandler(RequestHandler):
     # method lookup aiohttp makes on it per request would look there first.
     __slots__ = (
         "_limit_admitted",
+        "_limit_connected",
         "_limit_cut_off",
         "_limit_guard",
         "_limit_started",
@@ -238,23 +241,51 @@ class LimitedHandler(RequestHandler):
         self.request_timeout = request_timeout
         self.event_loop = loop
         self._limit_admitted = False
+        self._limit_connected = False
         self._limit_started: float | None = None
         self._limit_cut_off = False
 
+    def admit(self) -> bool:
+        """Count this connection against the listener's cap; False (counted as refused) when it is full.
+
+        A plain connection is admitted when it is made; a TLS one when its TCP connection is accepted,
+        before the handshake (:class:`exporter.http.tls.TlsConnection`), so handshakes count too.
+        """
+        if self._limit_guard.admit(self):
+            self._limit_admitted = True
+            return True
+        return False
+
+    @property
+    def connected(self) -> bool:
+        """True from the application's ``connection_made`` (after a TLS handshake) until ``connection_lost``."""
+        return self._limit_connected
+
+    def release(self) -> None:
+        """Give this connection's place back (once, however many times it is called)."""
+        if self._limit_admitted:
+            self._limit_admitted = False
+            self._limit_guard.release(self)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._limit_guard.admit(self):
+        if not self._limit_admitted and not self.admit():
             # Nothing of aiohttp's is set up for a refused connection, so closing it costs nothing more.
             transport.close()
             return
-        self._limit_admitted = True
+        self._limit_connected = True
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if not self._limit_admitted:
-            return
-        self._limit_admitted = False
-        self._limit_guard.release(self)
-        super().connection_lost(exc)
+        self.release()
+        if self._limit_connected:
+            self._limit_connected = False
+            super().connection_lost(exc)
+
+    def transport_lost(self) -> None:
+        """The TCP connection under TLS closed: give the place back unless the handshake completed (then
+        :meth:`connection_lost` does, as for a plain connection)."""
+        if not self._limit_connected:
+            self.release()
 
     def data_received(self, data: bytes) -> None:
         # The first byte of a request starts its deadline; the answer (finish_response) ends it.

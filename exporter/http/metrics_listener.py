@@ -3,6 +3,10 @@
 Meant for Prometheus and operators on a private address; the internet-facing webhook
 listener lives in :mod:`exporter.http.webhook_listener` and shares nothing with it but the process.
 
+With ``--web.config.file`` the listener may serve over TLS (:mod:`exporter.http.tls`), add the configured
+response headers to every answer, and require basic auth or a client certificate with an allowed SAN
+(:mod:`exporter.http.auth`; ``/-/healthy`` stays open to liveness probes).
+
 A request aiohttp's HTTP parser refuses (aiohttp answers 400 itself) is logged at most once per 10 s
 per kind, with the client's address and the parser's exception class, never a traceback or the
 request's bytes: the application's ``handler_args`` hand aiohttp a
@@ -20,7 +24,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.registry import CollectorRegistry
 
+from exporter.config.schema import WebSecurityConfig
 from exporter.core.health import HealthRegistry
+from exporter.core.metrics import METRICS_LISTENER_AUTH_REJECTED, SeriesValues
+from exporter.http.auth import AccessControl
 from exporter.http.webhook_listener import ProtocolLog
 from exporter.webhooks.intake import RejectionLog
 
@@ -57,8 +64,25 @@ class MetricsParserRefusals:
         self._log.rejected(("listener", "metrics", detail), describe)
 
 
-def create_metrics_app(registry: CollectorRegistry, health: HealthRegistry, version: str) -> web.Application:
-    """The metrics listener's aiohttp application, rendering ``registry`` on each scrape."""
+#: The :class:`AccessControl` of a metrics application with basic auth or allowed SANs, kept on it.
+ACCESS_CONTROL = web.AppKey("access_control", AccessControl)
+
+
+def create_metrics_app(
+    registry: CollectorRegistry,
+    health: HealthRegistry,
+    version: str,
+    *,
+    security: WebSecurityConfig | None = None,
+    collector: SeriesValues | None = None,
+) -> web.Application:
+    """The metrics listener's aiohttp application, rendering ``registry`` on each scrape.
+
+    ``security`` (from ``--web.config.file``) adds its response headers to every answer and, with basic
+    auth users or allowed client SANs, refuses other clients; the refusals counter is rendered by
+    ``collector`` (the caller registers it), created only when something can be refused.
+    """
+    security = security if security is not None else WebSecurityConfig()
     # Relative links on the landing page keep working behind a reverse proxy's path prefix.
     landing = _LANDING_PAGE.format(version=html.escape(version))
 
@@ -76,7 +100,29 @@ def create_metrics_app(registry: CollectorRegistry, health: HealthRegistry, vers
             return web.Response(text="ready\n" + notes)
         return web.Response(status=503, text="".join(f"{line}\n" for line in lines) + notes)
 
-    app = web.Application(handler_args={"logger": ProtocolLog(MetricsParserRefusals())})
+    sans = security.tls.client_allowed_sans if security.tls is not None else ()
+    middlewares = []
+    control: AccessControl | None = None
+    if security.basic_auth_users or sans:
+        reasons = (["missing_credentials", "wrong_credentials"] if security.basic_auth_users else []) + (
+            ["client_certificate"] if sans else []
+        )
+        rejected = (collector if collector is not None else SeriesValues()).series(
+            METRICS_LISTENER_AUTH_REJECTED, ((reason,) for reason in reasons)
+        )
+        control = AccessControl(security.basic_auth_users, sans, rejected, open_handlers=(healthy,))
+        middlewares.append(control.middleware)
+    app = web.Application(handler_args={"logger": ProtocolLog(MetricsParserRefusals())}, middlewares=middlewares)
+    if control is not None:
+        app[ACCESS_CONTROL] = control
+    if security.headers:
+        headers = security.headers
+
+        async def add_headers(_: web.Request, response: web.StreamResponse) -> None:
+            for name, value in headers:
+                response.headers[name] = value
+
+        app.on_response_prepare.append(add_headers)
     # add_get also answers HEAD; any other method gets 405 with an Allow header.
     app.router.add_get("/", index)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))

@@ -1,8 +1,8 @@
 """One HTTP listener: an aiohttp application bound to an address, with a bounded stop.
 
 Both the metrics and the webhook listener are a :class:`Listener`; they differ only in their
-application, their connection limits (:mod:`exporter.http.limits`) and in how long a stop waits for
-the requests in flight.
+application, their connection limits (:mod:`exporter.http.limits`), whether they serve HTTPS
+(:mod:`exporter.http.tls`) and in how long a stop waits for the requests in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from exporter.config.schema import ListenAddress
 from exporter.core.metrics import SeriesValues
 from exporter.http.limits import ACCEPT_BATCH, ConnectionLimits, LimitedRunner, ListenerConnections
+from exporter.http.tls import ServerTls, TlsSite
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Listener:
 
     ``shutdown_timeout`` bounds how long :meth:`stop` lets requests in flight finish; ``limits`` are
     its connection limits, counted in ``connections`` (a :class:`ListenerConnections` of its own when
-    not given, reachable as ``listener.connections``).
+    not given, reachable as ``listener.connections``). With ``tls`` it serves HTTPS.
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class Listener:
         shutdown_timeout: float,
         limits: ConnectionLimits | None = None,
         connections: ListenerConnections | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
         self._address = address
         self._shutdown_timeout = shutdown_timeout
         self.limits = limits if limits is not None else ConnectionLimits()
@@ -82,7 +85,7 @@ class Listener:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` the listener is bound to (the real port when 0 was asked)."""
+        """``http://host:port`` (``https://`` with TLS) the listener is bound to (the real port when 0 was asked)."""
         if self._url is None:
             raise RuntimeError(f"the {self.name} listener is not started")
         return self._url
@@ -91,14 +94,26 @@ class Listener:
         """Bind and serve; raises :class:`ListenError` when the address cannot be bound."""
         await self._runner.setup()
         # An empty host means every interface, as in Prometheus' ":9945".
-        site = web.TCPSite(self._runner, self._address.host or None, self._address.port, backlog=ACCEPT_BATCH)
+        host = self._address.host or None
+        site: web.BaseSite
+        if self.tls is None:
+            site = web.TCPSite(self._runner, host, self._address.port, backlog=ACCEPT_BATCH)
+        else:
+            site = TlsSite(
+                self._runner,
+                host,
+                self._address.port,
+                tls=self.tls,
+                handshake_timeout=self.limits.request_timeout,
+                backlog=ACCEPT_BATCH,
+            )
         try:
             await site.start()
         except OSError as exc:
             # asyncio's own strerror repeats the address; the errno text alone reads better.
             reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
             raise ListenError(f"cannot listen on {self._address} for the {self.name} listener: {reason}") from exc
-        self._url = _url(self._runner.addresses[0])
+        self._url = _url(self._runner.addresses[0], "https" if self.tls is not None else "http")
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish within the shutdown timeout, close."""
@@ -111,6 +126,6 @@ class Listener:
             log.error("listener did not stop in time", extra={"listener": self.name})
 
 
-def _url(address: tuple[object, ...]) -> str:
+def _url(address: tuple[object, ...], scheme: str) -> str:
     host, port = str(address[0]), int(str(address[1]))
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

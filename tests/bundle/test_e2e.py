@@ -1,6 +1,7 @@
 """End to end: a real Prometheus scrapes the demo and evaluates the bundled rules.
 
-The demo (simulator + exporter) runs in this event loop on free loopback ports, with a busy scenario
+The demo (simulator + exporter) runs in this event loop on free loopback ports (in the last test with
+its metrics listener behind TLS and basic auth, as --web.config.file sets them), with a busy scenario
 that forges deliveries often, a short reconcile grace and a short webhook retry delay. Prometheus (the
 Debian package's /usr/bin/prometheus) runs as a subprocess on a free port with a temporary storage
 directory, 1 s scrape and evaluation intervals, and the bundle's rules generated from
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -21,10 +23,13 @@ from types import ModuleType
 from typing import Any
 
 import aiohttp
+import bcrypt
 import yaml
 
+from exporter.config.schema import ServerTlsConfig, WebSecurityConfig
 from exporter.demo import DEMO_ACCOUNT
 from tests.bundle.harness import PROMETHEUS_DIR, running_demo, tool
+from tests.certs import issue_pki
 from tests.helpers import wait_for
 
 JOB = "whitebit-exporter"
@@ -89,12 +94,15 @@ class Prometheus:
 
 
 @contextlib.asynccontextmanager
-async def running_prometheus(directory: Path, target: str) -> AsyncIterator[Prometheus]:
+async def running_prometheus(
+    directory: Path, target: str, *, scrape_configs: list[dict[str, Any]] | None = None
+) -> AsyncIterator[Prometheus]:
+    """Prometheus scraping ``target`` as job JOB, or with ``scrape_configs`` instead when given."""
     await asyncio.to_thread(directory.mkdir)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": write_rules(directory),
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": scrape_configs or [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -271,3 +279,50 @@ async def test_a_dropped_deposit_webhook_fires_the_overdue_then_the_missed_webho
             assert not [a for a in await prometheus.alerts("WhitebitWebhookMissed") if a["labels"]["kind"] != "deposit"]
             samples = await prometheus.query(f'whitebit_webhooks_missed_total{{account="{DEMO_ACCOUNT}"}}')
             assert {s["metric"]["kind"]: float(s["value"][1]) for s in samples} == {"deposit": 1.0, "withdraw": 0.0}
+
+
+async def test_prometheus_scrapes_the_exporter_over_tls_with_basic_auth(tmp_path: Path) -> None:
+    pki = issue_pki(tmp_path / "pki")
+    password = secrets.token_urlsafe(24)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+    security = WebSecurityConfig(
+        tls=ServerTlsConfig(cert_file=str(pki.server_cert), key_file=str(pki.server_key)),
+        basic_auth_users=(("prometheus", hashed),),
+    )
+    async with running_demo(tmp_path / "demo", forge_every=None, web_security=security) as demo:
+        assert demo.exporter is not None
+        assert demo.exporter.metrics_url.startswith("https://")
+        target = demo.exporter.metrics_url.removeprefix("https://")
+
+        def job(name: str, secret: str) -> dict[str, Any]:
+            return {
+                "job_name": name,
+                "scheme": "https",
+                "tls_config": {"ca_file": str(pki.ca)},
+                "basic_auth": {"username": "prometheus", "password": secret},
+                "static_configs": [{"targets": [target]}],
+            }
+
+        # The second job has a wrong password: it shows that the first one is up because it authenticated.
+        jobs = [job(JOB, password), job("wrong-password", password + "x")]
+        async with running_prometheus(tmp_path / "prometheus", target, scrape_configs=jobs) as prometheus:
+
+            async def both_scraped() -> bool:
+                targets = (await prometheus.api("targets"))["activeTargets"]
+                return {t["labels"]["job"]: t["health"] for t in targets} == {JOB: "up", "wrong-password": "down"}
+
+            await wait_for(
+                both_scraped, timeout=60, interval=0.5, message=f"never scraped over TLS; {failure_log(prometheus)}"
+            )
+            assert await prometheus.query(f'up{{job="{JOB}"}} == 1')
+            targets = {t["labels"]["job"]: t for t in (await prometheus.api("targets"))["activeTargets"]}
+            assert targets[JOB]["scrapeUrl"] == f"https://{target}/metrics"
+            assert "401" in targets["wrong-password"]["lastError"]
+
+            async def refusals_counted() -> bool:
+                samples = await prometheus.query(
+                    f'whitebit_exporter_metrics_listener_auth_rejected_total{{job="{JOB}",reason="wrong_credentials"}}'
+                )
+                return bool(samples) and float(samples[0]["value"][1]) >= 1
+
+            await wait_for(refusals_counted, timeout=30, interval=0.5, message="the wrong password was never counted")
