@@ -64,7 +64,14 @@ from exporter.config.schema import (
     ZerohashConfig,
     ZerohashWebhookConfig,
 )
-from exporter.config.tls import GO_CURVES, TlsSetupError, server_context, tls_version
+from exporter.config.tls import (
+    GO_CURVES,
+    EncryptedKeyError,
+    TlsSetupError,
+    refuse_passphrase,
+    server_context,
+    tls_version,
+)
 
 _TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash", "relay")
 _RELAY_KEYS = ("targets",)
@@ -1093,7 +1100,14 @@ class _Loader:
             return RelayTlsConfig()
         if resolved["cert_file"] is not None and resolved["key_file"] is not None:
             try:
-                context.load_cert_chain(resolved["cert_file"], resolved["key_file"])
+                context.load_cert_chain(resolved["cert_file"], resolved["key_file"], password=refuse_passphrase)
+            except EncryptedKeyError:
+                self.problem(
+                    _at(where, "key_file"),
+                    f'cannot load "{paths["key_file"]}": the key is encrypted'
+                    " (a key with a passphrase is not supported)",
+                )
+                return RelayTlsConfig()
             except (OSError, ssl.SSLError) as error:
                 self.problem(
                     _at(where, "cert_file"),

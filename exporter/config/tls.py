@@ -80,12 +80,14 @@ class TlsSetupError(Exception):
         self.message = message
 
 
-class _EncryptedKeyError(Exception):
+class EncryptedKeyError(Exception):
     """OpenSSL asked for the passphrase of the key."""
 
 
-def _no_passphrase() -> bytes:
-    raise _EncryptedKeyError
+def refuse_passphrase() -> bytes:
+    """The password callback of ``load_cert_chain``: without one, OpenSSL would prompt on the terminal for
+    the passphrase of an encrypted key, and a service would hang there."""
+    raise EncryptedKeyError
 
 
 def tls_version(name: str) -> ssl.TLSVersion:
@@ -129,8 +131,8 @@ def server_context(tls: ServerTlsConfig) -> ssl.SSLContext:
     try:
         # A password callback that refuses: without one, OpenSSL would prompt on the terminal for the
         # passphrase of an encrypted key, and a service would hang there.
-        context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_passphrase)
-    except _EncryptedKeyError:
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=refuse_passphrase)
+    except EncryptedKeyError:
         raise TlsSetupError(
             "key_file", f'cannot load "{tls.key_file}": the key is encrypted (a key with a passphrase is not supported)'
         ) from None

@@ -33,6 +33,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.config.schema import RelayTargetConfig
+from exporter.config.tls import refuse_passphrase
 from exporter.core.backoff import Backoff
 from exporter.core.metrics import (
     EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS,
@@ -121,7 +122,7 @@ def tls_context(target: RelayTargetConfig) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(cafile=target.tls.ca_file)
     if target.tls.cert_file is not None and target.tls.key_file is not None:
-        context.load_cert_chain(target.tls.cert_file, target.tls.key_file)
+        context.load_cert_chain(target.tls.cert_file, target.tls.key_file, password=refuse_passphrase)
     return context
 
 

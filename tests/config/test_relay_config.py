@@ -194,3 +194,24 @@ def test_a_tls_file_that_is_not_pem_stops_the_start(tmp_path: Path) -> None:
     assert found[0].startswith('relay.targets[0].tls.ca_file: cannot load "ca.pem" as CA certificates: ')
     assert found[1].startswith(f'relay.targets[1].tls.cert_file: cannot load "{cert.name}" with "other.key": ')
     assert key.exists()
+
+
+def test_a_client_key_with_a_passphrase_is_refused_not_prompted_for(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    (tmp_path / "encrypted.key").write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    found = problems(
+        tmp_path,
+        "relay:\n  targets:\n"
+        f"    - {{name: a, url: 'https://one.example/', tls: {{cert_file: {cert.name}, key_file: encrypted.key}}}}\n",
+    )
+    assert found == [
+        'relay.targets[0].tls.key_file: cannot load "encrypted.key": the key is encrypted'
+        " (a key with a passphrase is not supported)"
+    ]
