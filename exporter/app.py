@@ -82,8 +82,20 @@ def _server_tls(config: ServerTlsConfig | None, listener: str) -> ServerTls | No
         raise StartupError(f"cannot set up TLS for the {listener} listener: {exc.message}") from exc
 
 
+#: The names of the two listeners, as a :class:`~exporter.http.server.ListenError` reports them.
+METRICS_LISTENER = "metrics"
+WEBHOOKS_LISTENER = "webhooks"
+
+
 class StartupError(Exception):
-    """The exporter cannot start: a listener cannot bind or the state file cannot be opened."""
+    """The exporter cannot start: a listener cannot bind or the state file cannot be opened.
+
+    ``listen_error`` is set when a listener could not bind: it says which listener, which address and why.
+    """
+
+    def __init__(self, message: str, *, listen_error: ListenError | None = None) -> None:
+        super().__init__(message)
+        self.listen_error = listen_error
 
 
 class Companion(Protocol):
@@ -235,7 +247,7 @@ class Exporter:
         connections = ListenerConnections(listener_refusals)
 
         self._metrics = Listener(
-            "metrics",
+            METRICS_LISTENER,
             create_metrics_app(
                 self.registry, self.health, self.version, security=config.web.security, collector=listener_refusals
             ),
@@ -246,7 +258,7 @@ class Exporter:
             tls=_server_tls(config.web.security.tls, "metrics"),
         )
         self._webhooks = Listener(
-            "webhooks",
+            WEBHOOKS_LISTENER,
             create_webhook_app(config.webhooks, config.whitebit, receivers, collector=listener_refusals),
             config.webhooks.listen_address,
             shutdown_timeout=_WEBHOOKS_STOP_TIMEOUT,
@@ -258,7 +270,7 @@ class Exporter:
             try:
                 await listener.start()
             except ListenError as exc:
-                raise StartupError(str(exc)) from exc
+                raise StartupError(str(exc), listen_error=exc) from exc
 
         self._whitebit = build_sources(
             config.whitebit,

@@ -2,8 +2,9 @@
 
 ``whitebit-exporter [flags]`` runs the exporter until SIGTERM/SIGINT; ``--config.check``
 validates the config (and the ``--web.config.file``) without touching the network; ``--demo`` runs
-against the built-in simulator; ``whitebit-exporter simulate …`` runs the simulator alone. Exit status: 0 on a clean
-stop or a valid config, 1 on an invalid config or a failed start, 2 on a bad flag.
+against the built-in simulator on built-in settings (so it refuses ``--config.file`` and ``--config.check``);
+``whitebit-exporter simulate …`` runs the simulator alone. Exit status: 0 on a clean stop or a
+valid config, 1 on an invalid config or a failed start, 2 on a bad flag.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exporter import __version__
 from exporter.config.load import ConfigError, ConfigProblem, load_config, load_web_config, parse_listen_address
@@ -21,9 +24,37 @@ from exporter.config.schema import Config, ListenAddress, WebSecurityConfig
 from exporter.core.gc_tuning import tune_garbage_collector
 from exporter.core.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 
+if TYPE_CHECKING:
+    from exporter.app import StartupError
+
 log = logging.getLogger(__name__)
 
 PROG = "whitebit-exporter"
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class ListenerSetting:
+    """Where a listener's address comes from: its config key and the flag that overrides it."""
+
+    key: str
+    flag: str
+    #: The flag's attribute on the parsed arguments.
+    dest: str
+    #: What the flag's help calls the listener.
+    title: str
+
+
+#: Per listener name (``exporter.app.METRICS_LISTENER``, ``WEBHOOKS_LISTENER``): the setting of its address.
+LISTENER_SETTINGS = {
+    "metrics": ListenerSetting("web.listen_address", "--web.listen-address", "web_listen_address", "metrics listener"),
+    "webhooks": ListenerSetting(
+        "webhooks.listen_address", "--webhooks.listen-address", "webhooks_listen_address", "webhook listener"
+    ),
+}
+#: Flags that mean nothing with ``--demo``, which runs on built-in settings (no config file), by attribute.
+#: The demo takes the listen addresses and the log flags.
+DEMO_REFUSES = {"config_file": "--config.file", "config_check": "--config.check"}
 
 
 def _listen_address(text: str) -> ListenAddress:
@@ -42,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"`{PROG} simulate --help` describes the built-in WhiteBIT simulator.",
         allow_abbrev=False,
     )
+    # No default here: whether the flag was given matters (--demo refuses it); DEFAULT_CONFIG_FILE applies after.
     parser.add_argument(
         "--config.file",
         dest="config_file",
-        default="config.yaml",
         metavar="PATH",
-        help="YAML config file (default: %(default)s)",
+        help=f"YAML config file (default: {DEFAULT_CONFIG_FILE})",
     )
     parser.add_argument(
         "--config.check",
@@ -55,26 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the config, print every problem, exit 0 or 1; no network",
     )
-    parser.add_argument(
-        "--web.listen-address",
-        dest="web_listen_address",
-        type=_listen_address,
-        metavar="HOST:PORT",
-        help="metrics listener address; overrides web.listen_address",
-    )
+    for setting in LISTENER_SETTINGS.values():
+        parser.add_argument(
+            setting.flag,
+            dest=setting.dest,
+            type=_listen_address,
+            metavar="HOST:PORT",
+            help=f"{setting.title} address; overrides {setting.key}",
+        )
     parser.add_argument(
         "--web.config.file",
         dest="web_config_file",
         metavar="PATH",
         help="TLS, response headers and basic auth of the metrics listener, in the Prometheus exporter "
         "toolkit's web configuration format",
-    )
-    parser.add_argument(
-        "--webhooks.listen-address",
-        dest="webhooks_listen_address",
-        type=_listen_address,
-        metavar="HOST:PORT",
-        help="webhook listener address; overrides webhooks.listen_address",
     )
     parser.add_argument(
         "--log.level",
@@ -93,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--demo",
         action="store_true",
-        help="run against the built-in WhiteBIT simulator: no credentials, live metrics within seconds",
+        help="run against the built-in WhiteBIT simulator on built-in settings: no credentials, live metrics "
+        "within seconds; takes the listen addresses and the log flags, not --config.file or --config.check",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
@@ -208,11 +234,44 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_until_signal(exporter))
     except StartupError as exc:
-        log.error(f"exiting: cannot start: {exc}")
+        log_startup_failure("exiting: cannot start", exc, args, config_file=args.config_file)
         return 1
     except Exception:
         log.exception("exiting: unexpected error")
         return 1
+
+
+def log_startup_failure(message: str, exc: StartupError, args: argparse.Namespace, *, config_file: str | None) -> None:
+    """One error line for a start that failed: ``message``, with why in ``error``.
+
+    When a listener cannot bind, the line also has the ``listener``, the ``address``, the config ``key``
+    (not for the demo, which has no config), the ``flag``, and a ``hint`` saying which of the two asked for
+    the address and what to do; ``error`` is the cause. ``config_file`` is the config's path, or None for
+    the demo.
+    """
+    listen = exc.listen_error
+    if listen is None:
+        log.error(message, extra={"error": str(exc)})
+        return
+    setting = LISTENER_SETTINGS[listen.listener]
+    fields: dict[str, object] = {"listener": listen.listener, "address": str(listen.address), "error": listen.reason}
+    given = getattr(args, setting.dest, None) is not None
+    free_port = "port 0 picks a free one"
+    if config_file is None:
+        hint = (
+            f"{setting.flag} asked for it: pass another address ({free_port})"
+            if given
+            else f"it is the demo's default: pass another address with {setting.flag} ({free_port})"
+        )
+    else:
+        fields["key"] = setting.key
+        hint = (
+            f"{setting.flag} asked for it, overriding {setting.key} in {config_file}: pass another address"
+            if given
+            else f"set {setting.key} in {config_file} to another address, or override it with {setting.flag}"
+        )
+    fields |= {"flag": setting.flag, "hint": hint}
+    log.error(message, extra=fields)
 
 
 def _exit_status(exc: SystemExit) -> int:
@@ -247,13 +306,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
+        if args.demo and not args.version:
+            _refuse_with_demo(parser, args)
     except SystemExit as exc:  # --help (0) or a bad flag (2, message already printed)
         return _exit_status(exc)
     if args.version:
         print(f"{PROG} {__version__}")
         return 0
-    if args.config_check:
-        return _check(args)
     if args.demo:
         from exporter.demo import run_demo
 
@@ -266,4 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         args.web_security = security
         return run_demo(args)
+    if args.config_file is None:
+        args.config_file = DEFAULT_CONFIG_FILE
+    if args.config_check:
+        return _check(args)
     return _run(args)
+
+
+def _refuse_with_demo(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 (argparse's bad-flag status, usage first) when a flag --demo has no use for was given."""
+    refused = " and ".join(flag for dest, flag in DEMO_REFUSES.items() if getattr(args, dest) not in (None, False))
+    if refused:
+        parser.error(
+            f"--demo cannot be combined with {refused}: --demo runs on built-in settings; "
+            f"drop {refused}, or drop --demo to use the file"
+        )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.app import Exporter, StartupError, run_until_signal
+from exporter.cli import log_startup_failure
 from exporter.config.load import parse_listen_address
 from exporter.config.schema import (
     DEFAULT_METRICS_ADDRESS,
@@ -230,7 +231,12 @@ class Demo:
         self.exporter: Exporter | None = None
 
     async def start_simulator(self) -> None:
-        await self.simulator.start()
+        """Start the simulator (on free loopback ports) and build the exporter that watches it."""
+        try:
+            await self.simulator.start()
+        except OSError as exc:
+            await self.simulator.stop()
+            raise StartupError(f"the simulator cannot listen on {self.simulator.settings.host}: {exc}") from exc
         self.exporter = Exporter(exporter_config(self.credentials, self.options, self.simulator, self.state_dir))
 
     async def on_started(self) -> None:
@@ -244,6 +250,8 @@ class Demo:
             extra={
                 "metrics": f"{self.exporter.metrics_url}/metrics",
                 "simulator": self.simulator.url,
+                "control": self.simulator.control_url,
+                "backend": self.simulator.backend.url,
                 "webhooks": base,
             },
         )
@@ -289,5 +297,5 @@ def run_demo(args: argparse.Namespace) -> int:
             tune_garbage_collector()  # the demo owns its process, as the command line does
             return asyncio.run(demo.run())
         except StartupError as exc:
-            log.error(f"exiting: cannot start the demo: {exc}")
+            log_startup_failure("exiting: cannot start the demo", exc, args, config_file=None)
             return 1

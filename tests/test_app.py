@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import platform
@@ -160,8 +161,16 @@ async def test_a_port_in_use_fails_start_with_a_clear_message_and_releases_every
     config = make_config(ACCOUNTS, webhooks=ListenAddress("127.0.0.1", occupied_port))
     exporter = Exporter(config)
     message = rf"cannot listen on 127\.0\.0\.1:{occupied_port} for the webhooks listener: Address already in use"
-    with pytest.raises(StartupError, match=message):
+    with pytest.raises(StartupError, match=message) as raised:
         await exporter.start()
+    # What the command line needs to name the setting to change (exporter/cli.py log_startup_failure).
+    listen = raised.value.listen_error
+    assert listen is not None
+    assert (listen.listener, listen.address, listen.reason) == (
+        "webhooks",
+        ListenAddress("127.0.0.1", occupied_port),
+        os.strerror(errno.EADDRINUSE),
+    )
     with pytest.raises(RuntimeError):
         _ = exporter.state  # closed again
     with pytest.raises(RuntimeError):

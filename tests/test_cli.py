@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,9 +20,12 @@ import bcrypt
 import pytest
 
 from exporter import __version__
-from exporter.cli import apply_overrides, main
-from exporter.config.load import load_config
+from exporter.app import METRICS_LISTENER, WEBHOOKS_LISTENER, StartupError
+from exporter.cli import LISTENER_SETTINGS, apply_overrides, build_parser, log_startup_failure, main
+from exporter.config.load import load_config, parse_listen_address
 from exporter.config.schema import ListenAddress
+from exporter.core.logs import LogfmtFormatter
+from exporter.http.server import ListenError
 from tests.certs import Pki, issue_pki
 from tests.helpers import Scrape, parse_logfmt, scrape, stop_and_collect
 
@@ -247,6 +252,84 @@ def test_bad_flags_exit_2(flag: list[str], capsys: pytest.CaptureFixture[str]) -
     assert "usage:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--config.file", "x.yaml"], "--config.file"),
+        (["--config.check"], "--config.check"),
+        (["--config.file", "x.yaml", "--config.check"], "--config.file and --config.check"),
+    ],
+)
+def test_demo_refuses_the_config_flags_with_exit_2_saying_what_to_do(
+    flags: list[str], named: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--demo", *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    *usage, error = captured.err.splitlines()
+    assert usage[0].startswith("usage: whitebit-exporter")
+    assert error == (
+        f"whitebit-exporter: error: --demo cannot be combined with {named}: --demo runs on built-in settings; "
+        f"drop {named}, or drop --demo to use the file"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was started, nothing written
+
+
+def test_without_config_file_the_default_config_yaml_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config.check"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("config.yaml: ")
+    (tmp_path / "config.yaml").write_text(GOOD_CONFIG.replace("{state}", str(tmp_path / "state.db")))
+    with monkeypatch.context() as env:
+        for key, value in SECRET_ENV.items():
+            env.setenv(key, value)
+        assert main(["--config.check"]) == 0
+    assert capsys.readouterr().out.startswith("config.yaml: OK: ")
+
+
+def test_every_listener_has_its_setting_and_the_help_names_its_flag_and_key() -> None:
+    assert set(LISTENER_SETTINGS) == {METRICS_LISTENER, WEBHOOKS_LISTENER}
+    parser = build_parser()
+    defaults, help_text = parser.parse_args([]), " ".join(parser.format_help().split())
+    for setting in LISTENER_SETTINGS.values():
+        assert getattr(defaults, setting.dest) is None  # None: not given, the config (or the demo) decides
+        assert f"{setting.flag} HOST:PORT {setting.title} address; overrides {setting.key}" in help_text
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        (None, "it is the demo's default: pass another address with --web.listen-address (port 0 picks a free one)"),
+        ("127.0.0.1:9945", "--web.listen-address asked for it: pass another address (port 0 picks a free one)"),
+    ],
+)
+def test_a_demo_listener_that_cannot_bind_names_the_demos_flag(
+    given: str | None, hint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The demo's metrics port by default is 9945, which a test cannot occupy reliably on a shared machine; the
+    # real bind failure through the command line is test_the_demo_exits_1_naming_the_flag_when_its_port_is_taken.
+    address = ListenAddress("127.0.0.1", 9945)
+    error = StartupError("bind failed", listen_error=ListenError("metrics", address, "Address already in use"))
+    args = argparse.Namespace(web_listen_address=given and parse_listen_address(given), webhooks_listen_address=None)
+    with caplog.at_level(logging.ERROR, logger="exporter.cli"):
+        log_startup_failure("exiting: cannot start the demo", error, args, config_file=None)
+    [record] = caplog.records
+    fields = parse_logfmt(LogfmtFormatter().format(record))
+    assert fields["msg"] == "exiting: cannot start the demo"
+    assert {k: fields[k] for k in ("listener", "address", "error", "flag", "hint")} == {
+        "listener": "metrics",
+        "address": "127.0.0.1:9945",
+        "error": "Address already in use",
+        "flag": "--web.listen-address",
+        "hint": hint,
+    }
+    assert "key" not in fields  # the demo has no config
+
+
 # -- the real process -------------------------------------------------------------------------
 
 STARTUP_TIMEOUT = 30.0  # a slow shared machine may take seconds to import everything
@@ -337,17 +420,91 @@ def occupied_port() -> Iterator[int]:
     sock.close()
 
 
-async def test_process_exits_1_when_a_listener_cannot_bind(
+async def refused_to_start(*args: str, cwd: Path) -> tuple[int, dict[str, str]]:
+    """Run the command line expecting it to exit: its status and the fields of its one error line (the last)."""
+    proc = await spawn(*args, cwd=cwd)
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=STARTUP_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    lines = stderr.decode().splitlines()
+    assert "Traceback" not in stderr.decode(), "\n".join(lines)
+    records = [parse_logfmt(line) for line in lines]
+    errors = [record for record in records if record["level"] == "error"]
+    assert len(errors) == 1 and errors[0] is records[-1], "\n".join(lines)
+    assert proc.returncode is not None
+    return proc.returncode, errors[0]
+
+
+ADDRESS_IN_USE = os.strerror(errno.EADDRINUSE)
+
+
+async def test_process_exits_1_naming_the_flag_when_the_flags_address_cannot_bind(
     good_config: Path, tmp_path: Path, occupied_port: int
 ) -> None:
-    proc = await spawn(
+    status, line = await refused_to_start(
         "--config.file", str(good_config), "--webhooks.listen-address", f"127.0.0.1:{occupied_port}", cwd=tmp_path
     )
+    assert status == 1
+    assert line["msg"] == "exiting: cannot start"
+    assert {k: line[k] for k in ("listener", "address", "error", "key", "flag", "hint")} == {
+        "listener": "webhooks",
+        "address": f"127.0.0.1:{occupied_port}",
+        "error": ADDRESS_IN_USE,
+        "key": "webhooks.listen_address",
+        "flag": "--webhooks.listen-address",
+        "hint": "--webhooks.listen-address asked for it, overriding webhooks.listen_address in "
+        f"{good_config}: pass another address",
+    }
+
+
+async def test_process_exits_1_naming_the_config_key_when_the_files_address_cannot_bind(
+    tmp_path: Path, occupied_port: int
+) -> None:
+    config = tmp_path / "config.yaml"
+    text = GOOD_CONFIG.replace("{state}", str(tmp_path / "state.db"))
+    config.write_text(text.replace('listen_address: "127.0.0.1:0"', f'listen_address: "127.0.0.1:{occupied_port}"', 1))
+    status, line = await refused_to_start("--config.file", str(config), cwd=tmp_path)
+    assert status == 1
+    assert line["msg"] == "exiting: cannot start"
+    assert {k: line[k] for k in ("listener", "address", "error", "key", "flag", "hint")} == {
+        "listener": "metrics",
+        "address": f"127.0.0.1:{occupied_port}",
+        "error": ADDRESS_IN_USE,
+        "key": "web.listen_address",
+        "flag": "--web.listen-address",
+        "hint": f"set web.listen_address in {config} to another address, or override it with --web.listen-address",
+    }
+
+
+async def test_the_demo_exits_1_naming_the_flag_when_its_port_is_taken(tmp_path: Path, occupied_port: int) -> None:
+    status, line = await refused_to_start("--demo", "--web.listen-address", f"127.0.0.1:{occupied_port}", cwd=tmp_path)
+    assert status == 1
+    assert line["msg"] == "exiting: cannot start the demo"
+    assert {k: line[k] for k in ("listener", "address", "error", "flag", "hint")} == {
+        "listener": "metrics",
+        "address": f"127.0.0.1:{occupied_port}",
+        "error": ADDRESS_IN_USE,
+        "flag": "--web.listen-address",
+        "hint": "--web.listen-address asked for it: pass another address (port 0 picks a free one)",
+    }
+    assert "key" not in line
+    assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
+
+
+async def test_the_demo_refuses_a_config_file_on_the_command_line_with_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "x.yaml"
+    config.write_text("{}")
+    proc = await spawn("--demo", "--config.file", str(config), cwd=tmp_path)
     _, stderr = await asyncio.wait_for(proc.communicate(), timeout=STARTUP_TIMEOUT)
-    assert proc.returncode == 1
-    last = parse_logfmt(stderr.decode().splitlines()[-1])
-    assert last["level"] == "error"
-    assert f"cannot listen on 127.0.0.1:{occupied_port} for the webhooks listener" in last["msg"]
+    assert proc.returncode == 2
+    last = stderr.decode().splitlines()[-1]
+    assert last == (
+        "whitebit-exporter: error: --demo cannot be combined with --config.file: --demo runs on built-in settings; "
+        "drop --config.file, or drop --demo to use the file"
+    )
 
 
 async def test_process_serves_metrics_over_tls_with_basic_auth(

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from exporter import __version__
+from exporter.app import StartupError
 from exporter.cli import main
 from exporter.config.schema import ListenAddress, WebSecurityConfig
 from exporter.demo import DEMO_ACCOUNT, Demo, DemoOptions, options_from_args
 from tests.helpers import parse_logfmt, scrape, scrape_text, stop_and_collect, wait_for
 
 STARTUP_TIMEOUT = 30.0  # imports on a loaded 2-core machine can take seconds; not a performance bound
+#: A ``key=value`` pair inside a log line's msg, where a field of its own belongs.
+KEY_VALUE = re.compile(r"[\w.\-]+=\S")
 
 
 def promtool() -> str:
@@ -66,6 +72,13 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
     proc, running, lines = await start_demo_process(tmp_path)
     try:
         metrics_url = running["metrics"]
+        # The simulator's control API, at the URL the start line gives, lists its endpoints.
+        assert running["control"] == running["simulator"] + "/_simulator/"
+        async with aiohttp.ClientSession() as http, http.get(running["control"]) as response:
+            endpoints = (await response.json())["endpoints"]
+        assert ("GET", "/_simulator/backend") in {(e["method"], e["path"]) for e in endpoints}
+        async with aiohttp.ClientSession() as http, http.get(running["control"] + "backend") as response:
+            assert (await response.json())["url"] == running["backend"]
         result = await scrape(metrics_url)
         build = result.value("whitebit_exporter_build_info", version=__version__, python=platform.python_version())
         assert build == 1
@@ -89,6 +102,10 @@ async def test_demo_serves_clean_metrics_and_exits_0_on_a_signal(tmp_path: Path,
             await proc.wait()
     assert status == 0
     assert "Traceback" not in log_text
+    # The exporter's and the simulator's lines alike keep their values out of msg, in fields of their own.
+    ours = [record for record in map(parse_logfmt, log_text.splitlines()) if record["logger"].startswith("exporter.")]
+    assert any(record["logger"].startswith("exporter.simulator.") for record in ours)
+    assert not [record["msg"] for record in ours if KEY_VALUE.search(record["msg"])]
     # The demo writes nothing outside its temporary directory.
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
 
@@ -144,3 +161,13 @@ def test_demo_takes_the_web_config_and_refuses_a_bad_one_before_starting(
     options = options_from_args(argparse.Namespace(web_security=security))
     assert options.web_security == security
     assert options_from_args(argparse.Namespace()).web_security == WebSecurityConfig()
+
+
+async def test_a_simulator_that_cannot_listen_stops_the_demo_with_a_startup_error(tmp_path: Path) -> None:
+    demo = Demo(DemoOptions(metrics_address=ListenAddress("127.0.0.1", 0)), tmp_path)
+    # 192.0.2.1 (TEST-NET-1, RFC 5737) is no address of this machine: binding it fails as a taken port would.
+    demo.simulator.settings = dataclasses.replace(demo.simulator.settings, host="192.0.2.1")
+    with pytest.raises(StartupError, match=r"^the simulator cannot listen on 192\.0\.2\.1: ") as raised:
+        await demo.start_simulator()
+    assert raised.value.listen_error is None
+    assert demo.exporter is None  # nothing was built to watch a simulator that is not there

@@ -23,7 +23,18 @@ log = logging.getLogger(__name__)
 
 
 class ListenError(Exception):
-    """The listener cannot bind its address; the message says which and why."""
+    """The listener cannot bind its address; the message says which and why.
+
+    ``listener`` is the listener's name (``metrics``, ``webhooks``), ``address`` what it asked for and
+    ``reason`` the operating system's (``Address already in use``), so that the command line can name the
+    setting to change.
+    """
+
+    def __init__(self, listener: str, address: ListenAddress, reason: str) -> None:
+        super().__init__(f"cannot listen on {address} for the {listener} listener: {reason}")
+        self.listener = listener
+        self.address = address
+        self.reason = reason
 
 
 class DebugAccessLogger(AbstractAccessLogger):
@@ -112,7 +123,7 @@ class Listener:
         except OSError as exc:
             # asyncio's own strerror repeats the address; the errno text alone reads better.
             reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
-            raise ListenError(f"cannot listen on {self._address} for the {self.name} listener: {reason}") from exc
+            raise ListenError(self.name, self._address, reason) from exc
         self._url = _url(self._runner.addresses[0], "https" if self.tls is not None else "http")
 
     async def stop(self) -> None:

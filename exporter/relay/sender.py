@@ -287,7 +287,7 @@ class RelaySender:
             if isinstance(exc, StateError):
                 self._pause(exc, "record an answer")
             else:
-                log.exception("relay answers not recorded target=%s", self.target.name)
+                log.exception("relay answers not recorded", extra={"target": self.target.name})
             for *_, recorded in answers:
                 if not recorded.done():
                     recorded.set_result(False)
@@ -305,22 +305,33 @@ class RelaySender:
             else:
                 self._failures_in_a_row += 1
             if outcome != "delivered":
-                log.warning(
-                    "relay attempt failed target=%s seq=%d provider=%s account=%s attempts=%d error=%s next=%s",
-                    self.target.name,
-                    item.seq,
-                    item.provider,
-                    item.account,
-                    item.attempts + 1,
-                    attempt.error,
-                    "dead letter" if step.retry_at is None else f"in {step.retry_at - now:.0f}s",
-                )
+                # outcome: "retry" (in retry_in_seconds) or "dead" (a dead letter, tried no more).
+                fields: dict[str, object] = {
+                    "target": self.target.name,
+                    "seq": item.seq,
+                    "provider": item.provider,
+                    "account": item.account,
+                    "attempts": item.attempts + 1,
+                    "error": attempt.error,
+                    "outcome": outcome,
+                }
+                if step.retry_at is not None:
+                    fields["retry_in_seconds"] = round(step.retry_at - now)
+                log.warning("relay attempt failed", extra=fields)
             if not recorded.done():
                 recorded.set_result(True)
 
     def _pause(self, exc: StateError, what: str) -> None:
         self._paused_until = time.monotonic() + self._backoff.initial
-        log.error("relay could not %s target=%s error=%s; trying again shortly", what, self.target.name, exc)
+        log.error(
+            "relay paused: the state file failed; trying again shortly",
+            extra={
+                "target": self.target.name,
+                "step": what,
+                "error": str(exc),
+                "retry_in_seconds": self._backoff.initial,
+            },
+        )
 
     async def _timed_post(self, session: aiohttp.ClientSession, item: RelayItem) -> Attempt:
         started = time.monotonic()

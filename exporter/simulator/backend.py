@@ -258,9 +258,12 @@ class PaymentBackend:
         }
 
     async def _control_state(self, request: web.Request) -> web.Response:
+        """The payment backend: where it listens, what it took, duplicates, rejections, failures and its trouble."""
         return web.json_response(self.state())
 
     async def _control_trouble(self, request: web.Request) -> web.Response:
+        """Make the payment backend misbehave: a JSON object of ``fail_next``, ``fail_rate``, ``hang_rate``,
+        ``hang_seconds``, ``delay``, ``down`` and ``strict_nonces`` (the fields left out stay as they are)."""
         try:
             changes = await request.json()
         except ValueError:

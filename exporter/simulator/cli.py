@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 from exporter.core.logs import setup_logging
 from exporter.simulator.server import DEFAULT_MARKETS, SimulatedAccount, Simulator, SimulatorSettings
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,14 +95,14 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
 
 
 async def serve(settings: SimulatorSettings) -> int:
-    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    """Run until SIGTERM or SIGINT, then stop cleanly; a start that fails (OSError) stops what it started."""
     simulator = Simulator(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await simulator.start()
     try:
+        await simulator.start()
         await stopping.wait()
     finally:
         await simulator.stop()
@@ -118,5 +121,15 @@ def main(argv: list[str]) -> int:
     try:
         return asyncio.run(serve(settings))
     except OSError as error:
-        logging.getLogger(__name__).error("cannot listen on %s: %s", args.listen_address, error)
+        # asyncio's own message repeats the address; the errno text alone reads better.
+        reason = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
+        log.error(
+            "exiting: the simulator cannot listen",
+            extra={
+                "address": args.listen_address,
+                "error": reason,
+                "flag": "--listen-address",
+                "hint": "pass another address with --listen-address",
+            },
+        )
         return 1

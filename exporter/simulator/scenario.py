@@ -299,7 +299,7 @@ class ScenarioEngine:
         try:
             done = action()
         except (ExchangeError, LedgerError) as error:
-            log.debug("scenario action refused action=%s reason=%s", name, error)
+            log.debug("scenario action refused", extra={"action": name, "reason": str(error)})
             return False
         if done:
             self._counts[name] += 1
@@ -915,7 +915,7 @@ class ScenarioEngine:
         # WhiteBIT throttling (or a nonce it did not like): the exporter must back off and recover.
         path, count = self.rng.choice(FORCE_429_PATHS), self.rng.randint(1, 3)
         self.rest.force_rate_limit(path, count)
-        log.info("scenario forces 429s path=%s count=%d", path, count)
+        log.info("scenario forces 429s", extra={"path": path, "count": count})
         return True
 
     def _do_ws_drop(self) -> bool:
@@ -932,7 +932,7 @@ class ScenarioEngine:
             return False
         count = self.rng.randint(2, 6)
         self.backend.fail_next(count)
-        log.info("scenario makes the payment backend answer 500 count=%d", count)
+        log.info("scenario makes the payment backend answer 500", extra={"count": count})
         return True
 
     def _do_backend_outage(self) -> bool:
@@ -941,7 +941,7 @@ class ScenarioEngine:
         return self._spawn(self._backend_outage(self.backend, self.rng.uniform(*BACKEND_OUTAGE_SECONDS)))
 
     async def _backend_outage(self, backend: PaymentBackend, seconds: float) -> None:
-        log.info("scenario takes the payment backend down seconds=%.0f", seconds)
+        log.info("scenario takes the payment backend down", extra={"seconds": round(seconds)})
         await backend.set_trouble(dataclasses.replace(backend.trouble, down=True))
         try:
             await self._sleep(seconds)
@@ -980,7 +980,7 @@ class ScenarioEngine:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("scenario delivery failed error=%r", task.exception())
+            log.warning("scenario delivery failed", extra={"error": repr(task.exception())})
 
     def _do_forge(self) -> bool:
         name = self._webhook_account()

@@ -204,6 +204,10 @@ class RetryingSender(Generic[IdentityT]):
         """The latest acknowledged delivery within ``scope`` (see ``replay_scope``), or None."""
         return self._last_acknowledged.get(scope)
 
+    def _fields(self, record: DeliveryRecord[IdentityT], **more: object) -> dict[str, object]:
+        """A log line's fields about ``record``: which sender, the kind, the identity's fields, then ``more``."""
+        return {"sender": self._log_name, "kind": record.kind, **asdict(record.identity), **more}
+
     # --- records and drops ---
 
     def record(self, kind: str, identity: IdentityT) -> DeliveryRecord[IdentityT]:
@@ -228,7 +232,7 @@ class RetryingSender(Generic[IdentityT]):
         if not dropped:
             return False
         self.mark_dropped(record)
-        log.info("%s dropped on purpose %s", self._log_name, _logfmt(record.identity))
+        log.info("simulated delivery dropped on purpose", extra=self._fields(record))
         return True
 
     def _use_drop_rule(self, topic: str) -> bool:
@@ -306,7 +310,7 @@ class RetryingSender(Generic[IdentityT]):
         else:
             record.outcome = GIVEN_UP
             self._stats["given_up"] += 1
-            log.info("%s given up %s attempts=%d", self._log_name, _logfmt(record.identity), len(record.attempts))
+            log.info("simulated delivery given up", extra=self._fields(record, attempts=len(record.attempts)))
 
     async def _attempt(
         self,
@@ -324,7 +328,8 @@ class RetryingSender(Generic[IdentityT]):
         record.attempts.append(status)
         if not self._acknowledges(status):
             self._stats["failed_attempts"] += 1
-            log.debug("%s attempt failed %s status=%s", self._log_name, _logfmt(record.identity), status)
+            answer = "none" if status is None else status
+            log.debug("simulated delivery attempt failed", extra=self._fields(record, status=answer))
         return status
 
     async def _post(self, body: bytes, headers: dict[str, str], on_wire: asyncio.Event | None) -> int | None:
@@ -342,7 +347,10 @@ class RetryingSender(Generic[IdentityT]):
                 await response.read()
                 return response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            log.debug("delivery attempt got no answer url=%s error=%s", self.url, type(error).__name__)
+            log.debug(
+                "simulated delivery attempt got no answer",
+                extra={"sender": self._log_name, "url": self.url, "error": type(error).__name__},
+            )
             return None
 
 
@@ -362,10 +370,6 @@ async def _on_body_written(
     gate = context.trace_request_ctx
     if isinstance(gate, asyncio.Event):
         gate.set()
-
-
-def _logfmt(identity: DataclassInstance) -> str:
-    return " ".join(f"{name}={value}" for name, value in asdict(identity).items())
 
 
 class ProviderSender(Generic[IdentityT]):

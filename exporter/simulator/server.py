@@ -6,13 +6,15 @@ senders, and the scenario engine that makes activity. Tests and the demo drive i
 Python attributes; out-of-process users (``whitebit-exporter simulate``, the end-to-end tests)
 use the control API under ``/_simulator/`` to read the exchange's state and to cause trouble on
 cue (drop WebSocket connections, drop webhooks, force 429s, make the payment backend fail or go
-away: :mod:`exporter.simulator.backend`, which listens on a port of its own).
+away: :mod:`exporter.simulator.backend`, which listens on a port of its own). ``GET /_simulator/``
+lists the control endpoints from the routes registered, each described by its handler's docstring.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -35,6 +37,8 @@ from exporter.simulator.zerohash import ZerohashLedger, ZerohashSender
 log = logging.getLogger(__name__)
 
 DEFAULT_MARKETS = ("BTC_USDT", "ETH_USDT")
+#: Where the control API lives; ``GET`` on it lists every control endpoint.
+CONTROL_PREFIX = "/_simulator/"
 
 
 @dataclass(frozen=True)
@@ -198,17 +202,18 @@ class Simulator:
         app = web.Application()
         self.rest.register(app)
         self.ws.register(app)
-        self.backend.register_control(app)
         app.add_routes(
             [
-                web.get("/_simulator/state", self._control_state),
-                web.get("/_simulator/stats", self._control_stats),
-                web.post("/_simulator/ws/drop", self._control_ws_drop),
-                web.post("/_simulator/webhooks/drop", self._control_webhooks_drop),
-                web.post("/_simulator/rest/force-429", self._control_force_429),
-                web.post("/_simulator/scenario/step", self._control_scenario_step),
+                web.get(CONTROL_PREFIX, self._control_index),
+                web.get(f"{CONTROL_PREFIX}state", self._control_state),
+                web.get(f"{CONTROL_PREFIX}stats", self._control_stats),
+                web.post(f"{CONTROL_PREFIX}ws/drop", self._control_ws_drop),
+                web.post(f"{CONTROL_PREFIX}webhooks/drop", self._control_webhooks_drop),
+                web.post(f"{CONTROL_PREFIX}rest/force-429", self._control_force_429),
+                web.post(f"{CONTROL_PREFIX}scenario/step", self._control_scenario_step),
             ]
         )
+        self.backend.register_control(app)
         return app
 
     async def start(self) -> None:
@@ -225,11 +230,14 @@ class Simulator:
         if self.settings.scenario_rate > 0 and self.settings.scenario_autostart:
             self.start_scenario()
         log.info(
-            "simulator listening url=%s ws=%s backend=%s markets=%s",
-            self.url,
-            self.ws_url,
-            self.backend.url,
-            ",".join(self.settings.markets),
+            "simulator listening",
+            extra={
+                "url": self.url,
+                "ws": self.ws_url,
+                "control": self.control_url,
+                "backend": self.backend.url,
+                "markets": ",".join(self.settings.markets),
+            },
         )
 
     def start_scenario(self) -> None:
@@ -284,6 +292,11 @@ class Simulator:
     def ws_url(self) -> str:
         return f"ws://{self.settings.host}:{self.port}/ws"
 
+    @property
+    def control_url(self) -> str:
+        """The control API's index, e.g. ``http://127.0.0.1:40123/_simulator/`` (``GET`` lists the endpoints)."""
+        return f"{self.url}{CONTROL_PREFIX}"
+
     # --- control API ---
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
@@ -297,7 +310,12 @@ class Simulator:
             raise web.HTTPBadRequest(text="body must be a JSON object")
         return body
 
+    async def _control_index(self, request: web.Request) -> web.Response:
+        """This list: every control endpoint with its method, path and what it does."""
+        return web.json_response({"endpoints": control_endpoints(request.app)})
+
     async def _control_state(self, request: web.Request) -> web.Response:
+        """Balances, open orders and history of every account, or of one with ``?account=NAME``."""
         name = request.query.get("account")
         if name is None:
             return web.json_response({n: self.exchange.snapshot(n) for n in self.exchange.accounts})
@@ -306,6 +324,7 @@ class Simulator:
         return web.json_response(self.exchange.snapshot(name))
 
     async def _control_stats(self, request: web.Request) -> web.Response:
+        """Counters of the REST API, the WebSocket connections and both webhook senders."""
         return web.json_response(
             {
                 "rest": self.rest.stats(),
@@ -316,11 +335,14 @@ class Simulator:
         )
 
     async def _control_ws_drop(self, request: web.Request) -> web.Response:
+        """Drop the WebSocket connections of ``{"account": NAME}``, or every one without a body."""
         body = await self._json(request)
         dropped = await self.ws.drop(body.get("account"))
         return web.json_response({"dropped": dropped})
 
     async def _control_webhooks_drop(self, request: web.Request) -> web.Response:
+        """Lose the next WhiteBIT webhooks: ``{"count": N, "method_prefix": "deposit."}`` (both optional;
+        409 without a webhook URL)."""
         body = await self._json(request)
         if self.webhooks is None:
             raise web.HTTPConflict(text="no webhook URL configured")
@@ -331,6 +353,7 @@ class Simulator:
         return web.json_response({"dropping": count})
 
     async def _control_force_429(self, request: web.Request) -> web.Response:
+        """Answer 429 to the next requests of an endpoint's family: ``{"endpoint": "/api/v4/…", "count": N}``."""
         body = await self._json(request)
         endpoint, count = body.get("endpoint"), body.get("count", 1)
         if not isinstance(endpoint, str) or not isinstance(count, int) or count < 1:
@@ -342,12 +365,28 @@ class Simulator:
         return web.json_response({"forced": count})
 
     async def _control_scenario_step(self, request: web.Request) -> web.Response:
+        """Perform scenario actions now: ``{"steps": N}`` (1 to 10000, default 1); answers their names."""
         body = await self._json(request)
         steps = body.get("steps", 1)
         if not isinstance(steps, int) or not 1 <= steps <= 10_000:
             raise web.HTTPBadRequest(text="steps must be an integer from 1 to 10000")
         actions = [self.scenario.step() for _ in range(steps)]
         return web.json_response({"actions": actions})
+
+
+def control_endpoints(app: web.Application) -> list[dict[str, str]]:
+    """Every control route registered on ``app``: method, path and its handler's docstring, by path.
+
+    Read from the router, so the list is what the simulator serves; aiohttp's automatic ``HEAD`` for
+    each ``GET`` is left out. A docstring's literal markup (double backquotes) is dropped, its lines joined.
+    """
+    endpoints = []
+    for route in app.router.routes():
+        path = route.resource.canonical if route.resource is not None else ""
+        if path.startswith(CONTROL_PREFIX) and route.method != "HEAD":
+            description = " ".join((inspect.getdoc(route.handler) or "").replace("``", "").split())
+            endpoints.append({"method": route.method, "path": path, "description": description})
+    return sorted(endpoints, key=lambda endpoint: (endpoint["path"], endpoint["method"]))
 
 
 def _offset_clock(clock: Callable[[], float], offset: float) -> Callable[[], float]:

@@ -162,6 +162,11 @@ class _Connection:
             transport.abort()
 
 
+def _fields(conn: _Connection, **more: object) -> dict[str, object]:
+    """A log line's fields about ``conn`` (its peer and account, "" before it authorized), then ``more``."""
+    return {"peer": conn.peer, "account": conn.account or "", **more}
+
+
 class WebSocketHub:
     """Serves WhiteBIT's private WebSocket at ``GET /ws`` for every account of ``exchange``.
 
@@ -272,7 +277,7 @@ class WebSocketHub:
         """
         targets = self._matching(account)
         for conn in targets:
-            log.info("ws drop peer=%s account=%s abrupt=%s", conn.peer, conn.account, abrupt)
+            log.info("ws connection dropped on cue", extra=_fields(conn, abrupt=abrupt))
         if abrupt:
             for conn in targets:
                 conn.abort()
@@ -352,7 +357,7 @@ class WebSocketHub:
         )
         conn.sender = asyncio.create_task(self._send_loop(conn), name=f"sim-ws-sender-{conn.peer}")
         self._connections.add(conn)
-        log.debug("ws open peer=%s", conn.peer)
+        log.debug("ws connection opened", extra=_fields(conn))
         try:
             await self._receive_loop(conn)
         finally:
@@ -365,7 +370,7 @@ class WebSocketHub:
             finally:
                 # Set even if this handler is cancelled while cleaning up, so drop() never hangs.
                 conn.finished.set()
-                log.debug("ws closed peer=%s account=%s code=%s", conn.peer, conn.account, ws.close_code)
+                log.debug("ws connection closed", extra=_fields(conn, code=ws.close_code))
         return ws
 
     async def _receive_loop(self, conn: _Connection) -> None:
@@ -388,7 +393,7 @@ class WebSocketHub:
                 if not await self._on_text(conn, msg.data):
                     return
             elif msg.type is WSMsgType.BINARY:
-                log.info("ws closing peer=%s reason=binary_frame", conn.peer)
+                log.info("ws closing", extra=_fields(conn, reason="binary_frame"))
                 await ws.close(code=CLOSE_BINARY_FRAME, message=b"binary frames are not supported")
                 return
             elif msg.type is WSMsgType.PING:
@@ -402,7 +407,7 @@ class WebSocketHub:
                 return
 
     async def _close_idle(self, conn: _Connection) -> None:
-        log.info("ws closing peer=%s account=%s reason=idle timeout=%ss", conn.peer, conn.account, self.idle_timeout)
+        log.info("ws closing", extra=_fields(conn, reason="idle", timeout_seconds=self.idle_timeout))
         await conn.ws.close(code=CLOSE_IDLE, message=b"inactivity timeout")
 
     async def _send_loop(self, conn: _Connection) -> None:
@@ -433,7 +438,7 @@ class WebSocketHub:
                 else:
                     await ws.send_str(payload)
             except ConnectionError as exc:
-                log.debug("ws send failed peer=%s error=%s", conn.peer, exc)
+                log.debug("ws send failed", extra=_fields(conn, error=str(exc)))
                 return
 
     def _enqueue(self, conn: _Connection, lane_index: int, kind: str, payload: Any, *, raw: bool = False) -> None:
@@ -444,10 +449,7 @@ class WebSocketHub:
         if sum(len(lane) for lane in conn.lanes) >= self.queue_size:
             # A real server would not buffer without bound for a client that does not read.
             log.warning(
-                "ws dropping peer=%s account=%s reason=send_queue_full queue_size=%d",
-                conn.peer,
-                conn.account,
-                self.queue_size,
+                "ws connection dropped", extra=_fields(conn, reason="send_queue_full", queue_size=self.queue_size)
             )
             conn.abort()
             return
@@ -479,13 +481,13 @@ class WebSocketHub:
             doc = json.loads(text)
         except ValueError:
             # Documented: "The connection will be closed if invalid JSON is sent."
-            log.info("ws closing peer=%s account=%s reason=invalid_json", conn.peer, conn.account)
+            log.info("ws closing", extra=_fields(conn, reason="invalid_json"))
             await conn.ws.close(code=CLOSE_INVALID_JSON, message=b"invalid json")
             return False
         if not isinstance(doc, dict):
             # Valid JSON that is not a request object has no id to answer to; treated like invalid
             # JSON (undocumented), so a client that sends it notices at once.
-            log.info("ws closing peer=%s account=%s reason=not_a_request_object", conn.peer, conn.account)
+            log.info("ws closing", extra=_fields(conn, reason="not_a_request_object"))
             await conn.ws.close(code=CLOSE_INVALID_JSON, message=b"request must be a JSON object")
             return False
         request_id = doc.get("id")
@@ -500,7 +502,7 @@ class WebSocketHub:
             self._reply_error(conn, request_id, exc.code, exc.message)
         except Exception:
             # A simulator bug must not look like a network failure to the client under test.
-            log.exception("ws request failed peer=%s method=%r", conn.peer, doc.get("method"))
+            log.exception("ws request failed", extra=_fields(conn, method=str(doc.get("method"))))
             self._reply_error(conn, request_id, ERROR_INTERNAL, ERROR_MESSAGES[ERROR_INTERNAL])
         else:
             self._reply(conn, request_id, result)
@@ -579,14 +581,14 @@ class WebSocketHub:
         if account is None:
             # Unknown, expired or already used: the docs' example error for a bad token. A failed
             # re-authorize leaves an earlier authorization in place.
-            log.info("ws authorize rejected peer=%s reason=bad_token", conn.peer)
+            log.info("ws authorize rejected", extra=_fields(conn, reason="bad_token"))
             raise _RequestError(ERROR_INVALID_ARGUMENT)
         if conn.account is not None and conn.account != account:
             # Undocumented: re-authorizing as another account. Never let the old account's subscriptions
             # deliver the new account's data under a subscription the client did not make for it.
             conn.subscriptions.clear()
         conn.account = account
-        log.info("ws authorized peer=%s account=%s", conn.peer, account)
+        log.info("ws authorized", extra=_fields(conn))
         return {"status": "success"}
 
     @staticmethod

@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -608,7 +608,10 @@ class ZerohashSender(ProviderSender[ZerohashNotificationIdentity]):
             self._backlog.append(delivery)
         else:
             self._deliveries.mark_dropped(delivery.record)
-            log.warning("zerohash sender not started and its backlog is full; notification dropped")
+            log.warning(
+                "zerohash sender not started and its backlog is full; notification dropped",
+                extra={"max_backlog": self._max_backlog, **asdict(delivery.record.identity)},
+            )
 
     def _restamp(self, delivery: Delivery[ZerohashNotificationIdentity]) -> None:
         identity = delivery.record.identity

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +147,63 @@ def test_redact_reveals_at_most_a_quarter_of_a_short_secret(value: str) -> None:
 @pytest.mark.parametrize("value", ["", None])
 def test_redact_of_nothing_is_just_the_ellipsis(value: str | None) -> None:
     assert redact(value) == "…"
+
+
+# -- every log call of the package -------------------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[2] / "exporter"
+LOG_METHODS = frozenset({"debug", "info", "warning", "error", "exception", "critical"})
+#: A ``key=value`` pair or a %-placeholder: a value that belongs in a field of its own.
+VALUE_IN_MESSAGE = re.compile(r"[\w.\-]+=|%[sdrfi(]")
+
+
+def _log_calls(tree: ast.AST) -> Iterator[ast.Call]:
+    """Calls such as ``log.info(…)``, ``self._log.warning(…)``, ``self.logger.debug(…)``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOG_METHODS:
+            target = node.func.value
+            name = target.id if isinstance(target, ast.Name) else getattr(target, "attr", "")
+            if name.lstrip("_") in ("log", "logger"):
+                yield node
+
+
+def _message_problem(call: ast.Call) -> str | None:
+    """Why the call's message is not a constant sentence with its values in ``extra=`` (None when it is)."""
+    if len(call.args) != 1:
+        return "positional arguments after the message: pass them in extra="
+    message = call.args[0]
+    branches = [message.body, message.orelse] if isinstance(message, ast.IfExp) else [message]
+    for branch in branches:
+        if isinstance(branch, ast.Name | ast.Attribute):
+            continue  # a message chosen by the caller (one of a few constants), e.g. RejectionLog's
+        if not (isinstance(branch, ast.Constant) and isinstance(branch.value, str)):
+            return "the message is built at run time: keep it constant and pass the values in extra="
+        if VALUE_IN_MESSAGE.search(branch.value):
+            return "a value inside the message: pass it in extra="
+    return None
+
+
+def test_every_log_call_has_a_constant_message_and_its_values_in_extra_fields() -> None:
+    problems, calls = [], 0
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for call in _log_calls(ast.parse(path.read_text(), filename=str(path))):
+            calls += 1
+            problem = _message_problem(call)
+            if problem is not None:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{call.lineno}: {problem}")
+    assert calls > 100  # the walk found the package's log calls
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'log.info("scenario forces 429s path=%s count=%d", path, count)',
+        'log.info(f"relay could not {what}")',
+        'self._log.warning("dropped peer=" + peer)',
+        'log.error("a" if x else f"b {y}")',
+    ],
+)
+def test_the_check_refuses_values_inside_messages(source: str) -> None:
+    [call] = _log_calls(ast.parse(source))
+    assert _message_problem(call) is not None

@@ -170,5 +170,6 @@ async def test_exporter_refuses_to_start_when_the_file_limit_cannot_hold_the_cap
     assert status == 1
     errors = [parse_logfmt(line) for line in output.splitlines() if "level=error" in line]
     assert len(errors) == 1, output
-    assert f"the open-file limit is {FILE_LIMIT}" in errors[0]["msg"]
-    assert "max_connections" in errors[0]["msg"]
+    assert errors[0]["msg"] == "exiting: cannot start"
+    assert f"the open-file limit is {FILE_LIMIT}" in errors[0]["error"]
+    assert "max_connections" in errors[0]["error"]

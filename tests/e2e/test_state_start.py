@@ -24,7 +24,8 @@ def config(tmp_path: Path) -> Path:
 
 
 async def refused(config: Path, cwd: Path) -> tuple[int, str, list[str]]:
-    """Run the exporter expecting it to refuse to start: its status, its one error line and all stderr lines."""
+    """Run the exporter expecting it to refuse to start: its status, the ``error`` of its one error line (whose
+    msg says it cannot start) and all stderr lines."""
     proc = await spawn("--config.file", str(config), cwd=cwd)
     try:
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=EXIT_TIMEOUT)
@@ -37,7 +38,9 @@ async def refused(config: Path, cwd: Path) -> tuple[int, str, list[str]]:
     errors = [line for line in lines if parse_logfmt(line).get("level") == "error"]
     assert len(errors) == 1, "\n".join(lines)
     assert proc.returncode is not None
-    return proc.returncode, parse_logfmt(errors[0])["msg"], lines
+    fields = parse_logfmt(errors[0])
+    assert fields["msg"] == "exiting: cannot start"
+    return proc.returncode, fields["error"], lines
 
 
 async def test_a_second_exporter_on_the_same_state_file_exits_1_naming_the_first(config: Path, tmp_path: Path) -> None:
@@ -46,7 +49,6 @@ async def test_a_second_exporter_on_the_same_state_file_exits_1_naming_the_first
         await read_until(first, "listening")
         status, message, _ = await refused(config, tmp_path)
         assert status == 1
-        assert message.startswith("exiting: cannot start: ")
         assert f"is in use by another whitebit-exporter (pid {first.pid})" in message
         # The first one is untouched by the attempt and stops cleanly, releasing the lock.
         first.send_signal(signal.SIGTERM)
@@ -75,7 +77,7 @@ async def test_a_damaged_state_file_stops_the_start_with_one_line(config: Path, 
     damage_page(path, root + 3)
     status, message, _ = await refused(config, tmp_path)
     assert status == 1
-    assert message.startswith(f"exiting: cannot start: {path} is damaged (quick_check: ")
+    assert message.startswith(f"{path} is damaged (quick_check: ")
     # The refusal changed nothing: the file is still refused, as damaged.
     with pytest.raises(StateError, match="is damaged"):
         StateStore.open(path)

@@ -4,6 +4,7 @@ dead letters; the provider's own headers and body arrive as received."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from exporter.config.schema import RelayTargetConfig
-from exporter.core.state import InboxDelivery, RelayAnswer, RelayItem, StateStore
+from exporter.core.logs import LogfmtFormatter
+from exporter.core.state import InboxDelivery, RelayAnswer, RelayItem, StateError, StateStore
 from exporter.relay.sender import (
     DELIVERY_ID_HEADER,
     MAX_IN_FLIGHT,
@@ -23,7 +25,7 @@ from exporter.relay.sender import (
     RelaySender,
     next_step,
 )
-from tests.helpers import wait_for
+from tests.helpers import parse_logfmt, wait_for
 
 T0 = 1_700_000_000.0
 
@@ -187,19 +189,66 @@ async def test_a_redirect_is_not_followed_and_a_timeout_is_tried_again(
 
 
 async def test_past_retry_for_a_delivery_is_a_dead_letter_and_its_account_goes_on(
-    backend: tuple[Backend, str], store: StateStore, clock: Clock
+    backend: tuple[Backend, str], store: StateStore, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     recorder, url = backend
-    owe(store, "backend", "lost")
+    lost = owe(store, "backend", "lost")
     owe(store, "backend", "next")
     recorder.script = {"lost": [500] * 100}
     sender = RelaySender(target(url, retry_for=600.0), store, first_retry=1.0, clock=clock, rng=random.Random(1))
+    caplog.set_level(logging.WARNING, logger="exporter.relay.sender")
     while store.relay_backlog("backend")[2] == 0:
         await send(sender)
         clock.now += 60
     assert [i.last_status for i in store.relay_items("dead")] == [500]
     await send(sender)
     assert recorder.received[-1][0] == "next" and store.relay_backlog("backend") == (0, None, 1)
+    # One line per failed attempt, its values in fields of their own: retried ones say when, the last is dead.
+    lines = [parse_logfmt(LogfmtFormatter().format(r)) for r in caplog.records]
+    assert {line["msg"] for line in lines} == {"relay attempt failed"}
+    assert [line["attempts"] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
+    for line in lines:
+        assert (line["target"], line["seq"], line["provider"], line["account"], line["error"]) == (
+            "backend",
+            str(lost.seq),
+            "whitebit",
+            "main",
+            "HTTP 500",
+        )
+    *retried, dead = lines
+    assert retried and all(line["outcome"] == "retry" and int(line["retry_in_seconds"]) >= 0 for line in retried)
+    assert dead["outcome"] == "dead" and "retry_in_seconds" not in dead
+
+
+class FailingReads:
+    """The store, except that reading what a target is owed fails as a broken disk makes it fail."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self.reads = 0
+
+    def relay_heads(self, *args: object, **kwargs: object) -> list[RelayItem]:
+        self.reads += 1
+        raise StateError("disk I/O error", "io")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+async def test_a_state_file_that_fails_pauses_the_sender_with_one_line_naming_the_step(
+    store: StateStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = FailingReads(store)
+    sender = RelaySender(target("http://127.0.0.1:9/hooks"), failing, clock=clock, rng=random.Random(1))
+    caplog.set_level(logging.ERROR, logger="exporter.relay.sender")
+    async with aiohttp.ClientSession() as session:
+        assert sender.start_due(session) == 0
+        assert sender.start_due(session) == 0  # paused: the store is not asked again at once
+    assert failing.reads == 1
+    [line] = [parse_logfmt(LogfmtFormatter().format(r)) for r in caplog.records]
+    assert line["msg"] == "relay paused: the state file failed; trying again shortly"
+    assert (line["target"], line["step"], line["error"]) == ("backend", "read what it is owed", "disk I/O error")
+    assert float(line["retry_in_seconds"]) > 0
 
 
 def test_a_retry_never_falls_after_the_deadline() -> None:

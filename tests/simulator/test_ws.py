@@ -721,7 +721,8 @@ async def test_a_client_that_falls_behind_is_dropped_and_logged(start_sim, caplo
             sim.exchange.cancel_order("alice", order.id)
         await c.closed()
     await wait_for(lambda: sim.hub.connections() == 0)
-    assert any("send_queue_full" in record.getMessage() for record in caplog.records)
+    [dropped] = [vars(r) for r in caplog.records if r.getMessage() == "ws connection dropped"]
+    assert (dropped["reason"], dropped["account"], dropped["queue_size"]) == ("send_queue_full", "alice", 2)
 
 
 async def test_shutdown_closes_every_socket():
