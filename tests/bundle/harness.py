@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -210,3 +211,21 @@ async def running_demo(state_dir: Path, **options: Any) -> AsyncIterator[Demo]:
             await demo.exporter.stop()
     finally:
         await demo.simulator.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_tool(*command: str, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``command`` (a server such as ``prometheus``) as a subprocess writing to ``log``; stopped at the end
+    (SIGTERM, then SIGKILL after 10 s)."""
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(*command, stdout=sink, stderr=sink)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), timeout=10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

@@ -28,7 +28,7 @@ import yaml
 
 from exporter.config.schema import ServerTlsConfig, WebSecurityConfig
 from exporter.demo import DEMO_ACCOUNT
-from tests.bundle.harness import PROMETHEUS_DIR, running_demo, tool
+from tests.bundle.harness import PROMETHEUS_DIR, running_demo, running_tool, tool
 from tests.certs import issue_pki
 from tests.helpers import wait_for
 
@@ -107,31 +107,22 @@ async def running_prometheus(
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = directory / "prometheus.log"
-    with log.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
+    async with (
+        running_tool(
             tool("prometheus"),
             f"--config.file={directory / 'prometheus.yml'}",
             f"--storage.tsdb.path={directory / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
-            stdout=log_file,
-            stderr=log_file,
+            log=log,
+        ),
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session,
+    ):
+        prometheus = Prometheus(f"http://127.0.0.1:{port}", session, log)
+        await wait_for(
+            prometheus.ready, timeout=60, interval=0.2, message=f"Prometheus did not become ready; log: {log}"
         )
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            prometheus = Prometheus(f"http://127.0.0.1:{port}", session, log)
-            await wait_for(
-                prometheus.ready, timeout=60, interval=0.2, message=f"Prometheus did not become ready; log: {log}"
-            )
-            yield prometheus
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        yield prometheus
 
 
 def failure_log(prometheus: Prometheus) -> str:
