@@ -2,7 +2,8 @@
 
 - ``await wait_for(lambda: cond(), timeout=5)``: poll a condition instead of sleeping.
 - ``await scrape(client_or_url)``: fetch ``/metrics`` and parse it into a :class:`Scrape`.
-- ``parse_logfmt(line)``: one logfmt line as a dict.
+- ``parse_logfmt(line)``: one logfmt line as a dict; ``logfmt_lines(records)``: captured log records as
+  the command line writes them, parsed back.
 - ``collected(collector, sample_name, **labels)``: what a scrape of one collector shows.
 """
 
@@ -10,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter.core.logs import LogfmtFormatter
 
 
 async def wait_for(
@@ -118,6 +122,12 @@ def parse_logfmt(line: str) -> dict[str, str]:
             fields[key] = line[i:end]
             i = end
     return fields
+
+
+def logfmt_lines(records: Iterable[logging.LogRecord]) -> list[dict[str, str]]:
+    """Each record formatted as the command line writes it (logfmt), then parsed with :func:`parse_logfmt`."""
+    formatter = LogfmtFormatter()
+    return [parse_logfmt(formatter.format(record)) for record in records]
 
 
 def collected(collector: Collector, sample_name: str, **labels: str) -> float | None:

@@ -1,7 +1,9 @@
 """Health of each data source, feeding ``/-/ready`` and ``whitebit_up{account}``.
 
 A source (the WebSocket of account ``main``, its REST poller, …) registers once and then
-reports ``ok()`` or ``failing(reason)`` as its connection comes and goes. A registration with
+reports ``ok()`` or ``failing(reason)`` as its connection comes and goes. It is ``starting`` only
+until its first attempt: a failed attempt replaces that with its reason at once (a REST poll's,
+through :class:`exporter.core.outage.SourceStatus`, before any retry). A registration with
 ``max_age`` also turns stale on its own when ``ok()`` has not been repeated for that long, so a
 poller that silently hangs cannot keep the exporter "ready".
 
@@ -43,6 +45,11 @@ class SourceHealth:
         self._reason = STARTING
         self._note = ""
         self._last_ok: float | None = None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock this entry measures staleness by (the registry's)."""
+        return self._clock
 
     @property
     def label(self) -> str:

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.core import Metric
@@ -35,6 +36,7 @@ from prometheus_client.registry import Collector
 from exporter.config.schema import RelayTargetConfig
 from exporter.config.tls import refuse_passphrase
 from exporter.core.backoff import Backoff
+from exporter.core.errors import error_text
 from exporter.core.metrics import (
     EXPORTER_RELAY_ATTEMPT_DURATION_SECONDS,
     EXPORTER_RELAY_DEAD_LETTERS,
@@ -141,6 +143,9 @@ class RelaySender:
     ) -> None:
         self.target = target
         self.name = f"relay:{target.name}"
+        # Where the POSTs go, for the errors that do not name it (a timeout); the URL holds no credentials.
+        url = urlsplit(target.url)
+        self._peer = f"{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}"
         self._store = store
         self._backoff = Backoff(min(first_retry, target.max_backoff), target.max_backoff)
         self._idle_poll = idle_poll
@@ -358,10 +363,8 @@ class RelaySender:
                 if 200 <= answer.status < 300:
                     return Attempt(True, answer.status)
                 return Attempt(False, answer.status, f"HTTP {answer.status}")
-        except TimeoutError:
-            return Attempt(False, error="timeout")
-        except aiohttp.ClientError as exc:
-            return Attempt(False, error=type(exc).__name__)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return Attempt(False, error=error_text(exc, timeout=self.target.timeout, peer=self._peer))
 
 
 class RelayCollector(Collector):

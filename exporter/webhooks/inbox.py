@@ -44,6 +44,7 @@ from typing import Protocol
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from exporter.core.errors import exception_text
 from exporter.core.metrics import (
     EXPORTER_INBOX_DERIVE_FAILURES,
     EXPORTER_INBOX_DERIVED,
@@ -52,7 +53,7 @@ from exporter.core.metrics import (
 )
 from exporter.core.state import InboxDelivery, StateError
 from exporter.core.storage import InboxLog
-from exporter.webhooks.intake import RejectionLog, exception_text
+from exporter.webhooks.intake import RejectionLog
 
 log = logging.getLogger(__name__)
 

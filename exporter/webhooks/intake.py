@@ -6,7 +6,8 @@ echoed back and a flood of forged deliveries costs no serialisation.
 
 **Unexpected exceptions.** A receiver answers an exception it did not expect with 503
 ``internal_error`` (a bug of ours: the sender retries), counted like a rejection and logged through
-the same rate limit as :func:`exception_text`: the class and a bounded message, never a traceback.
+the same rate limit, as :func:`exporter.core.errors.exception_text` words it (the class and a bounded
+message), never a traceback.
 
 **Rejection logs.** Every rejection is counted, but a flood of forged deliveries must not flood the
 log (nor spend the CPU formatting it): per (provider, account, reason) the first rejection is
@@ -115,20 +116,3 @@ def rejection_fields(
     if detail:
         fields["detail"] = detail
     return fields
-
-
-#: The most characters of an unexpected exception's message that are logged (it may quote content).
-EXCEPTION_TEXT_LIMIT = 200
-
-
-def exception_text(exc: BaseException) -> str:
-    """``ClassName: message`` of an unexpected exception, cut to :data:`EXCEPTION_TEXT_LIMIT` characters.
-
-    What a receiver logs instead of a traceback: one line per rate-limit interval, never a flood.
-    """
-    try:
-        message = str(exc)
-    except Exception:  # a broken __str__ must not break the answer
-        message = "?"
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return text if len(text) <= EXCEPTION_TEXT_LIMIT else text[: EXCEPTION_TEXT_LIMIT - 1] + "…"

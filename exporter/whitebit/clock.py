@@ -19,6 +19,11 @@ longer than :data:`MAX_ROUND_TRIP` is discarded: it could be off by more than it
 
 ``whitebit_clock_offset_seconds{account}`` shows the offset (WhiteBIT's clock minus ours), so an
 alert can fire when the host's clock drifts, whatever the correction hides.
+
+A measurement that fails (after the REST client's retries) or is discarded is a failure of the source
+``rest:clock``, which keeps an outage log (:mod:`exporter.core.outage`): one line when it starts
+failing, a summary every 5 minutes at most, one when a measurement succeeds again. It has no health
+entry: nonces are signed on the last offset meanwhile, and a refused nonce shows on the polls.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from prometheus_client.registry import Collector
 
 from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
 from exporter.core.metrics import WHITEBIT_CLOCK_OFFSET_SECONDS, WHITEBIT_CLOCK_SYNC_TIMESTAMP_SECONDS
+from exporter.core.outage import OutageReporter
 from exporter.whitebit.rest import PUBLIC_TIME, ResponseError, RestError
 
 log = logging.getLogger(__name__)
@@ -156,11 +162,14 @@ class ClockSync:
         fetch_time: Callable[[], Awaitable[Any]],
         *,
         local_clock: Callable[[], float] = time.time,
+        outage_clock: Callable[[], float] = time.time,
         interval: float = SYNC_INTERVAL,
         backoff: Backoff = DEFAULT_BACKOFF,
         rng: random.Random | None = None,
     ) -> None:
         self.account = account
+        #: Failed measurements; ``outage_clock`` is the exporter's clock, for how long they lasted.
+        self.outage = OutageReporter("rest:clock", account, clock=outage_clock, logger=log)
         self._clock = clock
         self._fetch_time = fetch_time
         self._local = local_clock
@@ -190,22 +199,18 @@ class ClockSync:
         try:
             document = await self._fetch_time()
         except RestError as error:
-            log.warning("clock measurement failed", extra={"account": self.account, "reason": str(error)})
-            return False
+            return self._failed(str(error))
         received = self._local()
         try:
             server_time = document.get("time") if isinstance(document, dict) else None
             reading = reading_from(sent, server_time, received)
         except ValueError as exc:
-            refused = ResponseError(PUBLIC_TIME, str(exc))
-            log.warning("clock measurement failed", extra={"account": self.account, "reason": str(refused)})
-            return False
+            return self._failed(str(ResponseError(PUBLIC_TIME, str(exc))))
         if received - sent > MAX_ROUND_TRIP:
-            log.warning(
-                "clock measurement discarded: the round trip was too long",
-                extra={"account": self.account, "round_trip_seconds": round(received - sent, 3)},
+            return self._failed(
+                f"measurement discarded: the round trip took {received - sent:.1f}s (limit {MAX_ROUND_TRIP:g}s)"
             )
-            return False
+        self.outage.recovered()
         first = self._clock.reading is None
         previous = self._clock.offset
         await self._clock.record(reading)
@@ -219,6 +224,11 @@ class ClockSync:
                 },
             )
         return True
+
+    def _failed(self, reason: str) -> bool:
+        self.outage.failed(reason)
+        log.debug("clock measurement failed", extra={"account": self.account, "reason": reason})
+        return False
 
 
 class ClockCollector(Collector):

@@ -28,6 +28,14 @@ Writes carry the wall-clock time the poll *started*: :class:`AccountBalances` re
 than the wallet's last update, so an answer that was in flight while the WebSocket pushed a newer
 value cannot overwrite it. A poll answer that does not parse is rejected whole (a wrong number is
 worse than none): the wallet keeps its previous values and timestamp, and the source reports failing.
+
+**Failures.** Each poller reports to a :class:`~exporter.core.outage.SourceStatus`: a poll that failed
+(after its REST client's retries) fails the source, with its reason on ``/-/ready`` and in the
+source's outage log (one line when it starts failing, a summary every 5 minutes at most, one when it
+recovers). Each poll calls WhiteBIT through a client made for its poller
+(:meth:`~exporter.whitebit.rest.RestClient.observed`), which tells the status of each attempt it
+retries: detail while the source is OK, but the reason of a source that is starting or already
+failing, so ``/-/ready`` names the cause from the first failed attempt.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.config.schema import PollConfig
-from exporter.core.health import HealthRegistry, SourceHealth
+from exporter.core.health import HealthRegistry
 from exporter.core.metrics import (
     WHITEBIT_COLLATERAL_ACCOUNT_LAST_UPDATE_TIMESTAMP_SECONDS,
     WHITEBIT_COLLATERAL_EQUITY,
@@ -54,6 +62,7 @@ from exporter.core.metrics import (
     WHITEBIT_COLLATERAL_MARGIN,
     WHITEBIT_COLLATERAL_MARGIN_FRACTION,
 )
+from exporter.core.outage import SourceStatus
 from exporter.whitebit.balances import WALLET_COLLATERAL, WALLET_MAIN, WALLET_SPOT
 from exporter.whitebit.rest import (
     COLLATERAL_BALANCE_SUMMARY,
@@ -273,7 +282,7 @@ class TradeBalancePoll:
 
 
 class Poller:
-    """Runs one poll every ``interval`` seconds as a supervised source, reporting its health."""
+    """Runs one poll every ``interval`` seconds as a supervised source, reporting to its ``status``."""
 
     def __init__(
         self,
@@ -282,7 +291,7 @@ class Poller:
         kind: str,
         interval: float,
         poll: Callable[[], Awaitable[None]],
-        health: SourceHealth,
+        status: SourceStatus,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         start_spread: float = START_SPREAD,
@@ -291,7 +300,8 @@ class Poller:
         self.kind = kind
         self.interval = interval
         self._poll = poll
-        self.health = health
+        self.status = status
+        self.health = status.health
         self._monotonic = monotonic
         #: Seconds from the start of ``run()`` to the first poll: random, so polls do not coincide.
         self.start_offset = (rng if rng is not None else random.Random()).uniform(0.0, min(interval, start_spread))
@@ -319,21 +329,14 @@ class Poller:
         try:
             await self._poll()
         except RestError as error:
-            self.health.failing(str(error))
-            log.warning(
-                "poll failed",
-                extra={
-                    "account": self.account,
-                    "poll": self.kind,
-                    "reason": str(error),
-                },
-            )
+            self.status.failed(str(error))
+            log.debug("poll failed", extra={"account": self.account, "poll": self.kind, "reason": str(error)})
         except Exception:
             # A bug, not WhiteBIT: the supervisor logs and restarts the task; readiness says so meanwhile.
-            self.health.failing("internal error (see the log)")
+            self.status.failed("internal error (see the log)")
             raise
         else:
-            self.health.ok()
+            self.status.ok()
 
 
 # --- the collateral summary gauges -------------------------------------------------------------
@@ -387,29 +390,43 @@ def build_pollers(
     ``websocket_supplies(wallet)`` tells whether the account's WebSocket keeps that wallet (``spot``
     or ``collateral``) current right now; the fallback poll of a wallet it supplies is not made.
     """
-    account = client.account
-    polls: list[tuple[str, float, Callable[[], Awaitable[None]]]] = [
-        (MainBalancePoll.kind, poll.main_balance, MainBalancePoll(client, balances, clock=clock)),
+    polls: list[tuple[str, float, Callable[[RestClient], Callable[[], Awaitable[None]]]]] = [
+        (MainBalancePoll.kind, poll.main_balance, lambda observed: MainBalancePoll(observed, balances, clock=clock)),
         (
             CollateralPoll.kind,
             poll.collateral,
-            CollateralPoll(client, balances, summaries, websocket_supplies=websocket_supplies, clock=clock),
+            lambda observed: CollateralPoll(
+                observed, balances, summaries, websocket_supplies=websocket_supplies, clock=clock
+            ),
         ),
         (
             TradeBalancePoll.kind,
             poll.trade_balance,
-            TradeBalancePoll(client, balances, websocket_supplies=websocket_supplies, clock=clock),
+            lambda observed: TradeBalancePoll(observed, balances, websocket_supplies=websocket_supplies, clock=clock),
         ),
     ]
     shared_rng = rng if rng is not None else random.Random()
     return [
-        Poller(
-            account=account,
-            kind=kind,
-            interval=interval,
-            poll=run_poll,
-            health=health.register(f"rest:{kind}", account, max_age=STALE_INTERVALS * interval + STALE_SLACK),
-            rng=shared_rng,
-        )
-        for kind, interval, run_poll in polls
+        build_poller(client, kind, interval, make_poll, health=health, rng=shared_rng)
+        for kind, interval, make_poll in polls
     ]
+
+
+def build_poller(
+    client: RestClient,
+    kind: str,
+    interval: float,
+    make_poll: Callable[[RestClient], Callable[[], Awaitable[None]]],
+    *,
+    health: HealthRegistry,
+    rng: random.Random | None = None,
+) -> Poller:
+    """The poller ``rest:<kind>:<account>``: its health entry ``rest:<kind>`` (stale after
+    :data:`STALE_INTERVALS` intervals plus :data:`STALE_SLACK`) and outage log, and the poll
+    ``make_poll`` builds on a client that reports each retried attempt to them."""
+    status = SourceStatus(
+        health.register(f"rest:{kind}", client.account, max_age=STALE_INTERVALS * interval + STALE_SLACK),
+        logger=log,
+    )
+    poll = make_poll(client.observed(lambda error: status.attempt_failed(str(error))))
+    return Poller(account=client.account, kind=kind, interval=interval, poll=poll, status=status, rng=rng)

@@ -1,7 +1,8 @@
 """History reconciliation: read ``/api/v4/main-account/history`` and catch every missed webhook.
 
 One :class:`HistoryPoll` per account with API credentials runs as the supervised source
-``rest:history:<account>`` every ``poll.history`` seconds (health ``rest:history``). Each poll feeds
+``rest:history:<account>`` every ``poll.history`` seconds (health ``rest:history``; its failures are
+reported and logged as the balance polls' are, see "Failures" in :mod:`exporter.whitebit.pollers`). Each poll feeds
 every record it reads to the transfer lifecycle (:class:`~exporter.whitebit.transfers.TransferBook`) as a
 ``"history"`` observation, so statuses that have no webhook (5, 21, 22, Travel Rule 27 and 28) show
 in ``whitebit_transfers_in_flight`` from history alone, and then decides which transfers' webhooks
@@ -106,7 +107,7 @@ from exporter.core.health import HealthRegistry
 from exporter.core.metrics import WHITEBIT_WEBHOOKS_MISSED, WHITEBIT_WEBHOOKS_OVERDUE, LabelValues
 from exporter.core.state import StateError, TransferKind, TransferRecord
 from exporter.core.storage import TransferStorage
-from exporter.whitebit.pollers import STALE_INTERVALS, STALE_SLACK, Poller
+from exporter.whitebit.pollers import Poller, build_poller
 from exporter.whitebit.rest import MAIN_HISTORY, ResponseError, RestClient, ValidationError
 from exporter.whitebit.transfers import (
     DEPOSIT,
@@ -736,11 +737,13 @@ def build_history_poller(
     ``missed`` is None for an account without a webhook: its history still feeds the lifecycle,
     but nothing can be missed. A webhook is overdue after ``grace`` and missed after ``retry_window``.
     """
-    return Poller(
-        account=client.account,
-        kind=HistoryPoll.kind,
-        interval=interval,
-        poll=HistoryPoll(client, book, store, grace=grace, missed=missed, retry_window=retry_window, clock=clock),
-        health=health.register("rest:history", client.account, max_age=STALE_INTERVALS * interval + STALE_SLACK),
+    return build_poller(
+        client,
+        HistoryPoll.kind,
+        interval,
+        lambda observed: HistoryPoll(
+            observed, book, store, grace=grace, missed=missed, retry_window=retry_window, clock=clock
+        ),
+        health=health,
         rng=rng,
     )

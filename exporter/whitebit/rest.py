@@ -15,12 +15,16 @@ Errors. WhiteBIT's error bodies are mapped to :class:`RestError` subclasses by H
 message, treating the body's ``code`` as a hint only because codes are reused across endpoints
 (docs/protocol.md#rest-errors): :class:`AuthError`, :class:`PermissionDeniedError`, :class:`ValidationError`,
 :class:`NonceError`, :class:`RateLimitedError`, :class:`UnavailableError` and
-:class:`ResponseError` (a success answer that is not what the endpoint documents). Only 429, 5xx and
-network failures are retried, after delays from ``backoff`` (:class:`~exporter.core.backoff.Backoff`:
-1 s doubling to 30 s, each cut by up to 20 % at random), at most ``max_retries`` times; then the last
-error is raised.
-A 429 also pauses the whole endpoint family in the shared limiter for the backoff, since the limit
-it signals belongs to the IP, not to the caller.
+:class:`ResponseError` (a success answer that is not what the endpoint documents); an attempt that
+got no answer at all is a :class:`NoAnswerError`, whose reason names the cause in plain words
+(:func:`exporter.core.errors.error_text`: ``connection refused (127.0.0.1:9)``, ``timed out after
+10s (whitebit.com:443)``). Only 429, 5xx and network failures are retried, after delays from
+``backoff`` (:class:`~exporter.core.backoff.Backoff`: 1 s doubling to 30 s, each cut by up to 20 % at
+random), at most ``max_retries`` times; then the last error is raised. Each retry is logged at
+debug level only: the caller's outage log (:mod:`exporter.core.outage`) says what an operator needs,
+and a client made for one source by :meth:`RestClient.observed` tells it of each failed attempt
+before the retry. A 429 also pauses the whole endpoint family in the shared limiter for the backoff,
+since the limit it signals belongs to the IP, not to the caller.
 
 Metrics (one :class:`RestMetrics` collector per exporter, every account): each attempt is counted in
 ``whitebit_rest_requests_total{account,endpoint,code}`` (``code`` is the HTTP status, or ``error``
@@ -35,12 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.core import (
@@ -50,6 +56,7 @@ from prometheus_client.registry import Collector
 
 from exporter.config.schema import DEFAULT_DURATION_BUCKETS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
+from exporter.core.errors import error_text
 from exporter.core.logs import redact
 from exporter.core.metrics import (
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
@@ -170,6 +177,15 @@ class UnavailableError(RestError):
 
     kind = "unavailable"
     retryable = True
+
+
+class NoAnswerError(UnavailableError):
+    """No HTTP answer came: ``message`` names why (``connection refused (127.0.0.1:9)``)."""
+
+    kind = "no answer"
+
+    def _describe(self) -> str:
+        return f"{self.endpoint}: {self.message}"
 
 
 class ResponseError(RestError):
@@ -401,6 +417,10 @@ class RestClient:
     ) -> None:
         self.account = account
         self.base_url = base_url.rstrip("/")
+        # Where a request goes, for the errors that do not name it (a timeout).
+        parts = urlsplit(self.base_url)
+        default_port = 443 if parts.scheme == "https" else 80
+        self._peer = f"{parts.hostname}:{parts.port or default_port}" if parts.hostname else None
         self._api_key = api_key
         self._api_secret = api_secret
         self.transport = transport
@@ -416,24 +436,37 @@ class RestClient:
         # Awaited with the refused nonce when WhiteBIT refuses one; True when the request may go once
         # more at once, signed on a newer reading of the exchange's clock (see clock.py).
         self._on_nonce_refused = on_nonce_refused
+        # Told of each failed attempt that is about to be retried (see observed()).
+        self._on_retry: Callable[[RestError], None] | None = None
         transport.metrics.add_account(account)
 
     def __repr__(self) -> str:
         return f"RestClient(account={self.account!r}, base_url={self.base_url!r}, api_key={redact(self._api_key)!r})"
 
-    async def post(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+    def observed(self, on_retry: Callable[[RestError], None]) -> RestClient:
+        """This client for one source: the same key, nonces, lock, transport and clock, and ``on_retry``
+        called with each failed attempt it is about to retry (the last failure is raised instead)."""
+        view = copy.copy(self)
+        view._on_retry = on_retry
+        return view
+
+    async def post(self, path: str, params: Mapping[str, Any] | None = None, *, retries: int | None = None) -> Any:
         """Call the private endpoint ``path`` with ``params``; the decoded JSON answer.
 
-        Raises a :class:`RestError` subclass; 429, 5xx and network failures only after
-        ``max_retries`` retries.
+        Raises a :class:`RestError` subclass; 429, 5xx and network failures only after ``retries``
+        retries (``max_retries`` unless given).
         """
-        return await self._with_retries(path, lambda endpoint: self._attempt(path, endpoint, params or {}))
+        return await self._with_retries(
+            path,
+            lambda endpoint: self._attempt(path, endpoint, params or {}),
+            self.max_retries if retries is None else retries,
+        )
 
     async def get_public(self, path: str) -> Any:
         """Call the public endpoint ``path`` (unsigned ``GET``); the decoded JSON answer, retried as :meth:`post`."""
-        return await self._with_retries(path, lambda endpoint: self._attempt_public(path, endpoint))
+        return await self._with_retries(path, lambda endpoint: self._attempt_public(path, endpoint), self.max_retries)
 
-    async def _with_retries(self, path: str, attempt: Callable[[str], Awaitable[Any]]) -> Any:
+    async def _with_retries(self, path: str, attempt: Callable[[str], Awaitable[Any]], max_retries: int) -> Any:
         endpoint = endpoint_label(path)
         retry = 0
         resynced = False
@@ -450,13 +483,16 @@ class RestClient:
                 ):
                     resynced = True
                     continue
-                if not error.retryable or retry >= self.max_retries:
+                if not error.retryable or retry >= max_retries:
                     raise
                 delay = self.backoff.delay(retry, self._rng)
                 retry += 1
                 if isinstance(error, RateLimitedError):
                     self.transport.limiter.family(path).pause(delay)
-                log.warning(
+                if self._on_retry is not None:
+                    self._on_retry(error)
+                # Detail: the source's outage log says what an operator needs (exporter/core/outage.py).
+                log.debug(
                     "REST call failed; retrying",
                     extra={
                         "account": self.account,
@@ -475,8 +511,10 @@ class RestClient:
         return isinstance(error, NonceError) or (self.nonce_window and isinstance(error, RateLimitedError))
 
     async def websocket_token(self) -> str:
-        """A fresh private WebSocket token (``POST /api/v4/profile/websocket_token``)."""
-        document = await self.post(WEBSOCKET_TOKEN)
+        """A fresh private WebSocket token (``POST /api/v4/profile/websocket_token``), in one attempt: the
+        WebSocket's own reconnect backoff paces its token requests, and retrying here too would keep it
+        "starting" through every retry and spend WhiteBIT's 10 token requests a minute."""
+        document = await self.post(WEBSOCKET_TOKEN, retries=0)
         token = document.get("websocket_token") if isinstance(document, dict) else None
         if not isinstance(token, str) or not token:
             raise ResponseError(WEBSOCKET_TOKEN, "the answer has no websocket_token string")
@@ -547,8 +585,8 @@ class RestClient:
                 status, reason = response.status, response.reason or ""
         except (aiohttp.ClientError, TimeoutError) as exc:
             self.transport.metrics.observe(self.account, endpoint, NO_ANSWER, self._clock() - started)
-            what = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
-            raise UnavailableError(endpoint, f"no answer: {what}"[:_MESSAGE_LIMIT]) from exc
+            what = error_text(exc, timeout=self.transport.timeout, peer=self._peer)
+            raise NoAnswerError(endpoint, what[:_MESSAGE_LIMIT]) from exc
         self.transport.metrics.observe(self.account, endpoint, str(status), self._clock() - started)
         return status, raw, reason
 

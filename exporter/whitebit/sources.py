@@ -105,7 +105,13 @@ def build_sources(
         )
         if measure:
             sources.append(
-                ClockSync(account.name, exchange_clock, partial(client.get_public, PUBLIC_TIME), local_clock=host_clock)
+                ClockSync(
+                    account.name,
+                    exchange_clock,
+                    partial(client.get_public, PUBLIC_TIME),
+                    local_clock=host_clock,
+                    outage_clock=clock,
+                )
             )
         websocket = WebSocketSource(
             account.name,

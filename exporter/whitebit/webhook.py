@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 from aiohttp import web
 
 from exporter.config.schema import RESERVED_ACCOUNT_NAME, WhitebitAccountConfig
+from exporter.core.errors import exception_text
 from exporter.core.logs import redact
 from exporter.core.metrics import (
     OTHER,
@@ -68,7 +69,7 @@ from exporter.core.storage import DeliveryIntake
 from exporter.webhooks.bounds import MAX_ID_LENGTH, MAX_JSON_DEPTH, json_depth_exceeds, storable_text
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
-from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, exception_text, rejection_fields
+from exporter.webhooks.intake import REJECT_REASONS, RejectionLog, Replies, rejection_fields
 from exporter.whitebit.signing import HEADER_APIKEY, HEADER_PAYLOAD, HEADER_SIGNATURE, Secrets, payload_matches_body
 from exporter.whitebit.transfers import (
     WEBHOOK_TRANSFER_EVENTS,

@@ -77,6 +77,7 @@ from typing import Any
 from aiohttp import web
 
 from exporter.config.schema import ZerohashWebhookConfig
+from exporter.core.errors import exception_text
 from exporter.core.metrics import (
     OTHER,
     ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS,
@@ -93,7 +94,7 @@ from exporter.webhooks.bounds import MAX_JSON_DEPTH, json_depth_exceeds
 from exporter.webhooks.commit import GroupCommitter
 from exporter.webhooks.inbox import Applied, DeriveError
 from exporter.webhooks.intake import REJECT_REASONS as SHARED_REJECT_REASONS
-from exporter.webhooks.intake import RejectionLog, Replies, exception_text, rejection_fields
+from exporter.webhooks.intake import RejectionLog, Replies, rejection_fields
 from exporter.zerohash.balances import (
     BalancePayloadError,
     ZerohashBalances,

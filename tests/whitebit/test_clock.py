@@ -7,7 +7,9 @@ The simulator's exchange clock runs seconds away from ours (``clock_offset``), b
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,7 +22,7 @@ from exporter.whitebit.clock import ClockSync, ExchangeClock, reading_from
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.rest import MAIN_BALANCE, PUBLIC_TIME, NonceError, RestClient, RestMetrics, RestTransport
 from exporter.whitebit.signing import NonceSource
-from tests.helpers import scrape, wait_for
+from tests.helpers import logfmt_lines, scrape, wait_for
 
 KEY, SECRET = "clock-test-key", "clock-test-secret"
 
@@ -135,6 +137,42 @@ async def test_a_refused_nonce_measures_the_clock_once_and_the_request_goes_agai
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await sim.stop()
+
+
+async def test_failed_measurements_are_one_line_naming_the_cause_then_one_when_measured_again(
+    transport: RestTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter.whitebit.clock")
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sim = skewed_simulator(2.0)
+    await sim.start()
+    try:
+        refused = RestClient(
+            account="acct",
+            base_url=f"http://127.0.0.1:{port}",
+            api_key=KEY,
+            api_secret=SECRET,
+            transport=transport,
+            max_retries=0,
+        )
+        answering = client_on(sim, transport, None)
+        via = [refused]
+        clock = ExchangeClock()
+        sync = ClockSync("acct", clock, lambda: via[0].get_public(PUBLIC_TIME))
+        assert [await sync.measure_once() for _ in range(3)] == [False] * 3
+        via[0] = answering
+        assert await sync.measure_once()
+    finally:
+        await sim.stop()
+    lines = [line for line in logfmt_lines(caplog.records) if line["level"] != "debug"]
+    assert [(line["level"], line["msg"], line.get("reason"), line.get("failures")) for line in lines] == [
+        ("warning", "source failing", f"{PUBLIC_TIME}: connection refused (127.0.0.1:{port})", None),
+        ("info", "source recovered", None, "3"),
+        ("info", "clock offset to WhiteBIT measured", None, None),
+    ]
+    assert all((line.get("source", "rest:clock"), line["account"]) == ("rest:clock", "acct") for line in lines)
 
 
 async def test_a_429_soon_after_a_measurement_does_not_measure_again(transport: RestTransport) -> None:

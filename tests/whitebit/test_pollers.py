@@ -7,8 +7,10 @@ the exporter where it is about scheduling, health and scrapes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal as D
@@ -21,6 +23,7 @@ from aiohttp import web
 from exporter.app import Exporter
 from exporter.config.schema import Config, PollConfig, WhitebitAccountConfig
 from exporter.core.health import HealthRegistry
+from exporter.core.outage import SourceStatus
 from exporter.simulator.model import MarginBalance, SpotBalance
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
@@ -30,6 +33,7 @@ from exporter.whitebit.pollers import (
     MainBalancePoll,
     Poller,
     TradeBalancePoll,
+    build_poller,
     build_pollers,
     parse_collateral_balance_summary,
     parse_collateral_summary,
@@ -42,15 +46,26 @@ from exporter.whitebit.rest import (
     COLLATERAL_SUMMARY,
     MAIN_BALANCE,
     TRADE_BALANCE,
+    NoAnswerError,
     ResponseError,
     RestClient,
     RestMetrics,
     RestTransport,
 )
 from exporter.whitebit.websocket.source import WebSocketSource
-from tests.helpers import collected, scrape, wait_for
+from tests.helpers import collected, logfmt_lines, scrape, wait_for
 
 KEY, SECRET = "poller-key", "poller-secret"
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -292,7 +307,7 @@ async def test_a_failing_poll_reports_failing_and_keeps_polling() -> None:
         if calls <= 2:
             raise ResponseError(MAIN_BALANCE, "bad answer")
 
-    poller = Poller(account="acct", kind="test", interval=0.01, poll=poll, health=health)
+    poller = Poller(account="acct", kind="test", interval=0.01, poll=poll, status=SourceStatus(health))
     task = asyncio.create_task(poller.run())
     try:
         await wait_for(lambda: calls >= 1 and not health.is_ok)
@@ -309,10 +324,100 @@ async def test_a_bug_in_a_poll_is_reported_and_left_to_the_supervisor() -> None:
     async def poll() -> None:
         raise KeyError("bug")
 
-    poller = Poller(account="acct", kind="test", interval=0.01, poll=poll, health=health)
+    poller = Poller(account="acct", kind="test", interval=0.01, poll=poll, status=SourceStatus(health))
     with pytest.raises(KeyError):
         await asyncio.wait_for(poller.run(), timeout=10)
     assert health.reason == "internal error (see the log)"
+
+
+async def test_a_starting_poll_shows_its_first_failed_attempts_reason_before_any_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as probe:  # a loopback port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    retries: list[float] = []
+
+    async def hold(seconds: float) -> None:
+        retries.append(seconds)
+        await asyncio.Event().wait()  # the retry never comes: readiness must not wait for it
+
+    limiter = RateLimiter()
+    transport = RestTransport(limiter, RestMetrics(limiter))
+    client = RestClient(
+        account="acct",
+        base_url=f"http://127.0.0.1:{port}",
+        api_key=KEY,
+        api_secret=SECRET,
+        transport=transport,
+        max_retries=5,
+        sleep=hold,
+    )
+    health = HealthRegistry()
+    poller = build_poller(
+        client, "main_balance", 0.05, lambda c: MainBalancePoll(c, AccountBalances("acct")), health=health
+    )
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: health.readiness()[1] != ["rest:main_balance acct: starting"], timeout=5)
+        assert health.readiness() == (
+            False,
+            [f"rest:main_balance acct: {MAIN_BALANCE}: connection refused (127.0.0.1:{port})"],
+        )
+        assert len(retries) == 1  # one attempt made, its retry still waiting
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await transport.close()
+    lines = logfmt_lines(caplog.records)
+    assert [(line["level"], line["msg"]) for line in lines if line["level"] != "debug"] == [
+        ("warning", "source failing")
+    ]
+    [failing] = [line for line in lines if line["msg"] == "source failing"]
+    assert (failing["source"], failing["account"], failing["reason"]) == (
+        "rest:main_balance",
+        "acct",
+        f"{MAIN_BALANCE}: connection refused (127.0.0.1:{port})",
+    )
+    # The attempt itself is detail, at debug.
+    assert [line["level"] for line in lines if line["msg"] == "REST call failed; retrying"] == ["debug"]
+
+
+async def test_a_poll_that_keeps_failing_logs_once_then_a_summary_then_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    clock = FakeClock()
+    health = HealthRegistry(clock=clock).register("rest:test", "acct")
+    calls = 0
+
+    async def poll() -> None:
+        # 1: ok; 2-10: refused (the clock jumps past the summary interval at 6); 11 on: ok.
+        nonlocal calls
+        calls += 1
+        if calls == 6:
+            clock.now += 301.0
+        if 2 <= calls <= 10:
+            raise NoAnswerError(MAIN_BALANCE, f"connection refused (127.0.0.1:9) #{calls}")
+
+    poller = Poller(account="acct", kind="test", interval=0.01, poll=poll, status=SourceStatus(health))
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_for(lambda: calls >= 11 and health.is_ok, timeout=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lines = [line for line in logfmt_lines(caplog.records) if line["level"] != "debug"]
+    assert [
+        (line["level"], line["msg"], line.get("failures"), line.get("down_seconds"), line.get("reason"))
+        for line in lines
+    ] == [
+        ("warning", "source failing", None, None, f"{MAIN_BALANCE}: connection refused (127.0.0.1:9) #2"),
+        ("warning", "source still failing", "4", "301.0", f"{MAIN_BALANCE}: connection refused (127.0.0.1:9) #6"),
+        ("info", "source recovered", "9", "301.0", None),
+    ]
+    assert all((line["source"], line["account"]) == ("rest:test", "acct") for line in lines)
 
 
 # --- under the exporter -------------------------------------------------------------------------

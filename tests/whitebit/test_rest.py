@@ -31,6 +31,7 @@ from exporter.whitebit.rest import (
     TRADE_BALANCE,
     WEBSOCKET_TOKEN,
     AuthError,
+    NoAnswerError,
     NonceError,
     PermissionDeniedError,
     RateLimitedError,
@@ -264,6 +265,8 @@ async def test_maintenance_503_is_retried_then_unavailable_and_recovers(simulato
     with pytest.raises(UnavailableError) as caught:
         await client.post(MAIN_BALANCE)
     assert caught.value.status == 503
+    # The status and WhiteBIT's own message, in the reason /-/ready and the log show.
+    assert str(caught.value) == f"{MAIN_BALANCE}: unavailable error (HTTP 503): Service Unavailable"
     assert rest_stats(simulator, MAIN_BALANCE) == {"503": client.max_retries + 1}
     assert len(clock.sleeps) == client.max_retries
     # Nominal 1, 2, 4, 8, 16 s (30 s cap), each shortened by at most 20 % jitter.
@@ -310,15 +313,21 @@ async def test_a_skewed_clock_is_a_nonce_error_and_is_not_retried(simulator, tra
     assert clock.sleeps == []
 
 
-async def test_no_answer_is_unavailable_after_retries_and_counted_as_error(
+async def test_no_answer_names_its_cause_after_retries_and_is_counted_as_error(
     transports,
 ) -> None:
     clock = Clock()
     transport = transports(RateLimiter(clock=clock))
-    client = make_client(transport, refused_url(), clock=clock, max_retries=2)
-    with pytest.raises(UnavailableError, match="no answer"):
+    url = refused_url()
+    retried: list[RestError] = []
+    client = make_client(transport, url, clock=clock, max_retries=2).observed(retried.append)
+    with pytest.raises(NoAnswerError) as caught:
         await client.post(MAIN_BALANCE)
+    assert isinstance(caught.value, UnavailableError)
+    assert str(caught.value) == f"{MAIN_BALANCE}: connection refused ({url.removeprefix('http://')})"
     assert len(clock.sleeps) == 2
+    # The observer hears of each attempt about to be retried; the last failure is raised instead.
+    assert [str(error) for error in retried] == [str(caught.value)] * 2
     assert (
         sample(
             transport,
@@ -329,6 +338,34 @@ async def test_no_answer_is_unavailable_after_retries_and_counted_as_error(
         )
         == 3
     )
+
+
+async def test_an_answer_that_never_comes_is_timed_out_after_the_configured_timeout(transports) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # reads the request, never answers, until the client gives up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = make_client(transports(timeout=0.2), f"http://127.0.0.1:{port}", max_retries=0)
+        with pytest.raises(NoAnswerError) as caught:
+            await client.post(MAIN_BALANCE)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert str(caught.value) == f"{MAIN_BALANCE}: timed out after 0.2s (127.0.0.1:{port})"
+
+
+async def test_the_websocket_token_is_asked_once_and_its_failure_raised_at_once(transports) -> None:
+    # The WebSocket's reconnect backoff paces token requests; the client does not retry them too.
+    clock = Clock()
+    transport = transports(RateLimiter(clock=clock))
+    client = make_client(transport, refused_url(), clock=clock)
+    with pytest.raises(NoAnswerError, match="connection refused"):
+        await client.websocket_token()
+    assert clock.sleeps == []
+    errors = sample(transport, "whitebit_rest_requests_total", account="acct", endpoint=WEBSOCKET_TOKEN, code="error")
+    assert errors == 1
 
 
 async def test_a_success_status_without_json_is_a_response_error(transports) -> None:

@@ -3,9 +3,10 @@
 One :class:`WebSocketSource` per account with API credentials keeps one connection up:
 
 1. **Token.** A fresh token per connection from ``token_provider`` (in the exporter,
-   ``RestClient.websocket_token``, i.e. ``/api/v4/profile/websocket_token``). That endpoint allows
-   10 requests per 60 s, so the source never asks more than :data:`TOKEN_BUDGET` times per 60 s,
-   whatever the reconnect rate: a reconnect storm waits instead of exhausting it.
+   ``RestClient.websocket_token``, i.e. ``/api/v4/profile/websocket_token``, one attempt: the
+   reconnect backoff below paces the retries). That endpoint allows 10 requests per 60 s, so the
+   source never asks more than :data:`TOKEN_BUDGET` times per 60 s, whatever the reconnect rate: a
+   reconnect storm waits instead of exhausting it.
 2. **Connect** with protocol-level ping frames off (WhiteBIT answers them unreliably,
    docs/protocol.md#websocket-connection) and **authorize** with ``[token, "public"]``. A failed
    ``authorize`` ends the connection (and is retried through a reconnect).
@@ -79,6 +80,13 @@ ids are never reused; an order's ``mtime`` never goes back and its ``left`` neve
 
 Frames that cannot be used (bad JSON, unknown method, missing fields, wrong types) are counted in
 ``whitebit_websocket_messages_invalid_total{reason}`` and skipped; the connection stays up.
+
+**Logs.** The connection and each channel keep an outage log (:mod:`exporter.core.outage`): a line
+when the connection (or a channel) starts failing, with the reason in plain words (``token request
+failed: /api/v4/profile/websocket_token: connection refused (127.0.0.1:9)``, ``cannot connect: timed
+out after 10s (api.whitebit.com:443)``), a summary every 5 minutes at most while it keeps failing,
+and a line when it is back (the connection once it is synced). Each attempt and retry is logged at
+debug level.
 """
 
 from __future__ import annotations
@@ -93,14 +101,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from exporter.core.backoff import DEFAULT_BACKOFF, Backoff
+from exporter.core.errors import error_text
 from exporter.core.health import HealthRegistry, SourceHealth
+from exporter.core.outage import OutageReporter
 from exporter.core.window import SlidingWindow
 from exporter.whitebit.balances import WALLET_COLLATERAL, WALLET_SPOT, AccountBalances
+from exporter.whitebit.rest import RestError
 from exporter.whitebit.websocket.orders import MODIFY_WINDOW, OrderBook, OrderEvents, SnapshotMerge
 from exporter.whitebit.websocket.parsing import (
     INVALID_BAD_JSON,
@@ -264,6 +276,10 @@ class WebSocketSource:
         self._token_provider = token_provider
         self.balances = balances
         self.health: SourceHealth = health.register("websocket", account, max_age=ping_interval + pong_timeout + 5.0)
+        #: The connection's outage log (each channel has its own, ``channel_outages``).
+        self.outage = OutageReporter("websocket", account, clock=clock, logger=log)
+        parts = urlsplit(url)
+        self._peer = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
         self._clock = clock
         self._monotonic = monotonic
         self.ping_interval = ping_interval
@@ -284,6 +300,10 @@ class WebSocketSource:
         # An empty market list is undocumented for ordersPending (docs/protocol.md#orderspending-channel),
         # so without markets the channel is not used at all.
         self.channels: tuple[Channel, ...] = tuple(Channel(name) for name in names)
+        self.channel_outages = {
+            name: OutageReporter("websocket", account, clock=clock, logger=log, fields={"channel": name})
+            for name in names
+        }
         self.connected = False
         self.reconnects = 0
         self.last_message_at: float | None = None
@@ -329,8 +349,11 @@ class WebSocketSource:
                     reason = "connection closed by the server"
                 except Disconnect as exc:
                     reason = str(exc)
-                except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                    reason = f"cannot connect: {type(exc).__name__}: {str(exc)[:160]}"
+                except (InvalidHandshake, InvalidURI) as exc:
+                    # websockets words these plainly: "server rejected WebSocket connection: HTTP 503".
+                    reason = f"cannot connect: {str(exc)[:160]}"
+                except (OSError, TimeoutError) as exc:
+                    reason = f"cannot connect: {error_text(exc, timeout=self.pong_timeout, peer=self._peer)}"
                 finally:
                     self._disconnected()
                 if self._was_stable():
@@ -338,7 +361,8 @@ class WebSocketSource:
                 delay = self.backoff.delay(attempt, self._rng)
                 attempt += 1
                 self.health.failing(f"disconnected: {reason}; reconnecting in {delay:.1f}s")
-                log.warning(
+                self.outage.failed(reason)
+                log.debug(
                     "websocket disconnected",
                     extra={
                         "account": self.account,
@@ -373,21 +397,28 @@ class WebSocketSource:
         wait = self._tokens.delay()
         if wait > 0:
             self.health.failing(f"waiting {wait:.0f}s for the websocket token budget")
-            log.warning(
+            log.debug(
                 "websocket token budget exhausted",
                 extra={"account": self.account, "wait_seconds": round(wait)},
             )
         await self._tokens.acquire()
+        # Room for the REST client's wait for a slot of the token family and its own timeout.
+        deadline = asyncio.timeout(self.pong_timeout + 20.0)
         try:
-            async with asyncio.timeout(self.pong_timeout + 20.0):
+            async with deadline:
                 token = await self._token_provider()
         except asyncio.CancelledError:
             raise
         # Whatever the injected provider raises (a RestError, a network error) is a failed token
         # request to retry after backoff, never the end of the source.
+        except RestError as exc:
+            self.errors["token"] += 1
+            raise Disconnect(f"token request failed: {str(exc)[:200]}") from None
         except Exception as exc:
             self.errors["token"] += 1
-            raise Disconnect(f"token request failed: {type(exc).__name__}: {str(exc)[:160]}") from None
+            # Our own deadline's TimeoutError says nothing of its limit; the provider's may be its own.
+            limit = self.pong_timeout + 20.0 if deadline.expired() else None
+            raise Disconnect(f"token request failed: {error_text(exc, timeout=limit)[:200]}") from None
         if not isinstance(token, str) or not token:
             self.errors["token"] += 1
             raise Disconnect("token request returned no token")
@@ -418,7 +449,7 @@ class WebSocketSource:
             await self._call(conn, "authorize", [token, AUTHORIZE_SOURCE])
         except RequestFailed as exc:
             raise Disconnect(str(exc)) from None
-        log.info("websocket authorized", extra={"account": self.account})
+        log.debug("websocket authorized", extra={"account": self.account})
         tasks = {
             asyncio.create_task(self._follow(conn, channel), name=f"{self.name}:{channel.name}")
             for channel in self.channels
@@ -469,7 +500,8 @@ class WebSocketSource:
                 attempt += 1
                 channel.state = FAILING
                 channel.reason = f"{exc}; retrying in {delay:.1f}s"
-                log.warning(
+                self.channel_outages[channel.name].failed(str(exc))
+                log.debug(
                     "websocket channel failing",
                     extra={
                         "account": self.account,
@@ -483,8 +515,7 @@ class WebSocketSource:
                 continue
             channel.state = SYNCED
             channel.reason = ""
-            if attempt:
-                log.info("websocket channel recovered", extra={"account": self.account, "channel": channel.name})
+            self.channel_outages[channel.name].recovered()
             self._channels_changed()
             return
 
@@ -519,6 +550,8 @@ class WebSocketSource:
         wallet is polled meanwhile), a failing ``ordersPending`` a failure (see "What the state means")."""
         if not self.connected:
             return  # still syncing: the reason of the last disconnect stands
+        # The connection works; a failing channel is its own outage (channel_outages).
+        self.outage.recovered()
         failing = [channel for channel in self.channels if not channel.synced]
         lines = [f"channel {c.name}: {c.reason}" for c in failing]
         if any(channel.name == CHANNEL_ORDERS for channel in failing):
@@ -559,7 +592,8 @@ class WebSocketSource:
             raise Disconnect(conn.closed_reason or "connection closed") from None
         except RequestFailed as exc:
             self.errors[method] += 1
-            log.error(
+            # Detail: the channel's outage log (or the disconnect it causes) says what an operator needs.
+            log.debug(
                 "websocket request failed",
                 extra={
                     "account": self.account,

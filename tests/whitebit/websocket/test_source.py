@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
+import socket
 import time
 from decimal import Decimal as D
 
 import pytest
 
 from exporter.core.backoff import Backoff
+from exporter.core.health import HealthRegistry
 from exporter.simulator.model import (
     SIDE_BUY,
     SIDE_SELL,
@@ -26,13 +29,24 @@ from exporter.simulator.model import (
     TYPE_STOP_MARKET,
     OrderEvent,
 )
+from exporter.whitebit.balances import AccountBalances
+from exporter.whitebit.ratelimit import RateLimiter
+from exporter.whitebit.rest import WEBSOCKET_TOKEN, RestClient, RestMetrics, RestTransport
 from exporter.whitebit.websocket.snapshot import MIN_REQUESTS
-from tests.helpers import wait_for
+from exporter.whitebit.websocket.source import WebSocketSource
+from tests.helpers import logfmt_lines, wait_for
 from tests.whitebit.websocket.book import open_ids, pending_events
 from tests.whitebit.websocket.churn import Churn
 from tests.ws_harness import FAST, MARKETS, account, assert_matches, running, signed_token_provider
 
 SPOT_AND_ORDERS = ("open_orders", "left", "spot", "frozen")
+
+
+def closed_port() -> int:
+    """A loopback port that was free a moment ago: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def events(result, market: str = "BTC_USDT", account: str = "main") -> dict[str, float]:
@@ -626,6 +640,119 @@ async def test_a_failing_balance_margin_channel_is_shown_and_retried_while_spot_
         ex.borrow("main", "USDT", D(5))  # and its pushes apply
         await assert_matches(h)
         assert source.reconnects == 0 and hub.connections("main") == 1
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    """What the source logged above debug level, parsed (not the simulator's lines)."""
+    return [
+        line
+        for line in logfmt_lines(caplog.records)
+        if line["level"] != "debug" and line["logger"].startswith("exporter.whitebit.")
+    ]
+
+
+async def test_a_token_that_cannot_be_had_is_one_line_with_its_cause_however_many_reconnects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = closed_port()
+    limiter = RateLimiter()
+    transport = RestTransport(limiter, RestMetrics(limiter))
+    creds = account("main")
+    refused = RestClient(
+        account="main",
+        base_url=f"http://127.0.0.1:{port}",
+        api_key=creds.api_key,
+        api_secret=creds.api_secret,
+        transport=transport,
+    )
+    try:
+        async with running(autostart=False, backoff=Backoff(0.05, 0.2)) as h:
+            source = h.sources["main"]
+            h.token_override["main"] = refused.websocket_token
+            h.start()
+            await wait_for(lambda: source.errors["token"] >= 4, timeout=10)
+            cause = f"token request failed: {WEBSOCKET_TOKEN}: connection refused (127.0.0.1:{port})"
+            assert source.health.reason.startswith(f"disconnected: {cause}; reconnecting in ")
+            del h.token_override["main"]
+            await wait_for(lambda: source.health.is_ok, timeout=10)
+            failures = source.errors["token"]
+    finally:
+        await transport.close()
+    lines = outage_lines(caplog)
+    assert [(line["level"], line["msg"], line.get("reason"), line.get("failures")) for line in lines] == [
+        ("warning", "source failing", cause, None),
+        ("info", "websocket synced", None, None),
+        ("info", "source recovered", None, str(failures)),
+    ]
+    assert all(line["account"] == "main" and "channel" not in line for line in lines)
+
+
+async def test_a_token_provider_that_times_out_says_so_never_an_empty_timeouterror() -> None:
+    async with running(autostart=False, backoff=Backoff(0.05, 0.2)) as h:
+        source = h.sources["main"]
+
+        async def slow_token() -> str:
+            # Its own limit, not the source's: the source cannot know it, and says only "timed out".
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=0.01)
+            return "never"
+
+        h.token_override["main"] = slow_token
+        h.start()
+        await wait_for(lambda: source.errors["token"] >= 1, timeout=10)
+        assert source.health.reason.startswith("disconnected: token request failed: timed out; reconnecting in ")
+
+
+async def test_a_websocket_that_cannot_connect_names_the_refused_address(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = closed_port()
+    health = HealthRegistry()
+
+    async def token() -> str:
+        return "a-token-never-sent"
+
+    source = WebSocketSource(
+        "main",
+        f"ws://127.0.0.1:{port}/ws",
+        MARKETS,
+        token,
+        AccountBalances("main"),
+        health,
+        **{**FAST, "backoff": Backoff(0.02, 0.05)},
+    )
+    task = asyncio.create_task(source.run())
+    try:
+        await wait_for(lambda: source.reconnects >= 5, timeout=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    cause = f"cannot connect: connection refused (127.0.0.1:{port})"
+    assert [(line["level"], line["msg"], line.get("reason")) for line in outage_lines(caplog)] == [
+        ("warning", "source failing", cause)
+    ]
+
+
+async def test_a_refused_channel_is_one_line_while_retried_and_one_when_it_syncs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running(autostart=False, backoff=Backoff(0.02, 0.05)) as h:
+        hub = h.sim.ws
+        hub.fail_channel("main", "balanceMargin", 2, "collateral trading is not enabled")
+        h.start()
+        source = h.sources["main"]
+        await wait_for(lambda: source.errors["balanceMargin_subscribe"] >= 6, timeout=10)
+        hub.fail_channel("main", "balanceMargin", None)
+        await wait_for(lambda: all(channel.synced for channel in source.channels), timeout=10)
+        tries = source.errors["balanceMargin_subscribe"]
+    # Every try and its error reply are detail, at debug: one line when the channel fails, one when it syncs.
+    lines = outage_lines(caplog)
+    assert [(line["level"], line["msg"], line.get("channel"), line.get("failures")) for line in lines] == [
+        ("warning", "source failing", "balanceMargin", None),
+        ("info", "websocket synced", None, None),
+        ("info", "source recovered", "balanceMargin", str(tries)),
+    ]
+    assert lines[0]["reason"] == "balanceMargin_subscribe failed: error 2 collateral trading is not enabled"
 
 
 @pytest.mark.parametrize("newest_first", [True, False], ids=["newest-first", "oldest-first"])
