@@ -8,8 +8,8 @@ and the reconciliation grace are shortened so that a dropped webhook shows withi
 
 The simulator runs with every variation WhiteBIT's documents show or allow switched on (both zero-
 balance forms, newest-first listings, replies and pushes overtaking each other, a clock that is off),
-and the demo watches two accounts: ``demo``, with webhooks, and ``demo-spot``, an account without
-collateral trading whose ``balanceMargin`` channel is refused.
+and the demo watches two accounts: ``demo``, with webhooks and an open collateral position, and
+``demo-spot``, an account without collateral trading whose ``balanceMargin`` channel is refused.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ class DemoOptions:
     seed: int | None = None
     # --web.config.file: TLS and basic auth of the metrics listener.
     web_security: WebSecurityConfig = field(default_factory=WebSecurityConfig)
+    # The demo account's open collateral positions (market, base amount): a long worth about 1.5 times
+    # its collateral, so its margin fraction is finite and moves with the price.
+    positions: tuple[tuple[str, str], ...] = (("BTC_USDT", "0.5"),)
 
 
 def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> SimulatorSettings:
@@ -121,6 +124,7 @@ def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> Si
                 api_secret=credentials.api_secret,
                 webhook_key=credentials.webhook_key,
                 webhook_secret=credentials.webhook_secret,
+                positions=dict(options.positions),
             ),
             SimulatedAccount(
                 name=DEMO_SPOT_ACCOUNT,

@@ -2,8 +2,10 @@
 """Render prometheus/alerts.yaml and prometheus/rules.yaml from prometheus/config.yaml.
 
 The alert and recording rules are written once here, with ``[[name]]`` placeholders for what an
-operator tunes (the job selector, thresholds, windows, severities, ``for:`` durations, links); the
-values live in ``config.yaml``, the single documented place to change them. ``--check`` compares
+operator tunes (the job selector, thresholds, windows, severities, ``for:`` durations, links;
+``[[OtherAlert.name]]`` is another alert's setting); the values live in ``config.yaml``, the single
+documented place to change them, as do the low-balance thresholds, each recorded as a series of
+``rules.yaml`` that ``WhitebitBalanceLow`` compares the balances with. ``--check`` compares
 the committed files with a fresh rendering and exits 1 when they differ (the test suite runs it),
 so a hand edit of a generated file or a config change without regenerating cannot land.
 
@@ -35,6 +37,12 @@ OVERVIEW = "whitebit-overview"
 WEBHOOKS = "whitebit-webhooks"
 CONNECTIVITY = "whitebit-connectivity"
 ZEROHASH = "whitebit-zerohash"
+
+#: The series each ``balance_thresholds`` entry of config.yaml is recorded as (value: the threshold).
+BALANCE_THRESHOLD_RECORD = "account_wallet_asset:whitebit_balance:low_threshold"
+WALLETS = ("main", "spot", "collateral")
+#: What a label value taken from config.yaml may hold (the exporter's rule for account names).
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.-]+")
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
@@ -286,6 +294,60 @@ ALERTS: tuple[Alert, ...] = (
         ("job", "instance", "account"),
     ),
     Alert(
+        "WhitebitCollateralMarginLow",
+        "whitebit_collateral_margin_fraction{[[selector]]} < [[threshold]]"
+        " and on (job, instance, account) (time() - whitebit_collateral_account_last_update_timestamp_seconds"
+        "{[[selector]]} <= [[WhitebitCollateralSummaryStale.max_age_seconds]])",
+        "A WhiteBIT collateral account's margin fraction is low.",
+        "The collateral margin fraction of account {{ $labels.account }} on {{ $labels.instance }} is "
+        '{{ printf "%.4g" $value }} and has been below [[threshold]] for [[for]]: its positions are losing '
+        "towards liquidation, which starts when the margin fraction falls to WhiteBIT's maintenance margin "
+        "(3% for leverage up to 10x). Add collateral or reduce positions.",
+        OVERVIEW,
+        ("job", "instance", "account"),
+    ),
+    Alert(
+        "WhitebitCollateralNearLiquidation",
+        "whitebit_collateral_margin_fraction{[[selector]]} < [[threshold]]"
+        " and on (job, instance, account) (time() - whitebit_collateral_account_last_update_timestamp_seconds"
+        "{[[selector]]} <= [[WhitebitCollateralSummaryStale.max_age_seconds]])",
+        "A WhiteBIT collateral account is close to liquidation.",
+        "The collateral margin fraction of account {{ $labels.account }} on {{ $labels.instance }} is "
+        '{{ printf "%.4g" $value }} and has been below [[threshold]] for [[for]]: WhiteBIT starts liquidating '
+        "its positions, partially at first, when it falls to the maintenance margin (3% for leverage up to "
+        "10x). Add collateral or close positions now.",
+        OVERVIEW,
+        ("job", "instance", "account"),
+    ),
+    Alert(
+        "WhitebitCollateralSummaryStale",
+        "(time() - whitebit_collateral_account_last_update_timestamp_seconds{[[selector]]} > [[max_age_seconds]])"
+        " and on (job, instance, account) whitebit_up{[[selector]]} == 1",
+        "A WhiteBIT collateral summary has not been updated for a long time.",
+        "The collateral summary (equity, margin, margin fraction) of account {{ $labels.account }} on "
+        "{{ $labels.instance }} was last polled {{ $value | humanizeDuration }} ago (more than [[max_age]]) "
+        "although the account is up: the margin alerts ignore a summary this old, so they cannot fire. "
+        "poll.collateral is longer than [[max_age]], or a poll hangs.",
+        OVERVIEW,
+        ("job", "instance", "account"),
+    ),
+    Alert(
+        "WhitebitBalanceLow",
+        # A balance with a threshold but no series (its asset has held nothing since the exporter started)
+        # counts as 0 on the freshest exporter watching the wallet, while the account is up there.
+        f"(whitebit_balance{{[[selector]]}} or on (account, wallet, asset) 0 * (topk by (account, wallet) (1, "
+        "whitebit_balance_last_update_timestamp_seconds{[[selector]]} and on (job, instance, account) "
+        f"whitebit_up{{[[selector]]}} == 1) * on (account, wallet) group_right (job, instance) "
+        f"{BALANCE_THRESHOLD_RECORD})) < on (account, wallet, asset) group_left (threshold) "
+        f"{BALANCE_THRESHOLD_RECORD}",
+        "A WhiteBIT balance is below its configured threshold.",
+        "The {{ $labels.wallet }} balance of account {{ $labels.account }} on {{ $labels.instance }} is "
+        '{{ printf "%.10g" $value }} {{ $labels.asset }} and has been below its threshold of '
+        "{{ $labels.threshold }} {{ $labels.asset }} for [[for]] (balance_thresholds in prometheus/config.yaml).",
+        OVERVIEW,
+        ("job", "instance", "account"),
+    ),
+    Alert(
         "WhitebitRestRateLimited",
         "sum by (job, instance, account, endpoint) (increase(whitebit_rest_rate_limited_total{[[selector]]}"
         "[[[window]]])) > [[threshold]]",
@@ -401,7 +463,7 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
-_PLACEHOLDER = re.compile(r"\[\[([a-z_]+)\]\]")
+_PLACEHOLDER = re.compile(r"\[\[((?:[A-Za-z]+\.)?[a-z_]+)\]\]")
 _ALERT_KEYS = {"severity", "for", "enabled", "window", "threshold", "max_age", "deposit_max_age", "withdraw_max_age"}
 SEVERITIES = ("critical", "warning", "info")
 
@@ -443,6 +505,17 @@ def _dashboard_url(config: Mapping[str, Any], alert: Alert) -> str:
     return f"{str(config['grafana_url']).rstrip('/')}/d/{alert.dashboard}?{params}"
 
 
+def _check_margin_levels(own: Mapping[str, Mapping[str, str]]) -> None:
+    """The critical margin-fraction level must lie below the warning one, or the warning never leads."""
+    warning = own["WhitebitCollateralMarginLow"].get("threshold")
+    critical = own["WhitebitCollateralNearLiquidation"].get("threshold")
+    if warning is not None and critical is not None and float(critical) >= float(warning):
+        raise ConfigProblem(
+            f"alerts.WhitebitCollateralNearLiquidation.threshold: {critical} must be below "
+            f"alerts.WhitebitCollateralMarginLow.threshold ({warning})"
+        )
+
+
 def render_alerts(config: Mapping[str, Any]) -> dict[str, Any]:
     """The alerts.yaml document."""
     settings_by_name = config.get("alerts") or {}
@@ -450,12 +523,20 @@ def render_alerts(config: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(settings_by_name) - known)
     if unknown:
         raise ConfigProblem(f"alerts: unknown alert(s) {', '.join(unknown)}")
-    rules = []
+    own: dict[str, dict[str, str]] = {}
     for alert in ALERTS:
         where = f"alerts.{alert.name}"
         settings = settings_by_name.get(alert.name)
         if not isinstance(settings, Mapping):
             raise ConfigProblem(f"{where}: missing (every alert needs severity and for)")
+        own[alert.name] = _values(config, settings, where)
+    _check_margin_levels(own)
+    # `[[OtherAlert.key]]` reads another alert's setting, disabled or not.
+    shared = {f"{name}.{key}": value for name, values in own.items() for key, value in values.items()}
+    rules = []
+    for alert in ALERTS:
+        where = f"alerts.{alert.name}"
+        settings = settings_by_name[alert.name]
         if not settings.get("enabled", True):
             continue
         severity = settings.get("severity")
@@ -463,7 +544,7 @@ def render_alerts(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigProblem(f"{where}.severity: must be one of {', '.join(SEVERITIES)}")
         if "for" not in settings:
             raise ConfigProblem(f"{where}.for: missing")
-        values = _values(config, settings, where)
+        values = shared | own[alert.name]
         rules.append(
             {
                 "alert": alert.name,
@@ -481,11 +562,45 @@ def render_alerts(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"groups": [{"name": "whitebit-exporter.alerts", "rules": rules}]}
 
 
+def balance_thresholds(config: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The ``balance_thresholds`` entries of the config, checked: account, wallet, asset and ``below``."""
+    entries = config.get("balance_thresholds") or []
+    if not isinstance(entries, list):
+        raise ConfigProblem("balance_thresholds: must be a list of {account, wallet, asset, below}")
+    thresholds: list[dict[str, str]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for index, entry in enumerate(entries):
+        where = f"balance_thresholds[{index}]"
+        if not isinstance(entry, Mapping) or set(entry) != {"account", "wallet", "asset", "below"}:
+            raise ConfigProblem(f"{where}: needs exactly account, wallet, asset and below")
+        for key in ("account", "asset"):
+            if not isinstance(entry[key], str) or not _LABEL_VALUE.fullmatch(entry[key]):
+                raise ConfigProblem(f"{where}.{key}: {entry[key]!r} is not a label value (letters, digits, _ . -)")
+        if entry["wallet"] not in WALLETS:
+            raise ConfigProblem(f"{where}.wallet: must be one of {', '.join(WALLETS)}")
+        below = entry["below"]
+        if isinstance(below, bool) or not isinstance(below, int | float) or not 0 < below < float("inf"):
+            raise ConfigProblem(f"{where}.below: must be a number above 0")
+        key = (entry["account"], entry["wallet"], entry["asset"])
+        if key in seen:
+            raise ConfigProblem(f"{where}: {'/'.join(key)} has a threshold already")
+        seen.add(key)
+        thresholds.append({"account": key[0], "wallet": key[1], "asset": key[2], "threshold": _number(float(below))})
+    return thresholds
+
+
 def render_rules(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The rules.yaml document (recording rules)."""
+    """The rules.yaml document (recording rules; a group of threshold series when thresholds are set)."""
     values = {"selector": str(config["selector"])}
     rules = [{"record": record, "expr": _fill(expr, values, record)} for record, expr in RECORDING_RULES]
-    return {"groups": [{"name": "whitebit-exporter.rules", "rules": rules}]}
+    groups: list[dict[str, Any]] = [{"name": "whitebit-exporter.rules", "rules": rules}]
+    thresholds = [
+        {"record": BALANCE_THRESHOLD_RECORD, "expr": f"vector({labels['threshold']})", "labels": labels}
+        for labels in balance_thresholds(config)
+    ]
+    if thresholds:
+        groups.append({"name": "whitebit-exporter.balance-thresholds", "rules": thresholds})
+    return {"groups": groups}
 
 
 class _Dumper(yaml.SafeDumper):

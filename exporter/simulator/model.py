@@ -1,4 +1,4 @@
-"""The simulated exchange: accounts, balances, open orders and transfer history.
+"""The simulated exchange: accounts, balances, collateral positions, open orders and transfer history.
 
 A pure state machine with no I/O: every operation changes state the way WhiteBIT documents it and
 emits the events WhiteBIT would push (``ordersPending_update``, ``balanceSpot_update``,
@@ -129,6 +129,19 @@ class MarginBalance:
     def available_with_borrow(self) -> Decimal:
         # The simulator lends up to 10x collateral, a round figure that keeps `ab` distinct from `av`.
         return self.available_without_borrow * 10
+
+
+@dataclass(frozen=True)
+class Position:
+    """An open collateral position: ``amount`` of the market's base asset (negative: short) at ``base_price``.
+
+    Opening one leaves the collateral balance as it is (WhiteBIT's ``balanceMargin`` page says so);
+    what it is worth shows in the collateral summary (``/api/v4/collateral-account/summary``).
+    """
+
+    market: str
+    amount: Decimal
+    base_price: Decimal
 
 
 @dataclass
@@ -344,6 +357,7 @@ class Account:
     main: dict[str, Decimal] = field(default_factory=dict)
     spot: dict[str, SpotBalance] = field(default_factory=dict)
     collateral: dict[str, MarginBalance] = field(default_factory=dict)
+    positions: dict[str, Position] = field(default_factory=dict)  # by market
     orders: dict[int, Order] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)  # oldest first
     #: False for an account without collateral (margin) trading: its collateral wallet stays empty and
@@ -474,18 +488,22 @@ class Exchange:
         main: Mapping[str, str | Decimal] | None = None,
         spot: Mapping[str, str | Decimal] | None = None,
         collateral: Mapping[str, str | Decimal] | None = None,
+        positions: Mapping[str, str | Decimal] | None = None,
         collateral_trading: bool = True,
     ) -> Account:
-        """Create an account with starting balances (spot amounts are all available)."""
+        """Create an account with starting balances (spot amounts are all available) and open
+        positions (market -> base amount, negative for a short, opened at the market's price)."""
         if name in self.accounts:
             raise ValueError(f"account {name!r} exists")
-        if collateral and not collateral_trading:
-            raise ValueError(f"account {name!r} has no collateral trading, so no collateral balances")
+        if (collateral or positions) and not collateral_trading:
+            raise ValueError(f"account {name!r} has no collateral trading, so no collateral balances or positions")
         account = Account(name, api_key, api_secret, webhook_key, webhook_secret, collateral_trading=collateral_trading)
         account.main = {k: Decimal(v) for k, v in (main or {}).items()}
         account.spot = {k: SpotBalance(Decimal(v)) for k, v in (spot or {}).items()}
         account.collateral = {k: MarginBalance(Decimal(v)) for k, v in (collateral or {}).items()}
         self.accounts[name] = account
+        for market, amount in (positions or {}).items():
+            self.open_position(name, market, Decimal(amount))
         return account
 
     def account_by_key(self, api_key: str) -> Account | None:
@@ -849,6 +867,20 @@ class Exchange:
         balance = account.collateral.setdefault(asset, MarginBalance())
         balance.borrow = max(balance.borrow + amount, ZERO)
         self._emit_margin(account, (asset,))
+
+    def open_position(self, account_name: str, market: str, amount: Decimal) -> Position:
+        """Open a collateral position at the market's current price (negative ``amount``: a short)."""
+        account = self._account(account_name)
+        if not account.collateral_trading:
+            raise ExchangeError(f"account {account_name} has no collateral trading")
+        self._split(market)
+        if amount == 0:
+            raise ExchangeError("a position needs a non-zero amount")
+        if market in account.positions:
+            raise ExchangeError(f"account {account_name} already holds a {market} position")
+        position = Position(market, amount, self.prices[market])
+        account.positions[market] = position
+        return position
 
     # --- deposits and withdrawals ---
 

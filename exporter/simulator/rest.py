@@ -92,9 +92,10 @@ _MIN_DEPOSIT_WITHDRAW = {"BTC": ("0.0001", "0.0003"), "ETH": ("0.001", "0.005")}
 # Collateral valuation: assets are valued in this quote currency through the `<ASSET>_USDT` price.
 _VALUATION_QUOTE = "USDT"
 _LEVERAGE = 10  # matches MarginBalance.available_with_borrow (10x collateral)
-# marginFraction "1000000000000000000000" means no open positions (previous docs; docs/protocol.md#collateral-balance);
-# the simulator has none.
+# marginFraction "1000000000000000000000" means no open positions (previous docs; docs/protocol.md#collateral-balance).
 _NO_POSITIONS_MARGIN_FRACTION = "1000000000000000000000"
+# Places of a margin fraction, as in the previous docs' example ("6.2446758120916304").
+_MARGIN_FRACTION_PLACES = Decimal("1e-16")
 
 _MISSING: Any = object()
 
@@ -382,22 +383,36 @@ class RestApi:
         ]
 
     def _collateral_summary(self, account: Account, params: dict[str, Any]) -> tuple[int, Any]:
-        # With no positions: equity is the net collateral value in USDT; borrowing ties up
-        # borrow/leverage of it as margin; funding and PnL are zero.
+        # Everything in USDT. Equity is the net collateral value plus the open positions' unrealized
+        # PnL at the current prices; borrowing and positions tie up 1/leverage of their value as
+        # margin; no funding is charged. marginFraction is equity over the value of the open positions,
+        # so it falls as a position loses, towards the 3% at which WhiteBIT liquidates
+        # (docs/protocol.md#collateral-balance), or the no-positions value when there is none.
         equity = ZERO
         borrowed = ZERO
         for asset, balance in account.collateral.items():
             price = self._price_in_quote(asset)
             equity += (balance.balance - balance.borrow) * price
             borrowed += balance.borrow * price
-        margin = borrowed / _LEVERAGE
+        exposure = ZERO
+        pnl = ZERO
+        for position in account.positions.values():
+            in_quote = self._price_in_quote(position.market.split("_")[1])
+            price = self.exchange.prices[position.market]
+            exposure += abs(position.amount) * price * in_quote
+            pnl += position.amount * (price - position.base_price) * in_quote
+        equity += pnl
+        margin = (borrowed + exposure) / _LEVERAGE
+        fraction = (
+            fmt((equity / exposure).quantize(_MARGIN_FRACTION_PLACES)) if exposure else _NO_POSITIONS_MARGIN_FRACTION
+        )
         return 200, {
             "equity": fmt(equity),
             "margin": fmt(margin),
             "freeMargin": fmt(equity - margin),
             "unrealizedFunding": "0",
-            "pnl": "0",
-            "marginFraction": _NO_POSITIONS_MARGIN_FRACTION,
+            "pnl": fmt(pnl),
+            "marginFraction": fraction,
             "leverage": _LEVERAGE,
         }
 

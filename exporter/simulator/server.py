@@ -53,6 +53,8 @@ class SimulatedAccount:
     main: Mapping[str, str] = field(default_factory=lambda: {"USDT": "25000", "BTC": "1.5", "ETH": "20"})
     spot: Mapping[str, str] = field(default_factory=lambda: {"USDT": "250000", "BTC": "4", "ETH": "60"})
     collateral: Mapping[str, str] = field(default_factory=lambda: {"USDT": "5000", "BTC": "0.25"})
+    #: Open collateral positions (market -> base amount, negative for a short), opened at the start price.
+    positions: Mapping[str, str] = field(default_factory=dict)
     #: False: no collateral (margin) trading; the collateral wallet is empty and the WebSocket refuses
     #: ``balanceMargin`` with an error (what WhiteBIT does then is not documented).
     collateral_trading: bool = True
@@ -114,6 +116,7 @@ class Simulator:
                 main=account.main,
                 spot=account.spot,
                 collateral=account.collateral if account.collateral_trading else {},
+                positions=account.positions,
                 collateral_trading=account.collateral_trading,
             )
         self.tokens = TokenIssuer(clock=clock)

@@ -8,6 +8,8 @@
 - :func:`substitute_variables` replaces Grafana variables with values Prometheus accepts.
 - :func:`running_demo` runs the ``--demo`` wiring in-process on free loopback ports.
 - :func:`run_tool` runs promtool, amtool or hadolint and returns ``(exit code, output)``.
+- :func:`load_generator` imports prometheus/generate.py; :func:`configured_records` names the series it
+  records from config.yaml's own entries (low-balance thresholds), which rules.yaml holds only when set.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import re
 import shutil
@@ -22,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -149,6 +153,21 @@ def alert_rules() -> list[dict[str, Any]]:
 def recording_rules() -> list[dict[str, Any]]:
     """Every recording rule of prometheus/rules.yaml."""
     return _rules(RULES)
+
+
+def load_generator() -> ModuleType:
+    """prometheus/generate.py as a module."""
+    spec = importlib.util.spec_from_file_location("bundle_generate", PROMETHEUS_DIR / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def configured_records() -> frozenset[str]:
+    """Series the generator records from config.yaml's entries (none by default), read by alert rules."""
+    return frozenset({load_generator().BALANCE_THRESHOLD_RECORD})
 
 
 def dashboards() -> dict[str, dict[str, Any]]:

@@ -5,21 +5,20 @@ its metrics listener behind TLS and basic auth, as --web.config.file sets them),
 that forges deliveries often, a short reconcile grace and a short webhook retry delay. Prometheus (the
 Debian package's /usr/bin/prometheus) runs as a subprocess on a free port with a temporary storage
 directory, 1 s scrape and evaluation intervals, and the bundle's rules generated from
-prometheus/config.yaml with every ``for:`` set to 0s (nothing else changed), so alerts fire within
-seconds instead of minutes. Nothing here sleeps for a fixed time: every wait polls a condition.
+prometheus/config.yaml with every ``for:`` set to 0s, so alerts fire within seconds instead of minutes
+(one test also sets margin levels and low-balance thresholds that the demo's numbers trip). Nothing
+here sleeps for a fixed time: every wait polls a condition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
+import math
 import secrets
 import socket
-import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
@@ -27,21 +26,15 @@ import bcrypt
 import yaml
 
 from exporter.config.schema import ServerTlsConfig, WebSecurityConfig
-from exporter.demo import DEMO_ACCOUNT
-from tests.bundle.harness import PROMETHEUS_DIR, running_demo, running_tool, tool
+from exporter.demo import DEMO_ACCOUNT, DEMO_SPOT_ACCOUNT
+from tests.bundle.harness import PROMETHEUS_DIR, load_generator, running_demo, running_tool, tool
 from tests.certs import issue_pki
 from tests.helpers import wait_for
 
 JOB = "whitebit-exporter"
 
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bundle_generate", PROMETHEUS_DIR / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+#: Changes to prometheus/config.yaml before the rules are generated.
+ConfigChange = Callable[[dict[str, Any]], None]
 
 
 def free_port() -> int:
@@ -50,12 +43,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_rules(directory: Path) -> list[str]:
-    """The bundled rules, from prometheus/config.yaml with every ``for:`` set to 0s."""
+def write_rules(directory: Path, change: ConfigChange | None = None) -> list[str]:
+    """The bundled rules, from prometheus/config.yaml with every ``for:`` set to 0s, and ``change`` made."""
     generate = load_generator()
     config = generate.load_config(PROMETHEUS_DIR / "config.yaml")
     for settings in config["alerts"].values():
         settings["for"] = "0s"
+    if change is not None:
+        change(config)
     paths = []
     for name, content in generate.render(config).items():
         path = directory / name
@@ -95,13 +90,18 @@ class Prometheus:
 
 @contextlib.asynccontextmanager
 async def running_prometheus(
-    directory: Path, target: str, *, scrape_configs: list[dict[str, Any]] | None = None
+    directory: Path,
+    target: str,
+    *,
+    scrape_configs: list[dict[str, Any]] | None = None,
+    change: ConfigChange | None = None,
 ) -> AsyncIterator[Prometheus]:
-    """Prometheus scraping ``target`` as job JOB, or with ``scrape_configs`` instead when given."""
+    """Prometheus scraping ``target`` as job JOB, or with ``scrape_configs`` instead when given, with the
+    bundle's rules generated after ``change`` to prometheus/config.yaml."""
     await asyncio.to_thread(directory.mkdir)
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": write_rules(directory),
+        "rule_files": write_rules(directory, change),
         "scrape_configs": scrape_configs or [{"job_name": JOB, "static_configs": [{"targets": [target]}]}],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -270,6 +270,82 @@ async def test_a_dropped_deposit_webhook_fires_the_overdue_then_the_missed_webho
             assert not [a for a in await prometheus.alerts("WhitebitWebhookMissed") if a["labels"]["kind"] != "deposit"]
             samples = await prometheus.query(f'whitebit_webhooks_missed_total{{account="{DEMO_ACCOUNT}"}}')
             assert {s["metric"]["kind"]: float(s["value"][1]) for s in samples} == {"deposit": 1.0, "withdraw": 0.0}
+
+
+def levels_the_demo_trips(config: dict[str, Any]) -> None:
+    """Margin levels and low-balance thresholds against the demo's numbers.
+
+    The demo account holds a BTC_USDT long worth about 1.5 times its collateral (a margin fraction near
+    0.67), below both levels; demo-spot has no positions (+Inf). Its collateral BTC (0.25, and what
+    transfers add) is below 1000; demo-spot, without collateral trading, has no collateral USDT series at
+    all, which counts as 0, below 1; its main USDT (25000) never gets below 1.
+    """
+    config["alerts"]["WhitebitCollateralMarginLow"]["threshold"] = 1000
+    config["alerts"]["WhitebitCollateralNearLiquidation"]["threshold"] = 100
+    config["balance_thresholds"] = [
+        {"account": DEMO_ACCOUNT, "wallet": "collateral", "asset": "BTC", "below": 1000},
+        {"account": DEMO_SPOT_ACCOUNT, "wallet": "collateral", "asset": "USDT", "below": 1},
+        {"account": DEMO_ACCOUNT, "wallet": "main", "asset": "USDT", "below": 1},
+    ]
+
+
+async def test_the_margin_and_low_balance_alerts_fire_on_the_demo_with_levels_it_trips(tmp_path: Path) -> None:
+    async with running_demo(tmp_path / "demo", forge_every=None) as demo:
+        assert demo.exporter is not None
+        target = demo.exporter.metrics_url.removeprefix("http://")
+        async with running_prometheus(tmp_path / "prometheus", target, change=levels_the_demo_trips) as prometheus:
+
+            async def firing_for(alertname: str, *keys: str) -> set[tuple[str, ...]]:
+                return {tuple(a["labels"][k] for k in keys) for a in await prometheus.alerts(alertname)}
+
+            async def margin_alerts_firing() -> bool:
+                low = await firing_for("WhitebitCollateralMarginLow", "account")
+                near = await firing_for("WhitebitCollateralNearLiquidation", "account")
+                return (DEMO_ACCOUNT,) in low and (DEMO_ACCOUNT,) in near
+
+            await wait_for(
+                margin_alerts_firing,
+                timeout=90,
+                interval=0.5,
+                message=f"the margin alerts never fired for the demo account; {failure_log(prometheus)}",
+            )
+            samples = await prometheus.query(f'whitebit_collateral_margin_fraction{{job="{JOB}"}}')
+            fractions = {s["metric"]["account"]: float(s["value"][1]) for s in samples}
+            assert 0 < fractions[DEMO_ACCOUNT] < 100 and fractions[DEMO_SPOT_ACCOUNT] == math.inf, fractions
+            # +Inf (no positions) trips neither level: demo-spot is neither firing nor pending.
+            for name in ("WhitebitCollateralMarginLow", "WhitebitCollateralNearLiquidation"):
+                alerts = (await prometheus.api("alerts"))["alerts"]
+                assert {a["labels"]["account"] for a in alerts if a["labels"]["alertname"] == name} == {DEMO_ACCOUNT}
+            alert = (await prometheus.alerts("WhitebitCollateralNearLiquidation"))[0]
+            assert alert["labels"]["severity"] == "critical"
+            assert "has been below 100 for 0s" in alert["annotations"]["description"]
+
+            low = {
+                (DEMO_ACCOUNT, "collateral", "BTC", "1000"),
+                (DEMO_SPOT_ACCOUNT, "collateral", "USDT", "1"),
+            }
+
+            async def balance_alerts_firing() -> bool:
+                return await firing_for("WhitebitBalanceLow", "account", "wallet", "asset", "threshold") >= low
+
+            await wait_for(
+                balance_alerts_firing,
+                timeout=90,
+                interval=0.5,
+                message=f"WhitebitBalanceLow never fired for both balances; {failure_log(prometheus)}",
+            )
+            assert await firing_for("WhitebitBalanceLow", "account", "wallet", "asset", "threshold") == low
+            emptied = next(
+                a for a in await prometheus.alerts("WhitebitBalanceLow") if a["labels"]["account"] == DEMO_SPOT_ACCOUNT
+            )
+            # No series: counted as 0, and named after the exporter that watches the wallet.
+            assert emptied["labels"]["instance"] == target
+            assert emptied["annotations"]["description"].startswith(
+                f"The collateral balance of account {DEMO_SPOT_ACCOUNT} on {target} is 0 USDT"
+            )
+            assert not await prometheus.query(
+                f'whitebit_balance{{job="{JOB}", account="{DEMO_SPOT_ACCOUNT}", wallet="collateral", asset="USDT"}}'
+            )
 
 
 async def test_prometheus_scrapes_the_exporter_over_tls_with_basic_auth(tmp_path: Path) -> None:

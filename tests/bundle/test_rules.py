@@ -24,6 +24,7 @@ from tests.bundle.harness import (
     RULES,
     RUNBOOK,
     alert_rules,
+    configured_records,
     dashboards,
     metric_names,
     recording_rules,
@@ -177,12 +178,132 @@ def test_every_alert_has_a_firing_and_a_non_firing_unit_test() -> None:
 
 
 def test_recording_rules_follow_level_metric_operation_naming_and_are_used() -> None:
-    records = {rule["record"] for rule in recording_rules()}
+    records = {rule["record"] for rule in recording_rules()} | configured_records()
     for record in records:
         assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", record), record
     used = set().union(*(metric_names(rule["expr"]) for rule in alert_rules()))
     assert used & records, "no alert uses a recording rule"
     assert {name for name in used if ":" in name} <= records
+
+
+def run_generator(config: dict[str, object], directory: Path) -> subprocess.CompletedProcess[str]:
+    """generate.py on ``config``, writing into ``directory``."""
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run(
+        [sys.executable, str(PROMETHEUS_DIR / "generate.py"), "--config", str(path), "--out", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_balance_thresholds_become_series_the_low_balance_alert_compares_with(tmp_path: Path) -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "config.yaml").read_text())
+    assert config["balance_thresholds"] == []  # none by default
+    config["balance_thresholds"] = [
+        {"account": "payouts", "wallet": "main", "asset": "USDT", "below": 5000},
+        {"account": "payouts", "wallet": "spot", "asset": "BTC", "below": 0.25},
+    ]
+    result = run_generator(config, tmp_path)
+    assert result.returncode == 0, result.stderr
+    groups = yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"]
+    assert [g["name"] for g in groups] == ["whitebit-exporter.rules", "whitebit-exporter.balance-thresholds"]
+    assert groups[1]["rules"] == [
+        {
+            "record": "account_wallet_asset:whitebit_balance:low_threshold",
+            "expr": "vector(5000)",
+            "labels": {"account": "payouts", "wallet": "main", "asset": "USDT", "threshold": "5000"},
+        },
+        {
+            "record": "account_wallet_asset:whitebit_balance:low_threshold",
+            "expr": "vector(0.25)",
+            "labels": {"account": "payouts", "wallet": "spot", "asset": "BTC", "threshold": "0.25"},
+        },
+    ]
+    # The generated series and the alert rule work together: main USDT is below its threshold, spot BTC is
+    # not, and the emptied spot USDT has none.
+    account = 'job="whitebit-exporter", instance="exp:9945", account="payouts"'
+    balances = {("main", "USDT"): "4000x10", ("spot", "BTC"): "0.3x10", ("spot", "USDT"): "0x10"}
+    series = [
+        {"series": f'whitebit_balance{{{account}, wallet="{wallet}", asset="{asset}"}}', "values": values}
+        for (wallet, asset), values in balances.items()
+    ]
+    series.append({"series": f"whitebit_up{{{account}}}", "values": "1x10"})
+    expected = {
+        "exp_labels": {
+            "severity": "warning",
+            "job": "whitebit-exporter",
+            "instance": "exp:9945",
+            "account": "payouts",
+            "wallet": "main",
+            "asset": "USDT",
+            "threshold": "5000",
+        },
+        "exp_annotations": {
+            "summary": "A WhiteBIT balance is below its configured threshold.",
+            "description": "The main balance of account payouts on exp:9945 is 4000 USDT and has been below its "
+            "threshold of 5000 USDT for 5m (balance_thresholds in prometheus/config.yaml).",
+            "runbook_url": f"{config['runbook_url']}#whitebitbalancelow",
+            "dashboard_url": "http://localhost:3000/d/whitebit-overview?var-job=whitebit-exporter"
+            "&var-instance=exp:9945&var-account=payouts",
+        },
+    }
+    unit_test = {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [{"eval_time": "6m", "alertname": "WhitebitBalanceLow", "exp_alerts": [expected]}],
+    }
+    document = {"rule_files": ["alerts.yaml", "rules.yaml"], "evaluation_interval": "1m", "tests": [unit_test]}
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(document))
+    code, output = run_tool("promtool", "test", "rules", str(tmp_path / "test.yaml"))
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"account": "main", "wallet": "margin", "asset": "USDT", "below": 1}, "balance_thresholds[0].wallet"),
+        ({"account": 'ma"in', "wallet": "main", "asset": "USDT", "below": 1}, "balance_thresholds[0].account"),
+        ({"account": "main", "wallet": "main", "asset": "", "below": 1}, "balance_thresholds[0].asset"),
+        ({"account": "main", "wallet": "main", "asset": "USDT", "below": 0}, "balance_thresholds[0].below"),
+        ({"account": "main", "wallet": "main", "asset": "USDT", "below": "lots"}, "balance_thresholds[0].below"),
+        ({"account": "main", "wallet": "main", "asset": "USDT"}, "needs exactly account, wallet, asset and below"),
+    ],
+)
+def test_the_generator_rejects_a_bad_balance_threshold(tmp_path: Path, entry: dict[str, object], expected: str) -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "config.yaml").read_text())
+    config["balance_thresholds"] = [entry]
+    result = run_generator(config, tmp_path)
+    assert result.returncode == 1
+    assert expected in result.stderr
+
+
+def test_the_generator_rejects_a_balance_threshold_given_twice(tmp_path: Path) -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "config.yaml").read_text())
+    entry = {"account": "main", "wallet": "spot", "asset": "BTC", "below": 1}
+    config["balance_thresholds"] = [entry, {**entry, "below": 2}]
+    result = run_generator(config, tmp_path)
+    assert result.returncode == 1
+    assert "balance_thresholds[1]: main/spot/BTC has a threshold already" in result.stderr
+
+
+def test_the_margin_alerts_follow_the_summary_max_age_and_refuse_levels_in_the_wrong_order(tmp_path: Path) -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "config.yaml").read_text())
+    config["alerts"]["WhitebitCollateralSummaryStale"].update(max_age="10m", enabled=False)
+    result = run_generator(config, tmp_path)
+    assert result.returncode == 0, result.stderr
+    rules = {
+        r["alert"]: r for g in yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"] for r in g["rules"]
+    }
+    assert "WhitebitCollateralSummaryStale" not in rules
+    for name in ("WhitebitCollateralMarginLow", "WhitebitCollateralNearLiquidation"):
+        assert rules[name]["expr"].endswith("<= 600)"), rules[name]["expr"]
+    config["alerts"]["WhitebitCollateralNearLiquidation"]["threshold"] = 0.1
+    result = run_generator(config, tmp_path)
+    assert result.returncode == 1
+    assert "WhitebitCollateralNearLiquidation.threshold: 0.1 must be below" in result.stderr
 
 
 def test_amtool_accepts_the_alertmanager_example_and_it_routes_by_severity() -> None:

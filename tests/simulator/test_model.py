@@ -220,3 +220,29 @@ def test_orders_that_would_overdraw_are_refused(exchange):
     with pytest.raises(ExchangeError):
         x.place_order("main", "BTC_USDT", SIDE_SELL, D("3"), price=D("60000"))
     assert events == []
+
+
+def test_a_position_opens_at_the_market_price_and_leaves_the_collateral_balance_alone(exchange):
+    x, events = exchange
+    x.set_price("BTC_USDT", D("61000"))
+    position = x.open_position("main", "BTC_USDT", D("-0.1"))
+    assert (position.market, position.amount, position.base_price) == ("BTC_USDT", D("-0.1"), D("61000"))
+    assert x.accounts["main"].positions == {"BTC_USDT": position}
+    assert x.accounts["main"].collateral["USDT"].balance == D("500")
+    assert not [e for e in events if isinstance(e, MarginBalanceEvent)]
+
+
+def test_positions_are_refused_without_collateral_trading_in_an_unknown_market_or_twice(exchange):
+    x, _ = exchange
+    x.add_account("spot-only", api_key="k2", api_secret="s2", collateral_trading=False)
+    with pytest.raises(ExchangeError, match="no collateral trading"):
+        x.open_position("spot-only", "BTC_USDT", D("1"))
+    with pytest.raises(ExchangeError, match="does not exist"):
+        x.open_position("main", "SOL_USDT", D("1"))
+    with pytest.raises(ExchangeError, match="non-zero"):
+        x.open_position("main", "BTC_USDT", D("0"))
+    x.open_position("main", "BTC_USDT", D("1"))
+    with pytest.raises(ExchangeError, match="already holds"):
+        x.open_position("main", "BTC_USDT", D("1"))
+    with pytest.raises(ValueError, match="no collateral trading"):
+        x.add_account("spot-too", api_key="k3", api_secret="s3", positions={"BTC_USDT": "1"}, collateral_trading=False)

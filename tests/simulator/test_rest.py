@@ -277,6 +277,29 @@ async def test_collateral_summary_values_the_collateral_with_no_positions(sim):
     }
 
 
+async def test_collateral_summary_with_positions_has_a_margin_fraction_that_falls_as_they_lose(sim):
+    sim.exchange.open_position("main", "BTC_USDT", D("0.5"))  # long, at 60000
+    sim.exchange.open_position("main", "ETH_USDT", D("-2"))  # short, at 3000
+    status, body = await sim.call("/api/v4/collateral-account/summary")
+    assert status == 200
+    # Equity 500 + 0.25 * 60000 = 15500 against positions worth 30000 + 6000: margin 36000 / 10.
+    assert body == {
+        "equity": "15500",
+        "margin": "3600",
+        "freeMargin": "11900",
+        "unrealizedFunding": "0",
+        "pnl": "0",
+        "marginFraction": "0.4305555555555556",
+        "leverage": 10,
+    }
+    # BTC falls 10% and ETH rises 10%: both positions lose (3000 + 600), the BTC collateral too (1500).
+    sim.exchange.set_price("BTC_USDT", D("54000"))
+    sim.exchange.set_price("ETH_USDT", D("3300"))
+    status, body = await sim.call("/api/v4/collateral-account/summary")
+    assert (body["equity"], body["pnl"], body["margin"]) == ("10400", "-3600", "3360")
+    assert body["marginFraction"] == "0.3095238095238095"  # 10400 / (27000 + 6600)
+
+
 # --- deposit/withdraw history -----------------------------------------------------------------
 
 
