@@ -1,7 +1,8 @@
 """Helpers for the monitoring-bundle tests (tests/test_bundle_*.py).
 
 - The bundle's files: :func:`alert_rules`, :func:`recording_rules`, :func:`dashboards`,
-  :func:`dashboard_queries`.
+  :func:`dashboard_queries` (panels, annotations and variables); :func:`readme_metric_names`, the
+  metrics the README documents.
 - PromQL without a PromQL parser: :func:`selectors` lists the vector selectors of an expression
   (metric name and matcher text), :func:`metric_names` the names it reads; good for the simple,
   well-formed expressions of this bundle, while promtool checks their syntax for real.
@@ -41,6 +42,7 @@ ALERTS = PROMETHEUS_DIR / "alerts.yaml"
 RULES = PROMETHEUS_DIR / "rules.yaml"
 RULE_TESTS = PROMETHEUS_DIR / "tests" / "alerts_test.yaml"
 RUNBOOK = PROMETHEUS_DIR / "runbook.md"
+README = ROOT / "README.md"
 
 #: Series Prometheus makes itself rather than scraping them.
 SYNTHETIC = frozenset({"up"})
@@ -133,6 +135,7 @@ def substitute_variables(expr: str) -> str:
         "instance": ".+",
         "account": ".+",
         "account_group": ".+",
+        "asset": ".+",
     }
     for name, value in values.items():
         expr = expr.replace("${" + name + "}", value)
@@ -184,16 +187,31 @@ def data_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield panel
 
 
+def prometheus_annotations(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dashboard's annotations that query Prometheus (Grafana's built-in one is left out)."""
+    return [a for a in dashboard["annotations"]["list"] if a["datasource"].get("type") == "prometheus"]
+
+
 def dashboard_queries() -> Iterator[tuple[str, str, str]]:
-    """``(dashboard file, panel title or variable name, expr)`` for every query of every dashboard."""
+    """``(dashboard file, panel title or "annotation NAME" or "$variable", expr)`` for every dashboard query."""
     for name, dashboard in dashboards().items():
         for panel in data_panels(dashboard):
             for target in panel["targets"]:
                 yield name, panel["title"], target["expr"]
+        for annotation in prometheus_annotations(dashboard):
+            yield name, f"annotation {annotation['name']}", annotation["expr"]
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
                 query = variable["query"]
                 yield name, f"${variable['name']}", query["query"] if isinstance(query, dict) else query
+
+
+def readme_metric_names() -> set[str]:
+    """Every metric name the README's "Metrics" section names in backquotes (the user contract)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## Metrics\n") :]
+    section = section[: section.index("\n## ", 1)]
+    return set(re.findall(r"`((?:whitebit|zerohash|process|python)_[a-z0-9_]+)`", section))
 
 
 def tool(name: str) -> str:

@@ -6,8 +6,8 @@ that forges deliveries often, a short reconcile grace and a short webhook retry 
 Debian package's /usr/bin/prometheus) runs as a subprocess on a free port with a temporary storage
 directory, 1 s scrape and evaluation intervals, and the bundle's rules generated from
 prometheus/config.yaml with every ``for:`` set to 0s, so alerts fire within seconds instead of minutes
-(one test also sets margin levels and low-balance thresholds that the demo's numbers trip). Nothing
-here sleeps for a fixed time: every wait polls a condition.
+(one test also sets margin levels and low-balance thresholds that the demo's numbers trip). Every
+dashboard query runs on it too. Nothing here sleeps for a fixed time: every wait polls a condition.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,15 @@ import yaml
 
 from exporter.config.schema import ServerTlsConfig, WebSecurityConfig
 from exporter.demo import DEMO_ACCOUNT, DEMO_SPOT_ACCOUNT
-from tests.bundle.harness import PROMETHEUS_DIR, load_generator, running_demo, running_tool, tool
+from tests.bundle.harness import (
+    PROMETHEUS_DIR,
+    dashboard_queries,
+    load_generator,
+    running_demo,
+    running_tool,
+    substitute_variables,
+    tool,
+)
 from tests.certs import issue_pki
 from tests.helpers import wait_for
 
@@ -129,6 +139,41 @@ def failure_log(prometheus: Prometheus) -> str:
     return prometheus.log.read_text(errors="replace")[-3000:]
 
 
+def dashboard_expr(title: str, expr: str) -> str:
+    """A dashboard query as Prometheus gets it: variables substituted; a variable's selector alone."""
+    if title.startswith("$"):
+        expr = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr).group(1)  # type: ignore[union-attr]
+    return substitute_variables(expr)
+
+
+async def dashboards_evaluate_against_live_data(prometheus: Prometheus) -> None:
+    """Every dashboard query runs on Prometheus without an error, and the key ones show the demo's state."""
+    results: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
+    for file, title, expr in dashboard_queries():
+        results.setdefault((file, title), []).append(await prometheus.query(dashboard_expr(title, expr)))
+
+    def values(file: str, title: str, index: int = 0) -> list[float]:
+        return [float(sample["value"][1]) for sample in results[(file, title)][index]]
+
+    # One balance panel per asset: each asset's wallets are there (the demo holds USDT and BTC).
+    balances = results[("whitebit-overview.json", "Balance: $asset")][0]
+    assert {s["metric"]["wallet"] for s in balances} >= {"main", "spot", "collateral"}, balances
+    # demo-spot holds no position, so its margin fraction is +Inf and left out, not drawn; demo's position
+    # gives it a finite one, drawn.
+    [spot] = await prometheus.query(f'whitebit_collateral_margin_fraction{{job="{JOB}"}} == Inf')
+    assert spot["metric"]["account"] == DEMO_SPOT_ACCOUNT
+    [drawn] = results[("whitebit-overview.json", "Margin fraction")][0]
+    assert drawn["metric"]["account"] == DEMO_ACCOUNT and 0 < float(drawn["value"][1]) < math.inf
+    assert values("whitebit-overview.json", "Tasks not running") == [0.0]
+    assert values("whitebit-overview.json", "State file") == [1.0]
+    assert values("whitebit-overview.json", "Collateral summary age")
+    assert 0 < max(values("whitebit-connectivity.json", "Open files")) < 1
+    assert values("whitebit-connectivity.json", "WebSocket connected")
+    # The restart annotation's value is the exporter's start, in milliseconds: this process started it.
+    (started,) = values("whitebit-overview.json", "annotation Exporter restarts")
+    assert time.time() - 600 < started / 1000 <= time.time()
+
+
 async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires(tmp_path: Path) -> None:
     options = {"scenario_rate": 10.0, "forge_every": 3, "reconcile_grace": 5.0, "webhook_retry_delay": 1.0}
     async with running_demo(tmp_path / "demo", **options) as demo:
@@ -184,6 +229,8 @@ async def test_prometheus_scrapes_the_demo_and_the_signature_failure_alert_fires
                 return bool(await prometheus.query("account_endpoint:whitebit_rest_requests_failed:ratio_rate5m"))
 
             await wait_for(recorded, timeout=60, interval=0.5, message="the REST ratio rule never recorded")
+
+            await dashboards_evaluate_against_live_data(prometheus)
 
             # Drop a webhook in the simulator through its control API: the delivery is never sent.
             async with aiohttp.ClientSession() as session:
