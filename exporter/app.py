@@ -275,6 +275,7 @@ class Exporter:
         self._whitebit = build_sources(
             config.whitebit,
             config.rest,
+            prices=config.prices,
             transfers=transfers,
             state=state,
             health=self.health,

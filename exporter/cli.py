@@ -160,9 +160,15 @@ def summary(config: Config) -> str:
         metrics = f"{metrics[:-1]}, " if metrics else " ("
         metrics += f"basic auth: {count} user{'s' if count != 1 else ''})"
     webhooks = " (https)" if config.webhooks.tls is not None else ""
+    if not config.prices.enabled:
+        prices = "off"
+    elif not any(account.has_api for account in config.whitebit):
+        prices = "off (no account with api_key)"
+    else:
+        prices = f"in {config.prices.quote} every {config.prices.interval:g}s"
     return (
         f"{accounts}; Zero Hash webhooks {zerohash}; metrics on {config.web.listen_address}{metrics}; "
-        f"webhooks on {config.webhooks.listen_address}{webhooks}; state in {config.state.path}"
+        f"webhooks on {config.webhooks.listen_address}{webhooks}; state in {config.state.path}; prices {prices}"
     )
 
 

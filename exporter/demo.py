@@ -9,7 +9,9 @@ and the reconciliation grace are shortened so that a dropped webhook shows withi
 The simulator runs with every variation WhiteBIT's documents show or allow switched on (both zero-
 balance forms, newest-first listings, replies and pushes overtaking each other, a clock that is off),
 and the demo watches two accounts: ``demo``, with webhooks and an open collateral position, and
-``demo-spot``, an account without collateral trading whose ``balanceMargin`` channel is refused.
+``demo-spot``, an account without collateral trading whose ``balanceMargin`` channel is refused. Prices come
+from the simulator's public ticker every few seconds, so they move with its random walk; ``demo-spot`` also
+holds UAH, priced through the ticker's ``USDT_UAH``, and OLDCOIN, whose only market is frozen, so it has no price.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from exporter.config.schema import (
     Config,
     ListenAddress,
     PollConfig,
+    PricesConfig,
     RelayConfig,
     RelayTargetConfig,
     StateConfig,
@@ -57,6 +60,11 @@ WHITEBIT_WEBHOOK_PATH = "/webhooks/whitebit"
 ZEROHASH_WEBHOOK_PATH = "/webhooks/zerohash"
 #: Zero Hash participants that get their own series in the demo (the simulator uses PART01…PART05).
 DEMO_PARTICIPANTS = ("PART01",)
+#: demo-spot's main wallet: the simulator's usual assets, UAH (valued through the ticker's USDT_UAH, a
+#: market quoted the other way round) and OLDCOIN (its only market is frozen: no price).
+DEMO_SPOT_MAIN = {"USDT": "25000", "BTC": "1.5", "ETH": "20", "UAH": "180000", "OLDCOIN": "50000"}
+#: How often the demo reads the ticker (a minute by default), so prices move on the dashboard.
+DEMO_PRICES_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ def simulator_settings(credentials: DemoCredentials, options: DemoOptions) -> Si
                 name=DEMO_SPOT_ACCOUNT,
                 api_key=credentials.spot_api_key,
                 api_secret=credentials.spot_api_secret,
+                main=DEMO_SPOT_MAIN,
                 collateral_trading=False,
             ),
         ),
@@ -179,6 +188,7 @@ def exporter_config(
         zerohash=ZerohashConfig(
             webhook=ZerohashWebhookConfig(hmac_secrets=(credentials.zerohash_secret,), participants=DEMO_PARTICIPANTS)
         ),
+        prices=PricesConfig(interval=DEMO_PRICES_INTERVAL),
         # Everything received is forwarded to the simulator's payment backend, which checks the signatures.
         relay=RelayConfig(
             (

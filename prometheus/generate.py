@@ -463,6 +463,28 @@ RECORDING_RULES: tuple[tuple[str, str], ...] = (
     ),
 )
 
+#: Recording rules that value every balance in the exporter's quote asset (``prices.quote`` of its config), at
+#: prices read no longer than ``valuation.max_price_age`` ago: a balance whose asset has no price, or only an old
+#: one, is left out rather than valued at an old price. A group of their own, evaluated in order, so each total
+#: adds up the values of the same evaluation.
+VALUATION_GROUP = "whitebit-exporter.valuation"
+VALUATION_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "account_wallet_asset:whitebit_balance_value:sum",
+        (
+            "sum by (job, instance, account, wallet, asset, quote) (whitebit_balance{[[selector]]}"
+            " * on (job, instance, asset) group_left (quote) (whitebit_price{[[selector]]}"
+            " and on (job, instance, quote)"
+            " (time() - whitebit_price_last_update_timestamp_seconds{[[selector]]} <= [[max_price_age_seconds]])))"
+        ),
+    ),
+    (
+        "account:whitebit_balance_value:sum",
+        "sum by (job, instance, account, quote) (account_wallet_asset:whitebit_balance_value:sum{[[selector]]})",
+    ),
+)
+_VALUATION_DEFAULTS = {"max_price_age": "10m"}
+
 _PLACEHOLDER = re.compile(r"\[\[((?:[A-Za-z]+\.)?[a-z_]+)\]\]")
 _ALERT_KEYS = {"severity", "for", "enabled", "window", "threshold", "max_age", "deposit_max_age", "withdraw_max_age"}
 SEVERITIES = ("critical", "warning", "info")
@@ -594,6 +616,9 @@ def render_rules(config: Mapping[str, Any]) -> dict[str, Any]:
     values = {"selector": str(config["selector"])}
     rules = [{"record": record, "expr": _fill(expr, values, record)} for record, expr in RECORDING_RULES]
     groups: list[dict[str, Any]] = [{"name": "whitebit-exporter.rules", "rules": rules}]
+    valuation = _valuation_values(config)
+    valued = [{"record": record, "expr": _fill(expr, valuation, record)} for record, expr in VALUATION_RULES]
+    groups.append({"name": VALUATION_GROUP, "rules": valued})
     thresholds = [
         {"record": BALANCE_THRESHOLD_RECORD, "expr": f"vector({labels['threshold']})", "labels": labels}
         for labels in balance_thresholds(config)
@@ -601,6 +626,26 @@ def render_rules(config: Mapping[str, Any]) -> dict[str, Any]:
     if thresholds:
         groups.append({"name": "whitebit-exporter.balance-thresholds", "rules": thresholds})
     return {"groups": groups}
+
+
+def _valuation_values(config: Mapping[str, Any]) -> dict[str, str]:
+    """The placeholders of :data:`VALUATION_RULES`, from the optional ``valuation`` section."""
+    settings = config.get("valuation") or {}
+    if not isinstance(settings, Mapping):
+        raise ConfigProblem("valuation: must be a mapping")
+    unknown = sorted(set(settings) - set(_VALUATION_DEFAULTS))
+    if unknown:
+        raise ConfigProblem(f"valuation: unknown key(s) {', '.join(unknown)}")
+    max_age = str(settings.get("max_price_age", _VALUATION_DEFAULTS["max_price_age"]))
+    try:
+        seconds = duration_seconds(max_age)
+    except ValueError as exc:
+        raise ConfigProblem(f"valuation.max_price_age: {exc}") from None
+    return {
+        "selector": str(config["selector"]),
+        "max_price_age": max_age,
+        "max_price_age_seconds": _number(seconds),
+    }
 
 
 class _Dumper(yaml.SafeDumper):

@@ -140,6 +140,42 @@ def test_config_check_on_a_bad_file_prints_every_problem_and_exits_1(
     assert any("bogus_section" in line for line in lines)
 
 
+def test_config_check_reports_bad_price_settings_with_their_locations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(
+        "whitebit:\n  - {name: main, api_key: key, api_secret: secret}\n"
+        "prices:\n  quote: usdt\n  interval: 0.2\n  enabled: 1\n"
+    )
+    assert main(["--config.file", str(path), "--config.check"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"{path}: prices.enabled: expected true or false, got a number",
+        f'{path}: prices.quote: invalid asset "usdt" (use the ticker as WhiteBIT names it in markets, e.g. USDT)',
+        f"{path}: prices.interval: must be at least 1s (WhiteBIT caches the ticker for a second), got 0.2 s",
+    ]
+
+
+def test_config_check_says_whether_and_how_prices_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    account = "whitebit:\n  - {name: main, api_key: key, api_secret: secret}\n"
+    cases = {
+        account: "prices in USDT every 60s",
+        account + "prices: {quote: UAH, interval: 5s}\n": "prices in UAH every 5s",
+        account + "prices: {enabled: false}\n": "prices off",
+        # Prices value what accounts hold, which only accounts with an API key report.
+        "whitebit:\n  - {name: hooks, webhook: {public_key: k, secrets: [s]}}\n": (
+            "prices off (no account with api_key)"
+        ),
+    }
+    for index, (text, expected) in enumerate(cases.items()):
+        path = tmp_path / f"config-{index}.yaml"
+        path.write_text(text)
+        assert main(["--config.file", str(path), "--config.check"]) == 0
+        assert capsys.readouterr().out.rstrip("\n").endswith(f"; {expected}"), expected
+
+
 def test_config_check_on_a_missing_file_exits_1_naming_it_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -42,6 +42,7 @@ from exporter.config.schema import (
     FAMILIES,
     MAX_LISTENER_CONNECTIONS,
     MAX_ZEROHASH_TIMESTAMP_TOLERANCE,
+    MIN_PRICE_INTERVAL,
     NONCE_POLICIES,
     RELAY_PROVIDERS,
     RESERVED_ACCOUNT_NAME,
@@ -49,6 +50,7 @@ from exporter.config.schema import (
     Config,
     ListenAddress,
     PollConfig,
+    PricesConfig,
     RateLimit,
     RelayConfig,
     RelayTargetConfig,
@@ -73,7 +75,7 @@ from exporter.config.tls import (
     tls_version,
 )
 
-_TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash", "relay")
+_TOP_KEYS = ("web", "webhooks", "state", "rest", "whitebit", "zerohash", "relay", "prices")
 _RELAY_KEYS = ("targets",)
 _RELAY_TARGET_KEYS = (
     "name",
@@ -164,6 +166,7 @@ N = TypeVar("N", int, float)
 _POLL_KEYS = tuple(poll.name for poll in dataclasses.fields(PollConfig))
 _REST_KEYS = ("timeout", "max_retries", "request_duration_buckets", "rate_limits")
 _RATE_LIMIT_KEYS = ("limit", "window")
+_PRICES_KEYS = ("enabled", "quote", "interval")
 MAX_RETRIES_LIMIT = 20
 _WHITEBIT_WEBHOOK_KEYS = ("public_key", "public_key_file", "secrets", "secrets_file", "nonce_policy")
 _ZEROHASH_KEYS = ("webhook",)
@@ -182,6 +185,8 @@ LEGACY_SIGNATURE_POLICIES = ("auto", "refuse", "accept")
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ASSET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MARKET = re.compile(r"[A-Z0-9]+(?:_[A-Z0-9]+)+")
+# One side of a market name: the form of a quote asset WhiteBIT's ticker can name.
+_QUOTE = re.compile(r"[A-Z0-9]+")
 _HOST = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # "$${" is an escaped literal "${"; "${NAME}" a reference; "${" without "}" is unterminated.
@@ -483,6 +488,7 @@ class _Loader:
         accounts = self.accounts(top.get("whitebit"))
         zerohash = self.zerohash(top["zerohash"]) if _present(top, "zerohash") else None
         relay = self.relay(top.get("relay"), accounts)
+        prices = self.prices(top.get("prices"))
         if not _present(top, "zerohash") and top.get("whitebit") in (None, []):
             self.problem(self.source, "nothing to monitor (configure a whitebit account or the zerohash section)")
         return Config(
@@ -501,6 +507,7 @@ class _Loader:
             zerohash=zerohash,
             rest=rest,
             relay=relay,
+            prices=prices,
         )
 
     def web_security(self, document: dict[Any, Any]) -> WebSecurityConfig:
@@ -691,6 +698,30 @@ class _Loader:
             max_retries=RestConfig.max_retries if retries is None else retries,
             request_duration_buckets=RestConfig.request_duration_buckets if buckets is None else buckets,
             rate_limits=limits,
+        )
+
+    def prices(self, node: Any) -> PricesConfig:
+        fields = self.mapping(node, "prices", _PRICES_KEYS) or {}
+        enabled = self.boolean(fields, "enabled", "prices")
+        quote = self.string_field(fields, "quote", "prices")
+        if quote is not None and not _QUOTE.fullmatch(quote):
+            self.problem(
+                "prices.quote",
+                f'invalid asset "{quote}" (use the ticker as WhiteBIT names it in markets, e.g. USDT)',
+            )
+            quote = None
+        interval = self.duration(fields, "interval", "prices")
+        if interval is not None and interval < MIN_PRICE_INTERVAL:
+            self.problem(
+                "prices.interval",
+                f"must be at least {MIN_PRICE_INTERVAL:g}s (WhiteBIT caches the ticker for a second),"
+                f" got {interval:g} s",
+            )
+            interval = None
+        return PricesConfig(
+            enabled=PricesConfig.enabled if enabled is None else enabled,
+            quote=quote or PricesConfig.quote,
+            interval=PricesConfig.interval if interval is None else interval,
         )
 
     def rate_limits(self, node: Any, location: str) -> tuple[tuple[str, RateLimit], ...]:

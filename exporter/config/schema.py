@@ -51,6 +51,8 @@ DOCUMENTED_LIMITS: dict[str, RateLimit] = {
     "orders": RateLimit(1_000, 10.0),
     "profile/websocket_token": RateLimit(10, 60.0),
     "sub-account/balances": RateLimit(1_000, 10.0),
+    # The public ticker (docs/protocol.md#public-ticker): 2,000 / 10 s, within the public 20,000.
+    "public/ticker": RateLimit(2_000, 10.0),
 }
 
 FAMILIES: tuple[str, ...] = tuple(DOCUMENTED_LIMITS)
@@ -217,6 +219,21 @@ class RestConfig:
     rate_limits: tuple[tuple[str, RateLimit], ...] = ()
 
 
+#: The quote asset prices are exported in when ``prices.quote`` is not set.
+DEFAULT_PRICE_QUOTE = "USDT"
+#: The shortest ``prices.interval``: WhiteBIT caches the ticker for a second, so a faster poll reads the same data.
+MIN_PRICE_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class PricesConfig:
+    """Prices of the held assets in one quote asset, from WhiteBIT's public ticker (one request per ``interval``)."""
+
+    enabled: bool = True
+    quote: str = DEFAULT_PRICE_QUOTE
+    interval: float = 60.0
+
+
 #: The largest ``zerohash.webhook.timestamp_tolerance`` the loader accepts. The tolerance exists for clock
 #: error between Zero Hash and us (minutes); late retries are accepted past it anyway (README, "Late
 #: retries"), and the replay margin the dedupe retention gives shrinks by twice the tolerance.
@@ -299,3 +316,4 @@ class Config:
     zerohash: ZerohashConfig | None = None
     rest: RestConfig = RestConfig()
     relay: RelayConfig = RelayConfig()
+    prices: PricesConfig = PricesConfig()

@@ -409,17 +409,17 @@ ZEROHASH_WEBHOOK_LAST_RECEIVED_TIMESTAMP_SECONDS = GaugeDef(
 
 WHITEBIT_REST_REQUEST_DURATION_SECONDS = HistogramDef(
     "whitebit_rest_request_duration_seconds",
-    "Duration of each private REST attempt (the HTTP exchange, not the wait for a rate-limit slot).",
+    "Duration of each REST attempt, private or public (the HTTP exchange, not the wait for a rate-limit slot).",
     ("account", "endpoint"),
 )
 WHITEBIT_REST_REQUESTS = CounterDef(
     "whitebit_rest_requests",
-    'Private REST attempts by HTTP status code (code="error": no answer), retries included.',
+    'REST attempts, private or public, by HTTP status code (code="error": no answer), retries included.',
     ("account", "endpoint", "code"),
 )
 WHITEBIT_REST_RATE_LIMITED = CounterDef(
     "whitebit_rest_rate_limited",
-    "Private REST attempts answered 429 Too many requests (a rate limit or a reused nonce).",
+    "REST attempts answered 429 Too many requests (a rate limit or a reused nonce).",
     ("account", "endpoint"),
 )
 WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO = GaugeDef(
@@ -438,6 +438,21 @@ WHITEBIT_CLOCK_SYNC_TIMESTAMP_SECONDS = GaugeDef(
     "whitebit_clock_sync_timestamp_seconds",
     "Unix time of the last successful measurement of WhiteBIT's clock.",
     ("account",),
+)
+
+# --- prices (WhiteBIT's public ticker) ------------------------------------------------------------
+
+WHITEBIT_PRICE = GaugeDef(
+    "whitebit_price",
+    "Last trade price of a held asset in the quote asset (quote units per unit) from WhiteBIT's public ticker; "
+    "1 for the quote asset itself.",
+    ("asset", "quote"),
+)
+WHITEBIT_PRICE_LAST_UPDATE_TIMESTAMP_SECONDS = GaugeDef(
+    "whitebit_price_last_update_timestamp_seconds",
+    "Unix time the public ticker was last read (the poll's start); before the first answer, the time the exporter "
+    "started polling it.",
+    ("quote",),
 )
 
 #: Every metric the exporter defines, in the order of the README's tables.
@@ -509,6 +524,8 @@ METRICS: tuple[MetricDef, ...] = (
     WHITEBIT_REST_RATE_LIMIT_USAGE_RATIO,
     WHITEBIT_CLOCK_OFFSET_SECONDS,
     WHITEBIT_CLOCK_SYNC_TIMESTAMP_SECONDS,
+    WHITEBIT_PRICE,
+    WHITEBIT_PRICE_LAST_UPDATE_TIMESTAMP_SECONDS,
 )
 
 

@@ -167,7 +167,9 @@ class SourceStatus:
     """A source's health entry and its outage log, told the same thing at once.
 
     What :class:`~exporter.whitebit.pollers.Poller` reports: ``failed`` when a poll failed, ``ok`` when
-    one succeeded, and ``attempt_failed`` for each attempt its REST client is about to retry.
+    one succeeded, and ``attempt_failed`` for each attempt its REST client is about to retry. A source
+    that is no account's data (the public ticker's prices) has no health entry (:meth:`unlisted`): it
+    logs its outages like any other but never makes the exporter unready.
     """
 
     def __init__(
@@ -177,20 +179,42 @@ class SourceStatus:
         logger: logging.Logger = log,
         summary_interval: float = SUMMARY_INTERVAL,
     ) -> None:
-        self.health = health
+        self.health: SourceHealth | None = health
+        self._ok = False
         # The health registry's clock: the exporter's, which tests move by hand.
         self.outage = OutageReporter(
             health.source, health.account, clock=health.clock, logger=logger, summary_interval=summary_interval
         )
 
+    @classmethod
+    def unlisted(
+        cls,
+        source: str,
+        account: str | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        logger: logging.Logger = log,
+        summary_interval: float = SUMMARY_INTERVAL,
+    ) -> SourceStatus:
+        """A status that only logs: no health entry, so ``/-/ready`` and ``whitebit_up`` never hear of it."""
+        status = cls.__new__(cls)
+        status.health = None
+        status._ok = False
+        status.outage = OutageReporter(source, account, clock=clock, logger=logger, summary_interval=summary_interval)
+        return status
+
     def ok(self, note: str = "") -> None:
         """The source is connected and fresh (see :meth:`SourceHealth.ok`); ends an outage."""
-        self.health.ok(note)
+        if self.health is not None:
+            self.health.ok(note)
+        self._ok = True
         self.outage.recovered()
 
     def failed(self, reason: str) -> None:
         """The source failed: ``/-/ready`` shows ``reason`` and the outage log counts it."""
-        self.health.failing(reason)
+        if self.health is not None:
+            self.health.failing(reason)
+        self._ok = False
         self.outage.failed(reason)
 
     def attempt_failed(self, reason: str) -> None:
@@ -200,5 +224,6 @@ class SourceStatus:
         While it is not (starting, or already failing), it is a failure like any other, so ``/-/ready``
         names the real reason from the first failed attempt, not ``starting`` until every retry is spent.
         """
-        if not self.health.is_ok:
+        is_ok = self.health.is_ok if self.health is not None else self._ok
+        if not is_ok:
             self.failed(reason)

@@ -472,6 +472,10 @@ class Exchange:
         self.prices: dict[str, Decimal] = {
             market: DEFAULT_PRICES.get(market.split("_")[0], Decimal("1")) for market in markets
         }
+        #: What the public ticker reports beside the price: the price the simulation opened at (its
+        #: ``change`` is measured from it) and the (base, quote) volume filled since then, per market.
+        self.opening_prices: dict[str, Decimal] = dict(self.prices)
+        self.volumes: dict[str, tuple[Decimal, Decimal]] = dict.fromkeys(markets, (ZERO, ZERO))
         self._order_ids = itertools.count(4_200_000_001)
         self._listeners: list[Listener] = []
 
@@ -701,6 +705,8 @@ class Exchange:
                     raise ExchangeError(f"not enough {base} balance")
                 base_wallet.available -= qty
             quote_wallet.available += money - fee
+        base_volume, quote_volume = self.volumes.get(order.market, (ZERO, ZERO))
+        self.volumes[order.market] = (base_volume + qty, quote_volume + money)
         order.left -= qty
         order.deal_stock += qty
         order.deal_money += money

@@ -21,6 +21,13 @@ Validation errors use WhiteBIT's envelope ``{"code", "message", "errors": {field
 account endpoints answer 400 with code 0 (the history page documents HTTP 400 for them), trade
 endpoints 422 with codes 30/31 as their pages show.
 
+The public ticker (``GET /api/v4/public/ticker``, docs/protocol.md#public-ticker) answers every traded
+market at the price the scenario walks, plus the :class:`ListedMarket` entries (an inverse market, one
+never traded with ``last_price`` ``"0"``, a frozen one), with ids as integers and amounts as strings,
+alternately with and without ``change`` (the current and the previous docs' forms). Its 429 and its
+503 (maintenance) are the gateway's non-JSON pages; :meth:`RestApi.fail_ticker` makes it answer the
+API's 500 ``{"error": [...]}``.
+
 The aiohttp ``Application`` is assembled elsewhere (``exporter.simulator.server``); this module only
 adds routes to it with :meth:`RestApi.register`.
 """
@@ -29,7 +36,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeGuard
 
@@ -99,6 +107,31 @@ _MARGIN_FRACTION_PLACES = Decimal("1e-16")
 
 _MISSING: Any = object()
 
+TICKER = API + "/public/ticker"
+# What the gateway in front of the public API answers when it throttles or during maintenance: not JSON
+# (docs/protocol.md#public-ticker). The bodies are the simulator's own.
+GATEWAY_429 = "<html><head><title>429 Too Many Requests</title></head><body>429 Too Many Requests</body></html>"
+GATEWAY_503 = (
+    "<html><head><title>503 Service Temporarily Unavailable</title></head>"
+    "<body>503 Service Temporarily Unavailable</body></html>"
+)
+#: The public API's own 500 body.
+INTERNAL_ERROR_BODY: dict[str, Any] = {"error": ["Internal server error."]}
+
+
+@dataclass(frozen=True)
+class ListedMarket:
+    """A market the public ticker lists although the simulator does not trade on it.
+
+    ``last_price`` ``"0"`` is a market listed but never traded; ``frozen`` one whose trading is
+    disabled (``isFrozen``), which the market list (markets enabled for trading only) leaves out.
+    """
+
+    name: str
+    last_price: str
+    frozen: bool = False
+
+
 PrivateHandler = Callable[[Account, dict[str, Any]], tuple[int, Any]]
 PublicHandler = Callable[[web.Request], tuple[int, Any]]
 
@@ -112,6 +145,30 @@ def _json_number(amount: Decimal) -> int | float:
     if amount == amount.to_integral_value():
         return int(amount)
     return float(amount)
+
+
+def _ticker_entry(
+    market: str,
+    price: Decimal,
+    base_volume: Decimal,
+    quote_volume: Decimal,
+    change: Decimal,
+    frozen: bool,
+    with_change: bool,
+) -> dict[str, Any]:
+    """One market of ``/public/ticker``: ids as integers (0: unknown), amounts as decimal strings."""
+    base, quote = market.split("_")
+    entry: dict[str, Any] = {
+        "base_id": int(_UNIFIED_IDS.get(base, "0")),
+        "quote_id": int(_UNIFIED_IDS.get(quote, "0")),
+        "last_price": fmt(price),
+        "quote_volume": fmt(quote_volume),
+        "base_volume": fmt(base_volume),
+        "isFrozen": frozen,
+    }
+    if with_change:
+        entry["change"] = fmt(change.quantize(Decimal("0.01")))
+    return entry
 
 
 def _is_int(value: object) -> TypeGuard[int]:
@@ -178,6 +235,7 @@ class RestApi:
         history_success_status: int = 200,
         listing: AssetListing | None = None,
         history_paging_required: bool = True,
+        ticker_markets: Sequence[ListedMarket] = (),
     ) -> None:
         # History limit maximum: 100 (previous docs) or 500 (current docs),
         # docs/protocol.md#deposit-and-withdrawal-history.
@@ -204,6 +262,11 @@ class RestApi:
         self.history_refuses_status_filter = False
         self._unavailable = False
         self._stats: dict[str, dict[str, Any]] = {}
+        # Markets the ticker lists besides the traded ones; answers alternate between the ticker's
+        # current form (with `change`) and the previous docs' one (without), starting with the current.
+        self.ticker_markets: tuple[ListedMarket, ...] = tuple(ticker_markets)
+        self._ticker_answers = 0
+        self._ticker_failures = 0
 
     # --- control ---
 
@@ -218,6 +281,12 @@ class RestApi:
     def force_rate_limit(self, family_or_path: str, count: int) -> None:
         """The next ``count`` requests of this endpoint family answer 429 (WhiteBIT throttling)."""
         self.limiter.force(family_or_path, count)
+
+    def fail_ticker(self, count: int) -> None:
+        """The next ``count`` ticker requests answer 500 ``{"error": ["Internal server error."]}``."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self._ticker_failures = count
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per endpoint: requests served, the last status, and counts by status (JSON-ready)."""
@@ -259,6 +328,7 @@ class RestApi:
         }
         routes = [web.post(API + path, self._private_route(API + path, handler)) for path, handler in private.items()]
         routes += [web.get(API + path, self._public_route(API + path, handler)) for path, handler in public.items()]
+        routes.append(web.get(TICKER, self._ticker_route))
         routes += [
             web.get(API + "/public/{tail:.*}", self._public_route("<unknown public>", self._public_not_found)),
             web.post(API + "/{tail:.*}", self._public_route("<unknown private>", self._private_not_found)),
@@ -268,6 +338,10 @@ class RestApi:
     def _respond(self, endpoint: str, status: int, body: Any) -> web.Response:
         self._record(endpoint, status)
         return web.json_response(body, status=status, dumps=_dumps)
+
+    def _respond_gateway(self, endpoint: str, status: int, text: str) -> web.Response:
+        self._record(endpoint, status)
+        return web.Response(text=text, status=status, content_type="text/html")
 
     def _admit(self, request: web.Request) -> bool:
         return self.limiter.check(request.remote or "unknown", request.path)
@@ -549,12 +623,15 @@ class RestApi:
     # --- public endpoints ---
 
     def _markets(self, request: web.Request) -> tuple[int, Any]:
-        return 200, [self._market_info(market) for market in self.exchange.markets]
+        # Only markets enabled for trading: a frozen one is left out.
+        traded = [self._market_info(market, self.exchange.prices[market]) for market in self.exchange.markets]
+        listed = [self._market_info(m.name, Decimal(m.last_price)) for m in self.ticker_markets if not m.frozen]
+        return 200, traded + listed
 
-    def _market_info(self, market: str) -> dict[str, Any]:
+    def _market_info(self, market: str, price: Decimal) -> dict[str, Any]:
         stock, money = market.split("_")
         stock_prec = _STOCK_PRECISION.get(stock, 4)
-        money_prec = 2 if self.exchange.prices.get(market, Decimal(1)) >= 1 else 6
+        money_prec = 2 if price >= 1 else 6
         return {
             "name": market,
             "stock": stock,
@@ -599,6 +676,33 @@ class RestApi:
             "currency_precision": str(_CURRENCY_PRECISION.get(ticker, 8)),
             "is_memo": False,
         }
+
+    async def _ticker_route(self, request: web.Request) -> web.Response:
+        """``GET /api/v4/public/ticker``: the gateway's non-JSON 429 and 503, the API's own 500, or the ticker."""
+        if not self._admit(request):
+            return self._respond_gateway(TICKER, 429, GATEWAY_429)
+        if self._unavailable:
+            return self._respond_gateway(TICKER, 503, GATEWAY_503)
+        if self._ticker_failures:
+            self._ticker_failures -= 1
+            return self._respond(TICKER, 500, INTERNAL_ERROR_BODY)
+        return self._respond(TICKER, 200, self.ticker())
+
+    def ticker(self) -> dict[str, Any]:
+        """One ticker answer: every traded market at its current price, then the listed-only ones."""
+        with_change = self._ticker_answers % 2 == 0
+        self._ticker_answers += 1
+        answer: dict[str, Any] = {}
+        for market in self.exchange.markets:
+            price = self.exchange.prices[market]
+            opening = self.exchange.opening_prices.get(market, price)
+            base_volume, quote_volume = self.exchange.volumes.get(market, (ZERO, ZERO))
+            change = (price - opening) / opening * 100 if opening else ZERO
+            answer[market] = _ticker_entry(market, price, base_volume, quote_volume, change, False, with_change)
+        for listed in self.ticker_markets:
+            price = Decimal(listed.last_price)
+            answer[listed.name] = _ticker_entry(listed.name, price, ZERO, ZERO, ZERO, listed.frozen, with_change)
+        return answer
 
     def _time(self, request: web.Request) -> tuple[int, Any]:
         return 200, {"time": int(self.clock())}

@@ -27,7 +27,7 @@ from aiohttp import web
 from exporter.simulator.backend import PaymentBackend
 from exporter.simulator.listing import LISTED_ASSETS, AssetListing, ZeroBalances
 from exporter.simulator.model import Exchange
-from exporter.simulator.rest import RestApi
+from exporter.simulator.rest import ListedMarket, RestApi
 from exporter.simulator.scenario import ScenarioEngine
 from exporter.simulator.tokens import TokenIssuer
 from exporter.simulator.webhooks import WebhookSender
@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MARKETS = ("BTC_USDT", "ETH_USDT")
 #: Where the control API lives; ``GET`` on it lists every control endpoint.
 CONTROL_PREFIX = "/_simulator/"
+#: Markets the public ticker lists besides the traded ones, as WhiteBIT's does: a market quoted the other
+#: way round (UAH is valued in USDT through it), one listed but never traded and one frozen (trading
+#: disabled ahead of a delisting).
+DEFAULT_TICKER_MARKETS = (
+    ListedMarket("USDT_UAH", "41.52"),
+    ListedMarket("NEWCOIN_USDT", "0"),
+    ListedMarket("OLDCOIN_USDT", "0.0042", frozen=True),
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class SimulatorSettings:
     # Replies and pushes on one WebSocket overtake each other by up to this many seconds: WhiteBIT does
     # not document that they arrive in the order they were computed.
     ws_interleave: float = DEFAULT_INTERLEAVE
+    # What the public ticker lists besides the traded markets (docs/protocol.md#public-ticker).
+    ticker_markets: tuple[ListedMarket, ...] = DEFAULT_TICKER_MARKETS
     seed: int | None = None
 
 
@@ -123,7 +133,9 @@ class Simulator:
         self.listing = AssetListing(
             self.exchange, listed_assets=settings.listed_assets, zero_balances=settings.zero_balances, rng=self.rng
         )
-        self.rest = RestApi(self.exchange, self.tokens, clock=clock, listing=self.listing)
+        self.rest = RestApi(
+            self.exchange, self.tokens, clock=clock, listing=self.listing, ticker_markets=settings.ticker_markets
+        )
         self.exchange.list_newest_first = settings.list_newest_first
         self.ws = WebSocketHub(
             self.exchange,

@@ -99,6 +99,10 @@ class AccountBalances:
         """Collateral ``(balance B, borrowed b)`` of the exported assets (none before the first answer)."""
         return {asset: self._collateral.get(asset, (ZERO, ZERO)) for asset in self._shown(WALLET_COLLATERAL)}
 
+    def exported_assets(self) -> set[str]:
+        """Every asset with a ``whitebit_balance`` series in some wallet (what the exporter values)."""
+        return {asset for wallet in WALLETS for asset in self._shown(wallet)}
+
     def _shown(self, wallet: str) -> list[str]:
         # An allow-listed asset is not shown at 0 before WhiteBIT said anything: an alert on a low
         # balance must not fire on an exporter that just started.

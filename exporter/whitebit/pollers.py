@@ -282,7 +282,8 @@ class TradeBalancePoll:
 
 
 class Poller:
-    """Runs one poll every ``interval`` seconds as a supervised source, reporting to its ``status``."""
+    """Runs one poll every ``interval`` seconds as a supervised source, reporting to its ``status`` (whose
+    health entry the price poll has none of, since prices are no account's data, see exporter.whitebit.prices)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The exporter's own REST rate limiter: WhiteBIT's documented limits, per endpoint family.
 
-WhiteBIT counts private REST requests per client IP and endpoint family in windows of 10 s (60 s
+WhiteBIT counts REST requests (private and public) per client IP and endpoint family in windows of 10 s (60 s
 for the WebSocket token) and answers 429 over the limit (docs/protocol.md#rest-rate-limits); repeated 429s may get the
 IP or key restricted. The exporter therefore never sends a request the limit would refuse: every
 request first takes a slot from its family's :class:`FamilyLimiter`, and a caller that finds the
@@ -39,12 +39,14 @@ _EXACT_FAMILIES = (
     "profile/websocket_token",
     "orders",
     "sub-account/balances",
+    "public/ticker",
 )
 _PREFIX_FAMILIES = ("main-account", "trade-account", "collateral-account")
 
 
 def family_for(path: str) -> str:
-    """The rate-limit family of a private request path (a key of :data:`DOCUMENTED_LIMITS`)."""
+    """The rate-limit family of a request path (a key of :data:`DOCUMENTED_LIMITS`); public paths other than the
+    ticker fall in ``default``, which is stricter than WhiteBIT's public limit."""
     if not path.startswith(_V4):
         return "default"
     rest = path[len(_V4) :]

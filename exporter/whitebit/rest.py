@@ -69,8 +69,8 @@ from exporter.whitebit.signing import NonceSource, sign_request
 
 log = logging.getLogger(__name__)
 
-# The documented private endpoints the exporter calls (history: by the reconciliation poller); the
-# `endpoint` label takes these values only.
+# The documented endpoints the exporter calls (history: by the reconciliation poller; the public ones
+# unsigned); the `endpoint` label takes these values only.
 MAIN_BALANCE = "/api/v4/main-account/balance"
 MAIN_HISTORY = "/api/v4/main-account/history"
 TRADE_BALANCE = "/api/v4/trade-account/balance"
@@ -79,6 +79,8 @@ COLLATERAL_SUMMARY = "/api/v4/collateral-account/summary"
 WEBSOCKET_TOKEN = "/api/v4/profile/websocket_token"
 #: Public, unsigned: WhiteBIT's clock (see exporter.whitebit.clock).
 PUBLIC_TIME = "/api/v4/public/time"
+#: Public, unsigned: the last price of every market (see exporter.whitebit.prices).
+PUBLIC_TICKER = "/api/v4/public/ticker"
 ENDPOINTS: tuple[str, ...] = (
     MAIN_BALANCE,
     MAIN_HISTORY,
@@ -87,6 +89,7 @@ ENDPOINTS: tuple[str, ...] = (
     COLLATERAL_SUMMARY,
     WEBSOCKET_TOKEN,
     PUBLIC_TIME,
+    PUBLIC_TICKER,
 )
 #: The `endpoint` label of a path outside :data:`ENDPOINTS`, so a caller cannot mint series.
 OTHER_ENDPOINT = "other"

@@ -3,6 +3,8 @@
 Per account: the private WebSocket (spot and collateral wallets, open orders), the REST pollers
 (main balance, collateral, the spot wallet while the WebSocket is down) and history reconciliation.
 Per WhiteBIT base URL: the measurement of its clock, which every nonce of its accounts is signed on.
+Once: the public ticker, which prices the assets every account holds (``prices``; through the first
+account's client and base URL).
 Shared by every account: one rate limiter (WhiteBIT limits per IP), one HTTP session and one
 collector per metric family, so each family is exposed once whatever the number of accounts.
 Accounts run on webhooks alone need no source.
@@ -11,19 +13,21 @@ Accounts run on webhooks alone need no source.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.config.schema import RestConfig, WhitebitAccountConfig
+from exporter.config.schema import PricesConfig, RestConfig, WhitebitAccountConfig
 from exporter.core.health import HealthRegistry
+from exporter.core.outage import SourceStatus
 from exporter.core.state import StateStore
 from exporter.core.supervisor import Source
 from exporter.whitebit.balances import AccountBalances, BalancesCollector
 from exporter.whitebit.clock import ClockCollector, ClockSync, ExchangeClock
-from exporter.whitebit.pollers import CollateralSummaries, build_pollers
+from exporter.whitebit.pollers import CollateralSummaries, Poller, build_pollers
+from exporter.whitebit.prices import PricePoll, Prices
 from exporter.whitebit.ratelimit import RateLimiter
 from exporter.whitebit.reconcile import MissedWebhooks, build_history_poller
 from exporter.whitebit.rest import PUBLIC_TIME, RestClient, RestMetrics, RestTransport
@@ -54,10 +58,14 @@ def build_sources(
     state: StateStore,
     health: HealthRegistry,
     registry: CollectorRegistry,
+    prices: PricesConfig | None = None,
     clock: Callable[[], float] = time.time,
     host_clock: Callable[[], float] = time.time,
 ) -> WhitebitSources:
-    """The sources of every account with API credentials; their collectors are registered on ``registry``."""
+    """The sources of every account with API credentials; their collectors are registered on ``registry``.
+
+    ``prices`` (default: on, in USDT, every minute) says whether and how the public ticker prices the held assets.
+    """
     api_accounts = [account for account in accounts if account.has_api]
     if not api_accounts:
         return WhitebitSources((), None)
@@ -78,6 +86,7 @@ def build_sources(
         registry.register(collector)
 
     sources: list[Source] = []
+    clients: list[RestClient] = []
     nonces: dict[str, NonceSource] = {}  # WhiteBIT tracks nonces per API key
     exchange_clocks: dict[str, ExchangeClock] = {}  # by base URL: one exchange, one clock
     for account in api_accounts:
@@ -103,6 +112,7 @@ def build_sources(
             max_retries=rest.max_retries,
             on_nonce_refused=exchange_clock.nonce_refused,
         )
+        clients.append(client)
         if measure:
             sources.append(
                 ClockSync(
@@ -147,4 +157,33 @@ def build_sources(
                 clock=clock,
             )
         )
+    prices = prices if prices is not None else PricesConfig()
+    if prices.enabled:
+        sources.append(_price_poller(clients[0], balances.values(), prices, registry, clock=clock))
     return WhitebitSources(tuple(sources), transport)
+
+
+def _price_poller(
+    client: RestClient,
+    balances: Iterable[AccountBalances],
+    settings: PricesConfig,
+    registry: CollectorRegistry,
+    *,
+    clock: Callable[[], float],
+) -> Poller:
+    """The ticker poll (``rest:prices:<account>``), pricing every asset of ``balances``; no health entry."""
+    held = tuple(balances)
+    prices = Prices(
+        settings.quote,
+        lambda: {asset for account in held for asset in account.exported_assets()},
+        watching_since=clock(),
+    )
+    registry.register(prices)
+    status = SourceStatus.unlisted(f"rest:{PricePoll.kind}", client.account, clock=clock)
+    return Poller(
+        account=client.account,
+        kind=PricePoll.kind,
+        interval=settings.interval,
+        poll=PricePoll(client.observed(lambda error: status.attempt_failed(str(error))), prices, clock=clock),
+        status=status,
+    )

@@ -23,6 +23,7 @@ from exporter.config.schema import (
     Config,
     ListenAddress,
     PollConfig,
+    PricesConfig,
     RateLimit,
     RestConfig,
     StateConfig,
@@ -519,3 +520,33 @@ def test_rest_settings_default_to_the_documented_limits_and_nonce_window_on(tmp_
     assert account_named(config, "main").poll.trade_balance == 30.0
     # The shipped example spells out the same defaults.
     assert load_config(EXAMPLE, EXAMPLE_ENV).rest == config.rest
+
+
+# --- prices ------------------------------------------------------------------------------------------
+
+
+def test_prices_are_on_by_default_in_usdt_every_minute_as_the_example_spells_out(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ACCOUNT), {})
+
+    assert config.prices == PricesConfig(enabled=True, quote="USDT", interval=60.0)
+    assert load_config(EXAMPLE, EXAMPLE_ENV).prices == config.prices
+
+
+def test_prices_settings_load_and_a_ticker_rate_limit_may_be_lowered(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        ACCOUNT
+        + "prices:\n  quote: ${QUOTE}\n  interval: 1s\n"
+        + "rest:\n  rate_limits:\n    public/ticker: {limit: 100}\n",
+    )
+
+    config = load_config(path, {"QUOTE": "UAH"})
+
+    assert config.prices == PricesConfig(enabled=True, quote="UAH", interval=1.0)
+    assert config.rest.rate_limits == (("public/ticker", RateLimit(100, 10.0)),)
+
+
+def test_prices_switched_off_keep_the_other_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ACCOUNT + "prices: {enabled: false, quote: null}\n"), {})
+
+    assert config.prices == PricesConfig(enabled=False, quote="USDT", interval=60.0)

@@ -137,6 +137,19 @@ EXPECTED: dict[str, list[str]] = {
         'whitebit[0].poll.trade_balance: invalid duration "soon" (use forms like 30s, 10m, 1h)',
         "whitebit[0].nonce_window: expected true or false, got a string",
     ],
+    "prices": [
+        "prices.every: unknown key",
+        "prices.enabled: expected true or false, got a string",
+        'prices.quote: invalid asset "usdt" (use the ticker as WhiteBIT names it in markets, e.g. USDT)',
+        "prices.interval: must be at least 1s (WhiteBIT caches the ticker for a second), got 0.5 s",
+    ],
+    "prices-not-a-mapping": ["prices: expected a mapping, got a string"],
+    # public/ticker is a rate-limit family of its own: only its limit is wrong.
+    "prices-empty-quote": [
+        "rest.rate_limits.public/ticker.limit: must be from 1 to 1000000, got 3000000",
+        "prices.quote: must not be empty",
+        'prices.interval: must be greater than zero, got "0s"',
+    ],
     "several-problems": [
         'web.listen_address: invalid listen address "127.0.0.1" (use HOST:PORT, :PORT or [IPV6]:PORT)',
         "state.journal: unknown key",
