@@ -23,7 +23,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
@@ -67,21 +67,30 @@ class AlertSettings:
     """The ``alerts`` section of prometheus/config.yaml: what each alert fires at."""
 
     alerts: Mapping[str, Mapping[str, Any]]
+    #: The ``valuation`` section: how old a price the valuation rules still use.
+    valuation: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> Self:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return cls(document["alerts"])
+        return cls(document["alerts"], document.get("valuation") or {})
+
+    def max_price_age(self) -> float:
+        """``valuation.max_price_age`` in seconds (10 minutes unless set, as prometheus/generate.py has it)."""
+        return self._seconds("valuation.max_price_age", self.valuation.get("max_price_age", "10m"))
 
     def value(self, alert: str, key: str) -> float:
         """``key`` of ``alert``: a number as it is, a Prometheus duration (``10m``) in seconds."""
-        raw = self.alerts[alert][key]
+        return self._seconds(f"{alert}.{key}", self.alerts[alert][key])
+
+    @staticmethod
+    def _seconds(where: str, raw: Any) -> float:
         if isinstance(raw, int | float):
             return float(raw)
         text = str(raw).strip()
         parts = _DURATION.findall(text)
         if not parts or "".join(n + u for n, u in parts) != text:
-            raise ValueError(f"{alert}.{key}: {text!r} is neither a number nor a duration")
+            raise ValueError(f"{where}: {text!r} is neither a number nor a duration")
         return float(sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
@@ -391,6 +400,7 @@ def overview(alerts: AlertSettings) -> gd.Dashboard:
     margin_near = alerts.value("WhitebitCollateralNearLiquidation", "threshold")
     margin_low = alerts.value("WhitebitCollateralMarginLow", "threshold")
     margin_steps = steps("red", (margin_near, "orange"), (margin_low, "green"))
+    max_price_age = alerts.max_price_age()
     dashboard = _dashboard(
         "whitebit-overview",
         "WhiteBIT / Account overview",
@@ -518,6 +528,59 @@ def overview(alerts: AlertSettings) -> gd.Dashboard:
                         draw=common.GraphThresholdsStyleMode.LINE,
                         width=24,
                         height=7,
+                    ),
+                ),
+            ),
+            (
+                "Value",
+                (
+                    graph(
+                        "Account value",
+                        "Each account's balances valued in the exporter's quote asset (prices.quote, USDT by default): "
+                        "the recording rule account:whitebit_balance_value:sum, every wallet's balance times its "
+                        "asset's price from WhiteBIT's public ticker. An asset without a price (no market with the "
+                        "quote, a frozen or untraded one) or with a price older than valuation.max_price_age is left "
+                        "out, so a drop can also mean prices stopped: check Price age.",
+                        "short",
+                        (Target(f"account:whitebit_balance_value:sum{{{SEL_ACCOUNT}}}", "{{account}} ({{quote}})"),),
+                        width=12,
+                    ),
+                    graph(
+                        "Value by wallet and asset",
+                        "account_wallet_asset:whitebit_balance_value:sum: what each wallet's holding of each asset is "
+                        "worth in the quote asset, so a hot wallet running dry shows in one currency whatever it holds.",
+                        "short",
+                        (
+                            Target(
+                                f"account_wallet_asset:whitebit_balance_value:sum{{{SEL_ACCOUNT}}}",
+                                "{{account}} {{wallet}} {{asset}}",
+                            ),
+                        ),
+                        width=12,
+                    ),
+                    graph(
+                        "Price: $asset",
+                        "whitebit_price: the last trade price of one unit of the asset in the quote asset, from "
+                        "WhiteBIT's public ticker (the ASSET_QUOTE market, or 1 / QUOTE_ASSET's). One panel per asset: "
+                        "prices differ by many orders of magnitude. No line: no market prices the asset.",
+                        "short",
+                        (Target(f'whitebit_price{{{SEL}, asset=~"$asset"}}', "{{asset}} in {{quote}}"),),
+                        width=24,
+                    )
+                    .repeat("asset")
+                    .repeat_direction("h")
+                    .max_per_row(4),
+                    graph(
+                        "Price age",
+                        "Seconds since the prices were last read from the ticker "
+                        "(whitebit_price_last_update_timestamp_seconds). Past the line "
+                        f"({_age(max_price_age)}, valuation.max_price_age) the valuation rules leave the prices out: "
+                        "check the ticker requests on the WebSocket and REST dashboard.",
+                        "s",
+                        (Target(f"time() - whitebit_price_last_update_timestamp_seconds{{{SEL}}}", "{{quote}}"),),
+                        thresholds=steps("green", (max_price_age, "red")),
+                        draw=common.GraphThresholdsStyleMode.LINE,
+                        width=24,
                     ),
                 ),
             ),

@@ -209,8 +209,12 @@ def test_balance_thresholds_become_series_the_low_balance_alert_compares_with(tm
     result = run_generator(config, tmp_path)
     assert result.returncode == 0, result.stderr
     groups = yaml.safe_load((tmp_path / "rules.yaml").read_text())["groups"]
-    assert [g["name"] for g in groups] == ["whitebit-exporter.rules", "whitebit-exporter.balance-thresholds"]
-    assert groups[1]["rules"] == [
+    assert [g["name"] for g in groups] == [
+        "whitebit-exporter.rules",
+        "whitebit-exporter.valuation",
+        "whitebit-exporter.balance-thresholds",
+    ]
+    assert groups[2]["rules"] == [
         {
             "record": "account_wallet_asset:whitebit_balance:low_threshold",
             "expr": "vector(5000)",
