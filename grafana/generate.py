@@ -241,6 +241,11 @@ ACCOUNT = ("account", 'label_values(whitebit_up{job=~"$job", instance=~"$instanc
 ACCOUNT_GROUP = ("account_group", 'label_values(zerohash_balance{job=~"$job", instance=~"$instance"}, account_group)')
 # The assets of the accounts chosen: each gets its own balance panel (the panel repeats per asset).
 ASSET = ("asset", 'label_values(whitebit_balance{job=~"$job", instance=~"$instance", account=~"$account"}, asset)')
+# The markets whose open orders the accounts chosen track: each gets its own panel of amounts left.
+MARKET = (
+    "market",
+    'label_values(whitebit_open_orders_left{job=~"$job", instance=~"$instance", account=~"$account"}, market)',
+)
 ZEROHASH_ASSET = (
     "asset",
     'label_values(zerohash_balance{job=~"$job", instance=~"$instance", account_group=~"$account_group"}, asset)',
@@ -406,7 +411,7 @@ def overview(alerts: AlertSettings) -> gd.Dashboard:
         "WhiteBIT / Account overview",
         "Is the exporter up, what every balance is (one panel per asset), the collateral account's margin, "
         "open orders and transfers in flight, and the exporter's own health.",
-        (ACCOUNT, ASSET),
+        (ACCOUNT, ASSET, MARKET),
         (RESTARTS, RECONNECTS),
     )
     return _rows(
@@ -686,20 +691,7 @@ def overview(alerts: AlertSettings) -> gd.Dashboard:
                                 "{{account}} {{market}} {{side}}",
                             ),
                         ),
-                        width=8,
-                    ),
-                    graph(
-                        "Amount left in open orders",
-                        "whitebit_open_orders_left: the sum of `left` in each market's base asset, the amount the "
-                        "open orders may still buy or sell.",
-                        "short",
-                        (
-                            Target(
-                                f"whitebit_open_orders_left{{{SEL_ACCOUNT}}}",
-                                "{{account}} {{market}} {{side}}",
-                            ),
-                        ),
-                        width=8,
+                        width=12,
                     ),
                     graph(
                         "Order events",
@@ -713,8 +705,25 @@ def overview(alerts: AlertSettings) -> gd.Dashboard:
                                 "{{account}} {{event}}",
                             ),
                         ),
-                        width=8,
+                        width=12,
                     ),
+                    graph(
+                        "Amount left in open orders: $market",
+                        "whitebit_open_orders_left: the sum of `left` in the market's base asset, the amount the "
+                        "open orders may still buy or sell. One panel per market (the market variable): each base "
+                        "asset gets a scale of its own.",
+                        "short",
+                        (
+                            Target(
+                                f'whitebit_open_orders_left{{{SEL_ACCOUNT}, market=~"$market"}}',
+                                "{{account}} {{side}}",
+                            ),
+                        ),
+                        width=24,
+                    )
+                    .repeat("market")
+                    .repeat_direction("h")
+                    .max_per_row(3),
                 ),
             ),
             (

@@ -136,6 +136,7 @@ def substitute_variables(expr: str) -> str:
         "account": ".+",
         "account_group": ".+",
         "asset": ".+",
+        "market": ".+",
     }
     for name, value in values.items():
         expr = expr.replace("${" + name + "}", value)

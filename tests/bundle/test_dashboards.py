@@ -301,6 +301,18 @@ def test_balances_get_one_panel_per_asset_from_a_multi_value_asset_variable() ->
     assert read == {"whitebit_balance", "whitebit_balance_frozen", "whitebit_collateral_borrowed"}
 
 
+def test_amounts_left_in_open_orders_get_one_panel_per_market() -> None:
+    dashboard = dashboards()["whitebit-overview.json"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    market = variables["market"]
+    assert market["multi"] and market["includeAll"]
+    assert market["query"]["query"].startswith("label_values(whitebit_open_orders_left{")
+    # Each market's base asset on a scale of its own: no panel draws two markets' amounts together.
+    readers = [p for p in data_panels(dashboard) if any("whitebit_open_orders_left" in t["expr"] for t in p["targets"])]
+    assert readers and all(p.get("repeat") == "market" and "$market" in p["title"] for p in readers)
+    assert all('market=~"$market"' in t["expr"] for p in readers for t in p["targets"])
+
+
 def test_every_dashboard_marks_exporter_restarts_and_the_whitebit_ones_websocket_reconnects() -> None:
     for file, dashboard in dashboards().items():
         annotations = {a["name"]: a for a in prometheus_annotations(dashboard)}
