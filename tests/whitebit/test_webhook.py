@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -130,6 +131,10 @@ class Harness:
 
     async def signed(self, body: bytes, key: str = KEY, secret: str = NEW_SECRET) -> tuple[int, str]:
         return await self.post(body, sign_body(body, key=key, secret=secret))
+
+    async def derived(self) -> None:
+        """Wait until the inbox has derived every delivery answered so far (transfers come after the 200)."""
+        await asyncio.wait_for(self.exporter.inbox.caught_up(), timeout=10)
 
     async def counters(self) -> dict[Key, float]:
         return webhook_counters(await scrape(self.exporter.metrics_url))
@@ -364,6 +369,7 @@ async def test_duplicate_id_answers_200_counted_and_not_processed_twice(start: S
     status, delta = await h.measure(body, signed_with(body))
     assert status == 200
     assert delta == accepted("main", "deposit.processed", webhooks_duplicate=1)
+    await h.derived()
     result = await scrape(h.exporter.metrics_url)
     assert (
         result.value("whitebit_transfers_total", account="main", kind="deposit", outcome="successful", asset="USDT")
@@ -383,6 +389,7 @@ async def test_replay_after_a_restart_is_a_duplicate(start: StartHarness, make_c
     status, delta = await second.measure(body, signed_with(body))
     assert status == 200
     assert delta == accepted("main", "deposit.processed", webhooks_duplicate=1)
+    await second.derived()
     result = await scrape(second.exporter.metrics_url)
     # Counters restart at 0 and the replay does not count the deposit's outcome again.
     assert (
@@ -621,6 +628,7 @@ async def test_deposit_lifecycle_moves_transfer_metrics(start: StartHarness) -> 
     ]
     for index, (method, params) in enumerate(steps):
         assert (await h.signed(envelope(method, params, f"life-{index}", 100 + index)))[0] == 200
+    await h.derived()
     result = await scrape(h.exporter.metrics_url)
     assert result.value("whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 1
     assert result.value("whitebit_deposits_awaiting_confirmations", account="main") == 1
@@ -629,6 +637,7 @@ async def test_deposit_lifecycle_moves_transfer_metrics(start: StartHarness) -> 
         == DEPOSIT["createdAt"]
     )
     assert (await h.signed(envelope("deposit.processed", DEPOSIT, "life-9", 200)))[0] == 200
+    await h.derived()
     result = await scrape(h.exporter.metrics_url)
     assert result.value("whitebit_transfers_in_flight", account="main", kind="deposit", status="pending") == 0
     assert (
