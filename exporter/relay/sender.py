@@ -11,7 +11,9 @@ the target's own headers. Redirects are not followed. A 2xx is delivered; anythi
 or no connection is tried again after the exporter's retry delay (:mod:`exporter.core.backoff`, from
 :data:`FIRST_RETRY` doubling to the target's ``max_backoff``), until ``retry_for`` has passed since it
 was owed: then it is a dead letter. When the target answers again after every attempt failed, the
-queues waiting out their delays are tried at once. Each answer is recorded when it came (the answers that came at
+queues waiting out their delays are tried at once. A failed attempt is logged at debug; a target
+that fails every attempt has an outage log (one line, summaries, one on recovery), and a dead
+letter an error line. Each answer is recorded when it came (the answers that came at
 the same moment in one commit), so a delivery is sent again only when its answer was lost
 (at-least-once).
 """
@@ -44,6 +46,7 @@ from exporter.core.metrics import (
     EXPORTER_RELAY_OLDEST_PENDING_SECONDS,
     EXPORTER_RELAY_PENDING,
 )
+from exporter.core.outage import OutageReporter
 from exporter.core.state import InboxDelivery, RelayAnswer, RelayItem, StateError
 from exporter.core.storage import RelayLog
 
@@ -162,6 +165,8 @@ class RelaySender:
         #: Attempts that failed since the last one delivered, and whether the target just answered again.
         self._failures_in_a_row = 0
         self._recovered = False
+        #: The target's outage log: one line when it goes down, summaries, one when it answers again.
+        self._outage = OutageReporter(self.name, clock=clock, logger=log)
         #: Attempts by outcome, and the attempt durations (bucket counts, sum), for the collector.
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.durations: list[int] = [0] * (len(ATTEMPT_BUCKETS) + 1)
@@ -307,8 +312,13 @@ class RelaySender:
                     self._recovered = True
                     self._wake.set()
                 self._failures_in_a_row = 0
+                self._outage.recovered()
             else:
                 self._failures_in_a_row += 1
+                if self._failures_in_a_row >= RECOVERY_FAILURES:
+                    # Every recent attempt failed: the target is down (one line, then a summary at most
+                    # every few minutes), not one delivery it refuses among others it takes.
+                    self._outage.failed(attempt.error or "not delivered")
             if outcome != "delivered":
                 # outcome: "retry" (in retry_in_seconds) or "dead" (a dead letter, tried no more).
                 fields: dict[str, object] = {
@@ -322,7 +332,9 @@ class RelaySender:
                 }
                 if step.retry_at is not None:
                     fields["retry_in_seconds"] = round(step.retry_at - now)
-                log.warning("relay attempt failed", extra=fields)
+                    log.debug("relay attempt failed", extra=fields)
+                else:
+                    log.error("relay delivery is a dead letter", extra=fields)
             if not recorded.done():
                 recorded.set_result(True)
 

@@ -196,18 +196,18 @@ async def test_past_retry_for_a_delivery_is_a_dead_letter_and_its_account_goes_o
     owe(store, "backend", "next")
     recorder.script = {"lost": [500] * 100}
     sender = RelaySender(target(url, retry_for=600.0), store, first_retry=1.0, clock=clock, rng=random.Random(1))
-    caplog.set_level(logging.WARNING, logger="exporter.relay.sender")
+    caplog.set_level(logging.DEBUG, logger="exporter.relay.sender")
     while store.relay_backlog("backend")[2] == 0:
         await send(sender)
         clock.now += 60
     assert [i.last_status for i in store.relay_items("dead")] == [500]
     await send(sender)
     assert recorder.received[-1][0] == "next" and store.relay_backlog("backend") == (0, None, 1)
-    # One line per failed attempt, its values in fields of their own: retried ones say when, the last is dead.
-    lines = [parse_logfmt(LogfmtFormatter().format(r)) for r in caplog.records]
-    assert {line["msg"] for line in lines} == {"relay attempt failed"}
-    assert [line["attempts"] for line in lines] == [str(n) for n in range(1, len(lines) + 1)]
-    for line in lines:
+    lines = [(r.levelname, parse_logfmt(LogfmtFormatter().format(r))) for r in caplog.records]
+    # Each failed attempt at debug, its values in fields of their own; the last one, dead, at error.
+    attempts = [line for _, line in lines if line["msg"] in ("relay attempt failed", "relay delivery is a dead letter")]
+    assert [line["attempts"] for line in attempts] == [str(n) for n in range(1, len(attempts) + 1)]
+    for line in attempts:
         assert (line["target"], line["seq"], line["provider"], line["account"], line["error"]) == (
             "backend",
             str(lost.seq),
@@ -215,9 +215,22 @@ async def test_past_retry_for_a_delivery_is_a_dead_letter_and_its_account_goes_o
             "main",
             "HTTP 500",
         )
-    *retried, dead = lines
+    *retried, dead = attempts
     assert retried and all(line["outcome"] == "retry" and int(line["retry_in_seconds"]) >= 0 for line in retried)
     assert dead["outcome"] == "dead" and "retry_in_seconds" not in dead
+    # Above debug: the target failing (after three failures in a row), a summary at most every 5 minutes
+    # of the 10 it failed, the dead letter, and the target answering again when "next" got through; not
+    # one line per attempt.
+    loud = [(level, line["msg"]) for level, line in lines if level != "DEBUG"]
+    summaries = loud.count(("WARNING", "source still failing"))
+    assert 1 <= summaries <= 2 and len(retried) > 2 * summaries + 1
+    assert loud == [
+        ("WARNING", "source failing"),
+        *[("WARNING", "source still failing")] * summaries,
+        ("ERROR", "relay delivery is a dead letter"),
+        ("INFO", "source recovered"),
+    ]
+    assert {line.get("source") for _, line in lines if line["msg"].startswith("source ")} == {"relay:backend"}
 
 
 class FailingReads:
