@@ -35,15 +35,25 @@ def closed_port() -> int:
 async def serve() -> AsyncIterator[Callable[..., Awaitable[int]]]:
     """Start a raw TCP server on loopback with a handler (and optionally TLS); its port."""
     servers: list[asyncio.Server] = []
+    writers: list[asyncio.StreamWriter] = []
 
     async def start(handler: Handler, context: ssl.SSLContext | None = None) -> int:
-        server = await asyncio.start_server(handler, "127.0.0.1", 0, ssl=context)
+        async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            await handler(reader, writer)
+
+        server = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=context)
         servers.append(server)
         return int(server.sockets[0].getsockname()[1])
 
     yield start
     for server in servers:
         server.close()
+    # Since Python 3.12, wait_closed() also waits for the connections: a handler that never answers
+    # would hold it forever.
+    for writer in writers:
+        writer.transport.abort()
+    for server in servers:
         await server.wait_closed()
 
 
