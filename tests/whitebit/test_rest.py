@@ -341,7 +341,10 @@ async def test_no_answer_names_its_cause_after_retries_and_is_counted_as_error(
 
 
 async def test_an_answer_that_never_comes_is_timed_out_after_the_configured_timeout(transports) -> None:
+    served: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(writer)
         await reader.read()  # reads the request, never answers, until the client gives up
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -352,6 +355,9 @@ async def test_an_answer_that_never_comes_is_timed_out_after_the_configured_time
             await client.post(MAIN_BALANCE)
     finally:
         server.close()
+        # Since Python 3.12 wait_closed() waits for the connections too: end the silent ones first.
+        for writer in served:
+            writer.transport.abort()
         await server.wait_closed()
     assert str(caught.value) == f"{MAIN_BALANCE}: timed out after 0.2s (127.0.0.1:{port})"
 
