@@ -1294,9 +1294,9 @@ class StateStore:
         Each is owed as from ``at`` (its ``enqueued_at``), so it has a whole ``retry_for`` again, not one try.
         """
         return self._write(
-            "UPDATE relay_deliveries SET state = 'pending', next_attempt_at = ?1, enqueued_at = ?1, finished_at = NULL"
+            "UPDATE relay_deliveries SET state = 'pending', next_attempt_at = ?, enqueued_at = ?, finished_at = NULL"
             " WHERE state = 'dead' AND (? IS NULL OR target = ?) AND (? IS NULL OR seq = ?)",
-            (_finite(at, "at"), target, target, seq, seq),
+            (_finite(at, "at"), _finite(at, "at"), target, target, seq, seq),
         ).rowcount
 
     # -- history evidence --------------------------------------------------------------------
