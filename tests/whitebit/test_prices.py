@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from exporter.app import Exporter
 from exporter.config.schema import Config, PollConfig, PricesConfig, RestConfig, WhitebitAccountConfig
 from exporter.simulator.server import SimulatedAccount, Simulator, SimulatorSettings
 from exporter.whitebit.prices import (
@@ -323,21 +322,6 @@ def exporter_config(make_config: Callable[..., Config], url: str, prices: Prices
     return dataclasses.replace(make_config([account]), prices=prices, rest=RestConfig(max_retries=0))
 
 
-@pytest.fixture
-async def exporters() -> AsyncIterator[Callable[[Config], Any]]:
-    started: list[Exporter] = []
-
-    async def start(config: Config) -> Exporter:
-        exporter = Exporter(config)
-        started.append(exporter)
-        await exporter.start()
-        return exporter
-
-    yield start
-    for exporter in started:
-        await exporter.stop()
-
-
 def prices_of(result: Scrape) -> dict[tuple[str, str], float]:
     return {(labels["asset"], labels["quote"]): value for labels, value in result.samples("whitebit_price")}
 
@@ -347,10 +331,10 @@ def ticker_requests(result: Scrape, code: str) -> float:
 
 
 async def test_the_exporter_prices_every_held_asset_from_the_ticker_and_follows_it(
-    simulator, make_config, exporters, caplog
+    simulator, make_config, start_exporter, caplog
 ) -> None:
     caplog.set_level(logging.INFO, logger="exporter.whitebit.prices")
-    exporter = await exporters(exporter_config(make_config, simulator.url, PricesConfig(interval=1.0)))
+    exporter = await start_exporter(exporter_config(make_config, simulator.url, PricesConfig(interval=1.0)))
     prices = simulator.exchange.prices
     expected = {
         ("BTC", "USDT"): float(prices["BTC_USDT"]),
@@ -406,9 +390,9 @@ async def test_the_exporter_prices_every_held_asset_from_the_ticker_and_follows_
 
 
 async def test_a_failing_ticker_keeps_the_last_prices_counts_each_error_and_recovers(
-    simulator, make_config, exporters
+    simulator, make_config, start_exporter
 ) -> None:
-    exporter = await exporters(exporter_config(make_config, simulator.url, PricesConfig(interval=1.0)))
+    exporter = await start_exporter(exporter_config(make_config, simulator.url, PricesConfig(interval=1.0)))
     result = Scrape("")
 
     async def scraped(predicate: Callable[[Scrape], bool]) -> bool:
@@ -443,8 +427,8 @@ async def test_a_failing_ticker_keeps_the_last_prices_counts_each_error_and_reco
     assert result.value("whitebit_price_last_update_timestamp_seconds", quote="USDT") > read_at
 
 
-async def test_prices_switched_off_read_no_ticker_and_export_no_price(simulator, make_config, exporters) -> None:
-    exporter = await exporters(exporter_config(make_config, simulator.url, PricesConfig(enabled=False)))
+async def test_prices_switched_off_read_no_ticker_and_export_no_price(simulator, make_config, start_exporter) -> None:
+    exporter = await start_exporter(exporter_config(make_config, simulator.url, PricesConfig(enabled=False)))
     await wait_for(lambda: exporter.health.readiness()[0], timeout=15)
     result = await scrape(exporter.metrics_url)
     assert result.value("whitebit_balance", account="acct", wallet="main", asset="BTC") == 2.0
@@ -454,8 +438,10 @@ async def test_prices_switched_off_read_no_ticker_and_export_no_price(simulator,
     assert result.value("whitebit_exporter_task_running", task="rest:prices:acct") is None
 
 
-async def test_prices_in_another_quote_value_the_former_quote_too(simulator, make_config, exporters) -> None:
-    exporter = await exporters(exporter_config(make_config, simulator.url, PricesConfig(quote="UAH", interval=1.0)))
+async def test_prices_in_another_quote_value_the_former_quote_too(simulator, make_config, start_exporter) -> None:
+    exporter = await start_exporter(
+        exporter_config(make_config, simulator.url, PricesConfig(quote="UAH", interval=1.0))
+    )
 
     async def priced() -> bool:
         return prices_of(await scrape(exporter.metrics_url)).keys() == {("UAH", "UAH"), ("USDT", "UAH")}
